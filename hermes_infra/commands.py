@@ -1,0 +1,136 @@
+"""What the CLI does, as functions that can be called and tested on their own (Kamal-style).
+
+`up` validates every host's settings without connecting, then hands the run to pyinfra with
+the packaged deploy file: the same deploy that `pyinfra inventory/<env>.py deploy.py` runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hermes_infra.image import ImageArchiveError, inspect_archive
+from hermes_infra.loading import SettingsError, collect, host_data_layers, settings_from_raw
+
+PACKAGE_DIR = Path(__file__).parent
+DEPLOY_FILE = PACKAGE_DIR / "deploy_file.py"
+
+
+@dataclass
+class Target:
+    """Where to deploy: an inventory file, or one SSH target (`root@203.0.113.7`)."""
+
+    inventory: str
+    port: int | None = None
+    user: str | None = None
+    key: str | None = None
+    sudo: bool = False
+    data: dict[str, str] = field(default_factory=dict)
+    group_data: list[str] = field(default_factory=list)
+    cwd: str = field(default_factory=os.getcwd)
+
+    def __post_init__(self) -> None:
+        # `root@203.0.113.7`: pyinfra takes the user separately.
+        if "@" in self.inventory and not Path(self.inventory).exists() and not self.inventory.startswith("@"):
+            user, _, hostname = self.inventory.rpartition("@")
+            self.user = self.user or user
+            self.inventory = hostname
+
+    def override_data(self) -> dict[str, object]:
+        from pyinfra_cli.util import parse_cli_arg
+
+        data: dict[str, object] = {key: parse_cli_arg(value) for key, value in self.data.items()}
+        if self.port:
+            data["ssh_port"] = self.port
+        if self.user:
+            data["ssh_user"] = self.user
+        if self.key:
+            data["ssh_key"] = self.key
+        return data
+
+    def pyinfra_args(self) -> list[str]:
+        args = [self.inventory]
+        if self.port:
+            args += ["--ssh-port", str(self.port)]
+        if self.user:
+            args += ["--ssh-user", self.user]
+        if self.key:
+            args += ["--ssh-key", self.key]
+        if self.sudo:
+            args.append("--sudo")
+        for key, value in self.data.items():
+            args += ["--data", f"{key}={value}"]
+        for directory in self.group_data:
+            args += ["--group-data", directory]
+        return args
+
+
+def load_inventory(target: Target):
+    """pyinfra's own inventory loading (group_data included), without connecting anywhere."""
+    from pyinfra.api import State
+    from pyinfra.context import ctx_state
+    from pyinfra_cli.inventory import make_inventory
+
+    with ctx_state.use(State(check_for_changes=False)):
+        return make_inventory(target.inventory, override_data=target.override_data(), cwd=target.cwd,
+                              group_data_directories=target.group_data or None)
+
+
+def validate(target: Target) -> dict[str, object]:
+    """Validate every host's settings; returns host name -> settings. Raises SettingsError."""
+    problems, result = [], {}
+    inventory = load_inventory(target)
+    hosts = list(inventory)
+    if not hosts:
+        raise SettingsError(f"no hosts in {target.inventory!r}. Fix: name an inventory file or user@host")
+    for host in hosts:
+        try:
+            settings = settings_from_raw(collect(host_data_layers(host)), source=f"host {host.name}")
+            if settings.image.source == "archive":
+                inspect_archive(settings.image.archive)
+            result[host.name] = settings
+        except (SettingsError, ImageArchiveError) as error:
+            problems.append(str(error))
+    if problems:
+        raise SettingsError("\n".join(problems))
+    return result
+
+
+def pyinfra_command(target: Target, *, dry: bool = False, extra: list[str] | None = None) -> list[str]:
+    command = [sys.executable, "-m", "pyinfra", *target.pyinfra_args(), str(DEPLOY_FILE)]
+    command.append("--dry" if dry else "-y")
+    return command + list(extra or [])
+
+
+def _pyinfra_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # The deploy file imports hermes_infra; make that work from a source checkout too.
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_DIR.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def up(target: Target, *, dry: bool = False, extra: list[str] | None = None) -> int:
+    """Validate, then run the deploy with pyinfra's output on the terminal. Returns its exit code."""
+    validate(target)
+    return subprocess.call(pyinfra_command(target, dry=dry, extra=extra), cwd=target.cwd, env=_pyinfra_env())
+
+
+def up_captured(target: Target, *, dry: bool = False, extra: list[str] | None = None) -> subprocess.CompletedProcess:
+    """`up` with stdout and stderr captured together (tests, benchmarks)."""
+    validate(target)
+    return subprocess.run(pyinfra_command(target, dry=dry, extra=extra), cwd=target.cwd, env=_pyinfra_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+
+
+def local_vm_data(image_dir: str) -> dict[str, str]:
+    """Settings for the local VM: Debian's Docker packages and the locally built image
+    (the VM, like many real hosts, reaches Debian's mirror but not Docker Hub)."""
+    meta = json.loads((Path(image_dir) / "image.json").read_text())
+    return {
+        "docker": json.dumps({"install_source": "distro"}),
+        "image": json.dumps({"ref": meta["ref"], "source": "archive", "archive": str(image_dir)}),
+        "swap": json.dumps({"size": "1G"}),
+    }

@@ -1,0 +1,152 @@
+"""Compose projects: rendered from the template, and brought up only when their inputs changed.
+
+The gateways (and `same-project` companions) share the project `hermes`; each `host-gateway`
+companion gets a project of its own, as in the guides where the hub is a separate stack.
+"""
+from __future__ import annotations
+
+import hashlib
+import shlex
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pyinfra import host
+from pyinfra.api import operation
+
+from hermes_infra import envfile
+from hermes_infra.facts import ComposeProject
+from hermes_infra.render import render_template
+from hermes_infra.settings import CompanionSettings, EffectiveLimits, HostSettings
+from hermes_infra.sizes import parse_size
+
+MAIN_PROJECT = "hermes"
+LABEL_INPUTS = "io.hermes-infra.inputs"
+LABEL_PROFILE = "io.hermes-infra.profile"
+LABEL_IMAGE_ID = "io.hermes-infra.image-id"
+STAMP_NAME = ".hermes-infra-applied"
+
+
+@dataclass
+class Service:
+    name: str
+    image: str
+    restart: str
+    memory: str
+    cpus: float
+    pids: int
+    command: list[str] | None = None
+    entrypoint: list[str] | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    env_files: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+    ports: list[str] = field(default_factory=list)
+    depends_on: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def _compose_memory(size: str | int) -> str:
+    return f"{parse_size(size) // (1024 * 1024)}m"
+
+
+def port_binding(address: str, host_port: int, container_port: int) -> str:
+    shown = f"[{address}]" if ":" in address else address
+    return f"{shown}:{host_port}:{container_port}"
+
+
+def project_dir(settings: HostSettings, companion: CompanionSettings | None = None) -> str:
+    base = settings.project_dir.rstrip("/")
+    if companion is None or companion.topology == "same-project":
+        return base
+    return f"{base}/companions/{companion.name}"
+
+
+def project_name(companion: CompanionSettings | None = None) -> str:
+    if companion is None or companion.topology == "same-project":
+        return MAIN_PROJECT
+    return f"{MAIN_PROJECT}-{companion.name}"
+
+
+def compose_path(settings: HostSettings, companion: CompanionSettings | None = None) -> str:
+    return f"{project_dir(settings, companion)}/compose.yaml"
+
+
+def companion_env_path(settings: HostSettings, companion: CompanionSettings) -> str:
+    return f"{settings.project_dir.rstrip('/')}/companions/{companion.name}.env"
+
+
+def companion_secret_env(settings: HostSettings, companion: CompanionSettings, gateway_key: str) -> dict[str, str]:
+    values = {key: secret.get_secret_value() for key, secret in companion.secret_env.items()}
+    values[companion.api_key_env] = gateway_key
+    return values
+
+
+def gateway_services(settings: HostSettings, limits: dict[str, EffectiveLimits],
+                     digests: dict[str, str], image_id: str | None) -> list[Service]:
+    services = []
+    for gateway in settings.gateways:
+        limit = limits[gateway.name]
+        ports = [port_binding(a, gateway.api.port, 8642) for a in settings.publish_addresses(gateway)]
+        if gateway.dashboard.enabled:
+            ports.append(port_binding(gateway.dashboard.publish_address, gateway.dashboard.port, 9119))
+        labels = {LABEL_PROFILE: gateway.name, LABEL_INPUTS: digests[gateway.name]}
+        if image_id:
+            labels[LABEL_IMAGE_ID] = image_id
+        services.append(Service(
+            name=gateway.service_name, image=settings.image.ref, restart=gateway.restart,
+            memory=_compose_memory(limit.memory_bytes), cpus=limit.cpus, pids=limit.pids,
+            command=["gateway", "run"],
+            environment={"TZ": gateway.timezone, "HERMES_HOME": "/opt/data",
+                         "HERMES_UID": str(gateway.uid), "HERMES_GID": str(gateway.gid)},
+            volumes=[f"{gateway.host_data_dir}:/opt/data"], ports=ports, labels=labels,
+        ))
+    return services
+
+
+def companion_service(settings: HostSettings, companion: CompanionSettings, secret_digest: str) -> Service:
+    gateway = settings.gateway_for(companion)
+    environment = dict(companion.environment)
+    environment.update({
+        companion.api_base_url_env: settings.companion_api_url(companion),
+        companion.model_env: gateway.api.model_name,
+        "HERMES_TIMEOUT_MS": str(companion.timeout_ms),
+        "AUTO_REPLY": "true" if companion.auto_reply else "false",
+    })
+    return Service(
+        name=companion.name, image=companion.image, restart=companion.restart,
+        memory=_compose_memory(companion.memory), cpus=companion.cpus, pids=512,
+        command=companion.command, entrypoint=companion.entrypoint, environment=environment,
+        env_files=[companion_env_path(settings, companion)], volumes=list(companion.volumes),
+        ports=list(companion.ports),
+        depends_on=[gateway.service_name] if companion.topology == "same-project" else [],
+        labels={LABEL_PROFILE: gateway.name, LABEL_INPUTS: secret_digest},
+    )
+
+
+def render_project(settings: HostSettings, project: str, services: list[Service]) -> str:
+    return render_template("compose.yaml.j2", project=project, services=services,
+                           log_max_size=settings.docker.log_max_size, log_max_file=settings.docker.log_max_file)
+
+
+def secret_digest(values: dict[str, str]) -> str:
+    return hashlib.sha256(envfile.render(values).encode()).hexdigest()[:16]
+
+
+def stamp_of(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@operation()
+def compose_up(project: str, directory: str, content: Callable[[], str], services: list[str]):
+    """`docker compose up -d` when the compose file differs from the one last applied, or a
+    service is not running; otherwise nothing (pyinfra's docker.compose always reports a change)."""
+    stamp_path = f"{directory}/{STAMP_NAME}"
+    state = host.get_fact(ComposeProject, project=project, stamp_path=stamp_path)
+    wanted = stamp_of(content())
+    not_running = [name for name in services if state["containers"].get(name, {}).get("state") != "running"]
+    if state["stamp"] == wanted and not not_running:
+        host.noop(f"compose project {project} is up to date and running")
+        return
+    directory_q = shlex.quote(directory)
+    yield (f"cd {directory_q} && docker compose -p {shlex.quote(project)} -f compose.yaml "
+           "up -d --remove-orphans --quiet-pull 2>&1")
+    yield f"echo {wanted} > {shlex.quote(stamp_path)}"

@@ -1,0 +1,65 @@
+"""The health gate: a deploy is done when the API answers, not when a process exists.
+
+Hermes keeps its process alive when the API server fails to start (bad key, missing aiohttp),
+so only an HTTP answer proves anything: `/health` 200 without an `Origin` header (CORS would
+give 403), `/v1/models` 401 without the key and 200 with it.
+"""
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import operation
+
+from hermes_infra.facts import HealthProbe, key_header_pipe
+from hermes_infra.settings import GatewaySettings, HostSettings
+
+PUBLIC_TO_LOCAL = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+def probe_url(settings: HostSettings, gateway: GatewaySettings) -> str:
+    """Where the host itself reaches the published API."""
+    address = settings.publish_addresses(gateway)[0]
+    address = PUBLIC_TO_LOCAL.get(address, address)
+    if ":" in address:
+        address = f"[{address}]"
+    return f"http://{address}:{gateway.api.port}"
+
+
+def gate_script(url: str, container: str, env_path: str, timeout: int, interval: float) -> str:
+    curl = "curl -s -o /dev/null -w '%{http_code}' --max-time 5"
+    return f"""
+deadline=$(( $(date +%s) + {int(timeout)} ))
+code=000
+while :; do
+  code=$({curl} {shlex.quote(url + '/health')} || true)
+  [ "$code" = 200 ] && break
+  if [ "$(date +%s)" -ge "$deadline" ]; then
+    echo "hermes-infra: {container} did not answer GET {url}/health with 200 within {int(timeout)}s (last: $code)." >&2
+    echo "Check: the container state below, API_SERVER_KEY in {env_path} (>= 16 chars, no placeholder), aiohttp in the image, the port mapping." >&2
+    docker ps -a --filter name=^{container}$ --format '{{{{.Names}}}}: {{{{.Status}}}}' >&2
+    echo "--- last lines of the container log ---" >&2
+    docker logs --tail 40 {shlex.quote(container)} 2>&1 | sed 's/^/  /' >&2
+    exit 1
+  fi
+  sleep {interval}
+done
+anon=$({curl} {shlex.quote(url + '/v1/models')} || true)
+authed=$({key_header_pipe(env_path)} | {curl} -H @- {shlex.quote(url + '/v1/models')} || true)
+if [ "$anon" != 401 ] || [ "$authed" != 200 ]; then
+  echo "hermes-infra: {container} /health is 200 but /v1/models gave $anon without the key (want 401) and $authed with it (want 200)." >&2
+  echo "Check: API_SERVER_KEY in {env_path} is the key clients use; API_SERVER_CORS_ORIGINS." >&2
+  exit 1
+fi
+echo "{container}: /health 200, /v1/models 401 without key, 200 with key"
+""".strip()
+
+
+@operation(is_idempotent=True)
+def healthy(url: str, container: str, env_path: str, timeout: int, interval: float):
+    """Wait until the gateway answers; nothing to do when it already does."""
+    probe = host.get_fact(HealthProbe, url=url, env_path=env_path)
+    if probe["health"] == "200" and probe["models"] == "200":
+        host.noop(f"{container} is healthy at {url}")
+        return
+    yield gate_script(url, container, env_path, timeout, interval)

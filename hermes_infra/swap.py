@@ -1,0 +1,78 @@
+"""The swap file: created, resized when its size setting changes, in fstab, swappiness persisted.
+
+A 4 GB VPS without swap gets its gateway OOM-killed on the first large tool output; swap is
+the safety net, swappiness keeps it a net rather than a working set.
+"""
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import deploy, operation
+from pyinfra.operations import server
+
+from hermes_infra.facts import SwapState
+from hermes_infra.settings import SwapSettings
+
+SYSCTL_FILE = "/etc/sysctl.d/60-hermes-infra-swap.conf"
+
+
+def create_commands(path: str, size_bytes: int) -> list[str]:
+    quoted = shlex.quote(path)
+    mib = size_bytes // (1024 * 1024)
+    return [
+        # fallocate is instant on ext4; dd is the fallback where fallocate makes holes
+        # that swapon refuses (some filesystems).
+        f"rm -f {quoted} && (fallocate -l {mib}M {quoted} || dd if=/dev/zero of={quoted} bs=1M count={mib} status=none)",
+        f"chmod 600 {quoted} && chown 0:0 {quoted}",
+        f"mkswap {quoted} >/dev/null",
+        f"swapon {quoted}",
+    ]
+
+
+def fstab_line(path: str) -> str:
+    return f"{path} none swap sw 0 0"
+
+
+@operation()
+def swap_file(path: str, size_bytes: int):
+    """Ensure a swap file of exactly `size_bytes` is active at `path` and listed in fstab.
+
+    + size_bytes: 0 removes a swap file hermes-infra created
+    """
+    size_bytes -= size_bytes % (1024 * 1024)  # the file is made in whole MiB
+    state = host.get_fact(SwapState, path=path)
+    quoted = shlex.quote(path)
+    fstab_remove = f"sed -i '\\#^{path}[[:space:]]#d' /etc/fstab"
+    if size_bytes == 0:
+        if state["active"]:
+            yield f"swapoff {quoted}"
+        if state["size_bytes"] >= 0:
+            yield f"rm -f {quoted}"
+        if state["in_fstab"]:
+            yield fstab_remove
+        if state["size_bytes"] < 0 and not state["in_fstab"]:
+            host.noop("no swap file is managed (swap.size is 0)")
+        return
+    acted = False
+    if state["size_bytes"] != size_bytes:
+        if state["active"]:
+            yield f"swapoff {quoted}"
+        yield from create_commands(path, size_bytes)
+        acted = True
+    elif not state["active"]:
+        yield f"swapon {quoted} 2>/dev/null || (mkswap {quoted} >/dev/null && swapon {quoted})"
+        acted = True
+    if not state["in_fstab"]:
+        yield f"echo {shlex.quote(fstab_line(path))} >> /etc/fstab"
+        acted = True
+    if not acted:
+        host.noop(f"swap file {path} is active with the configured size")
+
+
+@deploy("Swap")
+def swap(settings: SwapSettings):
+    swap_file(name=f"Swap file {settings.path} ({settings.size})", path=settings.path,
+              size_bytes=settings.size_bytes)
+    server.sysctl(name=f"vm.swappiness = {settings.swappiness} (persisted)", key="vm.swappiness",
+                  value=settings.swappiness, persist=True, persist_file=SYSCTL_FILE)

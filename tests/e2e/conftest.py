@@ -1,0 +1,96 @@
+"""End-to-end fixtures: one real Debian 13 VM (QEMU) per test session, deployed into with the
+real toolkit. Tests that change the host's settings put them back before they end, so the
+tests share one VM (a fresh VM costs ~4 minutes under software emulation)."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from hermes_infra import commands, imagebuild, trylocal
+from hermes_infra.localvm import LocalVM, disposable_vm
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@dataclass
+class DeployRun:
+    returncode: int
+    output: str
+    seconds: float
+
+    def changed_operations(self) -> int:
+        """The "Success" column of pyinfra's grand total: operations that changed something."""
+        for line in self.output.splitlines():
+            if line.strip().startswith("Grand total"):
+                cells = line.split()
+                return 0 if cells[3] == "-" else int(cells[3])
+        raise AssertionError(f"no results table in the deploy output:\n{self.output[-3000:]}")
+
+
+@dataclass
+class DeployedHost:
+    """A VM and the local settings it was deployed with; `deploy(**sections)` redeploys."""
+
+    vm: LocalVM
+    image_dir: Path
+    first_run: DeployRun | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def target(self, **sections) -> commands.Target:
+        target = trylocal.local_target(self.vm, self.image_dir)
+        for key, value in sections.items():
+            target.data[key] = json.dumps(value)
+        return target
+
+    def deploy(self, *, dry: bool = False, **sections) -> DeployRun:
+        started = time.monotonic()
+        result = commands.up_captured(self.target(**sections), dry=dry)
+        return DeployRun(result.returncode, result.stdout, time.monotonic() - started)
+
+    def run(self, command: str, timeout: float = 300) -> str:
+        """Run a command on the VM; fail the test on a non-zero exit."""
+        result = self.vm.ssh(command, timeout=timeout)
+        assert result.rc == 0, f"{command!r} failed ({result.rc}): {result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    def api_key(self, data_dir: str = "/root/.hermes") -> str:
+        return self.run(f"sed -n 's/^API_SERVER_KEY=//p' {data_dir}/.env").strip()
+
+    def http_status(self, url: str, key: str | None = None, container: str | None = None) -> str:
+        """Status code of GET `url` from the VM (or from inside `container`); the key goes
+        through stdin, never into a process argument."""
+        header = f"printf 'Authorization: Bearer %s\\n' '{key}' | " if key else "true | "
+        curl = "curl -s -o /dev/null -w '%{http_code}' --max-time 10 -H @- " + url
+        if container:
+            return self.run(f"{header}docker exec -i {container} {curl} || true").strip()
+        return self.run(f"{header}{curl} || true").strip()
+
+
+@pytest.fixture(scope="session")
+def local_image() -> Path:
+    started = time.monotonic()
+    built = imagebuild.build_image(log=lambda message: None)
+    print(f"\n[timing] hermes image build or cache hit: {time.monotonic() - started:.1f}s")
+    return built.archive.parent
+
+
+@pytest.fixture(scope="session")
+def deployed(local_image) -> DeployedHost:
+    started = time.monotonic()
+    with disposable_vm("e2e") as vm:
+        host = DeployedHost(vm=vm, image_dir=local_image)
+        host.timings["vm_boot"] = time.monotonic() - started
+        host.first_run = host.deploy()
+        host.timings["bootstrap"] = host.first_run.seconds
+        print(f"\n[timing] VM boot to SSH: {host.timings['vm_boot']:.1f}s, "
+              f"bootstrap deploy: {host.first_run.seconds:.1f}s")
+        assert host.first_run.returncode == 0, host.first_run.output[-6000:]
+        yield host
