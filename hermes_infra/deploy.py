@@ -25,7 +25,7 @@ def hermes_host(settings: HostSettings | None = None):
     for gateway in settings.gateways:
         datadir.data_dir(gateway, settings.backup_dir)
     companion_files(settings)
-    profiles.retire_removed_profiles(name="Retire profiles removed from the settings", settings=settings)
+    profiles.retire_removed_profiles(name="Retire profiles and companions removed from the settings", settings=settings)
     managed_file(name="Record the profiles this host runs", path=profiles.manifest_path(settings),
                  content=profiles.manifest_text(settings), backup_dir=settings.backup_dir)
     compose_projects(settings, plan)

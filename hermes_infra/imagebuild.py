@@ -52,8 +52,9 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO
 
 from hermes_infra import hostenv
 
@@ -328,8 +329,7 @@ def write_layer_tar(rootfs: Path | str, dest: Path | str) -> tuple[str, int]:
     rootfs = Path(rootfs)
     root_dev = os.lstat(rootfs).st_dev
     seen: dict[tuple[int, int], str] = {}
-    with open(dest, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT,
-                                               copybufsize=1 << 20) as tar:
+    with open(dest, "wb") as raw, _tar_writer(raw) as tar:
         for rel, full, st in _walk(rootfs, root_dev):
             mode = st.st_mode
             if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
@@ -362,6 +362,17 @@ def write_layer_tar(rootfs: Path | str, dest: Path | str) -> tuple[str, int]:
     return _sha256_file(dest), os.path.getsize(dest)
 
 
+def _tar_writer(fileobj: IO[bytes]) -> tarfile.TarFile:
+    return tarfile.TarFile(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT, copybufsize=1 << 20)
+
+
+def _member(tar: tarfile.TarFile, name: str | tarfile.TarInfo) -> IO[bytes]:
+    f = tar.extractfile(name)
+    if f is None:
+        raise ValueError(f"{name} is not a regular file in the archive")
+    return f
+
+
 def _sha256_file(path: Path | str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -385,7 +396,8 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_docker_archive(dest: Path | str, *, layer: Path | str | None = None, config: bytes, ref: str,
-                         compress: int = DEFAULT_COMPRESS, layer_fileobj=None, layer_size: int | None = None) -> None:
+                         compress: int = DEFAULT_COMPRESS, layer_fileobj: IO[bytes] | None = None,
+                         layer_size: int | None = None) -> None:
     """Write a `docker save` archive with one layer (from a file, or a file object of known size).
 
     Layout: `<diff hex>/{VERSION,json,layer.tar}`, `<config sha>.json`, `manifest.json`,
@@ -406,12 +418,11 @@ def write_docker_archive(dest: Path | str, *, layer: Path | str | None = None, c
 
     with contextlib.ExitStack() as stack:
         raw = stack.enter_context(open(dest, "wb"))
-        out = raw
+        out: IO[bytes] = raw
         if compress:
-            out = stack.enter_context(gzip.GzipFile(filename="", mode="wb", fileobj=raw,
-                                                    compresslevel=compress, mtime=0))
-        tar = stack.enter_context(tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT,
-                                               copybufsize=1 << 20))
+            gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=compress, mtime=0)
+            out = stack.enter_context(gz)  # type: ignore[arg-type]
+        tar = stack.enter_context(_tar_writer(out))
         d = tarfile.TarInfo(layer_id)
         d.type, d.mode, d.mtime = tarfile.DIRTYPE, 0o755, CREATED_EPOCH
         tar.addfile(d)
@@ -424,6 +435,8 @@ def write_docker_archive(dest: Path | str, *, layer: Path | str | None = None, c
             with open(layer, "rb") as f:
                 tar.addfile(ti, f)
         else:
+            if layer_fileobj is None or layer_size is None:
+                raise ValueError("give layer, or layer_fileobj and layer_size")
             ti.size = layer_size
             tar.addfile(ti, layer_fileobj)
         _add_bytes(tar, config_name, config)
@@ -468,14 +481,14 @@ def read_archive(path: Path | str, *, check_layers: bool = True) -> dict:
         names = set(tar.getnames())
         if "manifest.json" not in names:
             raise ValueError("no manifest.json")
-        manifest = json.load(tar.extractfile("manifest.json"))
+        manifest = json.load(_member(tar, "manifest.json"))
         if not (isinstance(manifest, list) and len(manifest) == 1):
             raise ValueError("manifest.json must list exactly one image")
         entry = manifest[0]
         cfg_name, layers, refs = entry.get("Config"), entry.get("Layers"), entry.get("RepoTags") or []
         if cfg_name not in names:
             raise ValueError(f"config {cfg_name} missing")
-        cfg_raw = tar.extractfile(cfg_name).read()
+        cfg_raw = _member(tar, cfg_name).read()
         digest = hashlib.sha256(cfg_raw).hexdigest()
         if cfg_name != f"{digest}.json":
             raise ValueError(f"config name {cfg_name} is not its sha256 {digest}")
@@ -488,13 +501,13 @@ def read_archive(path: Path | str, *, check_layers: bool = True) -> dict:
                 raise ValueError(f"layer {layer_name} missing")
             if check_layers:
                 h = hashlib.sha256()
-                f = tar.extractfile(layer_name)
+                f = _member(tar, layer_name)
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
                 if f"sha256:{h.hexdigest()}" != diff_id:
                     raise ValueError(f"layer {layer_name} sha256 {h.hexdigest()} != diff_id {diff_id}")
         if "repositories" in names:
-            repos = json.load(tar.extractfile("repositories"))
+            repos = json.load(_member(tar, "repositories"))
             for ref in refs:
                 repo, tag = ref.rsplit(":", 1)
                 if tag not in repos.get(repo, {}):
@@ -513,11 +526,12 @@ def extract_rootfs(image: BuiltImage | Path | str, dest: Path | str) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     os.chmod(dest, 0o755)
     with _open_archive(archive) as tar:
-        manifest = json.load(tar.extractfile("manifest.json"))
+        manifest = json.load(_member(tar, "manifest.json"))
         for layer_name in manifest[0]["Layers"]:
-            src = tar.extractfile(layer_name)
+            src = _member(tar, layer_name)
             proc = subprocess.Popen(["tar", "-x", "-p", "--numeric-owner", "-f", "-", "-C", str(dest)],
                                     stdin=subprocess.PIPE)
+            assert proc.stdin is not None
             try:
                 shutil.copyfileobj(src, proc.stdin, 1 << 20)
             finally:
@@ -532,7 +546,7 @@ def extract_rootfs(image: BuiltImage | Path | str, dest: Path | str) -> Path:
 def _mounts_under(path: Path | str) -> list[str]:
     """Mount points at or below `path` in this mount namespace."""
     base = os.path.realpath(path)
-    found = []
+    found: list[str] = []
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
@@ -668,7 +682,7 @@ def build_rootfs(root: Path, *, version: str = DEFAULT_VERSION, extra_packages: 
     log(f"imagebuild: debootstrap {suite} minbase from {mirror}")
     cmd = ["unshare", "--mount", "--propagation", "private", "--", "debootstrap", "--variant=minbase",
            "--components=main", f"--include={','.join(BASE_PACKAGES)}"]
-    lock = contextlib.nullcontext()
+    lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if debs_cache is not None:
         debs_cache.mkdir(parents=True, exist_ok=True)
         cmd.append(f"--cache-dir={debs_cache}")
@@ -757,11 +771,11 @@ def _rewrap(cached: BuiltImage, out_dir: Path, ref: str, compress: int) -> Built
     """Same image (same layer and config, so the same image ID), other tag or compression."""
     dest = out_dir / _archive_name(ref, compress)
     with _open_archive(cached.archive) as tar:
-        manifest = json.load(tar.extractfile("manifest.json"))[0]
-        cfg = tar.extractfile(manifest["Config"]).read()
+        manifest = json.load(_member(tar, "manifest.json"))[0]
+        cfg = _member(tar, manifest["Config"]).read()
         member = tar.getmember(manifest["Layers"][0])
         write_docker_archive(dest, config=cfg, ref=ref, compress=compress,
-                             layer_fileobj=tar.extractfile(member), layer_size=member.size)
+                             layer_fileobj=_member(tar, member), layer_size=member.size)
     return dataclasses.replace(cached, ref=ref, archive=dest, compress=compress,
                                archive_sha256=_sha256_file(dest), size_bytes=dest.stat().st_size)
 

@@ -21,28 +21,54 @@ def manifest_path(settings: HostSettings) -> str:
 
 
 def manifest_text(settings: HostSettings) -> str:
+    from hermes_infra import compose
+
     profiles = {g.name: {"service": g.service_name, "data_dir": g.host_data_dir} for g in settings.gateways}
-    return json.dumps({"profiles": profiles}, indent=2, sort_keys=True) + "\n"
+    companions = {c.name: {"project": compose.project_name(c), "directory": compose.project_dir(settings, c),
+                           "env_file": compose.companion_env_path(settings, c)} for c in settings.companions}
+    return json.dumps({"profiles": profiles, "companions": companions}, indent=2, sort_keys=True) + "\n"
+
+
+def _previous(manifest: str | None, section: str) -> dict[str, dict]:
+    if not manifest:
+        return {}
+    try:
+        return json.loads(manifest).get(section, {})
+    except json.JSONDecodeError:
+        return {}
 
 
 def removed_profiles(previous_manifest: str | None, settings: HostSettings) -> dict[str, dict]:
-    if not previous_manifest:
-        return {}
-    try:
-        previous = json.loads(previous_manifest).get("profiles", {})
-    except json.JSONDecodeError:
-        return {}
     current = {g.name for g in settings.gateways}
-    return {name: info for name, info in previous.items() if name not in current}
+    return {name: info for name, info in _previous(previous_manifest, "profiles").items() if name not in current}
+
+
+def removed_companions(previous_manifest: str | None, settings: HostSettings) -> dict[str, dict]:
+    from hermes_infra import compose
+
+    current = {(c.name, compose.project_name(c)) for c in settings.companions}
+    return {name: info for name, info in _previous(previous_manifest, "companions").items()
+            if (name, info.get("project")) not in current}
 
 
 @operation()
 def retire_removed_profiles(settings: HostSettings):
-    """Stop the containers of profiles no longer in the settings; archive (and purge if asked) their data."""
-    removed = removed_profiles(read_text(manifest_path(settings)), settings)
-    if not removed:
-        host.noop("no profile was removed")
+    """Stop the containers of profiles and companions no longer in the settings; archive (and
+    purge if asked) the data dirs of removed profiles."""
+    manifest = read_text(manifest_path(settings))
+    removed = removed_profiles(manifest, settings)
+    companions = removed_companions(manifest, settings)
+    if not removed and not companions:
+        host.noop("no profile or companion was removed")
         return
+    for name, info in companions.items():
+        # Its container only: a companion's volumes are the operator's data.
+        if info.get("project") != "hermes":
+            yield (f"if [ -f {shlex.quote(info['directory'])}/compose.yaml ]; then cd {shlex.quote(info['directory'])} && "
+                   f"docker compose -p {shlex.quote(info['project'])} -f compose.yaml down --remove-orphans; fi")
+        else:
+            yield f"docker rm -f {shlex.quote(name)} >/dev/null 2>&1 || true"
+        yield f"rm -f {shlex.quote(info['env_file'])}"
     stamp = time.strftime("%Y%m%dT%H%M%S")
     backup_dir = settings.backup_dir.rstrip("/")
     for name, info in removed.items():

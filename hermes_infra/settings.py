@@ -33,6 +33,9 @@ PLACEHOLDER_KEYS = frozenset(
     {"changeme", "change-me", "change_me", "dummy", "none", "null", "secret", "password",
      "your-api-key", "your_api_key", "xxx", "test", "example", "placeholder", "apikey"}
 )
+# Longer keys that are still somebody's example, not a secret.
+PLACEHOLDER_WORDS = ("changeme", "change-me", "change_me", "placeholder", "your-api-key", "your_api_key",
+                     "replace-me", "replace_me", "example", "dummy")
 MIN_API_KEY_LENGTH = 16
 SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,38}$")
 # Env keys whose values identify a messaging bot: two gateways sharing one fight over it.
@@ -59,7 +62,8 @@ def check_api_key(value: str, setting: str) -> str:
             "or the API server silently does not start. Fix: use a longer key, or leave it unset and "
             "hermes-infra generates one on the host"
         )
-    if value.strip().lower() in PLACEHOLDER_KEYS:
+    lowered = value.strip().lower()
+    if lowered in PLACEHOLDER_KEYS or any(word in lowered for word in PLACEHOLDER_WORDS) or len(set(lowered)) <= 2:
         raise ValueError(
             f"{setting} is a placeholder value, which Hermes refuses. "
             "Fix: use a random key (e.g. `openssl rand -hex 24`) or leave it unset"
