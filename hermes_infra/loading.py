@@ -76,7 +76,7 @@ def format_errors(error: ValidationError, source: str) -> str:
         where = _path(loc) or "settings"
         message = item.get("msg", "").removeprefix("Value error, ")
         if item.get("type") == "extra_forbidden":
-            message = f"unknown setting. Fix: remove it or check its spelling against the README's settings reference"
+            message = "unknown setting. Fix: remove it or check its spelling against the README's settings reference"
         elif item.get("type") in ("missing",):
             message = "is required. Fix: set it"
         elif not _is_secret(loc) and "input" in item and item.get("type") not in ("value_error",):

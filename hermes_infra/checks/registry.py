@@ -81,7 +81,7 @@ def control(id: str, title: str, *, severity: Severity, scope: Scope, remediatio
 def all_controls() -> list[Control]:
     from hermes_infra.checks import controls as _definitions  # noqa: F401  (registers them)
 
-    return sorted(REGISTRY.values(), key=lambda c: c.id)
+    return list(REGISTRY.values())  # definition order: host, data dir, containers, API, companions
 
 
 def get_control(control_id: str) -> Control:

@@ -1,0 +1,564 @@
+"""The control definitions: one registered function per control.
+
+Each function gets the :class:`~hermes_infra.checks.context.HostContext` (the testinfra
+`host`, the expected `HostSettings`, cached facts) and the subject (the host, a gateway
+profile or a companion). It returns a short detail for the report when the host complies,
+raises :class:`ControlFailure` (via ``fail``) with what was found and what was expected when
+it does not, and :class:`NotApplicable` when the settings make the control moot.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import shlex
+
+from hermes_infra.checks.context import HostContext, Subject
+from hermes_infra.checks.registry import NotApplicable, control, fail
+from hermes_infra.sizes import format_bytes
+
+DAEMON_JSON = "/etc/docker/daemon.json"
+LOOPBACK = ("127.0.0.1", "::1")
+DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+DASHBOARD_AUTH_USER = "HERMES_DASHBOARD_BASIC_AUTH_USERNAME"
+DASHBOARD_AUTH_SECRETS = ("HERMES_DASHBOARD_BASIC_AUTH_PASSWORD_HASH", "HERMES_DASHBOARD_BASIC_AUTH_PASSWORD")
+
+REDEPLOY = "Run `hermes-infra up <target>`"
+
+
+def _container(ctx: HostContext, subject: Subject) -> dict:
+    record = ctx.inspect(subject.container)
+    if record is None:
+        fail(f"container {subject.container!r} does not exist on the host")
+    return record
+
+
+def _host_config(ctx: HostContext, subject: Subject) -> dict:
+    return _container(ctx, subject).get("HostConfig") or {}
+
+
+def _normal_ip(address: str) -> str:
+    if address in ("", "localhost"):
+        return {"": "0.0.0.0", "localhost": "127.0.0.1"}[address]
+    try:
+        return str(ipaddress.ip_address(address.strip("[]")))
+    except ValueError:
+        return address
+
+
+def _bindings(host_config: dict, container_port: int) -> list[tuple[str, str]]:
+    """(host address, host port) pairs a container port is published on."""
+    found = (host_config.get("PortBindings") or {}).get(f"{container_port}/tcp") or []
+    return sorted((_normal_ip(b.get("HostIp") or ""), str(b.get("HostPort") or "")) for b in found)
+
+
+def _is_public(address: str) -> bool:
+    return address in ("0.0.0.0", "::")
+
+
+# --------------------------------------------------------------------------- Docker engine
+@control("HI-DOCKER-001", "Docker service is enabled and active", severity="critical", scope="host",
+         remediation="`systemctl enable --now docker`; if it does not start, read `journalctl -u docker` "
+                     "(a broken /etc/docker/daemon.json is the usual cause). " + REDEPLOY + " to reinstall.")
+def docker_service(ctx: HostContext, subject: Subject):
+    service = ctx.host.service("docker")
+    enabled, running = service.is_enabled, service.is_running
+    if not (enabled and running):
+        fail(f"docker.service is {'enabled' if enabled else 'not enabled'} and "
+             f"{'active' if running else 'not active'}; both are required so the gateway survives a reboot")
+    return "enabled and active"
+
+
+@control("HI-DOCKER-002", "Docker Compose v2 is installed (`docker compose`)", severity="high", scope="host",
+         remediation="Install the compose v2 plugin: `docker-compose-plugin` from Docker's repository, or "
+                     "Debian 13's `docker-compose` package. " + REDEPLOY + ".")
+def compose_v2(ctx: HostContext, subject: Subject):
+    out = ctx.run("docker compose version --short 2>&1")
+    version = out.stdout.strip().lstrip("v")
+    major = version.split(".", 1)[0]
+    if out.rc != 0 or not major.isdigit():
+        fail(f"`docker compose` is not available ({out.stdout.strip()[:200] or 'no output'})")
+    if int(major) < 2:
+        fail(f"`docker compose` is version {version}; v2 or later is required")
+    return f"docker compose {version}"
+
+
+@control("HI-DOCKER-003", "Container logs rotate (daemon.json log driver, max-size, max-file as set)",
+         severity="medium", scope="host", cis="2.13",
+         rationale="Unrotated json-file logs fill the disk of a small VPS; closest CIS item is 2.13 (logging).",
+         remediation=f"Set `log-driver: json-file` and `log-opts` max-size/max-file in {DAEMON_JSON} "
+                     "(settings docker.log_max_size / docker.log_max_file) and restart Docker. " + REDEPLOY + ".")
+def log_rotation(ctx: HostContext, subject: Subject):
+    expected = ctx.settings.docker.daemon_json()
+    content = ctx.host.file(DAEMON_JSON)
+    if not content.exists:
+        fail(f"{DAEMON_JSON} is missing: Docker's default json-file logs never rotate")
+    try:
+        actual = json.loads(content.content_string or "{}")
+    except json.JSONDecodeError as error:
+        fail(f"{DAEMON_JSON} is not valid JSON ({error}); Docker refuses to start with it")
+    problems = []
+    if actual.get("log-driver") != expected.get("log-driver"):
+        problems.append(f"log-driver is {actual.get('log-driver')!r}, want {expected.get('log-driver')!r}")
+    want_opts = {k: str(v) for k, v in (expected.get("log-opts") or {}).items()}
+    have_opts = {k: str(v) for k, v in (actual.get("log-opts") or {}).items()}
+    for key, value in want_opts.items():
+        if have_opts.get(key) != value:
+            problems.append(f"log-opts.{key} is {have_opts.get(key)!r}, want {value!r}")
+    effective = ctx.docker_info().get("LoggingDriver")
+    if effective != expected.get("log-driver"):
+        problems.append(f"the running daemon uses log driver {effective!r} (restart Docker after editing "
+                        f"{DAEMON_JSON})")
+    if problems:
+        fail("; ".join(problems))
+    return f"{expected.get('log-driver')}, " + ", ".join(f"{k}={v}" for k, v in sorted(want_opts.items()))
+
+
+@control("HI-DOCKER-004", "Docker live-restore is as set (containers survive a daemon restart)",
+         severity="medium", scope="host", cis="2.15",
+         remediation=f"Set `\"live-restore\": true` in {DAEMON_JSON} (setting docker.live_restore) and "
+                     "`systemctl reload docker`. " + REDEPLOY + ".")
+def live_restore(ctx: HostContext, subject: Subject):
+    want = bool(ctx.settings.docker.daemon_json().get("live-restore", False))
+    have = ctx.docker_info().get("LiveRestoreEnabled")
+    if have is not want:
+        fail(f"the running daemon has live-restore {'enabled' if have else 'disabled'}; settings say "
+             f"{'enabled' if want else 'disabled'}")
+    return f"live-restore {'enabled' if want else 'disabled'}"
+
+
+# -------------------------------------------------------------------------------- host
+@control("HI-HOST-001", "Swap is active, at least the configured size", severity="medium", scope="host",
+         rationale="Without swap the kernel OOM-kills the gateway on the first memory spike.",
+         remediation="Create and enable the swap file (setting swap.size / swap.path): "
+                     "`swapon <path>` if it exists, and keep it in /etc/fstab. " + REDEPLOY + ".")
+def swap_active(ctx: HostContext, subject: Subject):
+    swap = ctx.settings.swap
+    if swap.size_bytes == 0:
+        raise NotApplicable("swap.size is 0: no swap file is managed")
+    out = ctx.run("cat /proc/swaps")
+    devices = {}
+    for line in out.stdout.splitlines()[1:]:
+        cells = line.split()
+        if len(cells) >= 3 and cells[2].isdigit():
+            devices[cells[0]] = int(cells[2]) * 1024
+    total = sum(devices.values())
+    # mkswap keeps one page for its header; allow a MiB for it.
+    if total + 1024 * 1024 < swap.size_bytes:
+        found = ", ".join(f"{d} {format_bytes(s - s % 1024)}" for d, s in devices.items()) or "no active swap"
+        fail(f"active swap is {format_bytes(total - total % 1024) if total else '0'} ({found}); "
+             f"settings say at least {swap.size}")
+    return ", ".join(f"{d} ({s // (1024 * 1024)} MiB)" for d, s in devices.items())
+
+
+@control("HI-HOST-002", "vm.swappiness is as set", severity="low", scope="host",
+         remediation="`sysctl -w vm.swappiness=<value>` and persist it in /etc/sysctl.d/ "
+                     "(setting swap.swappiness). " + REDEPLOY + ".")
+def swappiness(ctx: HostContext, subject: Subject):
+    want = ctx.settings.swap.swappiness
+    have = ctx.host.sysctl("vm.swappiness")
+    if have != want:
+        fail(f"vm.swappiness is {have}; settings say {want}")
+    return f"vm.swappiness = {have}"
+
+
+@control("HI-SSH-001", "SSH password login is disabled", severity="advisory", scope="host",
+         rationale="Hosts exposed to the internet are brute-forced within minutes; keys only.",
+         remediation="In /etc/ssh/sshd_config.d/ set `PasswordAuthentication no` and "
+                     "`KbdInteractiveAuthentication no`, make sure your key works, then `systemctl reload ssh`.")
+def ssh_password_login(ctx: HostContext, subject: Subject):
+    out = ctx.run("sshd=$(command -v sshd || echo /usr/sbin/sshd); $sshd -T 2>&1")
+    options = {}
+    for line in out.stdout.splitlines():
+        key, _, value = line.strip().partition(" ")
+        options[key.lower()] = value.strip().lower()
+    if out.rc != 0 or "passwordauthentication" not in options:
+        fail(f"cannot read the effective sshd configuration with `sshd -T` (needs root): "
+             f"{out.stdout.strip()[:200]}")
+    enabled = [name for name in ("passwordauthentication", "kbdinteractiveauthentication")
+               if options.get(name, "no") != "no"]
+    if enabled:
+        fail(f"sshd allows password-style login: {', '.join(f'{n} {options[n]}' for n in enabled)}")
+    return "passwordauthentication no, kbdinteractiveauthentication no"
+
+
+# ---------------------------------------------------------------------------- data dir
+@control("HI-DATA-001", "Data dir is owned by the container user and closed to others", severity="high",
+         scope="gateway",
+         rationale="The image's user (uid/gid 10000) must own /opt/data; other users must not read the "
+                   "gateway's credentials and state.",
+         remediation="`chown <uid>:<gid> <data dir> && chmod 0700 <data dir>` (settings gateways[].uid/gid). "
+                     + REDEPLOY + ".")
+def data_dir_owner(ctx: HostContext, subject: Subject):
+    gateway = subject.gateway
+    path = gateway.host_data_dir
+    directory = ctx.host.file(path)
+    if not directory.is_directory:
+        fail(f"{path} is not a directory")
+    uid, gid, mode = directory.uid, directory.gid, directory.mode
+    problems = []
+    if (uid, gid) != (gateway.uid, gateway.gid):
+        problems.append(f"owner is {uid}:{gid}, want {gateway.uid}:{gateway.gid}")
+    if mode & 0o077:
+        problems.append(f"mode is {mode:04o}: group/others have access, want 0700")
+    if problems:
+        fail(f"{path}: " + "; ".join(problems))
+    return f"{path} {uid}:{gid} {mode:04o}"
+
+
+@control("HI-DATA-002", "Data dir holds no files owned by another user", severity="medium", scope="gateway",
+         rationale="Files written as root (e.g. by `docker exec` or an editor run as root) later break the "
+                   "gateway: 401s, lost logins.",
+         remediation="`chown -R <uid>:<gid> <data dir>`; use `docker compose run --rm` or the container's "
+                     "own user instead of writing into the data dir as root.")
+def data_dir_foreign_files(ctx: HostContext, subject: Subject):
+    gateway = subject.gateway
+    path = gateway.host_data_dir
+    out = ctx.run("find %s -xdev \\( ! -uid %s -o ! -gid %s \\) -printf '%%u:%%g %%P\\n' 2>/dev/null "
+                  "| head -n 6", path, str(gateway.uid), str(gateway.gid))
+    foreign = [line for line in out.stdout.splitlines() if line.strip()]
+    if foreign:
+        fail(f"owned by another user in {path}: " + ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else ""))
+    return f"everything in {path} belongs to {gateway.uid}:{gateway.gid}"
+
+
+@control("HI-DATA-003", "`.env` has mode 0600 and belongs to the container user", severity="high",
+         scope="gateway",
+         rationale="`.env` holds API_SERVER_KEY and every provider and bot secret.",
+         remediation="`chmod 0600 <data dir>/.env && chown <uid>:<gid> <data dir>/.env`. " + REDEPLOY + ".")
+def env_file_mode(ctx: HostContext, subject: Subject):
+    gateway = subject.gateway
+    path = f"{gateway.host_data_dir.rstrip('/')}/.env"
+    env = ctx.host.file(path)
+    if not env.is_file:
+        fail(f"{path} is missing")
+    mode, uid, gid = env.mode, env.uid, env.gid
+    problems = []
+    if mode != 0o600:
+        problems.append(f"mode is {mode:04o}, want 0600")
+    if (uid, gid) != (gateway.uid, gateway.gid):
+        problems.append(f"owner is {uid}:{gid}, want {gateway.uid}:{gateway.gid}")
+    if problems:
+        fail(f"{path}: " + "; ".join(problems))
+    return f"{path} {mode:04o} {uid}:{gid}"
+
+
+@control("HI-DATA-004", "API key meets Hermes's rules (>= 16 characters, not a placeholder)",
+         severity="critical", scope="gateway",
+         rationale="With a short or placeholder key Hermes silently does not start the API server.",
+         remediation="Remove the API_SERVER_KEY line from `.env` and redeploy (a random key is generated), or "
+                     "set gateways[].api.key to a random value (`openssl rand -hex 24`).")
+def api_key_rules(ctx: HostContext, subject: Subject):
+    import hashlib
+
+    from hermes_infra.settings import MIN_API_KEY_LENGTH
+
+    gateway = subject.gateway
+    path = f"{gateway.host_data_dir.rstrip('/')}/.env"
+    configured = gateway.api.key.get_secret_value() if gateway.api.key is not None else None
+    facts = ctx.api_key_facts(path, want_digest=configured is not None)
+    if facts["state"] != "present":
+        fail({"missing": f"{path} is missing", "unset": f"API_SERVER_KEY is not set in {path}"}.get(
+            facts["state"], f"cannot read {path}"))
+    if facts["length"] < MIN_API_KEY_LENGTH:
+        fail(f"API_SERVER_KEY in {path} is {facts['length']} characters long; Hermes needs {MIN_API_KEY_LENGTH}")
+    if facts["placeholder"]:
+        fail(f"API_SERVER_KEY in {path} is a placeholder value, which Hermes refuses")
+    if configured is not None and facts["sha256"] != hashlib.sha256(configured.encode()).hexdigest():
+        fail(f"API_SERVER_KEY in {path} is not the key set in gateways[{gateway.name}].api.key")
+    return f"{facts['length']} characters, not a placeholder (value not shown)"
+
+
+# -------------------------------------------------------------------------- containers
+@control("HI-CTR-001", "Container is running", severity="critical", scope="container",
+         remediation="`docker compose -p <project> -f <project dir>/compose.yaml up -d`, then read "
+                     "`docker logs <container>` if it stops again. " + REDEPLOY + ".")
+def container_running(ctx: HostContext, subject: Subject):
+    state = _container(ctx, subject).get("State") or {}
+    if not state.get("Running") or state.get("Restarting"):
+        fail(f"container {subject.container!r} is {state.get('Status', 'unknown')}"
+             f" (exit code {state.get('ExitCode')})")
+    return f"running since {state.get('StartedAt', '?')[:19]}"
+
+
+@control("HI-CTR-002", "Restart policy is as configured", severity="medium", scope="container", cis="5.15",
+         remediation="Set `restart:` in the compose file from the settings (gateways[].restart / "
+                     "companions[].restart) and recreate the container. " + REDEPLOY + ".")
+def restart_policy(ctx: HostContext, subject: Subject):
+    want = ctx.expectation(subject).restart
+    have = (_host_config(ctx, subject).get("RestartPolicy") or {}).get("Name") or "no"
+    if have != want:
+        fail(f"restart policy is {have!r}; settings say {want!r}")
+    return f"restart: {have}"
+
+
+@control("HI-CTR-003", "Memory limit is set to the configured or derived value", severity="high",
+         scope="container", cis="5.11",
+         remediation="Set `mem_limit` in the compose file (settings gateways[].limits.memory, unset = derived "
+                     "from the host's RAM) and recreate the container. " + REDEPLOY + ".")
+def memory_limit(ctx: HostContext, subject: Subject):
+    want = ctx.expectation(subject).memory_bytes
+    have = int(_host_config(ctx, subject).get("Memory") or 0)
+    if have <= 0:
+        fail(f"no memory limit; want {format_bytes(want)}")
+    if have != want:
+        fail(f"memory limit is {format_bytes(have)}; want {format_bytes(want)}")
+    return f"mem_limit {format_bytes(have)}"
+
+
+@control("HI-CTR-004", "CPU limit is set to the configured or derived value", severity="medium",
+         scope="container", cis="5.12",
+         remediation="Set `cpus` in the compose file (settings gateways[].limits.cpus, unset = derived from the "
+                     "host's cores) and recreate the container. " + REDEPLOY + ".")
+def cpu_limit(ctx: HostContext, subject: Subject):
+    want = ctx.expectation(subject).cpus
+    host_config = _host_config(ctx, subject)
+    nano = int(host_config.get("NanoCpus") or 0)
+    if not nano and host_config.get("CpuQuota") and host_config.get("CpuPeriod"):
+        nano = int(host_config["CpuQuota"] * 1_000_000_000 // host_config["CpuPeriod"])
+    if nano <= 0:
+        fail(f"no CPU limit; want cpus {want:g}")
+    if nano != round(want * 1_000_000_000):
+        fail(f"CPU limit is {nano / 1e9:g} CPUs; want {want:g}")
+    return f"cpus {nano / 1e9:g}"
+
+
+@control("HI-CTR-005", "PIDs limit is set to the configured value", severity="medium", scope="container",
+         cis="5.29",
+         remediation="Set `pids_limit` in the compose file (setting gateways[].limits.pids) and recreate the "
+                     "container. " + REDEPLOY + ".")
+def pids_limit(ctx: HostContext, subject: Subject):
+    want = ctx.expectation(subject).pids
+    have = _host_config(ctx, subject).get("PidsLimit")
+    if not have or have <= 0:
+        fail(f"no PIDs limit; want {want}")
+    if have != want:
+        fail(f"PIDs limit is {have}; want {want}")
+    return f"pids_limit {have}"
+
+
+@control("HI-CTR-006", "Container is not privileged", severity="critical", scope="container", cis="5.5",
+         remediation="Remove `privileged: true` from the compose file and recreate the container.")
+def not_privileged(ctx: HostContext, subject: Subject):
+    if _host_config(ctx, subject).get("Privileged"):
+        fail("the container runs privileged: it has every capability and all host devices")
+    return "not privileged"
+
+
+@control("HI-CTR-007", "Container does not share the host's network namespace", severity="high",
+         scope="container", cis="5.10",
+         rationale="Upstream's compose uses `network_mode: host`, which exposes every port Hermes opens on "
+                   "every host interface.",
+         remediation="Remove `network_mode: host` and publish only the API port on the configured addresses. "
+                     + REDEPLOY + ".")
+def no_host_network(ctx: HostContext, subject: Subject):
+    mode = _host_config(ctx, subject).get("NetworkMode") or ""
+    if mode == "host":
+        fail("network mode is 'host'")
+    return f"network mode {mode or 'default'}"
+
+
+@control("HI-CTR-008", "Docker socket is not mounted into the container", severity="critical",
+         scope="container", cis="5.32",
+         rationale="Whoever reaches the socket is root on the host; the agent runs tools.",
+         remediation="Remove the docker.sock volume from the compose file (companions[].volumes) and recreate "
+                     "the container.")
+def no_docker_socket(ctx: HostContext, subject: Subject):
+    mounts = _container(ctx, subject).get("Mounts") or []
+    sockets = [m.get("Source", "") for m in mounts
+               if m.get("Source", "") in DOCKER_SOCKETS or m.get("Source", "").endswith("/docker.sock")]
+    if sockets:
+        fail(f"mounts the Docker socket: {', '.join(sockets)}")
+    return f"{len(mounts)} mount(s), no Docker socket"
+
+
+@control("HI-CTR-009", "no-new-privileges is set", severity="high", scope="container", cis="5.26",
+         remediation="Add `security_opt: [\"no-new-privileges:true\"]` to the service and recreate the "
+                     "container. " + REDEPLOY + ".")
+def no_new_privileges(ctx: HostContext, subject: Subject):
+    options = _host_config(ctx, subject).get("SecurityOpt") or []
+    for option in options:
+        name, _, value = option.replace("=", ":").partition(":")
+        if name.strip() == "no-new-privileges" and value.strip().lower() in ("", "true"):
+            return option
+    fail(f"security options are {options or 'empty'}; `no-new-privileges:true` is missing")
+
+
+@control("HI-CTR-010", "Image is the configured, pinned one (not `latest`)", severity="medium",
+         scope="container",
+         rationale="A moving tag silently changes the version on the next pull or redeploy.",
+         remediation="Pin a tested tag in image.ref (or companions[].image) and redeploy; do not use `latest`.")
+def image_pinned(ctx: HostContext, subject: Subject):
+    expectation = ctx.expectation(subject)
+    have = (_container(ctx, subject).get("Config") or {}).get("Image", "")
+    name_part = have.rsplit("/", 1)[-1]
+    unpinned = ("@" not in have and ":" not in name_part) or have.endswith(":latest")
+    if have != expectation.image:
+        fail(f"runs image {have!r}; settings say {expectation.image!r}")
+    if unpinned and not expectation.allow_latest:
+        fail(f"image {have!r} is not pinned to a version")
+    return have
+
+
+# ------------------------------------------------------------------------------- API
+@control("HI-API-001", "API port is published only on the configured addresses (never 0.0.0.0 unless allowed)",
+         severity="high", scope="gateway", cis="5.14",
+         rationale="Published ports bypass ufw; an API on 0.0.0.0 is open to the internet.",
+         remediation="Publish the API on 127.0.0.1 (and the docker bridge address for companions): settings "
+                     "gateways[].api.publish_addresses; `allow_public` only behind a firewall. " + REDEPLOY + ".")
+def api_port_binding(ctx: HostContext, subject: Subject):
+    gateway = subject.gateway
+    want = sorted((_normal_ip(a), str(gateway.api.port)) for a in ctx.settings.publish_addresses(gateway))
+    have = _bindings(_host_config(ctx, subject), 8642)
+    public = [a for a, _ in have if _is_public(a)]
+    shown = ", ".join(f"{a}:{p}" for a, p in have) or "nothing"
+    if public and not gateway.api.allow_public:
+        fail(f"the API is published on {shown}: {', '.join(public)} is every interface and "
+             f"gateways[{gateway.name}].api.allow_public is false")
+    if have != want:
+        fail(f"the API is published on {shown}; settings say {', '.join(f'{a}:{p}' for a, p in want)}")
+    return f"published on {shown}"
+
+
+@control("HI-API-002", "Dashboard is not published on a non-loopback address without authentication",
+         severity="critical", scope="gateway",
+         rationale="Exposed Hermes dashboards were used to plant SSH-key backdoors.",
+         remediation="Publish the dashboard on 127.0.0.1 and use an SSH tunnel, or set "
+                     "gateways[].dashboard.basic_auth_username and basic_auth_password_hash. " + REDEPLOY + ".")
+def dashboard_exposure(ctx: HostContext, subject: Subject):
+    gateway = subject.gateway
+    have = _bindings(_host_config(ctx, subject), 9119)
+    exposed = [f"{a}:{p}" for a, p in have if a not in LOOPBACK]
+    if not have:
+        return "dashboard not published"
+    if not exposed:
+        return f"dashboard on loopback only ({', '.join(f'{a}:{p}' for a, p in have)})"
+    keys = ctx.env_keys(f"{gateway.host_data_dir.rstrip('/')}/.env") or set()
+    if DASHBOARD_AUTH_USER not in keys or not any(k in keys for k in DASHBOARD_AUTH_SECRETS):
+        fail(f"the dashboard is published on {', '.join(exposed)} and no basic auth is configured in .env")
+    return f"dashboard on {', '.join(exposed)} with basic auth"
+
+
+@control("HI-API-003", "`/health` answers 200 (sent without `Origin`)", severity="critical", scope="gateway",
+         rationale="A live process proves nothing: Hermes keeps running when its API server fails to start.",
+         remediation="Read `docker logs <container>`: check API_SERVER_KEY in .env, aiohttp in the image and the "
+                     "port mapping. " + REDEPLOY + ".")
+def health_endpoint(ctx: HostContext, subject: Subject):
+    from hermes_infra.health import probe_url
+
+    url = probe_url(ctx.settings, subject.gateway) + "/health"
+    status = ctx.http_status(url)
+    if status == "nohttpclient":
+        fail("neither curl nor python3 is installed on the host to probe the API")
+    if status != "200":
+        fail(f"GET {url} answered {status if status != '000' else 'nothing (connection failed)'}; want 200")
+    return f"GET {url} -> 200"
+
+
+@control("HI-API-004", "`/v1/models` refuses a request without the key (401) and accepts the key",
+         severity="critical", scope="gateway",
+         remediation="Make sure API_SERVER_KEY is set in .env (>= 16 characters) and that nothing in front of "
+                     "the API strips or adds authentication. " + REDEPLOY + ".")
+def api_requires_key(ctx: HostContext, subject: Subject):
+    from hermes_infra.health import probe_url
+
+    gateway = subject.gateway
+    url = probe_url(ctx.settings, gateway) + "/v1/models"
+    anonymous = ctx.http_status(url)
+    if anonymous != "401":
+        fail(f"GET {url} without a key answered {anonymous if anonymous != '000' else 'nothing'}; want 401")
+    authed = ctx.http_status(url, key_from_env=f"{gateway.host_data_dir.rstrip('/')}/.env")
+    if authed != "200":
+        fail(f"GET {url} with the key from .env answered {authed}; want 200")
+    return "401 without the key, 200 with it"
+
+
+# ------------------------------------------------------------------------- companions
+COMPANION_PROBE = r"""
+url="$1"; var="$2"
+if command -v python3 >/dev/null 2>&1; then
+python3 - "$url" "$var" <<'PY'
+import os, sys, urllib.request, urllib.error
+req = urllib.request.Request(sys.argv[1])
+key = os.environ.get(sys.argv[2], "")
+if key:
+    req.add_header("Authorization", "Bearer " + key)
+try:
+    print("python3", urllib.request.urlopen(req, timeout=10).status)
+except urllib.error.HTTPError as error:
+    print("python3", error.code)
+except Exception as error:
+    print("python3", "000", type(error).__name__)
+PY
+exit 0
+fi
+if command -v node >/dev/null 2>&1; then
+node - "$url" "$var" <<'JS'
+const [url, v] = process.argv.slice(2);
+const key = process.env[v] || "";
+fetch(url, {headers: key ? {Authorization: "Bearer " + key} : {}, signal: AbortSignal.timeout(10000)})
+  .then(r => console.log("node", r.status)).catch(e => console.log("node", "000", e.name));
+JS
+exit 0
+fi
+if command -v curl >/dev/null 2>&1; then
+  key=$(printenv "$var")
+  printf 'Authorization: Bearer %s\n' "$key" | curl -s -o /dev/null -w 'curl %{http_code}\n' --max-time 10 -H @- "$url"
+  exit 0
+fi
+echo noclient
+"""
+
+
+def _companion_probe(ctx: HostContext, container: str, url: str, key_var: str) -> tuple[str, str]:
+    """(method, status) of GET url from inside `container`, with the companion's own key."""
+    out = ctx.run(f"docker exec -i {shlex.quote(container)} sh -s -- {shlex.quote(url)} {shlex.quote(key_var)} "
+                  f"<<'HERMES_INFRA_PROBE'\n{COMPANION_PROBE}\nHERMES_INFRA_PROBE\n")
+    words = out.stdout.strip().split()
+    if out.rc == 0 and len(words) >= 2 and words[0] != "noclient":
+        return words[0], words[1]
+    return "none", "noclient" if words[:1] == ["noclient"] else f"exec failed (rc {out.rc})"
+
+
+def _sidecar_probe(ctx: HostContext, subject: Subject, url: str) -> tuple[str, str]:
+    """Fallback for companion images without a shell or HTTP client: a throwaway container of the
+    gateway image on the companion's network, with its host mapping and its env file."""
+    from hermes_infra.compose import companion_env_path
+
+    companion = subject.companion
+    record = ctx.inspect(companion.name) or {}
+    networks = list(((record.get("NetworkSettings") or {}).get("Networks") or {}).keys())
+    if not networks:
+        return "sidecar", "no network"
+    extra_hosts = (record.get("HostConfig") or {}).get("ExtraHosts") or []
+    add_hosts = " ".join(f"--add-host {shlex.quote(h.replace('=', ':', 1) if '=' in h else h)}" for h in extra_hosts)
+    command = (f"docker run --rm -i --network {shlex.quote(networks[0])} {add_hosts} "
+               f"--env-file {shlex.quote(companion_env_path(ctx.settings, companion))} "
+               f"--entrypoint sh {shlex.quote(ctx.settings.image.ref)} -s -- {shlex.quote(url)} "
+               f"{shlex.quote(companion.api_key_env)} <<'HERMES_INFRA_PROBE'\n{COMPANION_PROBE}\nHERMES_INFRA_PROBE\n")
+    out = ctx.run(command)
+    words = out.stdout.strip().split()
+    if out.rc == 0 and len(words) >= 2:
+        return f"sidecar/{words[0]}", words[1]
+    return "sidecar", f"failed (rc {out.rc}: {out.stderr.strip()[:120]})"
+
+
+@control("HI-CMP-001", "Companion reaches its gateway's API with its key (from inside its container)",
+         severity="high", scope="companion",
+         rationale="A port bound only to 127.0.0.1 is unreachable from containers; a loopback health check "
+                   "says healthy while the companion cannot connect.",
+         remediation="Leave gateways[].api.publish_addresses unset (127.0.0.1 plus the docker bridge address) or "
+                     "add docker.bridge_gateway_ip; keep `extra_hosts: host.docker.internal:host-gateway`; check "
+                     "that the host firewall accepts traffic from the docker bridge. " + REDEPLOY + ".")
+def companion_reaches_api(ctx: HostContext, subject: Subject):
+    companion = subject.companion
+    url = ctx.settings.companion_api_url(companion).rstrip("/") + "/models"
+    state = (_container(ctx, subject).get("State") or {})
+    if not state.get("Running"):
+        fail(f"companion {companion.name!r} is not running, so it cannot reach {url}")
+    method, status = _companion_probe(ctx, companion.name, url, companion.api_key_env)
+    if method == "none":
+        method, status = _sidecar_probe(ctx, subject, url)
+    if status != "200":
+        shown = {"000": "nothing (connection failed)", "401": "401 (its key is not the gateway's)"}.get(status, status)
+        fail(f"GET {url} from {companion.name} ({method}) answered {shown}; want 200")
+    return f"GET {url} from {companion.name} ({method}) -> 200"
