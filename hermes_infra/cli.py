@@ -70,10 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Take a Debian host to a running, verified Hermes Agent gateway in Docker, and check it."))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="bootstrap or update hosts (idempotent)")
+    up = sub.add_parser("up", help="bootstrap or update hosts (idempotent)",
+                        epilog="Options after `--` are passed to pyinfra, e.g. `-- --limit staging --diff`.")
     _add_target_options(up)
     up.add_argument("--dry", action="store_true", help="show what would change; change nothing")
-    up.add_argument("pyinfra_args", nargs="*", help="extra pyinfra options after --, e.g. -- --limit staging")
     up.set_defaults(func=cmd_up)
 
     validate = sub.add_parser("validate", help="validate the settings of hosts without connecting")
@@ -106,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after `--` goes to pyinfra untouched: `hermes-infra up HOST -- --limit web --diff`.
+    passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
     args = build_parser().parse_args(argv)
+    args.pyinfra_args = passthrough
     try:
         return args.func(args)
     except SettingsError as error:

@@ -51,6 +51,21 @@ class Target:
             data["ssh_key"] = self.key
         return data
 
+    def cli_args(self) -> list[str]:
+        """The same target as `hermes-infra` command line arguments."""
+        args = [self.inventory if not self.user or Path(self.inventory).exists() else f"{self.user}@{self.inventory}"]
+        if self.port:
+            args += ["--port", str(self.port)]
+        if self.key:
+            args += ["--key", self.key]
+        if self.sudo:
+            args.append("--sudo")
+        for key, value in self.data.items():
+            args += ["--data", f"{key}={value}"]
+        for directory in self.group_data:
+            args += ["--group-data", directory]
+        return args
+
     def pyinfra_args(self) -> list[str]:
         args = [self.inventory]
         if self.port:

@@ -187,5 +187,12 @@ def read_text(path: str) -> str | None:
     """The current text of a file on the host being deployed (None when missing)."""
     from pyinfra import host
 
-    found = host.get_fact(RawFile, path=path)
+    # `-vvv` prints every fact's raw output; this one may be a .env full of secrets.
+    state = host.state
+    shown = state.print_fact_output
+    state.print_fact_output = False
+    try:
+        found = host.get_fact(RawFile, path=path)
+    finally:
+        state.print_fact_output = shown
     return None if found is None else found.text

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
+from pyinfra.api.exceptions import PyinfraError
 
 from hermes_infra.settings import HostSettings
 
@@ -18,8 +19,11 @@ SECTIONS = tuple(HostSettings.model_fields)
 SECRET_PARTS = ("key", "token", "secret", "password", "env")
 
 
-class SettingsError(ValueError):
-    """Settings that cannot be deployed; the message is meant for the operator as is."""
+class SettingsError(PyinfraError, ValueError):
+    """Settings that cannot be deployed; the message is meant for the operator as is.
+
+    A PyinfraError, so a plain `pyinfra ... deploy.py` run prints it as one clean error.
+    """
 
 
 def deep_merge(base: Any, override: Any) -> Any:

@@ -51,6 +51,10 @@ def _bindings(host_config: dict, container_port: int) -> list[tuple[str, str]]:
     return sorted((_normal_ip(b.get("HostIp") or ""), str(b.get("HostPort") or "")) for b in found)
 
 
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):.0f} MiB"
+
+
 def _is_public(address: str) -> bool:
     return address in ("0.0.0.0", "::")
 
@@ -143,11 +147,10 @@ def swap_active(ctx: HostContext, subject: Subject):
             devices[cells[0]] = int(cells[2]) * 1024
     total = sum(devices.values())
     # mkswap keeps one page for its header; allow a MiB for it.
+    shown = ", ".join(f"{d} {_mib(s)}" for d, s in devices.items()) or "no active swap"
     if total + 1024 * 1024 < swap.size_bytes:
-        found = ", ".join(f"{d} {format_bytes(s - s % 1024)}" for d, s in devices.items()) or "no active swap"
-        fail(f"active swap is {format_bytes(total - total % 1024) if total else '0'} ({found}); "
-             f"settings say at least {swap.size}")
-    return ", ".join(f"{d} ({s // (1024 * 1024)} MiB)" for d, s in devices.items())
+        fail(f"active swap is {_mib(total)} ({shown}); settings say at least {swap.size}")
+    return shown
 
 
 @control("HI-HOST-002", "vm.swappiness is as set", severity="low", scope="host",

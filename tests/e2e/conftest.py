@@ -4,6 +4,8 @@ tests share one VM (a fresh VM costs ~4 minutes under software emulation)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +14,9 @@ import pytest
 
 from hermes_infra import commands, imagebuild, trylocal
 from hermes_infra.localvm import LocalVM, disposable_vm
+
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def pytest_collection_modifyitems(items):
@@ -50,9 +55,16 @@ class DeployedHost:
             target.data[key] = json.dumps(value)
         return target
 
-    def deploy(self, *, dry: bool = False, **sections) -> DeployRun:
+    def deploy(self, *extra: str, dry: bool = False, **sections) -> DeployRun:
+        """`hermes-infra up` with these settings sections, exactly as an operator runs it."""
         started = time.monotonic()
-        result = commands.up_captured(self.target(**sections), dry=dry)
+        argv = [sys.executable, "-m", "hermes_infra", "up", *self.target(**sections).cli_args()]
+        if dry:
+            argv.append("--dry")
+        if extra:
+            argv += ["--", *extra]
+        result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                stdin=subprocess.DEVNULL, cwd=REPO)
         return DeployRun(result.returncode, result.stdout, time.monotonic() - started)
 
     def run(self, command: str, timeout: float = 300) -> str:

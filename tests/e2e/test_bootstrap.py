@@ -122,15 +122,12 @@ def test_invalid_setting_is_refused_before_connecting(deployed):
 
 def test_dry_run_and_diff_show_no_secret(deployed):
     secret = "sk-or-v1-this-must-never-be-printed"
-    target_sections = {"gateways": [{"env": {"OPENROUTER_API_KEY": secret}}]}
-    from hermes_infra import commands
-
-    for extra in ([], ["--diff"], ["-vv"]):
-        result = commands.up_captured(deployed.target(**target_sections), dry=True, extra=extra)
-        assert result.returncode == 0, result.stdout[-3000:]
-        assert "Merge managed keys into /root/.hermes/.env" in result.stdout
-        assert secret not in result.stdout
-        assert deployed.api_key() not in result.stdout
+    for extra in ([], ["--diff"], ["-vvv"]):
+        result = deployed.deploy(*extra, dry=True, gateways=[{"env": {"OPENROUTER_API_KEY": secret}}])
+        assert result.returncode == 0, result.output[-3000:]
+        assert "Merge managed keys into /root/.hermes/.env" in result.output
+        assert secret not in result.output
+        assert deployed.api_key() not in result.output
     assert secret not in deployed.run("cat /root/.hermes/.env"), "a dry run wrote to the host"
 
 
@@ -182,3 +179,15 @@ def test_gateway_comes_back_after_a_reboot(deployed):
     assert deployed.http_status(f"{API}/v1/models", key=key) == "200"
     assert deployed.run("swapon --show=NAME --noheadings").strip() == "/swapfile"
     assert deployed.run("cat /proc/sys/vm/swappiness").strip() == "10"
+
+
+def test_swap_resize_follows_the_setting(deployed):
+    run = deployed.deploy(swap={"size": "512M", "swappiness": 20})
+    assert run.returncode == 0, run.output[-4000:]
+    assert deployed.run("stat -c %s /swapfile").strip() == str(512 * 1024**2)
+    assert deployed.run("swapon --show=NAME --noheadings").strip() == "/swapfile"
+    assert deployed.run("cat /proc/sys/vm/swappiness").strip() == "20"
+    assert deployed.run("grep -c '^/swapfile ' /etc/fstab").strip() == "1"
+    restore = deployed.deploy()
+    assert restore.returncode == 0, restore.output[-4000:]
+    assert deployed.run("stat -c %s /swapfile").strip() == str(1024**3)

@@ -1,0 +1,76 @@
+"""The health gate script, run for real in a local shell against small local HTTP servers."""
+from __future__ import annotations
+
+import http.server
+import socket
+import subprocess
+import threading
+
+import pytest
+
+from hermes_infra.health import gate_script
+
+KEY = "k3J9-vQ2x_Lm8pR4tZ7w-gate-key"
+
+
+class FakeGateway(http.server.BaseHTTPRequestHandler):
+    """Answers like Hermes's API server: /health open, /v1/models behind the bearer key."""
+
+    health_status = 200
+
+    def do_GET(self):  # noqa: N802
+        if self.path == "/health":
+            status = self.health_status
+        elif self.path == "/v1/models":
+            status = 200 if self.headers.get("Authorization") == f"Bearer {KEY}" else 401
+        else:
+            status = 404
+        self.send_response(status)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeGateway)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_gate(url: str, env_path, timeout: int = 3) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", gate_script(url, "hermes", str(env_path), timeout, 0.2)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_gate_passes_with_the_key_from_the_env_file(server, tmp_path):
+    env = tmp_path / ".env"
+    env.write_text(f"OTHER=1\nAPI_SERVER_KEY={KEY}\n")
+    result = run_gate(f"http://127.0.0.1:{server.server_port}", env)
+    assert result.returncode == 0, result.stderr
+    assert "/health 200, /v1/models 401 without key, 200 with key" in result.stdout
+    assert KEY not in result.stdout + result.stderr
+
+
+def test_gate_fails_when_the_key_is_wrong(server, tmp_path):
+    env = tmp_path / ".env"
+    env.write_text("API_SERVER_KEY=another-key-another-key\n")
+    result = run_gate(f"http://127.0.0.1:{server.server_port}", env)
+    assert result.returncode == 1
+    assert "gave 401 without the key (want 401) and 401 with it (want 200)" in result.stderr
+
+
+def test_gate_times_out_with_what_to_check(tmp_path):
+    result = run_gate(f"http://127.0.0.1:{closed_port()}", tmp_path / ".env", timeout=2)
+    assert result.returncode == 1
+    assert "did not answer GET" in result.stderr and "within 2s" in result.stderr
+    assert "API_SERVER_KEY" in result.stderr and "last lines of the container log" in result.stderr
