@@ -51,7 +51,9 @@ def managed_file(
     if current_text != wanted:
         directory = path.rsplit("/", 1)[0] or "/"
         temp = shlex.quote(f"{path}.hermes-infra.tmp")
-        yield f"install -d {shlex.quote(directory)}"
+        # mkdir -p, not install -d: install resets the mode of an existing directory (the
+        # data dir would become 0755).
+        yield f"mkdir -p {shlex.quote(directory)}"
         if current_text is not None:
             yield backup_command(path, backup_dir)
         # Upload to a 0600 temp name, then rename: nobody reads half a file or a secret

@@ -11,8 +11,10 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from hermes_infra.checks.registry import CannotCheck
 from hermes_infra.settings import (
     PLACEHOLDER_KEYS,
+    PLACEHOLDER_WORDS,
     CompanionSettings,
     EffectiveLimits,
     GatewaySettings,
@@ -25,6 +27,11 @@ from hermes_infra.sizes import parse_size
 MIB = 1024 * 1024
 # compose.companion_service gives every companion this pids limit.
 COMPANION_PIDS_LIMIT = 512
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: Exception
 
 
 @dataclass(frozen=True)
@@ -78,9 +85,16 @@ class HostContext:
 
     # ----------------------------------------------------------------- generic helpers
     def _cached(self, key: str, compute):
+        """compute() once; a failure is remembered too (one broken daemon is one command, not twenty)."""
         if key not in self._cache:
-            self._cache[key] = compute()
-        return self._cache[key]
+            try:
+                self._cache[key] = compute()
+            except Exception as error:  # noqa: BLE001 - re-raised below, for every caller
+                self._cache[key] = _Failed(error)
+        value = self._cache[key]
+        if isinstance(value, _Failed):
+            raise value.error
+        return value
 
     def run(self, command: str, *args: str):
         return self.host.run(command, *args)
@@ -91,7 +105,7 @@ class HostContext:
             out = self.run("awk '/^MemTotal:/ {print $2 * 1024}' /proc/meminfo; nproc")
             lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
             if out.rc != 0 or len(lines) < 2:
-                raise RuntimeError(f"cannot read RAM and CPUs of the host: {out.stderr.strip()}")
+                raise CannotCheck(f"cannot read RAM and CPUs of the host: {out.stderr.strip()}")
             return HostResources(memory_bytes=int(float(lines[0])), cpus=int(lines[1]))
 
         return self._cached("resources", compute)
@@ -122,12 +136,17 @@ class HostContext:
 
         def compute():
             names = self.container_names()
-            out = self.run("docker inspect --type container -- " + " ".join(shlex.quote(n) for n in names)
-                           + " 2>/dev/null")
+            out = self.run("docker inspect --type container -- " + " ".join(shlex.quote(n) for n in names))
+            # Missing containers are "No such object" (a finding); anything else means we cannot tell.
+            problems = [line for line in out.stderr.splitlines() if line.strip() and "No such" not in line]
+            if out.rc != 0 and problems:
+                raise CannotCheck(f"`docker inspect` failed: {' '.join(problems)[:300]}"
+                                   + (" (run the check as root or with --sudo)" if "permission denied" in
+                                      out.stderr.lower() else ""))
             try:
                 records = json.loads(out.stdout or "[]")
-            except json.JSONDecodeError:
-                records = []
+            except json.JSONDecodeError as error:
+                raise CannotCheck(f"`docker inspect` printed no JSON: {error}") from None
             return {record.get("Name", "").lstrip("/"): record for record in records}
 
         return self._cached("inspect", compute)
@@ -138,11 +157,21 @@ class HostContext:
     def docker_info(self) -> dict:
         def compute():
             out = self.run("docker info --format '{{json .}}'")
-            if out.rc != 0:
-                raise RuntimeError(f"`docker info` failed: {(out.stderr or out.stdout).strip()[:300]}")
-            return json.loads(out.stdout)
+            info = json.loads(out.stdout) if out.rc == 0 and out.stdout.strip().startswith("{") else {}
+            errors = info.get("ServerErrors") or ([] if info else [(out.stderr or out.stdout).strip()])
+            if errors:
+                raise CannotCheck(f"`docker info` cannot reach the daemon: {' '.join(errors)[:300]}")
+            return info
 
         return self._cached("docker_info", compute)
+
+    def require_access(self, path: str) -> None:
+        """Raise (an `error`, not a finding) when `path` cannot be examined for lack of permission."""
+        out = self.run("stat -c %%F %s", path)
+        if out.rc != 0 and "permission denied" in out.stderr.lower():
+            raise CannotCheck(f"permission denied on {path}: run the check as root or with --sudo")
+        if out.rc == 0 and "regular" in out.stdout and self.run("test -r %s", path).rc != 0:
+            raise CannotCheck(f"cannot read {path}: run the check as root or with --sudo")
 
     def env_keys(self, env_path: str) -> set[str] | None:
         """Names (never values) of the keys set in a `.env`; None when the file is missing."""
@@ -179,12 +208,15 @@ class HostContext:
         return (out.stdout.strip() or "000")[-12:]
 
     def api_key_facts(self, env_path: str, want_digest: bool) -> dict[str, Any]:
-        """Length, placeholder verdict and (if asked) SHA-256 of the API key in `.env`.
+        """What `settings.check_api_key` looks at, about the API key in `.env`: its length, how
+        many distinct characters it has, whether it is (or contains) a placeholder; and, if
+        asked, its SHA-256 to compare with a configured key.
 
         The key is read into a shell variable on the host and only these facts come back; it
-        is never printed, never a process argument (printf is a shell builtin).
+        is never printed and never a process argument (printf and case are shell builtins).
         """
-        placeholders = "|".join(sorted(shlex.quote(p) for p in PLACEHOLDER_KEYS))
+        exact = "|".join(sorted(shlex.quote(p) for p in PLACEHOLDER_KEYS))
+        words = "|".join(sorted(f"*{shlex.quote(w)}*" for w in PLACEHOLDER_WORDS)) or "''"
         digest = 'printf "%s" "$key" | sha256sum | cut -d" " -f1' if want_digest else "echo -"
         script = (
             f"f={shlex.quote(env_path)}; "
@@ -193,15 +225,16 @@ class HostContext:
             'if [ -z "$key" ]; then echo unset; exit 0; fi; '
             'echo present; printf "%s" "$key" | wc -c; '
             "lower=$(printf '%s' \"$key\" | tr 'A-Z' 'a-z' | sed 's/^[[:space:]]*//;s/[[:space:]]*$//'); "
-            f'case "$lower" in {placeholders}) echo placeholder;; *) echo ok;; esac; '
+            "printf '%s' \"$lower\" | fold -w1 | sort -u | wc -l; "
+            f'case "$lower" in {exact}) echo exact;; {words}) echo word;; *) echo ok;; esac; '
             f"{digest}"
         )
         out = self.run(script)
         lines = [line.strip() for line in out.stdout.splitlines()]
-        if not lines or lines[0] != "present":
-            return {"state": lines[0] if lines else "unreadable"}
-        return {"state": "present", "length": int(lines[1]), "placeholder": lines[2] == "placeholder",
-                "sha256": lines[3] if want_digest else None}
+        if not lines or lines[0] != "present" or len(lines) < 5:
+            return {"state": lines[0] if lines and lines[0] in ("missing", "unset") else "unreadable"}
+        return {"state": "present", "length": int(lines[1]), "distinct": int(lines[2]),
+                "placeholder": lines[3] in ("exact", "word"), "sha256": lines[4] if want_digest else None}
 
 
 # Reads optional header lines from stdin (as curl -H @- does), prints the status code.

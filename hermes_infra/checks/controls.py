@@ -13,7 +13,7 @@ import json
 import shlex
 
 from hermes_infra.checks.context import HostContext, Subject
-from hermes_infra.checks.registry import NotApplicable, control, fail
+from hermes_infra.checks.registry import CannotCheck, NotApplicable, control, fail
 from hermes_infra.sizes import format_bytes
 
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -175,7 +175,7 @@ def ssh_password_login(ctx: HostContext, subject: Subject):
         key, _, value = line.strip().partition(" ")
         options[key.lower()] = value.strip().lower()
     if out.rc != 0 or "passwordauthentication" not in options:
-        fail(f"cannot read the effective sshd configuration with `sshd -T` (needs root): "
+        raise CannotCheck(f"cannot read the effective sshd configuration with `sshd -T` (needs root): "
              f"{out.stdout.strip()[:200]}")
     enabled = [name for name in ("passwordauthentication", "kbdinteractiveauthentication")
                if options.get(name, "no") != "no"]
@@ -194,6 +194,7 @@ def ssh_password_login(ctx: HostContext, subject: Subject):
 def data_dir_owner(ctx: HostContext, subject: Subject):
     gateway = subject.gateway
     path = gateway.host_data_dir
+    ctx.require_access(path)
     directory = ctx.host.file(path)
     if not directory.is_directory:
         fail(f"{path} is not a directory")
@@ -216,6 +217,9 @@ def data_dir_owner(ctx: HostContext, subject: Subject):
 def data_dir_foreign_files(ctx: HostContext, subject: Subject):
     gateway = subject.gateway
     path = gateway.host_data_dir
+    ctx.require_access(path)
+    if not ctx.host.file(path).is_directory:
+        raise NotApplicable(f"{path} does not exist (HI-DATA-001 reports it)")
     out = ctx.run("find %s -xdev \\( ! -uid %s -o ! -gid %s \\) -printf '%%u:%%g %%P\\n' 2>/dev/null "
                   "| head -n 6", path, str(gateway.uid), str(gateway.gid))
     foreign = [line for line in out.stdout.splitlines() if line.strip()]
@@ -231,6 +235,7 @@ def data_dir_foreign_files(ctx: HostContext, subject: Subject):
 def env_file_mode(ctx: HostContext, subject: Subject):
     gateway = subject.gateway
     path = f"{gateway.host_data_dir.rstrip('/')}/.env"
+    ctx.require_access(path)
     env = ctx.host.file(path)
     if not env.is_file:
         fail(f"{path} is missing")
@@ -258,13 +263,15 @@ def api_key_rules(ctx: HostContext, subject: Subject):
     gateway = subject.gateway
     path = f"{gateway.host_data_dir.rstrip('/')}/.env"
     configured = gateway.api.key.get_secret_value() if gateway.api.key is not None else None
+    ctx.require_access(path)
     facts = ctx.api_key_facts(path, want_digest=configured is not None)
     if facts["state"] != "present":
         fail({"missing": f"{path} is missing", "unset": f"API_SERVER_KEY is not set in {path}"}.get(
             facts["state"], f"cannot read {path}"))
     if facts["length"] < MIN_API_KEY_LENGTH:
         fail(f"API_SERVER_KEY in {path} is {facts['length']} characters long; Hermes needs {MIN_API_KEY_LENGTH}")
-    if facts["placeholder"]:
+    # The same rules as settings.check_api_key (which needs the key itself).
+    if facts["placeholder"] or facts["distinct"] <= 2:
         fail(f"API_SERVER_KEY in {path} is a placeholder value, which Hermes refuses")
     if configured is not None and facts["sha256"] != hashlib.sha256(configured.encode()).hexdigest():
         fail(f"API_SERVER_KEY in {path} is not the key set in gateways[{gateway.name}].api.key")
@@ -469,7 +476,9 @@ def api_requires_key(ctx: HostContext, subject: Subject):
     anonymous = ctx.http_status(url)
     if anonymous != "401":
         fail(f"GET {url} without a key answered {anonymous if anonymous != '000' else 'nothing'}; want 401")
-    authed = ctx.http_status(url, key_from_env=f"{gateway.host_data_dir.rstrip('/')}/.env")
+    env_path = f"{gateway.host_data_dir.rstrip('/')}/.env"
+    ctx.require_access(env_path)
+    authed = ctx.http_status(url, key_from_env=env_path)
     if authed != "200":
         fail(f"GET {url} with the key from .env answered {authed}; want 200")
     return "401 without the key, 200 with it"

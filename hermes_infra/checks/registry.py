@@ -36,6 +36,11 @@ def fail(message: str) -> None:
     raise ControlFailure(message)
 
 
+class CannotCheck(RuntimeError):
+    """The check could not decide (permission denied, daemon unreachable): an `error`, never a pass
+    or a finding. The message says what to do."""
+
+
 class NotApplicable(Exception):
     """The control does not apply with these settings (e.g. swap.size is 0)."""
 

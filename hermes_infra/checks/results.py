@@ -14,7 +14,7 @@ import datetime as dt
 import time
 from dataclasses import dataclass, field
 
-from hermes_infra.checks.registry import Control, ControlFailure, NotApplicable
+from hermes_infra.checks.registry import CannotCheck, Control, ControlFailure, NotApplicable
 from hermes_infra.checks.waivers import Waiver, find_waiver
 
 BLOCKING = ("failed", "error")
@@ -60,6 +60,8 @@ def evaluate(control: Control, ctx, subject, host_name: str) -> Result:
         status, message = ("warning" if control.severity == "advisory" else "failed"), str(failure)
     except NotApplicable as reason:
         status, message = "skipped", str(reason)
+    except CannotCheck as reason:
+        status, message = "error", f"cannot check: {reason}"[:500]
     except Exception as error:  # noqa: BLE001 - any other problem means "could not decide"
         status, message = "error", f"{type(error).__name__}: {error}"[:500]
     return Result(host=host_name, control=control, subject=subject.label, status=status, message=message,

@@ -3,7 +3,9 @@ real toolkit. Tests that change the host's settings put them back before they en
 tests share one VM (a fresh VM costs ~4 minutes under software emulation)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hermes_infra import commands, imagebuild, trylocal
-from hermes_infra.localvm import LocalVM, disposable_vm
+from hermes_infra.localvm import LocalVM, disposable_vm, ensure_vm
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,10 +96,22 @@ def local_image() -> Path:
     return built.archive.parent
 
 
+@contextlib.contextmanager
+def session_vm():
+    """A fresh disposable VM; `HERMES_INFRA_E2E_VM=name` reuses (and keeps) a named VM instead,
+    to iterate on one test without paying a boot and a bootstrap each time."""
+    name = os.environ.get("HERMES_INFRA_E2E_VM")
+    if name:
+        yield ensure_vm(name)
+    else:
+        with disposable_vm("e2e") as vm:
+            yield vm
+
+
 @pytest.fixture(scope="session")
 def deployed(local_image) -> DeployedHost:
     started = time.monotonic()
-    with disposable_vm("e2e") as vm:
+    with session_vm() as vm:
         host = DeployedHost(vm=vm, image_dir=local_image)
         host.timings["vm_boot"] = time.monotonic() - started
         host.first_run = host.deploy()

@@ -3,6 +3,7 @@ idempotent Hermes gateway host with one command, and stays one across redeploys 
 from __future__ import annotations
 
 import json
+import shlex
 import time
 
 from hermes_infra.settings import HostResources, HostSettings, derive_limits
@@ -159,7 +160,7 @@ def test_companion_reaches_the_api_through_host_docker_internal(deployed):
     assert "HERMES_MODEL=hermes-agent" in env
     assert not any(item.startswith("HERMES_API_KEY=") for item in deployed.run("cat /opt/hermes/companions/hub/compose.yaml").splitlines())
     assert deployed.run("stat -c '%a' /opt/hermes/companions/hub.env").strip() == "600"
-    probe = f"docker exec hub python3 -c {json.dumps(COMPANION_PROBE)}"
+    probe = f"docker exec hub python3 -c {shlex.quote(COMPANION_PROBE)}"
     assert deployed.run(f"{probe} http://host.docker.internal:8642/health").strip() == "200"
     assert deployed.run(f"{probe} http://host.docker.internal:8642/v1/models HERMES_API_KEY").strip() == "200"
     assert deployed.run(f"{probe} http://host.docker.internal:8642/v1/models").strip() == "401"

@@ -5,6 +5,7 @@ The tests run in order on the session's VM and leave it as they found it (defaul
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 
@@ -21,7 +22,7 @@ def hub(deployed, name: str, **extra) -> dict:
 
 
 def probe(deployed, container: str, url: str, key_env: str | None = None) -> str:
-    command = f"docker exec {container} python3 -c {json.dumps(COMPANION_PROBE)} {url}"
+    command = f"docker exec {container} python3 -c {shlex.quote(COMPANION_PROBE)} {url}"
     return deployed.run(command + (f" {key_env}" if key_env else "")).strip()
 
 

@@ -1,0 +1,229 @@
+"""Compliance checks against a real deployed VM: a fresh host passes every control, and a host
+broken on purpose fails exactly the controls that match the break, nothing else.
+
+Every break is undone in a `finally` (by hand where the deploy cannot see the drift, then a
+default redeploy that must exit 0), so later tests see a healthy host.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+import paramiko
+import pytest
+
+from hermes_infra import commands
+from hermes_infra.checks import TEST_MODULE, runner
+from hermes_infra.checks.reports import RunReport
+from hermes_infra.settings import HostSettings
+
+HEALTH = "http://127.0.0.1:8642/health"
+# The hub stand-in: the Hermes image itself (it has python3 but no curl), idling.
+COMPANION = {"name": "hub", "image": None, "entrypoint": ["sleep", "infinity"]}
+
+
+def local_settings(deployed, **sections) -> HostSettings:
+    return commands.validate(deployed.target(**sections))[deployed.target().inventory]
+
+
+def check(deployed, **sections) -> RunReport:
+    """Run every control with these settings as the expected values (default: what was deployed)."""
+    started = time.monotonic()
+    run = runner.collect([deployed.target(**sections)])
+    print(f"\n[timing] checks: {time.monotonic() - started:.1f}s")
+    return run
+
+
+def not_passing(run: RunReport) -> dict[str, str]:
+    return {f"{r.control.id}@{r.subject}": f"{r.status}: {r.message}" for r in run.results if r.status != "passed"}
+
+
+def failing_ids(run: RunReport) -> set[str]:
+    return {r.control.id for r in run.results if r.status != "passed"}
+
+
+def wait_healthy(deployed, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while deployed.http_status(HEALTH) != "200":
+        assert time.monotonic() < deadline, f"{HEALTH} did not answer 200 within {timeout}s"
+        time.sleep(2)
+
+
+def redeploy(deployed, **sections) -> None:
+    run = deployed.deploy(**sections)
+    assert run.returncode == 0, run.output[-4000:]
+
+
+@contextlib.contextmanager
+def broken(deployed, undo: str | None = None):
+    """Yield with the host broken; always undo by hand (if given) and redeploy the defaults."""
+    try:
+        yield
+    finally:
+        if undo:
+            deployed.run(undo)
+        redeploy(deployed)
+
+
+def compose_override(deployed, text: str) -> None:
+    """Recreate the gateway from the deployed compose file plus an override (same project)."""
+    deployed.run(f"cat > /tmp/hermes-override.yaml <<'EOF'\n{text}\nEOF\n"
+                 "cd /opt/hermes && docker compose -p hermes -f compose.yaml -f /tmp/hermes-override.yaml "
+                 "up -d --quiet-pull 2>&1")
+    wait_healthy(deployed)
+
+
+RESTORE_COMPOSE = "cd /opt/hermes && docker compose -p hermes -f compose.yaml up -d 2>&1 && rm -f /tmp/hermes-override.yaml"
+
+
+# --------------------------------------------------------------------------- fresh host
+def test_fresh_host_passes_every_control_through_the_cli(deployed, tmp_path):
+    target = deployed.target()
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "hermes_infra", "check", *target.cli_args(), "--report", "text",
+                          "--report", f"json={tmp_path}/check.json", "--report", f"junit={tmp_path}/check.xml"],
+                         capture_output=True, text=True, timeout=600)
+    print(f"\n[timing] hermes-infra check (CLI, fresh host): {time.monotonic() - started:.1f}s")
+    print(out.stdout[-600:])
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads((tmp_path / "check.json").read_text())
+    expected = len(list(runner.instances(local_settings(deployed))))
+    assert report["summary"]["passed"] == report["summary"]["total"] == expected
+    assert {r["status"] for r in report["hosts"][0]["results"]} == {"passed"}
+    junit = ET.parse(tmp_path / "check.xml").getroot()
+    assert (junit.get("tests"), junit.get("failures"), junit.get("errors")) == (str(expected), "0", "0")
+    assert "PASSED: 1 host(s)" in out.stdout
+
+
+def test_one_ssh_connection_per_host(deployed, monkeypatch):
+    connects = []
+    original = paramiko.SSHClient.connect
+
+    def counting(self, *args, **kwargs):
+        connects.append(kwargs.get("port"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(paramiko.SSHClient, "connect", counting)
+    run = check(deployed)
+    assert run.exit_code == 0, not_passing(run)
+    assert connects == [deployed.vm.ssh_port]
+
+
+def test_shipped_pytest_module_passes_on_the_fresh_host(deployed, tmp_path):
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({k: json.loads(v) for k, v in commands.local_vm_data(str(deployed.image_dir)).items()}))
+    _, data = deployed.vm.pyinfra_host()
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", TEST_MODULE,
+                          f"--hosts=paramiko://root@127.0.0.1:{deployed.vm.ssh_port}",
+                          f"--ssh-identity-file={data['ssh_key']}", f"--hermes-settings={settings}",
+                          f"--junitxml={tmp_path}/pytest.xml"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    print(f"\n[timing] pytest {TEST_MODULE} (paramiko): {time.monotonic() - started:.1f}s")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    expected = len(list(runner.instances(local_settings(deployed))))
+    assert f"{expected} passed" in out.stdout
+    suite = ET.parse(tmp_path / "pytest.xml").getroot().find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == (str(expected), "0", "0")
+
+
+# ------------------------------------------------------------------------ broken hosts
+def test_swap_off_fails_only_the_swap_control_and_waivers_accept_it(deployed, tmp_path):
+    with broken(deployed):
+        deployed.run("swapoff -a")
+        code = runner.run_checks([deployed.target()], [f"json={tmp_path}/swap.json", f"junit={tmp_path}/swap.xml"])
+        assert code == 1
+        report = json.loads((tmp_path / "swap.json").read_text())
+        failed = {r["control"]: r for r in report["hosts"][0]["results"] if r["status"] != "passed"}
+        assert set(failed) == {"HI-HOST-001"}
+        assert "active swap is 0 MiB" in failed["HI-HOST-001"]["message"]
+        assert ET.parse(tmp_path / "swap.xml").getroot().get("failures") == "1"
+
+        waivers = tmp_path / "waivers.yaml"
+        waivers.write_text(f"waivers:\n  - control: HI-HOST-001\n    hosts: '{deployed.target().inventory}'\n"
+                           "    justification: swap is off during the disk resize (OPS-42)\n"
+                           "    expires: 2999-12-31\n")
+        assert runner.run_checks([deployed.target()], [f"json={tmp_path}/waived.json"], str(waivers)) == 0
+        waived = json.loads((tmp_path / "waived.json").read_text())["summary"]
+        assert (waived["waived"], waived["failed"]) == (1, 0)
+    assert deployed.run("awk 'NR>1' /proc/swaps").strip(), "the redeploy did not turn swap back on"
+
+
+def test_world_readable_env_fails_only_the_env_mode_control(deployed):
+    with broken(deployed):
+        deployed.run("chmod 0644 /root/.hermes/.env")
+        run = check(deployed)
+        assert failing_ids(run) == {"HI-DATA-003"}, not_passing(run)
+        assert "mode is 0644, want 0600" in not_passing(run)["HI-DATA-003@gateway:hermes"]
+    assert deployed.run("stat -c %a /root/.hermes/.env").strip() == "600"
+
+
+def test_gateway_without_limits_fails_only_the_limit_controls(deployed):
+    # The deployed compose file with the three limits removed (compose's `!reset`): the same
+    # container in every other respect, as if someone ran it from an old or hand-edited file.
+    with broken(deployed, undo=RESTORE_COMPOSE):
+        compose_override(deployed, "services:\n  hermes:\n    mem_limit: !reset null\n"
+                                   "    cpus: !reset null\n    pids_limit: !reset null")
+        assert deployed.run("docker inspect hermes --format '{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}'"
+                            ).split() == ["0", "0"]
+        run = check(deployed)
+        assert failing_ids(run) == {"HI-CTR-003", "HI-CTR-004", "HI-CTR-005"}, not_passing(run)
+    assert deployed.run("docker inspect hermes --format '{{.HostConfig.PidsLimit}}'").strip() == "1024"
+
+
+def test_api_on_all_interfaces_fails_only_the_port_control(deployed):
+    with broken(deployed):
+        redeploy(deployed, gateways=[{"name": "hermes", "api": {"publish_addresses": ["0.0.0.0"],
+                                                                "allow_public": True}}])
+        run = check(deployed)  # the default settings are the expected values
+        assert failing_ids(run) == {"HI-API-001"}, not_passing(run)
+        assert "0.0.0.0 is every interface" in not_passing(run)["HI-API-001@gateway:hermes"]
+        # with the settings that allow it, the same host complies
+        allowed = check(deployed, gateways=[{"name": "hermes", "api": {"publish_addresses": ["0.0.0.0"],
+                                                                       "allow_public": True}}])
+        assert allowed.exit_code == 0, not_passing(allowed)
+    assert "0.0.0.0" not in deployed.run("docker port hermes")
+
+
+def test_stopped_gateway_fails_the_running_and_api_controls_only(deployed):
+    with broken(deployed):
+        deployed.run("docker stop hermes")
+        run = check(deployed)
+        assert failing_ids(run) == {"HI-CTR-001", "HI-API-003", "HI-API-004"}, not_passing(run)
+    assert deployed.http_status(HEALTH) == "200"
+
+
+def test_companion_reaches_the_api_and_fails_when_the_bridge_port_goes(deployed):
+    companion = dict(COMPANION, image=local_settings(deployed).image.ref)
+    try:
+        redeploy(deployed, companions=[companion])
+        run = check(deployed, companions=[companion])
+        assert run.exit_code == 0, not_passing(run)
+        reach = next(r for r in run.results if r.control.id == "HI-CMP-001")
+        assert reach.subject == "companion:hub" and "(python3) -> 200" in reach.message
+        assert sum(r.subject == "companion:hub" for r in run.results) == 11
+
+        # The gateway published on 127.0.0.1 only: healthy from the host, unreachable for the hub.
+        compose_override(deployed, 'services:\n  hermes:\n    ports: !override\n      - "127.0.0.1:8642:8642"')
+        run = check(deployed, companions=[companion])
+        assert failing_ids(run) == {"HI-API-001", "HI-CMP-001"}, not_passing(run)
+    finally:
+        deployed.run(RESTORE_COMPOSE)
+        redeploy(deployed)  # the companion left the settings: the deploy retires it
+    assert "hub" not in deployed.run("docker ps -a --format '{{.Names}}'").split()
+
+
+def test_host_is_healthy_again_after_all_breaks(deployed):
+    run = check(deployed)
+    assert run.exit_code == 0 and set(not_passing(run)) == set(), not_passing(run)
+
+
+@pytest.fixture(autouse=True)
+def _timing(request):
+    started = time.monotonic()
+    yield
+    print(f"\n[timing] {request.node.name}: {time.monotonic() - started:.1f}s")
