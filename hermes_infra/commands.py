@@ -51,13 +51,12 @@ class Target:
             data["ssh_key"] = self.key
         return data
 
-    def cli_args(self) -> list[str]:
-        """The same target as `hermes-infra` command line arguments."""
-        args = [self.inventory if not self.user or Path(self.inventory).exists() else f"{self.user}@{self.inventory}"]
+    def _args(self, port_flag: str, key_flag: str) -> list[str]:
+        args = []
         if self.port:
-            args += ["--port", str(self.port)]
+            args += [port_flag, str(self.port)]
         if self.key:
-            args += ["--key", self.key]
+            args += [key_flag, self.key]
         if self.sudo:
             args.append("--sudo")
         for key, value in self.data.items():
@@ -66,21 +65,14 @@ class Target:
             args += ["--group-data", directory]
         return args
 
+    def cli_args(self) -> list[str]:
+        """The same target as `hermes-infra` command line arguments."""
+        inventory = self.inventory if not self.user or Path(self.inventory).exists() else f"{self.user}@{self.inventory}"
+        return [inventory, *self._args("--port", "--key")]
+
     def pyinfra_args(self) -> list[str]:
-        args = [self.inventory]
-        if self.port:
-            args += ["--ssh-port", str(self.port)]
-        if self.user:
-            args += ["--ssh-user", self.user]
-        if self.key:
-            args += ["--ssh-key", self.key]
-        if self.sudo:
-            args.append("--sudo")
-        for key, value in self.data.items():
-            args += ["--data", f"{key}={value}"]
-        for directory in self.group_data:
-            args += ["--group-data", directory]
-        return args
+        user = ["--ssh-user", self.user] if self.user else []
+        return [self.inventory, *user, *self._args("--ssh-port", "--ssh-key")]
 
 
 def load_inventory(target: Target):

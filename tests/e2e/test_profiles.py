@@ -12,7 +12,9 @@ import pytest
 from tests.e2e.test_bootstrap import COMPANION_PROBE, inspect
 
 CODER = {"name": "coder", "api": {"port": 8643}, "limits": {"memory": "768M", "cpus": 0.5}}
-HERMES = {"name": "hermes"}
+# Explicit limits: derived ones are shared out between the profiles, so adding a profile
+# would shrink (and recreate) the others. The README says so.
+HERMES = {"name": "hermes", "limits": {"memory": "1G", "cpus": 1}}
 
 
 def hub(deployed, name: str, **extra) -> dict:
@@ -38,6 +40,8 @@ def restore_default(deployed):
 
 
 def test_adding_a_profile_leaves_the_first_untouched(deployed):
+    run = deployed.deploy(gateways=[HERMES])
+    assert run.returncode == 0, run.output[-4000:]
     hermes_id = inspect(deployed, "hermes")["Id"]
     run = deployed.deploy(gateways=[HERMES, CODER])
     assert run.returncode == 0, run.output[-4000:]
@@ -105,5 +109,6 @@ def test_removing_a_profile_keeps_its_data_and_the_other_container(deployed):
     assert deployed.run("ls -A /root/.hermes-coder") == coder_files
     archives = deployed.run("ls /var/backups/hermes-infra/").split()
     assert any(name.startswith("profile-coder-") and name.endswith(".tar.gz") for name in archives)
-    assert ".env" in deployed.run("tar -tzf /var/backups/hermes-infra/profile-coder-*.tar.gz")
+    newest = deployed.run("ls -t /var/backups/hermes-infra/profile-coder-*.tar.gz | head -n 1").strip()
+    assert "root/.hermes-coder/.env" in deployed.run(f"tar -tzf {newest}").split()
     assert deployed.http_status("http://127.0.0.1:8642/health") == "200"

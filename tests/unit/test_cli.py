@@ -11,7 +11,7 @@ def test_user_at_host_becomes_pyinfra_arguments():
     assert target.inventory == "203.0.113.7" and target.user == "deploy"
     args = target.pyinfra_args()
     assert args[:1] == ["203.0.113.7"]
-    assert ["--ssh-port", "2222"] == args[1:3] and "--sudo" in args
+    assert args[1:5] == ["--ssh-user", "deploy", "--ssh-port", "2222"] and "--sudo" in args
     assert target.cli_args()[0] == "deploy@203.0.113.7"
     assert target.override_data()["swap"] == {"size": "4G"}
 
