@@ -15,9 +15,9 @@ from pyinfra import host
 from pyinfra.api import deploy, operation
 
 from hermes_infra import configfile, envfile
-from hermes_infra.facts import FileMeta, read_text
+from hermes_infra.facts import FileMeta, ForeignOwnedFiles, read_text
 from hermes_infra.ops import fail, managed_file
-from hermes_infra.settings import PLACEHOLDER_KEYS, GatewaySettings, check_api_key
+from hermes_infra.settings import GatewaySettings, check_api_key
 
 # Keys generated during this run, so every operation of the run (the .env, the companions'
 # env files, the compose labels) agrees on one value before it exists on the host.
@@ -85,10 +85,24 @@ def directory(path: str, uid: int, gid: int, mode: str):
         host.noop(f"{path} exists with owner {uid}:{gid} and mode {mode}")
 
 
+@operation()
+def owned_by(path: str, uid: int, gid: int):
+    """Every file under the data dir belongs to the container user (the official image's
+    entrypoint does the same at start; our registry-free image runs as that user directly)."""
+    foreign = host.get_fact(ForeignOwnedFiles, path=path, uid=uid, gid=gid)
+    if not foreign:
+        host.noop(f"everything under {path} belongs to {uid}:{gid}")
+        return
+    yield f"chown -R -h {uid}:{gid} {shlex.quote(path)}"
+
+
 @deploy("Hermes data dir")
 def data_dir(gateway: GatewaySettings, backup_dir: str):
     directory(name=f"Data dir {gateway.host_data_dir} owned by {gateway.uid}:{gateway.gid}",
               path=gateway.host_data_dir, uid=gateway.uid, gid=gateway.gid, mode="0700")
+
+    owned_by(name=f"Files under {gateway.host_data_dir} belong to {gateway.uid}:{gateway.gid}",
+             path=gateway.host_data_dir, uid=gateway.uid, gid=gateway.gid)
 
     def merged_env(current: str | None) -> str:
         return envfile.merge(current, env_values(gateway, current, host.name)).text
@@ -106,5 +120,3 @@ def data_dir(gateway: GatewaySettings, backup_dir: str):
                  path=config_path(gateway), content=merged_config, mode="0600",
                  uid=gateway.uid, gid=gateway.gid, backup_dir=backup_dir)
 
-
-__all__ = ["PLACEHOLDER_KEYS", "api_key", "data_dir", "env_path", "config_path", "inputs_digest"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 
-from hermes_infra import compose, datadir, docker_engine, health, image, profiles, swap
+from hermes_infra import compose, datadir, docker_engine, envfile, health, image, profiles, swap
 from hermes_infra.facts import DebianRelease, HostResources
-from hermes_infra.loading import SettingsError, settings_for_host
+from hermes_infra.loading import settings_for_host
 from hermes_infra.ops import managed_file
 from hermes_infra.preflight import preflight
 from hermes_infra.settings import HostSettings
@@ -39,8 +39,6 @@ def hermes_host(settings: HostSettings | None = None):
 
 
 def companion_files(settings: HostSettings) -> None:
-    from hermes_infra import envfile
-
     for companion in settings.companions:
         gateway = settings.gateway_for(companion)
 
@@ -86,5 +84,3 @@ def compose_projects(settings: HostSettings, plan) -> None:
                            project=compose.project_name(companion), directory=compose.project_dir(settings, companion),
                            content=separate, services=[companion.name])
 
-
-__all__ = ["hermes_host", "SettingsError"]

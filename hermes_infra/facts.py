@@ -196,3 +196,16 @@ def read_text(path: str) -> str | None:
     finally:
         state.print_fact_output = shown
     return None if found is None else found.text
+
+
+class ForeignOwnedFiles(FactBase):
+    """Up to 20 paths under `path` not owned by uid:gid (files written into the data dir by
+    root, e.g. by `docker exec` or an editor, which the gateway then cannot rewrite)."""
+
+    def command(self, path: str, uid: int, gid: int) -> str:
+        quoted = shlex.quote(path)
+        return (f"[ -d {quoted} ] && find {quoted} -xdev \\( ! -uid {int(uid)} -o ! -gid {int(gid)} \\) "
+                "-print 2>/dev/null | head -n 20 || true")
+
+    def process(self, output):
+        return [line for line in output if line.strip()]

@@ -94,8 +94,11 @@ def test_data_dir_and_env_file_modes(deployed):
 def test_operator_keys_runtime_state_and_api_key_survive_a_redeploy(deployed):
     key_before = deployed.api_key()
     deployed.run("echo 'OPERATOR_ADDED=by-hand' >> /root/.hermes/.env")
-    deployed.run("install -d -o 10000 -g 10000 /root/.hermes/weixin/accounts && "
-                 "echo '{\"token\": \"login\"}' > /root/.hermes/weixin/accounts/acc.json")
+    deployed.run("install -d -o 10000 -g 10000 /root/.hermes/weixin /root/.hermes/weixin/accounts && "
+                 "echo '{\"token\": \"login\"}' > /root/.hermes/weixin/accounts/acc.json && "
+                 "chown 10000:10000 /root/.hermes/weixin/accounts/acc.json")
+    # a file written as root by hand (the classic `docker exec` mistake) is given back to the container user
+    deployed.run("echo note > /root/.hermes/memories/by-root.md")
     state_before = deployed.run("sha256sum /root/.hermes/weixin/accounts/acc.json /root/.hermes/state.db")
     # A managed key that drifted is put back (and the file backed up first).
     deployed.run("sed -i 's/^API_SERVER_MODEL_NAME=.*/API_SERVER_MODEL_NAME=drifted/' /root/.hermes/.env")
@@ -109,7 +112,9 @@ def test_operator_keys_runtime_state_and_api_key_survive_a_redeploy(deployed):
     backups = deployed.run("ls /var/backups/hermes-infra/")
     assert "root__.hermes__.env." in backups
     assert deployed.run("stat -c '%a %u:%g' /root/.hermes/.env").strip() == "600 10000:10000"
-    deployed.run("sed -i '/^OPERATOR_ADDED=/d' /root/.hermes/.env")
+    assert deployed.run("stat -c '%u:%g' /root/.hermes/memories/by-root.md").strip() == "10000:10000"
+    assert deployed.run("cat /root/.hermes/memories/by-root.md").strip() == "note"
+    deployed.run("sed -i '/^OPERATOR_ADDED=/d' /root/.hermes/.env && rm /root/.hermes/memories/by-root.md")
 
 
 def test_invalid_setting_is_refused_before_connecting(deployed):
