@@ -140,10 +140,15 @@ def compose_up(project: str, directory: str, content: Callable[[], str], service
     """`docker compose up -d` when the compose file differs from the one last applied, or a
     service is not running; otherwise nothing (pyinfra's docker.compose always reports a change)."""
     stamp_path = f"{directory}/{STAMP_NAME}"
-    state = host.get_fact(ComposeProject, project=project, stamp_path=stamp_path)
+    state = host.get_fact(ComposeProject, project=project, directory=directory, stamp_path=stamp_path)
     wanted = stamp_of(content())
-    not_running = [name for name in services if state["containers"].get(name, {}).get("state") != "running"]
-    if state["stamp"] == wanted and not not_running:
+    containers = state["containers"]
+    not_running = [name for name in services if containers.get(name, {}).get("state") != "running"]
+    # Changed by hand since the last deploy (e.g. recreated without limits): compose's own
+    # hash of the service in the file differs from the one the container was created with.
+    drifted = [name for name, expected in state["config_hashes"].items()
+               if name in containers and containers[name]["config_hash"] != expected]
+    if state["stamp"] == wanted and not not_running and not drifted:
         host.noop(f"compose project {project} is up to date and running")
         return
     directory_q = shlex.quote(directory)

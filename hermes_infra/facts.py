@@ -116,6 +116,121 @@ class DockerImageId(FactBase):
 
 
 class ComposeProject(FactBase):
+    """A compose project: the inputs stamp of its last `up`, each container's state and config
+    hash, and the hash compose computes for each service of the file on disk.
+
+    Comparing the two hashes catches a container recreated by hand with other settings
+    (no limits, other ports), which a stamp alone would miss.
+    """
+
+    def command(self, project: str, directory: str, stamp_path: str) -> str:
+        quoted = shlex.quote(directory)
+        return (
+            f"cat {shlex.quote(stamp_path)} 2>/dev/null || echo; echo '---'; "
+            "command -v docker >/dev/null 2>&1 && docker ps -a "
+            f"--filter label=com.docker.compose.project={shlex.quote(project)} "
+            "--format '{{json .}}' 2>/dev/null; echo '---'; "
+            f"[ -f {quoted}/compose.yaml ] && command -v docker >/dev/null 2>&1 && cd {quoted} && "
+            f"docker compose -p {shlex.quote(project)} -f compose.yaml config --hash '*' 2>/dev/null || true"
+        )
+
+    def process(self, output):
+        sections: list[list[str]] = [[]]
+        for line in output:
+            if line.strip() == "---":
+                sections.append([])
+            else:
+                sections[-1].append(line)
+        sections += [[]] * (3 - len(sections))
+        stamp = "".join(sections[0]).strip() or None
+        containers = {}
+        for line in sections[1]:
+            line = line.strip()
+            if not line:
+                continue
+            record = json.loads(line)
+            labels = dict(
+                item.split("=", 1) for item in record.get("Labels", "").split(",") if "=" in item
+            )
+            service = labels.get("com.docker.compose.service", record.get("Names", ""))
+            containers[service] = {"id": record.get("ID"), "state": record.get("State"), "name": record.get("Names"),
+                                   "config_hash": labels.get("com.docker.compose.config-hash")}
+        hashes = {}
+        for line in sections[2]:
+            parts = line.split()
+            if len(parts) == 2:
+                hashes[parts[0]] = parts[1]
+        return {"stamp": stamp, "containers": containers, "config_hashes": hashes}
+
+
+class FileText:
+    """A file's text that must not show up in `--debug-facts` or a traceback (it may be a .env)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"<file text, {len(self.text)} characters, not shown>"
+
+    __str__ = __repr__
+
+
+class RawFile(FactBase):
+    """Exact content of a file (None when missing). Read as base64 so bytes survive the shell.
+
+    Used for files that may hold secrets (`.env`): fact output is never printed by pyinfra at
+    normal verbosity, and the content never leaves the control machine's memory.
+    """
+
+    def command(self, path: str) -> str:
+        quoted = shlex.quote(path)
+        return f"if [ -f {quoted} ]; then echo present; base64 -w0 {quoted}; echo; else echo missing; fi"
+
+    def process(self, output):
+        lines = list(output)
+        if not lines or lines[0].strip() != "present":
+            return None
+        encoded = "".join(lines[1:]).strip()
+        return FileText(base64.b64decode(encoded).decode("utf-8", errors="surrogateescape"))
+
+
+class SwapState(FactBase):
+    """The swap file at `path`: size on disk, whether active, whether in fstab, swappiness."""
+
+    def command(self, path: str) -> str:
+        quoted = shlex.quote(path)
+        return (
+            f"stat -c %s {quoted} 2>/dev/null || echo -1; "
+            f"awk 'NR>1 {{print $1}}' /proc/swaps | grep -qxF {quoted} && echo active || echo inactive; "
+            f"awk '$1 == \"{path}\" && $3 == \"swap\"' /etc/fstab | grep -q . && echo fstab || echo nofstab; "
+            "cat /proc/sys/vm/swappiness"
+        )
+
+    def process(self, output):
+        lines = [line.strip() for line in output]
+        return {
+            "size_bytes": int(lines[0]),
+            "active": lines[1] == "active",
+            "in_fstab": lines[2] == "fstab",
+            "swappiness": int(lines[3]),
+        }
+
+
+class DockerImageId(FactBase):
+    """ID (`sha256:...`) of a local image, or None when Docker or the image is missing."""
+
+    def command(self, ref: str) -> str:
+        return (f"command -v docker >/dev/null 2>&1 && docker image inspect --format '{{{{.Id}}}}' "
+                f"{shlex.quote(ref)} 2>/dev/null || true")
+
+    def process(self, output):
+        lines = [line.strip() for line in output if line.strip()]
+        return lines[0] if lines else None
+
+
+class ComposeProject(FactBase):
     """A compose project: the inputs stamp of its last `up`, and the state of each container."""
 
     def command(self, project: str, stamp_path: str) -> str:

@@ -33,5 +33,12 @@ def controls_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Control", "ControlFailure", "NotApplicable", "REGISTRY", "TEST_MODULE", "all_controls",
-           "controls_markdown"]
+__all__ = [
+    "REGISTRY",
+    "TEST_MODULE",
+    "Control",
+    "ControlFailure",
+    "NotApplicable",
+    "all_controls",
+    "controls_markdown",
+]

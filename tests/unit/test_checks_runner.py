@@ -89,7 +89,7 @@ def test_cli_check_exit_codes(tmp_path, capsys):
 
 def run_pytest(*args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", TEST_MODULE, *args],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+                          capture_output=True, text=True, cwd=cwd, timeout=300, check=False)
 
 
 def test_shipped_test_module_collects_one_test_per_control_instance(tmp_path):

@@ -270,6 +270,18 @@ def test_retag_rewraps_without_rebuilding(tmp_path, monkeypatch):
 
 def test_concurrent_builders_wait_for_one_build(tmp_path, monkeypatch):
     import threading
+
+    from gevent import monkey
+    if monkey.is_module_patched("threading"):
+        # Another test imported pyinfra_cli, which gevent-patches threading in this process:
+        # green threads cannot wait on flock(). Run this test in a clean interpreter instead.
+        import subprocess
+        import sys
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                 f"{__file__}::test_concurrent_builders_wait_for_one_build"],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:]
+        return
     monkeypatch.setenv("HERMES_INFRA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HERMES_INFRA_MIRROR", "http://deb.example/debian")
     calls = []
