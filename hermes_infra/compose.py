@@ -136,9 +136,15 @@ def stamp_of(text: str) -> str:
 
 
 @operation()
-def compose_up(project: str, directory: str, content: Callable[[], str], services: list[str]):
+def compose_up(project: str, directory: str, content: Callable[[], str], services: list[str],
+               drift_checked: tuple[str, ...] = ()):
     """`docker compose up -d` when the compose file differs from the one last applied, or a
-    service is not running; otherwise nothing (pyinfra's docker.compose always reports a change)."""
+    service is not running, or a service in `drift_checked` was recreated by hand with other
+    settings; otherwise nothing (pyinfra's docker.compose always reports a change).
+
+    Drift is checked for gateways only: for services with an `env_file` (companions) the hash
+    `compose config --hash` prints does not match the container's label (measured with compose
+    2.26), which would make every run recreate them."""
     stamp_path = f"{directory}/{STAMP_NAME}"
     state = host.get_fact(ComposeProject, project=project, directory=directory, stamp_path=stamp_path)
     wanted = stamp_of(content())
@@ -147,7 +153,7 @@ def compose_up(project: str, directory: str, content: Callable[[], str], service
     # Changed by hand since the last deploy (e.g. recreated without limits): compose's own
     # hash of the service in the file differs from the one the container was created with.
     drifted = [name for name, expected in state["config_hashes"].items()
-               if name in containers and containers[name]["config_hash"] != expected]
+               if name in drift_checked and name in containers and containers[name]["config_hash"] != expected]
     if state["stamp"] == wanted and not not_running and not drifted:
         host.noop(f"compose project {project} is up to date and running")
         return

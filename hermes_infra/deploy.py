@@ -67,7 +67,8 @@ def compose_projects(settings: HostSettings, plan) -> None:
     managed_file(name=f"Compose file {compose.compose_path(settings)}", path=compose.compose_path(settings),
                  content=lambda _current: main_project(), backup_dir=settings.backup_dir)
     compose.compose_up(name=f"Compose project {compose.MAIN_PROJECT} up", project=compose.MAIN_PROJECT,
-                       directory=compose.project_dir(settings), content=main_project, services=main_services)
+                       directory=compose.project_dir(settings), content=main_project, services=main_services,
+                       drift_checked=tuple(g.service_name for g in settings.gateways))
 
     for companion in settings.companions:
         if companion.topology != "host-gateway":

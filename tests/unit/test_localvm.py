@@ -323,6 +323,8 @@ class _FakeVM:
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
 def test_disposable_vm_is_destroyed_on_any_exit(monkeypatch, exc):
     made = []
+    # A private registry: in a full run the e2e session VM is tracked in this process too.
+    monkeypatch.setattr(lifecycle, "_live", {})
     monkeypatch.setattr(lifecycle, "ensure_image", lambda recipe=None: "image")
     def fake_boot(cls, name, image, **kw):
         made.append(_FakeVM(name))
@@ -336,7 +338,8 @@ def test_disposable_vm_is_destroyed_on_any_exit(monkeypatch, exc):
     assert made[0].destroyed and lifecycle._live == {}
 
 
-def test_atexit_net_destroys_leftovers():
+def test_atexit_net_destroys_leftovers(monkeypatch):
+    monkeypatch.setattr(lifecycle, "_live", {})  # never the e2e session's real VM
     vm = _FakeVM("left")
     lifecycle._track(vm)
     lifecycle.destroy_leftover_vms()
