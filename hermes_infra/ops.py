@@ -5,7 +5,6 @@ so hermes-infra writes every file through `managed_file`, which prints names, no
 """
 from __future__ import annotations
 
-import hashlib
 import shlex
 import time
 from io import BytesIO
@@ -68,10 +67,6 @@ def managed_file(
         yield f"chown {uid}:{gid} {quoted} && chmod {mode} {quoted}"
         return
     host.noop(f"{path} is up to date")
-
-
-def content_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", errors="surrogateescape")).hexdigest()
 
 
 def fail(message: str) -> None:
