@@ -8,13 +8,12 @@ from __future__ import annotations
 import hashlib
 import shlex
 from dataclasses import dataclass, field
-from typing import Callable
 
 from pyinfra import host
 from pyinfra.api import operation
 
 from hermes_infra import envfile
-from hermes_infra.facts import ComposeProject
+from hermes_infra.hardening import GATEWAY_HEALTHCHECK
 from hermes_infra.render import render_template
 from hermes_infra.settings import CompanionSettings, EffectiveLimits, HostSettings
 from hermes_infra.sizes import parse_size
@@ -22,7 +21,7 @@ from hermes_infra.sizes import parse_size
 MAIN_PROJECT = "hermes"
 LABEL_INPUTS = "io.hermes-infra.inputs"
 LABEL_PROFILE = "io.hermes-infra.profile"
-LABEL_IMAGE_ID = "io.hermes-infra.image-id"
+LABEL_IMAGE_ID = "io.hermes-infra.image-identity"
 STAMP_NAME = ".hermes-infra-applied"
 
 
@@ -42,6 +41,8 @@ class Service:
     ports: list[str] = field(default_factory=list)
     depends_on: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
+    healthcheck: list[str] | None = None
+    stop_grace_seconds: int = 60
 
 
 def _compose_memory(size: str | int) -> str:
@@ -98,6 +99,7 @@ def gateway_services(settings: HostSettings, limits: dict[str, EffectiveLimits],
             environment={"TZ": gateway.timezone, "HERMES_HOME": "/opt/data",
                          "HERMES_UID": str(gateway.uid), "HERMES_GID": str(gateway.gid)},
             volumes=[f"{gateway.host_data_dir}:/opt/data"], ports=ports, labels=labels,
+            healthcheck=list(GATEWAY_HEALTHCHECK), stop_grace_seconds=gateway.stop_grace_seconds,
         ))
     return services
 
@@ -136,28 +138,13 @@ def stamp_of(text: str) -> str:
 
 
 @operation()
-def compose_up(project: str, directory: str, content: Callable[[], str], services: list[str],
-               drift_checked: tuple[str, ...] = ()):
-    """`docker compose up -d` when the compose file differs from the one last applied, or a
-    service is not running, or a service in `drift_checked` was recreated by hand with other
-    settings; otherwise nothing (pyinfra's docker.compose always reports a change).
-
-    Drift is checked for gateways only: for services with an `env_file` (companions) the hash
-    `compose config --hash` prints does not match the container's label (measured with compose
-    2.26), which would make every run recreate them."""
-    stamp_path = f"{directory}/{STAMP_NAME}"
-    state = host.get_fact(ComposeProject, project=project, directory=directory, stamp_path=stamp_path)
-    wanted = stamp_of(content())
-    containers = state["containers"]
-    not_running = [name for name in services if containers.get(name, {}).get("state") != "running"]
-    # Changed by hand since the last deploy (e.g. recreated without limits): compose's own
-    # hash of the service in the file differs from the one the container was created with.
-    drifted = [name for name, expected in state["config_hashes"].items()
-               if name in drift_checked and name in containers and containers[name]["config_hash"] != expected]
-    if state["stamp"] == wanted and not not_running and not drifted:
-        host.noop(f"compose project {project} is up to date and running")
+def compose_up(project: "ProjectPlan"):
+    """`docker compose up -d` when the plan says why (the file changed since it was last applied,
+    a service is not running, a gateway was recreated by hand); otherwise nothing (pyinfra's
+    docker.compose always reports a change)."""
+    if project.up_reason is None:
+        host.noop(f"compose project {project.name} is up to date and running")
         return
-    directory_q = shlex.quote(directory)
-    yield (f"cd {directory_q} && docker compose -p {shlex.quote(project)} -f compose.yaml "
+    yield (f"cd {shlex.quote(project.directory)} && docker compose -p {shlex.quote(project.name)} -f compose.yaml "
            "up -d --remove-orphans --quiet-pull 2>&1")
-    yield f"echo {wanted} > {shlex.quote(stamp_path)}"
+    yield f"echo {project.stamp} > {shlex.quote(project.stamp_path)}"

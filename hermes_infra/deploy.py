@@ -1,87 +1,63 @@
-"""The whole host, as a list of what it should be. `deploy.py` at the top calls `hermes_host()`."""
+"""The whole host, as a list of what it should be. `deploy.py` at the top calls `hermes_host()`.
+
+Settings are validated, the host is read once (`gather`), one plan is made (`plan.make_plan`),
+and each operation below only compares its part of the plan with the host and applies it.
+"""
 from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.docker import DockerImage
+from pyinfra.facts.hardware import Cpus, Memory
+from pyinfra.facts.server import OsRelease
 
-from hermes_infra import compose, datadir, docker_engine, envfile, health, image, profiles, swap
-from hermes_infra.facts import DebianRelease, HostResources
+from hermes_infra import compose, datadir, docker_engine, health, image, profiles, swap
+from hermes_infra.hostfacts import HermesHostState
 from hermes_infra.loading import settings_for_host
-from hermes_infra.ops import managed_file
-from hermes_infra.preflight import preflight
+from hermes_infra.ops import root_file
+from hermes_infra.plan import Facts, HostPlan, fact_request, make_plan
 from hermes_infra.settings import HostSettings
+
+
+def gather(settings: HostSettings) -> Facts:
+    """Read what the plan needs: pyinfra's OS, memory, CPU and image facts, and one batched read."""
+    state = host.state
+    shown = state.print_fact_output
+    # `-vvv` prints every fact's raw output; the batched read holds base64 of `.env` files.
+    state.print_fact_output = False
+    try:
+        batched = host.get_fact(HermesHostState, request=fact_request(settings))
+    finally:
+        state.print_fact_output = shown
+    return Facts(
+        os_release=host.get_fact(OsRelease) or {},
+        memory_mb=int(host.get_fact(Memory) or 0),
+        cpus=int(host.get_fact(Cpus) or 1),
+        image_inspect=host.get_fact(DockerImage, object_id=settings.image.ref) if batched.docker_installed else None,
+        state=batched,
+    )
+
+
+def host_plan(settings: HostSettings | None = None) -> HostPlan:
+    settings = settings or settings_for_host(host)
+    return make_plan(settings, gather(settings), host.name)
 
 
 @deploy("Hermes gateway host")
 def hermes_host(settings: HostSettings | None = None):
-    settings = settings or settings_for_host(host)
-    release = host.get_fact(DebianRelease)
-    resources = host.get_fact(HostResources)
-    plan = preflight(settings, release, resources)
-
-    docker_engine.docker_engine(settings.docker, release["codename"], settings.backup_dir)
-    swap.swap(settings.swap)
-    image.image(settings.image)
-    for gateway in settings.gateways:
-        datadir.data_dir(gateway, settings.backup_dir)
-    companion_files(settings)
-    profiles.retire_removed_profiles(name="Retire profiles and companions removed from the settings", settings=settings)
-    managed_file(name="Record the profiles this host runs", path=profiles.manifest_path(settings),
-                 content=profiles.manifest_text(settings), backup_dir=settings.backup_dir)
-    compose_projects(settings, plan)
-    for gateway in settings.gateways:
-        health.healthy(
-            name=f"Health gate: {gateway.service_name} answers /health and /v1/models",
-            url=health.probe_url(settings, gateway), container=gateway.service_name,
-            env_path=datadir.env_path(gateway), timeout=settings.health.timeout_seconds,
-            interval=settings.health.interval_seconds,
-        )
-
-
-def companion_files(settings: HostSettings) -> None:
-    for companion in settings.companions:
-        gateway = settings.gateway_for(companion)
-
-        def content(_current, companion=companion, gateway=gateway):
-            return envfile.render(compose.companion_secret_env(settings, companion, datadir.api_key(gateway)))
-
-        managed_file(name=f"Companion {companion.name}: env file (0600, values not shown)",
-                     path=compose.companion_env_path(settings, companion), content=content, mode="0600",
-                     backup_dir=settings.backup_dir)
-
-
-def compose_projects(settings: HostSettings, plan) -> None:
-    def companion_digest(companion):
-        gateway = settings.gateway_for(companion)
-        return compose.secret_digest(compose.companion_secret_env(settings, companion, datadir.api_key(gateway)))
-
-    def main_project() -> str:
-        digests = {g.name: datadir.inputs_digest(g) for g in settings.gateways}
-        services = compose.gateway_services(settings, plan.limits, digests, plan.image_id)
-        services += [compose.companion_service(settings, c, companion_digest(c))
-                     for c in settings.companions if c.topology == "same-project"]
-        return compose.render_project(settings, compose.MAIN_PROJECT, services)
-
-    main_services = [g.service_name for g in settings.gateways]
-    main_services += [c.name for c in settings.companions if c.topology == "same-project"]
-    managed_file(name=f"Compose file {compose.compose_path(settings)}", path=compose.compose_path(settings),
-                 content=lambda _current: main_project(), backup_dir=settings.backup_dir)
-    compose.compose_up(name=f"Compose project {compose.MAIN_PROJECT} up", project=compose.MAIN_PROJECT,
-                       directory=compose.project_dir(settings), content=main_project, services=main_services,
-                       drift_checked=tuple(g.service_name for g in settings.gateways))
-
-    for companion in settings.companions:
-        if companion.topology != "host-gateway":
-            continue
-
-        def separate(companion=companion) -> str:
-            service = compose.companion_service(settings, companion, companion_digest(companion))
-            return compose.render_project(settings, compose.project_name(companion), [service])
-
-        managed_file(name=f"Compose file {compose.compose_path(settings, companion)}",
-                     path=compose.compose_path(settings, companion),
-                     content=lambda _current, separate=separate: separate(), backup_dir=settings.backup_dir)
-        compose.compose_up(name=f"Compose project {compose.project_name(companion)} up",
-                           project=compose.project_name(companion), directory=compose.project_dir(settings, companion),
-                           content=separate, services=[companion.name])
-
+    plan = host_plan(settings)
+    writer = plan.writer
+    docker_engine.docker_engine(plan.docker, writer)
+    swap.swap(plan.swap)
+    image.image(plan.image, writer)
+    profiles.retire(name="Retire profiles and companions removed from the settings", plan=plan.retire, writer=writer)
+    for gateway in plan.gateways:
+        datadir.data_dir(gateway, writer)
+    for env_file in plan.companion_env_files:
+        root_file(name=f"Companion env file {env_file.path} (0600, values not shown)", file=env_file, writer=writer)
+    root_file(name="Record the profiles this host runs", file=plan.manifest, writer=writer)
+    for project in plan.projects:
+        root_file(name=f"Compose file {project.file.path}", file=project.file, writer=writer)
+        compose.compose_up(name=f"Compose project {project.name} up", project=project)
+    for gate in plan.health:
+        health.healthy(name=f"Health gate: {gate.container} answers /health and /v1/models", plan=gate)

@@ -8,7 +8,7 @@ other line, comment and blank line byte for byte.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 MANAGED_HEADER = "# --- managed by hermes-infra (keys below may be changed on the next deploy) ---"
@@ -43,7 +43,7 @@ def parse(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class EnvMerge:
-    text: str
+    text: str = field(repr=False)
     changed_keys: tuple[str, ...]
     """Managed keys whose value changed or that were added (names only: values are secret)."""
 
@@ -52,11 +52,32 @@ class EnvMerge:
         return bool(self.changed_keys)
 
 
+def _last_lines(lines: list[str]) -> dict[str, str]:
+    last: dict[str, str] = {}
+    for line in lines:
+        match = _LINE.match(line)
+        if match and not line.lstrip().startswith("#"):
+            last[match.group(1)] = line
+    return last
+
+
 def merge(existing: str | None, managed: dict[str, str]) -> EnvMerge:
-    """The file with `managed` applied. Unknown keys, comments and order are preserved."""
+    """The file with `managed` applied. Unknown keys, comments and order are preserved.
+
+    A managed key whose line is not in canonical form (`KEY=value`, quoted only where needed;
+    not `export KEY=`, not a duplicate) is rewritten even when its value is right, so every
+    reader of the file (Hermes, the health gate's one-line extraction, the checks) agrees.
+    """
     current = parse(existing or "")
     lines = (existing or "").splitlines()
-    changed = [key for key, value in managed.items() if current.get(key) != value]
+    last = _last_lines(lines)
+    counts: dict[str, int] = {}
+    for line in lines:
+        match = _LINE.match(line)
+        if match and not line.lstrip().startswith("#"):
+            counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+    changed = [key for key, value in managed.items()
+               if current.get(key) != value or last.get(key) != f"{key}={_quote(value)}" or counts.get(key, 0) > 1]
     if not changed:
         return EnvMerge(existing or "", ())
     pending = dict((key, managed[key]) for key in changed)

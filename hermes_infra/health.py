@@ -11,23 +11,13 @@ import shlex
 from pyinfra import host
 from pyinfra.api import operation
 
-from hermes_infra.facts import HealthProbe, key_header_pipe
-from hermes_infra.settings import GatewaySettings, HostSettings
-
-PUBLIC_TO_LOCAL = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+from hermes_infra.hostfacts import DataDirRequest, key_header_script
+from hermes_infra.plan import HealthPlan
 
 
-def probe_url(settings: HostSettings, gateway: GatewaySettings) -> str:
-    """Where the host itself reaches the published API."""
-    address = settings.publish_addresses(gateway)[0]
-    address = PUBLIC_TO_LOCAL.get(address, address)
-    if ":" in address:
-        address = f"[{address}]"
-    return f"http://{address}:{gateway.api.port}"
-
-
-def gate_script(url: str, container: str, env_path: str, timeout: int, interval: float) -> str:
+def gate_script(url: str, container: str, data_dir: DataDirRequest, timeout: int, interval: float) -> str:
     curl = "curl -s -o /dev/null -w '%{http_code}' --max-time 5"
+    env_path = f"{data_dir.directory}/.env"
     return f"""
 deadline=$(( $(date +%s) + {int(timeout)} ))
 code=000
@@ -45,7 +35,7 @@ while :; do
   sleep {interval}
 done
 anon=$({curl} {shlex.quote(url + '/v1/models')} || true)
-authed=$({key_header_pipe(env_path)} | {curl} -H @- {shlex.quote(url + '/v1/models')} || true)
+authed=$( {key_header_script(data_dir)} | {curl} -H @- {shlex.quote(url + '/v1/models')} || true)
 if [ "$anon" != 401 ] || [ "$authed" != 200 ]; then
   echo "hermes-infra: {container} /health is 200 but /v1/models gave $anon without the key (want 401) and $authed with it (want 200)." >&2
   echo "Check: API_SERVER_KEY in {env_path} is the key clients use; API_SERVER_CORS_ORIGINS." >&2
@@ -56,10 +46,10 @@ echo "{container}: /health 200, /v1/models 401 without key, 200 with key"
 
 
 @operation(is_idempotent=True)
-def healthy(url: str, container: str, env_path: str, timeout: int, interval: float):
-    """Wait until the gateway answers; nothing to do when it already does."""
-    probe = host.get_fact(HealthProbe, url=url, env_path=env_path)
-    if probe["health"] == "200" and probe["models"] == "200":
-        host.noop(f"{container} is healthy at {url}")
+def healthy(plan: HealthPlan):
+    """Wait until the gateway answers; nothing to do when it answered before the deploy and
+    nothing it depends on changed."""
+    if not plan.gate_needed:
+        host.noop(f"{plan.container} is healthy at {plan.url}")
         return
-    yield gate_script(url, container, env_path, timeout, interval)
+    yield gate_script(plan.url, plan.container, plan.data_dir, plan.timeout, plan.interval)

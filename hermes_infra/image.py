@@ -13,8 +13,9 @@ from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.operations import files
 
-from hermes_infra.facts import DockerImageId
-from hermes_infra.settings import ImageSettings
+from hermes_infra import imageid
+from hermes_infra.hostenv import cache_dir
+from hermes_infra.plan import ImagePlan, Writer
 
 
 class ImageArchiveError(ValueError):
@@ -27,8 +28,11 @@ class ArchiveImage:
 
     path: Path
     ref: str | None
-    image_id: str
     sha256: str
+
+    @property
+    def identity(self) -> imageid.ImageIdentity:
+        return archive_identity(self.path, self.sha256)
 
 
 def _file_sha256(path: Path) -> str:
@@ -51,65 +55,63 @@ def inspect_archive(location: str) -> ArchiveImage:
         archive = Path(meta["archive"])
         if not archive.is_absolute():
             archive = path / archive
-        return ArchiveImage(archive, meta["ref"], meta["image_id"], meta.get("archive_sha256") or _file_sha256(archive))
+        if not archive.is_file():
+            raise ImageArchiveError(f"image.archive {location!r}: its image.json names {archive}, which does not "
+                                    "exist. Fix: rebuild with `hermes-infra image build --force`")
+        return ArchiveImage(archive, meta["ref"], meta.get("archive_sha256") or _file_sha256(archive))
     if not path.is_file():
         raise ImageArchiveError(f"image.archive {location!r} does not exist on this machine. "
                                 "Fix: build it with `hermes-infra image build`, or give the right path")
+    identity = archive_identity(path, _file_sha256(path))
+    return ArchiveImage(path, identity.ref, _file_sha256(path))
+
+
+def archive_identity(path: Path, sha256: str) -> imageid.ImageIdentity:
+    """Layers and architecture of an archive, cached by its checksum (reading a gzipped
+    archive takes seconds; a deploy should not pay that when nothing changed)."""
+    cache = cache_dir() / "image-identities" / f"{sha256}.json"
     try:
-        with tarfile.open(path, "r:*") as archive:
-            manifest = json.load(archive.extractfile("manifest.json"))
-    except (tarfile.TarError, KeyError, json.JSONDecodeError, TypeError) as error:
-        raise ImageArchiveError(f"image.archive {location!r} is not a `docker save` archive ({error}). "
+        data = json.loads(cache.read_text())
+        return imageid.ImageIdentity(layers=tuple(data["layers"]), architecture=data["architecture"], os=data["os"],
+                                     config_digest=data.get("config_digest"), ref=data.get("ref"))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        identity = imageid.identity_from_archive(path)
+    except imageid.ImageArchiveFormatError as error:
+        raise ImageArchiveError(f"image.archive {str(path)!r} is not a `docker save` archive ({error}). "
                                 "Fix: create it with `docker save IMAGE | gzip > file.tar.gz`") from None
-    config = manifest[0]["Config"]
-    image_id = "sha256:" + Path(config).name.removesuffix(".json")
-    tags = manifest[0].get("RepoTags") or [None]
-    return ArchiveImage(path, tags[0], image_id, _file_sha256(path))
-
-
-def remote_archive_path(settings: ImageSettings, archive: ArchiveImage) -> str:
-    suffix = "".join(archive.path.suffixes[-2:]) or ".tar"
-    return f"{settings.remote_cache_dir.rstrip('/')}/{archive.sha256[:32]}{suffix}"
-
-
-def expected_image_id(settings: ImageSettings) -> str | None:
-    """The ID the host must end up with, when known before deploying (archives only)."""
-    if settings.source == "archive" and settings.archive:
-        return inspect_archive(settings.archive).image_id
-    return None
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"layers": list(identity.layers), "architecture": identity.architecture,
+                                 "os": identity.os, "config_digest": identity.config_digest, "ref": identity.ref}))
+    return identity
 
 
 @operation()
-def image_present(settings: ImageSettings):
-    """Ensure the host has `settings.ref` (and, for archives, exactly the archive's image)."""
-    current = host.get_fact(DockerImageId, ref=settings.ref)
-    ref = shlex.quote(settings.ref)
-    if settings.source == "pull":
-        if current:
-            host.noop(f"{settings.ref} is present ({current[:19]})")
-            return
-        if settings.pull_mirror:
-            mirrored = shlex.quote(f"{settings.pull_mirror.rstrip('/')}/{settings.ref}")
+def image_present(plan: ImagePlan, writer: Writer):
+    """The host has `plan.ref`, and for archives exactly the archive's layers."""
+    ref = shlex.quote(plan.ref)
+    if plan.present:
+        host.noop(f"{plan.ref} is present" + (" with the archive's layers" if plan.source == "archive" else ""))
+        return
+    if plan.source == "pull":
+        if plan.pull_ref:
+            mirrored = shlex.quote(plan.pull_ref)
             yield f"docker pull -q {mirrored} && docker tag {mirrored} {ref}"
         else:
             yield f"docker pull -q {ref}"
         return
-    archive = inspect_archive(settings.archive)
-    if current == archive.image_id:
-        host.noop(f"{settings.ref} is the archive's image ({current[:19]})")
-        return
-    remote = remote_archive_path(settings, archive)
-    yield f"install -d -m 0700 {shlex.quote(settings.remote_cache_dir)}"
+    yield f"install -d -m 0700 {shlex.quote(plan.cache_dir)}"
     # files.put skips the upload when the host already has a file with this checksum.
-    yield from files.put._inner(src=str(archive.path), dest=remote, mode="0600")
-    yield f"docker load -q -i {shlex.quote(remote)}"
-    if archive.ref and archive.ref != settings.ref:
-        yield f"docker tag {shlex.quote(archive.ref)} {ref}"
+    yield from files.put._inner(src=plan.archive_path, dest=plan.remote_archive, mode="0600")
+    yield f"docker load -q -i {shlex.quote(plan.remote_archive)}"
+    if plan.archive_ref and plan.archive_ref != plan.ref:
+        yield f"docker tag {shlex.quote(plan.archive_ref)} {ref}"
     # Keep only the archive just loaded: images are hundreds of MB.
-    yield (f"find {shlex.quote(settings.remote_cache_dir)} -maxdepth 1 -type f "
-           f"! -name {shlex.quote(remote.rsplit('/', 1)[1])} -delete")
+    yield (f"find {shlex.quote(plan.cache_dir)} -maxdepth 1 -type f "
+           f"! -name {shlex.quote(plan.remote_archive.rsplit('/', 1)[1])} -delete")
 
 
 @deploy("Hermes image")
-def image(settings: ImageSettings):
-    image_present(name=f"Image {settings.ref} ({settings.source})", settings=settings)
+def image(plan: ImagePlan, writer: Writer):
+    image_present(name=f"Image {plan.ref} ({plan.source})", plan=plan, writer=writer)

@@ -1,72 +1,107 @@
-"""Operations shared by every concern: files written with a backup first, and never a diff.
+"""Writing files from the plan: staged where nobody else can read them, backed up first, never
+shown in a diff.
 
-pyinfra's `files.put --diff` prints whole files; `.env` and companion env files hold secrets,
-so hermes-infra writes every file through `managed_file`, which prints names, not contents.
+pyinfra's `files.put --diff` prints whole files, and with `--sudo` it uploads through /tmp
+with the SSH user's umask. `.env` and companion env files hold secrets, so every file goes
+through here: uploaded into a 0700 directory (the SSH user's own one with --sudo, root's
+staging dir without), put in place by a rename, and named, never printed.
 """
 from __future__ import annotations
 
+import hashlib
 import shlex
 import time
 from io import BytesIO
-from typing import Callable
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, operation
 
-from hermes_infra.facts import FileMeta, read_text
+from hermes_infra import safeio
+from hermes_infra.plan import DataFilePlan, RootFilePlan, Writer
 
-Content = str | Callable[[str | None], str]
+
+def _flat(path: str) -> str:
+    return path.strip("/").replace("/", "__")
 
 
-def backup_command(path: str, backup_dir: str) -> str:
-    """Copy `path` into `backup_dir` with a timestamp, keeping mode and owner."""
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    flat = path.strip("/").replace("/", "__")
-    target = f"{backup_dir.rstrip('/')}/{flat}.{stamp}"
-    return (f"install -d -m 0700 {shlex.quote(backup_dir)} && "
-            f"cp -a {shlex.quote(path)} {shlex.quote(target)}")
+def backup_target(path: str, writer: Writer, stamp: str | None = None) -> str:
+    return f"{writer.backup_dir}/{_flat(path)}.{stamp or time.strftime('%Y%m%dT%H%M%S')}"
+
+
+def rotate_command(path: str, writer: Writer) -> str:
+    """Keep the newest `backup_keep` copies of `path`: old backups hold old secrets."""
+    pattern = shlex.quote(f"{_flat(path)}.") + "*"
+    return (f"cd {shlex.quote(writer.backup_dir)} && ls -1t -- {pattern} 2>/dev/null | tail -n +{writer.backup_keep + 1} "
+            "| while IFS= read -r old; do rm -f -- \"$old\"; done")
+
+
+def backup_dir_command(writer: Writer) -> str:
+    quoted = shlex.quote(writer.backup_dir)
+    return f"install -d -m 0700 {quoted} && chmod 0700 {quoted}"
+
+
+def staged_path(writer: Writer, path: str) -> str:
+    return f"{writer.stage_dir}/{hashlib.sha256(path.encode()).hexdigest()[:16]}"
+
+
+def upload(writer: Writer, content: str, path: str):
+    """Commands that leave `content` in a root-only staging file; yields, returns its path."""
+    staged = staged_path(writer, path)
+    upload_dir = shlex.quote(writer.upload_dir)
+    yield f"install -d -m 0700 {shlex.quote(writer.stage_dir)} && chmod 0700 {shlex.quote(writer.stage_dir)}"
+    # With --sudo pyinfra uploads as the SSH user to remote_temp_filename, then copies as root:
+    # that file must sit in a directory only the SSH user can enter.
+    yield (f"install -d -m 0700 -o {shlex.quote(writer.upload_user)} {upload_dir} && chmod 0700 {upload_dir}")
+    temp = f"{writer.upload_dir}/{staged.rsplit('/', 1)[1]}"
+    yield FileUploadCommand(BytesIO(content.encode("utf-8", errors="surrogateescape")), staged,
+                            remote_temp_filename=temp)
+    return staged
 
 
 @operation()
-def managed_file(
-    path: str,
-    content: Content,
-    mode: str = "0644",
-    uid: int = 0,
-    gid: int = 0,
-    backup_dir: str = "/var/backups/hermes-infra",
-    on_change: str | None = None,
-):
-    """Ensure `path` holds `content` (a string, or a function of the current content).
+def root_file(file: RootFilePlan, writer: Writer, on_change: str | None = None):
+    """A root-owned file outside data dirs holds the plan's content, owner 0:0 and mode.
 
-    + mode/uid/gid: wanted permissions (numeric owner), fixed even when the content is right
-    + backup_dir: where the previous version is copied before it is replaced
     + on_change: a shell command run after the content changed (e.g. restart a service)
     """
-    current_text = read_text(path)
-    wanted = content(current_text) if callable(content) else content
-    meta = host.get_fact(FileMeta, path=path)
-    quoted = shlex.quote(path)
-    if current_text != wanted:
-        directory = path.rsplit("/", 1)[0] or "/"
-        temp = shlex.quote(f"{path}.hermes-infra.tmp")
-        # mkdir -p, not install -d: install resets the mode of an existing directory (the
-        # data dir would become 0755).
+    quoted = shlex.quote(file.path)
+    if file.content_changed:
+        directory = file.path.rsplit("/", 1)[0] or "/"
         yield f"mkdir -p {shlex.quote(directory)}"
-        if current_text is not None:
-            yield backup_command(path, backup_dir)
-        # Upload to a 0600 temp name, then rename: nobody reads half a file or a secret
-        # with the wrong mode, even for a moment.
-        yield f"rm -f {temp} && install -m 0600 /dev/null {temp}"
-        yield FileUploadCommand(BytesIO(wanted.encode("utf-8", errors="surrogateescape")), f"{path}.hermes-infra.tmp")
-        yield f"chown {uid}:{gid} {temp} && chmod {mode} {temp} && mv -f {temp} {quoted}"
+        if file.current is not None:
+            yield backup_dir_command(writer)
+            yield f"cp -a {quoted} {shlex.quote(backup_target(file.path, writer))}"
+            yield rotate_command(file.path, writer)
+        staged = yield from upload(writer, file.content, file.path)
+        temp = shlex.quote(f"{file.path}.hermes-infra.new")
+        yield (f"install -m {file.mode} -o 0 -g 0 -T {shlex.quote(staged)} {temp} && mv -fT {temp} {quoted} "
+               f"&& rm -f {shlex.quote(staged)}")
         if on_change:
             yield on_change
         return
-    if meta is None or (meta["uid"], meta["gid"], meta["mode"]) != (uid, gid, mode.rjust(4, "0")):
-        yield f"chown {uid}:{gid} {quoted} && chmod {mode} {quoted}"
+    if file.meta_changed:
+        yield f"chown 0:0 {quoted} && chmod {file.mode} {quoted}"
         return
-    host.noop(f"{path} is up to date")
+    host.noop(f"{file.path} is up to date")
+
+
+@operation()
+def data_file(file: DataFilePlan, writer: Writer):
+    """`.env` or `config.yaml` in a data dir holds the plan's content, written as its owner.
+
+    The old file is copied to the backup dir first (read as the owner, never followed).
+    """
+    if not file.content_changed and not file.meta_changed:
+        host.noop(f"{file.path} is up to date")
+        return
+    if file.exists:
+        yield backup_dir_command(writer)
+        yield safeio.backup_script(file.directory, file.name, file.uid, file.gid, backup_target(file.path, writer))
+        yield rotate_command(file.path, writer)
+    # The mode is the owner's to set on its own file, so a wrong mode is fixed by rewriting.
+    staged = yield from upload(writer, file.content, file.path)
+    yield (f"{safeio.write_script(file.directory, file.name, staged, file.uid, file.gid, file.mode)} "
+           f"&& rm -f {shlex.quote(staged)}")
 
 
 def fail(message: str) -> None:

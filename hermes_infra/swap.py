@@ -11,8 +11,7 @@ from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.operations import server
 
-from hermes_infra.facts import SwapState
-from hermes_infra.settings import SwapSettings
+from hermes_infra.plan import SwapPlan
 
 SYSCTL_FILE = "/etc/sysctl.d/60-hermes-infra-swap.conf"
 
@@ -35,15 +34,12 @@ def fstab_line(path: str) -> str:
 
 
 @operation()
-def swap_file(path: str, size_bytes: int):
-    """Ensure a swap file of exactly `size_bytes` is active at `path` and listed in fstab.
-
-    + size_bytes: 0 removes a swap file hermes-infra created
-    """
-    size_bytes -= size_bytes % (1024 * 1024)  # the file is made in whole MiB
-    state = host.get_fact(SwapState, path=path)
+def swap_file(plan: SwapPlan):
+    """Ensure a swap file of exactly `plan.size_bytes` is active at `plan.path` and in fstab
+    (a size of 0 removes a swap file hermes-infra created)."""
+    path, size_bytes, state = plan.path, plan.size_bytes, plan.current
     quoted = shlex.quote(path)
-    fstab_remove = f"sed -i '\\#^{path}[[:space:]]#d' /etc/fstab"
+    fstab_remove = f"awk -v p={shlex.quote(path)} '$1 != p' /etc/fstab > /etc/fstab.hermes-infra.new && mv -f /etc/fstab.hermes-infra.new /etc/fstab"
     if size_bytes == 0:
         if state["active"]:
             yield f"swapoff {quoted}"
@@ -71,8 +67,7 @@ def swap_file(path: str, size_bytes: int):
 
 
 @deploy("Swap")
-def swap(settings: SwapSettings):
-    swap_file(name=f"Swap file {settings.path} ({settings.size})", path=settings.path,
-              size_bytes=settings.size_bytes)
-    server.sysctl(name=f"vm.swappiness = {settings.swappiness} (persisted)", key="vm.swappiness",
-                  value=settings.swappiness, persist=True, persist_file=SYSCTL_FILE)
+def swap(plan: SwapPlan):
+    swap_file(name=f"Swap file {plan.path} ({plan.size_bytes // (1024 * 1024)} MiB)", plan=plan)
+    server.sysctl(name=f"vm.swappiness = {plan.swappiness} (persisted)", key="vm.swappiness",
+                  value=plan.swappiness, persist=True, persist_file=SYSCTL_FILE)

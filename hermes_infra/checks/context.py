@@ -1,17 +1,24 @@
 """What a check sees: the testinfra `host`, the expected settings, and facts read once per run.
 
 Facts that several controls share (the containers' `docker inspect`, `docker info`, the
-host's RAM and cores) are read with one command and cached here, so a run costs a few dozen
-commands over one SSH connection however many controls use them.
+host's RAM and cores, a gateway's `.env` facts) are read with one command and cached here, so a
+run costs a few dozen commands over one SSH connection however many controls use them.
+
+Checks only read: no command here or in the controls starts, creates, pulls or removes a
+container, or writes a file (a unit test scans every command a full run sends). A data dir is
+the agent's: nothing under it is followed, opened as root or executed; `.env` is examined with
+`lstat` and read as its owner with O_NOFOLLOW|O_NONBLOCK (hermes_infra.safeio), and only facts
+about it come back over SSH, never its content (testinfra logs command output at debug level).
 """
 from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from hermes_infra.checks.registry import CannotCheck
+from hermes_infra import safeio
+from hermes_infra.checks.registry import CannotCheck, ControlFailure
 from hermes_infra.settings import (
     PLACEHOLDER_KEYS,
     PLACEHOLDER_WORDS,
@@ -25,6 +32,7 @@ from hermes_infra.settings import (
 from hermes_infra.sizes import parse_size
 
 MIB = 1024 * 1024
+DAEMON_JSON = "/etc/docker/daemon.json"
 # compose.companion_service gives every companion this pids limit.
 COMPANION_PIDS_LIMIT = 512
 
@@ -166,75 +174,267 @@ class HostContext:
         return self._cached("docker_info", compute)
 
     def require_access(self, path: str) -> None:
-        """Raise (an `error`, not a finding) when `path` cannot be examined for lack of permission."""
-        out = self.run("stat -c %%F %s", path)
-        if out.rc != 0 and "permission denied" in out.stderr.lower():
-            raise CannotCheck(f"permission denied on {path}: run the check as root or with --sudo")
-        if out.rc == 0 and "regular" in out.stdout and self.run("test -r %s", path).rc != 0:
-            raise CannotCheck(f"cannot read {path}: run the check as root or with --sudo")
+        """Raise (an `error`, not a finding) when `path` cannot be examined for lack of permission.
 
-    def env_keys(self, env_path: str) -> set[str] | None:
-        """Names (never values) of the keys set in a `.env`; None when the file is missing."""
+        Only for paths root controls (a data dir itself, not what is inside it): `stat` without
+        `-L` and `test -r` read no file content. Asked once per path and run."""
 
         def compute():
-            out = self.run("test -f %s && sed -n 's/^[[:space:]]*\\(export[[:space:]]\\{1,\\}\\)\\{0,1\\}"
-                           "\\([A-Za-z_][A-Za-z0-9_]*\\)[[:space:]]*=[[:space:]]*[^[:space:]].*$/\\2/p' %s",
-                           env_path, env_path)
-            if out.rc != 0:
-                return None
-            return {line.strip() for line in out.stdout.splitlines() if line.strip()}
+            out = self.run("stat -c %%F %s", path)
+            if out.rc != 0 and "permission denied" in out.stderr.lower():
+                raise CannotCheck(f"permission denied on {path}: run the check as root or with --sudo")
+            if out.rc == 0 and "regular" in out.stdout and self.run("test -r %s", path).rc != 0:
+                raise CannotCheck(f"cannot read {path}: run the check as root or with --sudo")
+            return True
 
-        return self._cached(f"env_keys:{env_path}", compute)
+        self._cached(f"access:{path}", compute)
+
+    def daemon_config(self) -> dict | None:
+        """/etc/docker/daemon.json parsed (None when missing). Root-owned, outside any data dir."""
+
+        def compute():
+            content = self.host.file(DAEMON_JSON)
+            if not content.exists:
+                return None
+            try:
+                parsed = json.loads(content.content_string or "{}")
+            except json.JSONDecodeError as error:
+                raise ControlFailure(f"{DAEMON_JSON} is not valid JSON ({error}); Docker refuses to start with it") \
+                    from None
+            if not isinstance(parsed, dict):
+                raise ControlFailure(f"{DAEMON_JSON} is not a JSON object; Docker refuses to start with it")
+            return parsed
+
+        return self._cached("daemon_config", compute)
+
+    def default_bridge_options(self) -> dict[str, str]:
+        """Driver options of the running default bridge (`docker0`), where dockerd's `icc` shows."""
+
+        def compute():
+            out = self.run("docker network inspect --format '{{json .Options}}' bridge")
+            text = out.stdout.strip()
+            if out.rc != 0 or not text.startswith("{"):
+                raise CannotCheck(f"`docker network inspect bridge` failed: {(out.stderr or text).strip()[:300]}")
+            return {str(k): str(v) for k, v in (json.loads(text) or {}).items()}
+
+        return self._cached("default_bridge", compute)
+
+    # ----------------------------------------------------------- .env, hostile-safe
+    def env_facts(self, gateway: GatewaySettings) -> EnvFacts:
+        """What the checks need to know about a gateway's `.env`, read the hostile-safe way.
+
+        The file is only opened when an `lstat` found a regular, singly linked file; it is read
+        as the data dir's owner with O_NOFOLLOW|O_NONBLOCK (safeio); a second `lstat` must show
+        the same inode. Only facts leave the host: key names, the API key's length, distinct
+        characters, placeholder verdict and SHA-256. The content itself never does (testinfra
+        logs every command's output at debug level), and no value is ever a process argument:
+        it stays in a shell variable and reaches pipes through `printf`, a builtin.
+        """
+        directory = gateway.host_data_dir.rstrip("/") or "/"
+
+        def compute():
+            out = self.run(env_script(directory, gateway.uid, gateway.gid, ENV_FACTS_BODY))
+            return parse_env_output(out.stdout, f"{directory}/{ENV_NAME}", out.rc, out.stderr)
+
+        return self._cached(f"env_facts:{directory}", compute)
+
+    def authed_status(self, gateway: GatewaySettings, url: str) -> tuple[EnvFacts, str]:
+        """`GET url` from the host with the key from the gateway's `.env` (hostile-safe read).
+
+        The key goes owner read -> sed -> curl's stdin (`-H @-`): never a process argument,
+        never back over SSH. When `.env` is not a regular file the request is not sent.
+        """
+        directory = gateway.host_data_dir.rstrip("/") or "/"
+        body = (f"{READ} | sed -n 's/^API_SERVER_KEY=//p' | tail -n 1 | tr -d \"\\\"'\" "
+                f"| sed 's/^/Authorization: Bearer /' | {{ {http_status_script(url)}; }}")
+        out = self.run(env_script(directory, gateway.uid, gateway.gid, body))
+        facts = parse_env_output(out.stdout, f"{directory}/{ENV_NAME}", out.rc, out.stderr)
+        status = (facts.lines[-1] if facts.lines else "") or "000"
+        return facts, status[-12:]
 
     # ---------------------------------------------------------------------- HTTP
-    def http_status(self, url: str, *, key_from_env: str | None = None) -> str:
-        """Status code of `GET url` sent from the host, without an `Origin` header.
-
-        With `key_from_env`, the API key is read on the host from that `.env` and reaches curl
-        through a pipe: it is never a process argument and never comes back over SSH.
-        """
-        from hermes_infra.facts import key_header_pipe
-
-        source = key_header_pipe(key_from_env) if key_from_env else "true"
-        quoted = shlex.quote(url)
-        script = (
-            f"if command -v curl >/dev/null 2>&1; then "
-            f"{source} | curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 -H @- {quoted} || true; "
-            f"elif command -v python3 >/dev/null 2>&1; then "
-            f"{source} | python3 -c {shlex.quote(PYTHON_STATUS)} {quoted}; "
-            "else echo nohttpclient; fi"
-        )
-        out = self.run(script)
+    def http_status(self, url: str) -> str:
+        """Status code of `GET url` sent from the host, without an `Origin` header or a key."""
+        out = self.run(f"true | {{ {http_status_script(url)}; }}")
         return (out.stdout.strip() or "000")[-12:]
 
-    def api_key_facts(self, env_path: str, want_digest: bool) -> dict[str, Any]:
-        """What `settings.check_api_key` looks at, about the API key in `.env`: its length, how
-        many distinct characters it has, whether it is (or contains) a placeholder; and, if
-        asked, its SHA-256 to compare with a configured key.
 
-        The key is read into a shell variable on the host and only these facts come back; it
-        is never printed and never a process argument (printf and case are shell builtins).
-        """
-        exact = "|".join(sorted(shlex.quote(p) for p in PLACEHOLDER_KEYS))
-        words = "|".join(sorted(f"*{shlex.quote(w)}*" for w in PLACEHOLDER_WORDS)) or "''"
-        digest = 'printf "%s" "$key" | sha256sum | cut -d" " -f1' if want_digest else "echo -"
-        script = (
-            f"f={shlex.quote(env_path)}; "
-            'if [ ! -f "$f" ]; then echo missing; exit 0; fi; '
-            "key=$(sed -n 's/^API_SERVER_KEY=//p' \"$f\" | tail -n 1 | tr -d \"\\\"'\"); "
-            'if [ -z "$key" ]; then echo unset; exit 0; fi; '
-            'echo present; printf "%s" "$key" | wc -c; '
-            "lower=$(printf '%s' \"$key\" | tr 'A-Z' 'a-z' | sed 's/^[[:space:]]*//;s/[[:space:]]*$//'); "
-            "printf '%s' \"$lower\" | fold -w1 | sort -u | wc -l; "
-            f'case "$lower" in {exact}) echo exact;; {words}) echo word;; *) echo ok;; esac; '
-            f"{digest}"
-        )
-        out = self.run(script)
-        lines = [line.strip() for line in out.stdout.splitlines()]
+def probe_url(settings: HostSettings, gateway: GatewaySettings) -> str:
+    """Where the host itself reaches the gateway's published API (the deploy's health gate too)."""
+    address = settings.publish_addresses(gateway)[0]
+    address = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address, address)
+    if ":" in address:
+        address = f"[{address}]"
+    return f"http://{address}:{gateway.api.port}"
+
+
+def http_status_script(url: str) -> str:
+    """Shell printing the status code of `GET url`; header lines (if any) come from stdin."""
+    quoted = shlex.quote(url)
+    return (
+        "if command -v curl >/dev/null 2>&1; then "
+        f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 -H @- {quoted} || true; echo; "
+        "elif command -v python3 >/dev/null 2>&1; then "
+        f"python3 -c {shlex.quote(PYTHON_STATUS)} {quoted}; "
+        "else echo nohttpclient; fi"
+    )
+
+
+# ------------------------------------------------------------------ the .env script
+ENV_NAME = ".env"
+MARK = "@@hermes-infra-check"
+# lstat (no -L): links first, so the shell can match "a regular file with one link" exactly.
+STAT_FORMAT = "%h|%F|%i|%u|%g|%a|%s"
+STAT_MISSING = "0|missing|0|0|0|0|0"
+READ = "@READ@"
+
+# Facts about the key and the names of the keys set; values never leave the shell variable.
+_EXACT = "|".join(sorted(shlex.quote(p) for p in PLACEHOLDER_KEYS))
+_WORDS = "|".join(sorted(f"*{shlex.quote(w)}*" for w in PLACEHOLDER_WORDS)) or "''"
+ENV_FACTS_BODY = (
+    f"c=$({READ}); "
+    f"echo '{MARK} keys'; "
+    "printf '%s\\n' \"$c\" | sed -n 's/^[[:space:]]*\\(export[[:space:]]\\{1,\\}\\)\\{0,1\\}"
+    "\\([A-Za-z_][A-Za-z0-9_]*\\)[[:space:]]*=[[:space:]]*[^[:space:]].*$/\\2/p'; "
+    f"echo '{MARK} apikey'; "
+    "key=$(printf '%s\\n' \"$c\" | sed -n 's/^API_SERVER_KEY=//p' | tail -n 1 | tr -d \"\\\"'\"); "
+    'if [ -z "$key" ]; then echo unset; else '
+    'echo present; printf "%s" "$key" | wc -c; '
+    "lower=$(printf '%s' \"$key\" | tr 'A-Z' 'a-z' | sed 's/^[[:space:]]*//;s/[[:space:]]*$//'); "
+    "printf '%s' \"$lower\" | fold -w1 | sort -u | wc -l; "
+    f'case "$lower" in {_EXACT}) echo exact;; {_WORDS}) echo word;; *) echo ok;; esac; '
+    'printf "%s" "$key" | sha256sum | cut -d" " -f1; fi; '
+    "c=; key=; lower="
+)
+
+
+def env_script(directory: str, uid: int, gid: int, body: str) -> str:
+    """Shell that examines `directory/.env` and, only if it is a regular singly linked file of at
+    most MAX_READ_BYTES, runs `body` where `@READ@` stands for the owner's no-follow,
+    non-blocking read of it.
+
+    Output: `MARK dir <state>`, `MARK before <lstat>`, `MARK out`, body's lines, `MARK after
+    <lstat>` (parsed by `parse_env_output`). Runs in a subshell: the `cd` does not leak.
+    """
+    quoted = shlex.quote(directory)
+    read = (f"{safeio.as_owner(uid, gid)} dd if={ENV_NAME} iflag=nofollow,nonblock bs=65536 status=none "
+            f"2>/dev/null | head -c {safeio.MAX_READ_BYTES}")
+    # LC_ALL=C: %F is translated in other locales, and the `case` below matches its English.
+    lstat = f"LC_ALL=C stat -c '{STAT_FORMAT}' -- {ENV_NAME} 2>/dev/null || echo '{STAT_MISSING}'"
+    return (
+        f'( if [ "$(id -u)" != 0 ]; then echo \'{MARK} notroot\'; '
+        f"elif {safeio.enter(directory)}; then echo '{MARK} dir present'; "
+        f"b=$({lstat}); echo \"{MARK} before $b\"; echo '{MARK} out'; "
+        f"case \"$b\" in '1|regular file|'*|'1|regular empty file|'*) "
+        f"if [ \"${{b##*|}}\" -le {safeio.MAX_READ_BYTES} ]; then {body.replace(READ, read)}; fi;; esac; "
+        f"echo \"{MARK} after $({lstat})\"; "
+        f"elif [ -L {quoted} ]; then echo '{MARK} dir symlink'; "
+        f"elif [ -e {quoted} ]; then echo '{MARK} dir notdir'; "
+        f"else echo '{MARK} dir missing'; fi )"
+    )
+
+
+@dataclass(frozen=True)
+class EnvFacts:
+    """What the hostile-safe look at a `.env` found. Holds no value from the file."""
+
+    path: str
+    directory: str  # present | missing | symlink | notdir
+    kind: str  # safeio kinds: regular, missing, symlink, fifo, directory, hardlink, changed, toolarge, other
+    links: int = 0
+    uid: int = -1
+    gid: int = -1
+    mode: int = 0
+    type_name: str = ""  # what stat called it ("symbolic link", "fifo", ...)
+    lines: tuple[str, ...] = ()
+    sections: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def usable(self) -> bool:
+        return self.directory == "present" and self.kind == "regular"
+
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset(line.strip() for line in self.sections.get("keys", ()) if line.strip())
+
+    def api_key(self, want_digest: bool) -> dict[str, Any]:
+        lines = [line.strip() for line in self.sections.get("apikey", ())]
         if not lines or lines[0] != "present" or len(lines) < 5:
-            return {"state": lines[0] if lines and lines[0] in ("missing", "unset") else "unreadable"}
+            return {"state": lines[0] if lines and lines[0] == "unset" else "unreadable"}
         return {"state": "present", "length": int(lines[1]), "distinct": int(lines[2]),
                 "placeholder": lines[3] in ("exact", "word"), "sha256": lines[4] if want_digest else None}
+
+    def describe(self) -> str:
+        """What was found at the path, in words (for messages)."""
+        if self.directory != "present":
+            return {"symlink": "not examined: its data dir is a symbolic link",
+                    "notdir": "not examined: its data dir is not a directory",
+                    "missing": "missing (so is its data dir)"}.get(self.directory, "not examined")
+        return {
+            "regular": "a regular file", "missing": "missing",
+            "symlink": "a symbolic link (never followed: it may point anywhere on the host)",
+            "fifo": "a FIFO (named pipe), not a regular file",
+            "directory": "a directory, not a file",
+            "hardlink": f"a file with {self.links} hard links (another name, possibly outside the data dir, "
+                        "shares its content)",
+            "changed": "a file that was replaced while it was read",
+            "toolarge": f"larger than {safeio.MAX_READ_BYTES // 1024} KiB",
+        }.get(self.kind, f"a {self.type_name or 'special file'}, not a regular file")
+
+    def __repr__(self) -> str:
+        return f"EnvFacts({self.path!r}, dir={self.directory}, kind={self.kind})"
+
+
+def _to_safeio(stat_line: str) -> tuple[str, dict[str, Any]]:
+    """Our lstat line -> (safeio's `%F|%i|%h|%u|%s` form, the fields)."""
+    links, kind, inode, uid, gid, mode, size = (stat_line.strip().split("|") + ["0"] * 7)[:7]
+    fields = {"links": int(links or 0) if links.isdigit() else 0, "type": kind,
+              "uid": int(uid) if uid.isdigit() else -1, "gid": int(gid) if gid.isdigit() else -1,
+              "mode": int(mode, 8) if mode and all(c in "01234567" for c in mode) else 0,
+              "size": int(size) if size.isdigit() else 0}
+    return f"{kind}|{inode}|{links}|{uid}|{size}", fields
+
+
+def parse_env_output(stdout: str, path: str, rc: int = 0, stderr: str = "") -> EnvFacts:
+    lines = stdout.splitlines()
+    marks = [line for line in lines if line.startswith(MARK + " ")]
+    if any(line == f"{MARK} notroot" for line in marks):
+        raise CannotCheck(f"reading {path} safely needs root (it is read as the data dir's owner): "
+                          "run the check as root or with --sudo")
+    directory = next((line.split(" ", 2)[2] for line in marks if line.startswith(f"{MARK} dir ")), None)
+    if directory is None:
+        raise CannotCheck(f"could not examine {path} (exit {rc}: {stderr.strip()[:200]})")
+    if directory != "present":
+        return EnvFacts(path=path, directory=directory, kind="missing")
+    before = next((line.split(" ", 2)[2] for line in marks if line.startswith(f"{MARK} before ")), STAT_MISSING)
+    after = next((line.split(" ", 2)[2] for line in marks if line.startswith(f"{MARK} after ")), STAT_MISSING)
+    before_safeio, fields = _to_safeio(before)
+    after_safeio, _ = _to_safeio(after)
+    kind = safeio.classify(before_safeio, "", after_safeio).kind
+    if kind == "regular" and fields["size"] > safeio.MAX_READ_BYTES:
+        kind = "toolarge"
+    body: list[str] = []
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    inside = False
+    for line in lines:
+        if line == f"{MARK} out":
+            inside = True
+            continue
+        if line.startswith(f"{MARK} after "):
+            inside = False
+            continue
+        if not inside:
+            continue
+        if line.startswith(MARK + " "):
+            current = sections.setdefault(line[len(MARK) + 1:].strip(), [])
+            continue
+        (current if current is not None else body).append(line)
+    if kind != "regular":  # what a non-regular file "said" is not believed
+        body, sections = [], {}
+    return EnvFacts(path=path, directory="present", kind=kind, links=fields["links"], uid=fields["uid"],
+                    gid=fields["gid"], mode=fields["mode"], type_name=fields["type"], lines=tuple(body),
+                    sections={k: tuple(v) for k, v in sections.items()})
 
 
 # Reads optional header lines from stdin (as curl -H @- does), prints the status code.

@@ -9,14 +9,13 @@ it does not, and :class:`NotApplicable` when the settings make the control moot.
 from __future__ import annotations
 
 import ipaddress
-import json
 import shlex
 
-from hermes_infra.checks.context import HostContext, Subject
+from hermes_infra.checks.context import DAEMON_JSON, HostContext, Subject, probe_url
 from hermes_infra.checks.registry import CannotCheck, NotApplicable, control, fail
+from hermes_infra.daemon import daemon_json
 from hermes_infra.sizes import format_bytes
 
-DAEMON_JSON = "/etc/docker/daemon.json"
 LOOPBACK = ("127.0.0.1", "::1")
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 DASHBOARD_AUTH_USER = "HERMES_DASHBOARD_BASIC_AUTH_USERNAME"
@@ -59,6 +58,22 @@ def _is_public(address: str) -> bool:
     return address in ("0.0.0.0", "::")
 
 
+def _printable(name: str, limit: int = 80) -> str:
+    """A name from a data dir, safe to print: the agent picks file names, so control characters
+    (terminal escapes, fake report lines) are shown escaped."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "~"
+
+
+def _env_path(subject: Subject) -> str:
+    return f"{subject.gateway.host_data_dir.rstrip('/')}/.env"
+
+
+def _major(version: str) -> int:
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
 # --------------------------------------------------------------------------- Docker engine
 @control("HI-DOCKER-001", "Docker service is enabled and active", severity="critical", scope="host",
          remediation="`systemctl enable --now docker`; if it does not start, read `journalctl -u docker` "
@@ -92,14 +107,10 @@ def compose_v2(ctx: HostContext, subject: Subject):
          remediation=f"Set `log-driver: json-file` and `log-opts` max-size/max-file in {DAEMON_JSON} "
                      "(settings docker.log_max_size / docker.log_max_file) and restart Docker. " + REDEPLOY + ".")
 def log_rotation(ctx: HostContext, subject: Subject):
-    expected = ctx.settings.docker.daemon_json()
-    content = ctx.host.file(DAEMON_JSON)
-    if not content.exists:
+    expected = daemon_json(ctx.settings.docker)
+    actual = ctx.daemon_config()
+    if actual is None:
         fail(f"{DAEMON_JSON} is missing: Docker's default json-file logs never rotate")
-    try:
-        actual = json.loads(content.content_string or "{}")
-    except json.JSONDecodeError as error:
-        fail(f"{DAEMON_JSON} is not valid JSON ({error}); Docker refuses to start with it")
     problems = []
     if actual.get("log-driver") != expected.get("log-driver"):
         problems.append(f"log-driver is {actual.get('log-driver')!r}, want {expected.get('log-driver')!r}")
@@ -122,12 +133,72 @@ def log_rotation(ctx: HostContext, subject: Subject):
          remediation=f"Set `\"live-restore\": true` in {DAEMON_JSON} (setting docker.live_restore) and "
                      "`systemctl reload docker`. " + REDEPLOY + ".")
 def live_restore(ctx: HostContext, subject: Subject):
-    want = bool(ctx.settings.docker.daemon_json().get("live-restore", False))
+    want = bool(daemon_json(ctx.settings.docker).get("live-restore", False))
     have = ctx.docker_info().get("LiveRestoreEnabled")
     if have is not want:
         fail(f"the running daemon has live-restore {'enabled' if have else 'disabled'}; settings say "
              f"{'enabled' if want else 'disabled'}")
     return f"live-restore {'enabled' if want else 'disabled'}"
+
+
+@control("HI-DOCKER-005", "Inter-container communication is off on the default bridge (daemon.json `icc: false`)",
+         severity="medium", scope="host", cis="2.2",
+         rationale="Containers started by hand land on docker0 and could reach every other one there. "
+                   "Compose projects use their own networks (their own `enable_icc`), so a same-project "
+                   "companion still reaches its gateway and a host-gateway companion goes through a "
+                   "published port.",
+         remediation=f"Set `\"icc\": false` in {DAEMON_JSON} (hermes-infra writes it unless "
+                     "docker.daemon_options overrides it) and restart Docker with no container running: "
+                     "with live-restore on, dockerd keeps the old default-bridge settings while containers "
+                     "run (`docker stop $(docker ps -q) && systemctl restart docker`, then "
+                     "`hermes-infra up <target>`).")
+def daemon_icc(ctx: HostContext, subject: Subject):
+    wanted = daemon_json(ctx.settings.docker).get("icc", True)
+    if wanted is not False:
+        raise NotApplicable(f"docker.daemon_options sets icc to {wanted!r}: inter-container communication on "
+                            "the default bridge is left on deliberately")
+    config = ctx.daemon_config()
+    if config is None:
+        fail(f"{DAEMON_JSON} is missing: Docker's default allows traffic between all containers on docker0")
+    problems = []
+    if config.get("icc", True) is not False:
+        problems.append(f"{DAEMON_JSON} has icc {config.get('icc', 'unset (default true)')!r}, want false")
+    running = ctx.default_bridge_options().get("com.docker.network.bridge.enable_icc", "true")
+    if running != "false":
+        problems.append(f"the running default bridge has enable_icc={running} (restart Docker with no container "
+                        "running to apply daemon.json)")
+    if problems:
+        fail("; ".join(problems))
+    return "icc false in daemon.json; default bridge enable_icc=false"
+
+
+@control("HI-DOCKER-006", "Containers cannot gain new privileges by default (daemon.json `no-new-privileges`)",
+         severity="medium", scope="host", cis="2.14",
+         rationale="setuid/setgid binaries and file capabilities grant nothing in any container, including "
+                   "one-off containers started by hand (each hermes-infra service also sets it: HI-CTR-009).",
+         remediation=f"Set `\"no-new-privileges\": true` in {DAEMON_JSON} (hermes-infra writes it unless "
+                     "docker.daemon_options overrides it) and `systemctl restart docker`. " + REDEPLOY + ".")
+def daemon_no_new_privileges(ctx: HostContext, subject: Subject):
+    wanted = daemon_json(ctx.settings.docker).get("no-new-privileges", False)
+    if wanted is not True:
+        raise NotApplicable(f"docker.daemon_options sets no-new-privileges to {wanted!r}: the daemon-wide "
+                            "default is left off deliberately (every hermes-infra service still sets it)")
+    config = ctx.daemon_config()
+    if config is None:
+        fail(f"{DAEMON_JSON} is missing: containers may gain privileges through setuid binaries by default")
+    if config.get("no-new-privileges") is not True:
+        fail(f"{DAEMON_JSON} has no-new-privileges {config.get('no-new-privileges', 'unset (default false)')!r}, "
+             "want true")
+    info = ctx.docker_info()
+    options = " ".join(info.get("SecurityOptions") or [])
+    if "name=no-new-privileges" in options:
+        return "no-new-privileges in daemon.json and active in the running daemon"
+    version = str(info.get("ServerVersion") or "")
+    # `docker info` lists it since Docker 24/25 (moby#45320); older engines never say.
+    if _major(version) >= 25:
+        fail(f"{DAEMON_JSON} sets no-new-privileges but the running daemon (Docker {version}) does not apply it: "
+             "restart Docker")
+    return f"no-new-privileges in daemon.json (Docker {version or '?'} does not report it in `docker info`)"
 
 
 # -------------------------------------------------------------------------------- host
@@ -189,16 +260,18 @@ def ssh_password_login(ctx: HostContext, subject: Subject):
          scope="gateway",
          rationale="The image's user (uid/gid 10000) must own /opt/data; other users must not read the "
                    "gateway's credentials and state.",
-         remediation="`chown <uid>:<gid> <data dir> && chmod 0700 <data dir>` (settings gateways[].uid/gid). "
-                     + REDEPLOY + ".")
+         remediation="`chown <uid>:<gid> <data dir> && chmod 0700 <data dir>` (settings gateways[].uid/gid; the "
+                     "data dir itself, never `-R`, never a path inside it). " + REDEPLOY + ".")
 def data_dir_owner(ctx: HostContext, subject: Subject):
     gateway = subject.gateway
     path = gateway.host_data_dir
     ctx.require_access(path)
-    directory = ctx.host.file(path)
-    if not directory.is_directory:
-        fail(f"{path} is not a directory")
-    uid, gid, mode = directory.uid, directory.gid, directory.mode
+    # lstat (no -L): a data dir that is a symbolic link is reported, not followed.
+    out = ctx.run(f"LC_ALL=C stat -c '%F|%u|%g|%a' -- {shlex.quote(path)} 2>/dev/null || echo missing")
+    kind, uid, gid, mode = (out.stdout.strip().split("|") + ["", "", "", ""])[:4]
+    if kind != "directory":
+        fail(f"{path} is missing" if kind in ("", "missing") else f"{path} is a {kind}, not a directory")
+    uid, gid, mode = int(uid), int(gid), int(mode, 8)
     problems = []
     if (uid, gid) != (gateway.uid, gateway.gid):
         problems.append(f"owner is {uid}:{gid}, want {gateway.uid}:{gateway.gid}")
@@ -212,42 +285,76 @@ def data_dir_owner(ctx: HostContext, subject: Subject):
 @control("HI-DATA-002", "Data dir holds no files owned by another user", severity="medium", scope="gateway",
          rationale="Files written as root (e.g. by `docker exec` or an editor run as root) later break the "
                    "gateway: 401s, lost logins.",
-         remediation="`chown -R <uid>:<gid> <data dir>`; use `docker compose run --rm` or the container's "
-                     "own user instead of writing into the data dir as root.")
+         remediation="Run `hermes-infra up <target>`: it gives such files back to the container user without "
+                     "following links (`find -execdir chown -h`). Never `chown -R` a data dir as root: it follows "
+                     "links planted there. Write into the data dir as the container's own user (`docker compose "
+                     "run --rm`), not as root.")
 def data_dir_foreign_files(ctx: HostContext, subject: Subject):
     gateway = subject.gateway
     path = gateway.host_data_dir
     ctx.require_access(path)
-    if not ctx.host.file(path).is_directory:
-        raise NotApplicable(f"{path} does not exist (HI-DATA-001 reports it)")
-    out = ctx.run("find %s -xdev \\( ! -uid %s -o ! -gid %s \\) -printf '%%u:%%g %%P\\n' 2>/dev/null "
-                  "| head -n 6", path, str(gateway.uid), str(gateway.gid))
-    foreign = [line for line in out.stdout.splitlines() if line.strip()]
+    quoted = shlex.quote(path)
+    # find never follows links (-P) nor leaves the filesystem; only names and owners come back,
+    # NUL-separated because the agent picks the names (newlines included).
+    out = ctx.run(f"if [ -d {quoted} ] && [ ! -L {quoted} ]; then "
+                  f"find {quoted} -xdev \\( ! -uid {int(gateway.uid)} -o ! -gid {int(gateway.gid)} \\) "
+                  "-printf '%u:%g %P\\0' 2>/dev/null | head -z -n 6; else echo notdir; fi")
+    if out.stdout.strip() == "notdir":
+        raise NotApplicable(f"{path} is not a directory (HI-DATA-001 reports it)")
+    foreign = [_printable(item) for item in out.stdout.split("\0") if item.strip()]
     if foreign:
         fail(f"owned by another user in {path}: " + ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else ""))
     return f"everything in {path} belongs to {gateway.uid}:{gateway.gid}"
 
 
-@control("HI-DATA-003", "`.env` has mode 0600 and belongs to the container user", severity="high",
-         scope="gateway",
-         rationale="`.env` holds API_SERVER_KEY and every provider and bot secret.",
-         remediation="`chmod 0600 <data dir>/.env && chown <uid>:<gid> <data dir>/.env`. " + REDEPLOY + ".")
+def _env_not_regular(facts, gateway) -> str:
+    """What was found instead of a regular `.env`, and how to fix it without root touching a path
+    in the data dir: `cd` as root (the owner cannot traverse /root), then act as the owner."""
+    owner = (f"cd {shlex.quote(gateway.host_data_dir)} && setpriv --reuid={int(gateway.uid)} "
+             f"--regid={int(gateway.gid)} --clear-groups --")
+    fixes = {
+        "symlink": f"move the link aside as the owner (`{owner} mv -T .env .env.suspect`; `ls -l` shows where it "
+                   "pointed), then `hermes-infra up <target>` writes a regular .env (copy your own keys back by hand)",
+        "fifo": f"remove it as the owner (`{owner} rm .env`), then `hermes-infra up <target>` writes a regular .env",
+        "directory": f"move it aside as the owner (`{owner} mv -T .env .env.suspect`), then `hermes-infra up <target>`",
+        "hardlink": f"give it its own copy as the owner (`{owner} sh -c 'umask 077 && cp .env .env.new && "
+                    "mv -T .env.new .env'`), then look for the other name",
+        "changed": "run the check again; if it keeps changing, something in the container rewrites .env",
+        "toolarge": "look at what grew it (a .env is a few KiB) and trim it as the owner, then redeploy",
+    }
+    fix = fixes.get(facts.kind, f"move it aside as the owner (`{owner} mv -T .env .env.suspect`), then "
+                                "`hermes-infra up <target>` writes a regular .env")
+    return f"{facts.path} is {facts.describe()}. Fix: {fix}"
+
+
+@control("HI-DATA-003", "`.env` is a regular file with mode 0600 that belongs to the container user",
+         severity="high", scope="gateway",
+         rationale="`.env` holds API_SERVER_KEY and every provider and bot secret. The agent owns the data dir, "
+                   "so a link, FIFO, directory or hard link in its place is examined, never followed or opened.",
+         remediation="Run `hermes-infra up <target>`: it rewrites `.env` as the container user with mode 0600, "
+                     "replacing a planted link instead of following it. By hand, act as the owner, never as root "
+                     "on a path in the data dir: `cd <data dir> && setpriv --reuid=<uid> --regid=<gid> "
+                     "--clear-groups -- chmod 0600 .env`. A link, FIFO or directory named .env: move it aside "
+                     "first (the failure message says how), then redeploy.")
 def env_file_mode(ctx: HostContext, subject: Subject):
     gateway = subject.gateway
-    path = f"{gateway.host_data_dir.rstrip('/')}/.env"
-    ctx.require_access(path)
-    env = ctx.host.file(path)
-    if not env.is_file:
+    path = _env_path(subject)
+    ctx.require_access(gateway.host_data_dir)
+    env = ctx.env_facts(gateway)
+    if env.directory != "present":
+        fail(f"{path} is {env.describe()} (HI-DATA-001 reports the data dir)")
+    if env.kind == "missing":
         fail(f"{path} is missing")
-    mode, uid, gid = env.mode, env.uid, env.gid
+    if env.kind != "regular":
+        fail(_env_not_regular(env, gateway))
     problems = []
-    if mode != 0o600:
-        problems.append(f"mode is {mode:04o}, want 0600")
-    if (uid, gid) != (gateway.uid, gateway.gid):
-        problems.append(f"owner is {uid}:{gid}, want {gateway.uid}:{gateway.gid}")
+    if env.mode != 0o600:
+        problems.append(f"mode is {env.mode:04o}, want 0600")
+    if (env.uid, env.gid) != (gateway.uid, gateway.gid):
+        problems.append(f"owner is {env.uid}:{env.gid}, want {gateway.uid}:{gateway.gid}")
     if problems:
         fail(f"{path}: " + "; ".join(problems))
-    return f"{path} {mode:04o} {uid}:{gid}"
+    return f"{path} regular file {env.mode:04o} {env.uid}:{env.gid}"
 
 
 @control("HI-DATA-004", "API key meets Hermes's rules (>= 16 characters, not a placeholder)",
@@ -261,13 +368,17 @@ def api_key_rules(ctx: HostContext, subject: Subject):
     from hermes_infra.settings import MIN_API_KEY_LENGTH
 
     gateway = subject.gateway
-    path = f"{gateway.host_data_dir.rstrip('/')}/.env"
+    path = _env_path(subject)
     configured = gateway.api.key.get_secret_value() if gateway.api.key is not None else None
-    ctx.require_access(path)
-    facts = ctx.api_key_facts(path, want_digest=configured is not None)
+    ctx.require_access(gateway.host_data_dir)
+    env = ctx.env_facts(gateway)
+    if env.directory != "present" or env.kind == "missing":
+        fail(f"{path} is {env.describe()}")
+    if env.kind != "regular":
+        fail(f"API_SERVER_KEY was not read: {path} is {env.describe()} (HI-DATA-003 says how to fix it)")
+    facts = env.api_key(want_digest=configured is not None)
     if facts["state"] != "present":
-        fail({"missing": f"{path} is missing", "unset": f"API_SERVER_KEY is not set in {path}"}.get(
-            facts["state"], f"cannot read {path}"))
+        fail({"unset": f"API_SERVER_KEY is not set in {path}"}.get(facts["state"], f"cannot read {path}"))
     if facts["length"] < MIN_API_KEY_LENGTH:
         fail(f"API_SERVER_KEY in {path} is {facts['length']} characters long; Hermes needs {MIN_API_KEY_LENGTH}")
     # The same rules as settings.check_api_key (which needs the key itself).
@@ -409,6 +520,46 @@ def image_pinned(ctx: HostContext, subject: Subject):
     return have
 
 
+def _duration(nanoseconds) -> str:
+    seconds = int(nanoseconds or 0) // 1_000_000_000
+    return f"{seconds}s" if seconds else "Docker's default"
+
+
+@control("HI-CTR-011", "Gateway has a health check and it is healthy", severity="high", scope="gateway",
+         cis="5.27",
+         rationale="Without a health check `docker ps` shows a gateway whose API server never started as \"Up\"; "
+                   "Hermes keeps its process alive when the API fails. The check runs inside the container "
+                   "(bash /dev/tcp to port 8642, `GET /health`), so it needs no curl in the image.",
+         remediation="Recreate the gateway from the deployed compose file (`hermes-infra up <target>`), which "
+                     "has a `healthcheck:`. If it is unhealthy, read `docker inspect --format '{{json "
+                     ".State.Health}}' <container>` and `docker logs <container>` (API_SERVER_KEY, aiohttp).")
+def gateway_health(ctx: HostContext, subject: Subject):
+    record = _container(ctx, subject)
+    config = (record.get("Config") or {}).get("Healthcheck") or {}
+    test = list(config.get("Test") or [])
+    if not test or test[0] == "NONE":
+        fail(f"container {subject.container!r} has no health check ({'disabled' if test else 'none configured'}): "
+             "an API that stopped answering still shows as Up")
+    state = record.get("State") or {}
+    if not state.get("Running"):
+        fail(f"container {subject.container!r} is {state.get('Status', 'not running')}: its health check does not run")
+    health = state.get("Health") or {}
+    status = health.get("Status") or "none"
+    every = _duration(config.get("Interval"))
+    if status == "healthy":
+        return f"healthy (checked every {every})"
+    if status == "starting":
+        return (f"starting: no verdict yet (within its start period or before the first probe, every {every}); "
+                "counted as a pass")
+    if status == "unhealthy":
+        log = health.get("Log") or []
+        last = log[-1] if log else {}
+        fail(f"unhealthy: the last {health.get('FailingStreak', '?')} probe(s) failed (last exit code "
+             f"{last.get('ExitCode', '?')}); `docker inspect --format '{{{{json .State.Health}}}}' "
+             f"{subject.container}` shows their output")
+    fail(f"health status is {status!r}, want healthy")
+
+
 # ------------------------------------------------------------------------------- API
 @control("HI-API-001", "API port is published only on the configured addresses (never 0.0.0.0 unless allowed)",
          severity="high", scope="gateway", cis="5.14",
@@ -442,7 +593,11 @@ def dashboard_exposure(ctx: HostContext, subject: Subject):
         return "dashboard not published"
     if not exposed:
         return f"dashboard on loopback only ({', '.join(f'{a}:{p}' for a, p in have)})"
-    keys = ctx.env_keys(f"{gateway.host_data_dir.rstrip('/')}/.env") or set()
+    env = ctx.env_facts(gateway)
+    if not env.usable:
+        fail(f"the dashboard is published on {', '.join(exposed)} and basic auth cannot be confirmed: "
+             f"{env.path} is {env.describe()}")
+    keys = env.keys
     if DASHBOARD_AUTH_USER not in keys or not any(k in keys for k in DASHBOARD_AUTH_SECRETS):
         fail(f"the dashboard is published on {', '.join(exposed)} and no basic auth is configured in .env")
     return f"dashboard on {', '.join(exposed)} with basic auth"
@@ -453,8 +608,6 @@ def dashboard_exposure(ctx: HostContext, subject: Subject):
          remediation="Read `docker logs <container>`: check API_SERVER_KEY in .env, aiohttp in the image and the "
                      "port mapping. " + REDEPLOY + ".")
 def health_endpoint(ctx: HostContext, subject: Subject):
-    from hermes_infra.health import probe_url
-
     url = probe_url(ctx.settings, subject.gateway) + "/health"
     status = ctx.http_status(url)
     if status == "nohttpclient":
@@ -469,19 +622,20 @@ def health_endpoint(ctx: HostContext, subject: Subject):
          remediation="Make sure API_SERVER_KEY is set in .env (>= 16 characters) and that nothing in front of "
                      "the API strips or adds authentication. " + REDEPLOY + ".")
 def api_requires_key(ctx: HostContext, subject: Subject):
-    from hermes_infra.health import probe_url
-
     gateway = subject.gateway
     url = probe_url(ctx.settings, gateway) + "/v1/models"
     anonymous = ctx.http_status(url)
+    if anonymous == "nohttpclient":
+        fail("neither curl nor python3 is installed on the host to probe the API")
     if anonymous != "401":
         fail(f"GET {url} without a key answered {anonymous if anonymous != '000' else 'nothing'}; want 401")
-    env_path = f"{gateway.host_data_dir.rstrip('/')}/.env"
-    ctx.require_access(env_path)
-    authed = ctx.http_status(url, key_from_env=env_path)
+    ctx.require_access(gateway.host_data_dir)
+    env, authed = ctx.authed_status(gateway, url)
+    if not env.usable:
+        raise CannotCheck(f"the key was not sent: {env.path} is {env.describe()} (HI-DATA-003 reports it)")
     if authed != "200":
-        fail(f"GET {url} with the key from .env answered {authed}; want 200")
-    return "401 without the key, 200 with it"
+        fail(f"GET {url} with the key from .env answered {authed if authed != '000' else 'nothing'}; want 200")
+    return "401 without the key, 200 with it (the key went through a pipe, never shown)"
 
 
 # ------------------------------------------------------------------------- companions
@@ -522,36 +676,22 @@ echo noclient
 
 
 def _companion_probe(ctx: HostContext, container: str, url: str, key_var: str) -> tuple[str, str]:
-    """(method, status) of GET url from inside `container`, with the companion's own key."""
+    """(method, status) of GET url from inside the running `container`, with its own key.
+
+    `docker exec` runs the probe in the container that is already there (no container is created,
+    started or pulled); the key never leaves the container's environment. method is `none` when the
+    probe cannot run there: status then says why (`noclient`, `noshell`) or how exec failed."""
     out = ctx.run(f"docker exec -i {shlex.quote(container)} sh -s -- {shlex.quote(url)} {shlex.quote(key_var)} "
                   f"<<'HERMES_INFRA_PROBE'\n{COMPANION_PROBE}\nHERMES_INFRA_PROBE\n")
     words = out.stdout.strip().split()
     if out.rc == 0 and len(words) >= 2 and words[0] != "noclient":
         return words[0], words[1]
-    return "none", "noclient" if words[:1] == ["noclient"] else f"exec failed (rc {out.rc})"
-
-
-def _sidecar_probe(ctx: HostContext, subject: Subject, url: str) -> tuple[str, str]:
-    """Fallback for companion images without a shell or HTTP client: a throwaway container of the
-    gateway image on the companion's network, with its host mapping and its env file."""
-    from hermes_infra.compose import companion_env_path
-
-    companion = subject.companion
-    record = ctx.inspect(companion.name) or {}
-    networks = list(((record.get("NetworkSettings") or {}).get("Networks") or {}).keys())
-    if not networks:
-        return "sidecar", "no network"
-    extra_hosts = (record.get("HostConfig") or {}).get("ExtraHosts") or []
-    add_hosts = " ".join(f"--add-host {shlex.quote(h.replace('=', ':', 1) if '=' in h else h)}" for h in extra_hosts)
-    command = (f"docker run --rm -i --network {shlex.quote(networks[0])} {add_hosts} "
-               f"--env-file {shlex.quote(companion_env_path(ctx.settings, companion))} "
-               f"--entrypoint sh {shlex.quote(ctx.settings.image.ref)} -s -- {shlex.quote(url)} "
-               f"{shlex.quote(companion.api_key_env)} <<'HERMES_INFRA_PROBE'\n{COMPANION_PROBE}\nHERMES_INFRA_PROBE\n")
-    out = ctx.run(command)
-    words = out.stdout.strip().split()
-    if out.rc == 0 and len(words) >= 2:
-        return f"sidecar/{words[0]}", words[1]
-    return "sidecar", f"failed (rc {out.rc}: {out.stderr.strip()[:120]})"
+    if words[:1] == ["noclient"]:
+        return "none", "noclient"
+    error = (out.stderr or out.stdout).strip()
+    if out.rc in (126, 127) and ("executable file not found" in error or "no such file" in error.lower()):
+        return "none", "noshell"
+    return "none", f"exec failed (rc {out.rc}: {error[:160]})"
 
 
 @control("HI-CMP-001", "Companion reaches its gateway's API with its key (from inside its container)",
@@ -569,7 +709,12 @@ def companion_reaches_api(ctx: HostContext, subject: Subject):
         fail(f"companion {companion.name!r} is not running, so it cannot reach {url}")
     method, status = _companion_probe(ctx, companion.name, url, companion.api_key_env)
     if method == "none":
-        method, status = _sidecar_probe(ctx, subject, url)
+        if status in ("noclient", "noshell"):
+            lacks = "has none of python3, node or curl" if status == "noclient" else "has no shell (`sh`)"
+            raise NotApplicable(
+                f"cannot be checked from inside {companion.name}: its image {lacks}, and the check starts no "
+                f"container of its own. Check by hand that the companion's logs show it reaching {url}")
+        raise CannotCheck(f"could not probe from inside {companion.name}: {status}")
     if status != "200":
         shown = {"000": "nothing (connection failed)", "401": "401 (its key is not the gateway's)"}.get(status, status)
         fail(f"GET {url} from {companion.name} ({method}) answered {shown}; want 200")

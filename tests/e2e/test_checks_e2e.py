@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -192,20 +193,71 @@ def test_api_on_all_interfaces_fails_only_the_port_control(deployed):
     assert "0.0.0.0" not in deployed.run("docker port hermes")
 
 
-def test_stopped_gateway_fails_the_running_and_api_controls_only(deployed):
+def test_stopped_gateway_fails_the_running_health_and_api_controls_only(deployed):
     with broken(deployed):
         deployed.run("docker stop hermes")
         run = check(deployed)
-        assert failing_ids(run) == {"HI-CTR-001", "HI-API-003", "HI-API-004"}, not_passing(run)
+        assert failing_ids(run) == {"HI-CTR-001", "HI-CTR-011", "HI-API-003", "HI-API-004"}, not_passing(run)
+        assert "its health check does not run" in not_passing(run)["HI-CTR-011@gateway:hermes"]
     assert deployed.http_status(HEALTH) == "200"
+
+
+def test_gateway_has_a_working_health_check_and_losing_it_fails_only_that_control(deployed):
+    # The deployed health check is bash /dev/tcp inside the container (no curl in the image).
+    config = json.loads(deployed.run("docker inspect hermes --format '{{json .Config.Healthcheck}}'"))
+    assert config["Test"][:3] == ["CMD", "bash", "-c"] and "/dev/tcp/127.0.0.1/8642" in config["Test"][3]
+    # Run it once by hand, exactly as Docker does, to prove it works in this image.
+    deployed.run(f"docker exec hermes bash -c {shlex.quote(config['Test'][3])}")
+    with broken(deployed, undo="rm -f /tmp/hermes-override.yaml"):
+        compose_override(deployed, "services:\n  hermes:\n    healthcheck:\n      disable: true")
+        run = check(deployed)
+        assert failing_ids(run) == {"HI-CTR-011"}, not_passing(run)
+        assert "has no health check (disabled)" in not_passing(run)["HI-CTR-011@gateway:hermes"]
+    assert "/dev/tcp" in deployed.run("docker inspect hermes --format '{{json .Config.Healthcheck.Test}}'")
+
+
+AS_AGENT = "cd /root/.hermes && setpriv --reuid=10000 --regid=10000 --clear-groups -- sh -c "
+
+
+def test_env_replaced_by_a_link_or_fifo_is_reported_never_followed(deployed):
+    """What the agent (uid 10000, owner of the data dir) can do to `.env`: the check examines it,
+    never follows or blocks on it, and says what it found."""
+    restore = AS_AGENT + shlex.quote("rm -f .env && mv .env.e2e .env")
+    with broken(deployed, undo=restore):
+        deployed.run(AS_AGENT + shlex.quote("mv .env .env.e2e && ln -s /etc/shadow .env"))
+        run = check(deployed)
+        assert failing_ids(run) == {"HI-DATA-003", "HI-DATA-004", "HI-API-004"}, not_passing(run)
+        found = not_passing(run)
+        assert "is a symbolic link (never followed" in found["HI-DATA-003@gateway:hermes"]
+        assert found["HI-API-004@gateway:hermes"].startswith("error: cannot check: the key was not sent")
+        shadow_line = deployed.run("head -n 1 /etc/shadow").strip()
+        assert shadow_line and all(shadow_line not in r.message for r in run.results)
+
+        deployed.run(AS_AGENT + shlex.quote("rm .env && mkfifo -m 600 .env"))
+        started = time.monotonic()
+        run = check(deployed)
+        assert time.monotonic() - started < 120  # nothing blocked on the FIFO
+        assert failing_ids(run) == {"HI-DATA-003", "HI-DATA-004", "HI-API-004"}, not_passing(run)
+        assert "is a FIFO (named pipe)" in not_passing(run)["HI-DATA-003@gateway:hermes"]
+    assert deployed.run("stat -c %F /root/.hermes/.env").strip() == "regular file"
 
 
 def test_companion_reaches_the_api_and_fails_when_the_bridge_port_goes(deployed):
     companion = dict(COMPANION, image=local_settings(deployed).image.ref)
     try:
         redeploy(deployed, companions=[companion])
+        containers = deployed.run("docker ps -aq --no-trunc | sort")
+        since = deployed.run("date +%s").strip()
         run = check(deployed, companions=[companion])
+        until = str(int(deployed.run("date +%s").strip()) + 1)
         assert run.exit_code == 0, not_passing(run)
+        # Checks only read: no container created, started, stopped or removed, no image pulled
+        # (exec and health events are the probes; the companion's runs inside it, with docker exec).
+        events = deployed.run(f"docker events --since {since} --until {until} --filter type=container "
+                              "--filter type=image --format '{{.Type}} {{.Action}}'").splitlines()
+        lifecycle = [e for e in events if e.strip() and not e.split(" ", 1)[1].startswith(("exec_", "health_status"))]
+        assert lifecycle == [], lifecycle
+        assert deployed.run("docker ps -aq --no-trunc | sort") == containers
         reach = next(r for r in run.results if r.control.id == "HI-CMP-001")
         assert reach.subject == "companion:hub" and "(python3) -> 200" in reach.message
         assert sum(r.subject == "companion:hub" for r in run.results) == 11

@@ -38,13 +38,33 @@ STABLE = {
     "HI-CTR-008": ("container", "5.32"), "HI-CTR-009": ("container", "5.26"), "HI-CTR-010": ("container", None),
     "HI-API-001": ("gateway", "5.14"), "HI-API-002": ("gateway", None), "HI-API-003": ("gateway", None),
     "HI-API-004": ("gateway", None), "HI-CMP-001": ("companion", None),
+    # added with the CIS daemon hardening and the gateway health check
+    "HI-DOCKER-005": ("host", "2.2"), "HI-DOCKER-006": ("host", "2.14"), "HI-CTR-011": ("gateway", "5.27"),
 }
+CONTROL_COUNT = 29  # the README's controls table has one row per control
+
+
 
 
 # ---------------------------------------------------------------------------- registry
 def test_every_stable_id_is_registered_with_its_scope_and_cis_number():
     registered = {c.id: (c.scope, c.cis) for c in all_controls()}
     assert {key: registered.get(key) for key in STABLE} == STABLE
+
+
+def test_the_control_count_is_what_the_docs_say():
+    assert len(all_controls()) == CONTROL_COUNT == len(STABLE)
+
+
+def test_cis_numbers_follow_benchmark_v1_6_0():
+    # CIS Docker Benchmark v1.6.0 numbering (as docker-bench-security uses it); older editions
+    # number the same items differently (e.g. icc is 2.1 and the daemon no-new-privileges 2.18
+    # in v1.1.0), so one edition throughout keeps an auditor's cross-reference straight.
+    cis = {c.id: c.cis for c in all_controls() if c.cis}
+    assert cis == {"HI-DOCKER-003": "2.13", "HI-DOCKER-004": "2.15", "HI-DOCKER-005": "2.2", "HI-DOCKER-006": "2.14",
+                   "HI-CTR-002": "5.15", "HI-CTR-003": "5.11", "HI-CTR-004": "5.12", "HI-CTR-005": "5.29",
+                   "HI-CTR-006": "5.5", "HI-CTR-007": "5.10", "HI-CTR-008": "5.32", "HI-CTR-009": "5.26",
+                   "HI-CTR-011": "5.27", "HI-API-001": "5.14"}
 
 
 def test_ids_are_unique_and_well_formed():

@@ -3,10 +3,13 @@ data, unreachable hosts, report files, exit codes, and the shipped test module u
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -109,10 +112,19 @@ def test_shipped_test_module_collects_one_test_per_control_instance(tmp_path):
     assert out.returncode != 0 and "swap.size" in out.stdout + out.stderr
 
 
-def test_shipped_test_module_reports_failures_with_remediation_and_honours_waivers(tmp_path):
+@pytest.fixture()
+def home_data_dir():
+    """A data dir outside /tmp: the settings refuse data dirs in world-writable trees."""
+    path = Path(tempfile.mkdtemp(prefix=".hermes-infra-test-", dir=Path.home()))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_shipped_test_module_reports_failures_with_remediation_and_honours_waivers(tmp_path, home_data_dir):
     """Against this machine (testinfra's local backend), on a data dir made here with mode 0755."""
-    data_dir = tmp_path / "data"
-    data_dir.mkdir(mode=0o755)
+    data_dir = home_data_dir
     data_dir.chmod(0o755)
     settings = tmp_path / "settings.json"
     settings.write_text(json.dumps({"gateways": [{"name": "hermes", "data_dir": str(data_dir)}]}))

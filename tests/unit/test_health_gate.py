@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import http.server
+import os
 import socket
 import subprocess
 import threading
@@ -9,6 +10,7 @@ import threading
 import pytest
 
 from hermes_infra.health import gate_script
+from hermes_infra.hostfacts import DataDirRequest
 
 KEY = "k3J9-vQ2x_Lm8pR4tZ7w-gate-key"
 
@@ -48,8 +50,19 @@ def closed_port() -> int:
 
 
 def run_gate(url: str, env_path, timeout: int = 3) -> subprocess.CompletedProcess:
-    return subprocess.run(["sh", "-c", gate_script(url, "hermes", str(env_path), timeout, 0.2)],
+    data_dir = DataDirRequest("hermes", str(env_path.parent), os.getuid(), os.getgid())
+    return subprocess.run(["sh", "-c", gate_script(url, "hermes", data_dir, timeout, 0.2)],
                           capture_output=True, text=True, timeout=60)
+
+
+def test_gate_does_not_follow_a_planted_link(server, tmp_path):
+    secret = tmp_path / "outside"
+    secret.write_text(f"API_SERVER_KEY={KEY}\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / ".env").symlink_to(secret)
+    result = run_gate(f"http://127.0.0.1:{server.server_port}", tmp_path / "data" / ".env")
+    assert result.returncode == 1  # the key behind the link was not read
+    assert "and 401 with it (want 200)" in result.stderr
 
 
 def test_gate_passes_with_the_key_from_the_env_file(server, tmp_path):

@@ -5,9 +5,10 @@ import json
 
 import yaml
 
-from hermes_infra import compose, docker_engine, envfile
+from hermes_infra import compose, daemon, envfile
 from hermes_infra.loading import settings_from_raw
 from hermes_infra.settings import GIB, HostResources, derive_limits
+from tests.unit.hostfakes import fresh, plan_for
 
 SECRETS = {"OPENROUTER_API_KEY": "sk-or-v1-verysecretvalue", "TELEGRAM_BOT_TOKEN": "12345:telegram-secret"}
 
@@ -108,19 +109,18 @@ def test_ipv6_binding_is_bracketed():
 def test_daemon_json_options():
     settings = settings_from_raw({"docker": {"registry_mirrors": ["https://mirror.example.com"],
                                              "daemon_options": {"userland-proxy": False}}})
-    doc = json.loads(docker_engine.daemon_json_text(settings.docker))
+    doc = json.loads(daemon.daemon_json_text(settings.docker))
     assert doc["registry-mirrors"] == ["https://mirror.example.com"]
     assert doc["userland-proxy"] is False and doc["live-restore"] is True
 
 
 def test_official_source_is_deb822_with_signed_by():
-    settings = settings_from_raw({})
-    text = docker_engine.official_source_text(settings.docker, "trixie")
+    text = plan_for(settings_from_raw({}), fresh()).docker.sources.content
     assert "Types: deb\n" in text and "Suites: trixie\n" in text
     assert "Signed-By: /etc/apt/keyrings/docker.asc" in text
     assert "URIs: https://download.docker.com/linux/debian" in text
 
 
 def test_version_pin_applies_to_engine_packages_only():
-    packages = docker_engine.pinned(docker_engine.OFFICIAL_PACKAGES, "5:27.3.1-1", ("docker-ce", "docker-ce-cli"))
+    packages = plan_for(settings_from_raw({"docker": {"version": "5:27.3.1-1"}}), fresh()).docker.packages
     assert "docker-ce=5:27.3.1-1" in packages and "docker-compose-plugin" in packages

@@ -21,7 +21,8 @@ def test_defaults_are_valid_and_follow_the_guides():
     assert gateway.restart == "unless-stopped"
     assert gateway.api.port == 8642
     assert settings.publish_addresses(gateway) == ["127.0.0.1"]
-    assert not settings.image.ref.endswith(":latest")
+    assert settings.image.ref == "nousresearch/hermes-agent:0.23.3"
+    assert (settings.backup_keep, settings.apt_lock_timeout_seconds, gateway.stop_grace_seconds) == (5, 600, 60)
     assert settings.docker.daemon_json()["live-restore"] is True
     assert settings.docker.daemon_json()["log-opts"] == {"max-size": "10m", "max-file": "3"}
 
@@ -76,7 +77,12 @@ def test_swappiness_range():
 
 def test_unknown_setting_is_refused():
     message = refused({"swap": {"sise": "4G"}})
-    assert "swap.sise" in message and "unknown setting" in message
+    assert "swap.sise" in message and "unknown setting" in message and "did you mean 'size'" in message
+
+
+def test_unknown_top_level_name_is_refused():
+    message = refused(collect([{"gatways": [{"name": "coder"}], "ssh_user": "root", "_x": 1}]))
+    assert "gatways" in message and "did you mean 'gateways'" in message
 
 
 def test_unsafe_profile_name():
@@ -164,7 +170,8 @@ def test_api_key_through_env_is_refused():
 
 
 def test_env_value_with_newline():
-    assert "newline" in refused({"gateways": [{"env": {"A_KEY": "one\ntwo"}}]})
+    message = refused({"gateways": [{"env": {"A_KEY": "one\ntwo"}}]})
+    assert "gateways[0].env.A_KEY" in message and "newline" in message and "two" not in message
 
 
 def test_dashboard_exposed_without_auth():

@@ -1,0 +1,563 @@
+"""What one host should be, computed once from its settings and its facts. Pure: no I/O.
+
+settings (schema) -> facts (hostfacts, one read) -> HostPlan (this module) -> operations.
+
+The plan holds every file's bytes, the API keys, digests, compose texts, limits, the image's
+identity and what to retire, so operations only compare and apply, and a test of an operation
+is a plan in, commands out. A plan never contains a value read from a data dir that was not
+checked first: a `.env` that is not a regular file stops the plan with a message.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass, field
+
+from pyinfra.api.exceptions import PyinfraError
+
+from hermes_infra import compose, configfile, daemon, envfile, imageid, safeio
+from hermes_infra.hostfacts import DataDirRequest, HostState, ProbeRequest, StateRequest
+from hermes_infra.settings import EffectiveLimits, GatewaySettings, HostResources, HostSettings, check_api_key, derive_limits
+
+SUPPORTED = {"debian": ("bookworm", "trixie", "forky")}
+STAGE_DIR = "/var/lib/hermes-infra/stage"
+APT_CONF = "/etc/apt/apt.conf.d/90hermes-infra-lock-timeout"
+DAEMON_JSON = "/etc/docker/daemon.json"
+DOCKER_SOURCES = "/etc/apt/sources.list.d/docker.sources"
+DOCKER_KEYRING = "/etc/apt/keyrings/docker.asc"
+OFFICIAL_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin", "docker-compose-plugin")
+DISTRO_PACKAGES = ("docker.io", "docker-cli", "docker-compose")
+# Installed side by side, these fight over /usr/bin/docker, containerd and the compose plugin.
+CONFLICTS = {
+    "official": ("docker.io", "docker-doc", "docker-compose", "docker-compose-v2", "podman-docker", "containerd", "runc"),
+    "distro": ("docker-ce", "docker-ce-cli", "containerd.io", "docker-compose-plugin", "podman-docker"),
+}
+PUBLIC_TO_LOCAL = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+class PlanError(PyinfraError):
+    """The host cannot take these settings as it is; the message names what and the fix."""
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the host is now: pyinfra's own facts plus hermes-infra's one batched read."""
+
+    os_release: dict
+    memory_mb: int
+    cpus: int
+    image_inspect: list | None
+    state: HostState
+
+
+@dataclass(frozen=True)
+class Writer:
+    """How files reach the host without a secret ever sitting world-readable."""
+
+    stage_dir: str = STAGE_DIR
+    upload_dir: str = "/root/.hermes-infra-upload"
+    """A 0700 dir of the SSH user: with --sudo, pyinfra uploads there before root copies it."""
+    upload_user: str = "root"
+    backup_dir: str = "/var/backups/hermes-infra"
+    backup_keep: int = 5
+
+
+@dataclass(frozen=True)
+class RootFilePlan:
+    """A file only root writes (outside data dirs): daemon.json, compose files, env files."""
+
+    path: str
+    content: str = field(repr=False)
+    mode: str = "0644"
+    current: dict | None = field(default=None, repr=False)
+    secret: bool = False
+
+    @property
+    def content_changed(self) -> bool:
+        return self.current is None or self.current["text"].text != self.content
+
+    @property
+    def meta_changed(self) -> bool:
+        return self.current is not None and (self.current["uid"], self.current["gid"], self.current["mode"]) != (
+            0, 0, self.mode.rjust(4, "0"))
+
+
+@dataclass(frozen=True)
+class DataFilePlan:
+    """`.env` or `config.yaml` in a data dir: written by its owner, never followed."""
+
+    directory: str
+    name: str
+    uid: int
+    gid: int
+    content: str = field(repr=False)
+    exists: bool = False
+    content_changed: bool = False
+    owner: tuple[int, int, str] | None = None
+    changed_keys: tuple[str, ...] = ()
+    mode: str = "0600"
+
+    @property
+    def path(self) -> str:
+        return f"{self.directory}/{self.name}"
+
+    @property
+    def meta_changed(self) -> bool:
+        return self.exists and self.owner != (self.uid, self.gid, self.mode.rjust(4, "0"))
+
+
+@dataclass(frozen=True)
+class DataDirPlan:
+    directory: str
+    uid: int
+    gid: int
+    exists: bool
+    meta_changed: bool
+    foreign_files: bool
+
+
+@dataclass(frozen=True)
+class HealthPlan:
+    container: str
+    url: str
+    data_dir: DataDirRequest
+    timeout: int
+    interval: float
+    healthy_now: bool
+    gate_needed: bool
+
+
+@dataclass(frozen=True)
+class GatewayPlan:
+    name: str
+    service: str
+    data_dir: DataDirPlan
+    env: DataFilePlan
+    config: DataFilePlan
+    limits: EffectiveLimits
+    api_key: str = field(repr=False)
+    inputs_digest: str = ""
+
+
+@dataclass(frozen=True)
+class ProjectPlan:
+    name: str
+    directory: str
+    file: RootFilePlan
+    services: tuple[str, ...]
+    drift_checked: tuple[str, ...]
+    up_reason: str | None
+    """Why `compose up` must run (None: the project is up to date and running)."""
+
+    @property
+    def stamp_path(self) -> str:
+        return f"{self.directory}/{compose.STAMP_NAME}"
+
+    @property
+    def stamp(self) -> str:
+        return compose.stamp_of(self.file.content)
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    ref: str
+    source: str
+    present: bool
+    pull_ref: str | None = None
+    archive_path: str | None = None
+    archive_sha256: str | None = None
+    remote_archive: str | None = None
+    archive_ref: str | None = None
+    cache_dir: str = "/var/cache/hermes-infra/images"
+    identity: str | None = None
+
+
+@dataclass(frozen=True)
+class SwapPlan:
+    path: str
+    size_bytes: int
+    swappiness: int
+    current: dict
+
+
+@dataclass(frozen=True)
+class DockerPlan:
+    install_source: str
+    packages: tuple[str, ...]
+    conflicts: tuple[str, ...]
+    daemon_json: RootFilePlan
+    apt_conf: RootFilePlan
+    sources: RootFilePlan | None
+    repo_url: str
+    users: tuple[str, ...]
+    packages_missing: bool
+    apt_lock_holder: str | None
+    apt_lock_timeout: int
+
+
+@dataclass(frozen=True)
+class RetirePlan:
+    """What left the settings since the last deploy, matched by what each profile owned."""
+
+    containers: tuple[str, ...] = ()
+    projects_down: tuple[tuple[str, str], ...] = ()
+    files: tuple[str, ...] = ()
+    archives: tuple[tuple[str, str], ...] = ()
+    purges: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.containers or self.projects_down or self.files or self.archives)
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    host: str
+    codename: str
+    writer: Writer
+    docker: DockerPlan
+    swap: SwapPlan
+    image: ImagePlan
+    retire: RetirePlan
+    gateways: tuple[GatewayPlan, ...]
+    companion_env_files: tuple[RootFilePlan, ...]
+    manifest: RootFilePlan
+    projects: tuple[ProjectPlan, ...]
+    health: tuple[HealthPlan, ...]
+    revision: str
+
+
+# --- from settings to the fact request ------------------------------------------------------
+
+def data_dir_request(gateway: GatewaySettings) -> DataDirRequest:
+    return DataDirRequest(gateway.name, gateway.host_data_dir, gateway.uid, gateway.gid)
+
+
+def probe_url(settings: HostSettings, gateway: GatewaySettings) -> str:
+    """Where the host itself reaches the published API."""
+    address = settings.publish_addresses(gateway)[0]
+    address = PUBLIC_TO_LOCAL.get(address, address)
+    if ":" in address:
+        address = f"[{address}]"
+    return f"http://{address}:{gateway.api.port}"
+
+
+def manifest_path(settings: HostSettings) -> str:
+    return f"{settings.project_dir}/profiles.json"
+
+
+def fact_request(settings: HostSettings) -> StateRequest:
+    """What to read from the host, from settings alone (so it can run before any plan)."""
+    files = [DAEMON_JSON, APT_CONF, manifest_path(settings)]
+    if settings.docker.install_source == "official":
+        files.append(DOCKER_SOURCES)
+    projects = [(compose.MAIN_PROJECT, settings.project_dir)]
+    for companion in settings.companions:
+        files.append(compose.companion_env_path(settings, companion))
+        if companion.topology == "host-gateway":
+            projects.append((compose.project_name(companion), compose.project_dir(settings, companion)))
+    for _, directory in projects:
+        files += [f"{directory}/compose.yaml", f"{directory}/{compose.STAMP_NAME}"]
+    packages = OFFICIAL_PACKAGES if settings.docker.install_source == "official" else DISTRO_PACKAGES
+    return StateRequest(
+        data_dirs=tuple(data_dir_request(g) for g in settings.gateways),
+        root_files=tuple(dict.fromkeys(files)),
+        projects=tuple(projects),
+        swap_path=settings.swap.path,
+        probes=tuple(ProbeRequest(g.name, probe_url(settings, g), data_dir_request(g)) for g in settings.gateways),
+        packages=tuple(packages),
+    )
+
+
+# --- the plan ---------------------------------------------------------------------------------
+
+def check_release(settings: HostSettings, release: dict) -> str:
+    os_id, codename = release.get("id", ""), release.get("version_codename", "")
+    if os_id != "debian" or codename not in SUPPORTED["debian"]:
+        raise PlanError(f"the host runs {release.get('pretty_name') or os_id or 'an unknown OS'!r}; hermes-infra "
+                        "supports Debian 12 (bookworm) and 13 (trixie). Fix: use a Debian host")
+    if codename == "bookworm" and settings.docker.install_source == "distro":
+        raise PlanError(
+            "docker.install_source is 'distro' but Debian 12 (bookworm) ships only compose v1. "
+            "Fix: use docker.install_source: official on Debian 12, or a Debian 13 host")
+    return codename
+
+
+def _root_file(state: HostState, path: str, content: str, mode: str = "0644", secret: bool = False) -> RootFilePlan:
+    return RootFilePlan(path=path, content=content, mode=mode, current=state.root_files.get(path), secret=secret)
+
+
+def _usable(read: safeio.FileRead | None, path: str, gateway: GatewaySettings) -> str | None:
+    """The current text of a data-dir file, or a PlanError saying what was planted there."""
+    if read is None or read.kind == "missing":
+        return None
+    if read.kind == "regular":
+        return read.text
+    found = {
+        "symlink": "a symbolic link", "fifo": "a FIFO (named pipe)", "directory": "a directory",
+        "hardlink": "a file with several hard links", "changed": "a file that changed while it was read",
+        "toolarge": f"larger than {safeio.MAX_READ_BYTES // 1024} KiB", "other": "not a regular file",
+    }[read.kind]
+    raise PlanError(
+        f"gateways[{gateway.name}]: {path} is {found}. Something inside the container (or a person) put it there; "
+        "hermes-infra never follows links or reads anything but a regular file in a data dir, so nothing was read, "
+        f"written or chowned on this host. Fix: inspect it (`ls -la {gateway.host_data_dir}`), remove or replace it "
+        f"with a regular file (a backup may be in the backup dir), then deploy again")
+
+
+def decide_api_key(gateway: GatewaySettings, current_env: str | None, path: str) -> str:
+    """The operator's key if given; else the key already on the host; else a new random one."""
+    if gateway.api.key is not None:
+        return gateway.api.key.get_secret_value()
+    existing = envfile.parse(current_env or "").get("API_SERVER_KEY")
+    if existing:
+        try:
+            return check_api_key(existing, f"API_SERVER_KEY in {path} on the host")
+        except ValueError as error:
+            raise PlanError(f"{error}. Or remove the line and hermes-infra generates a valid key") from None
+    return secrets.token_urlsafe(32)
+
+
+def _gateway(settings: HostSettings, gateway: GatewaySettings, state: HostState,
+             limits: EffectiveLimits) -> GatewayPlan:
+    directory = gateway.host_data_dir
+    found = state.data_dirs.get(gateway.name, {"meta": {"kind": "missing"}, "parent": {"kind": "missing"},
+                                               "dir": "missing", "files": {}, "foreign": False})
+    meta, parent = found["meta"], found["parent"]
+    if meta["kind"] not in ("missing", "directory"):
+        raise PlanError(f"gateways[{gateway.name}].data_dir {directory} exists but is "
+                        f"{'a symbolic link' if meta['kind'] == 'symlink' else 'not a directory'}. hermes-infra "
+                        "does not follow it. Fix: move it away or point data_dir at a real directory")
+    if parent["kind"] == "directory" and (parent["uid"] != 0 or int(parent["mode"], 8) & 0o022):
+        raise PlanError(f"gateways[{gateway.name}].data_dir {directory}: its parent directory belongs to uid "
+                        f"{parent['uid']} with mode {parent['mode']}, so someone other than root could swap the data "
+                        "dir for a link. Fix: `chown root: <parent> && chmod go-w <parent>`, or use a data dir under "
+                        "a root-owned directory such as /srv/hermes")
+    env_path, config_path = f"{directory}/.env", f"{directory}/config.yaml"
+    env_read, config_read = found["files"].get(".env"), found["files"].get("config.yaml")
+    current_env = _usable(env_read, env_path, gateway)
+    current_config = _usable(config_read, config_path, gateway)
+
+    key = decide_api_key(gateway, current_env, env_path)
+    env_values = gateway.managed_env()
+    env_values["API_SERVER_KEY"] = key
+    env_merge = envfile.merge(current_env, env_values)
+    try:
+        config_merge = configfile.merge(current_config, gateway.config.managed(), config_path)
+    except configfile.ConfigYamlError as error:
+        raise PlanError(str(error)) from None
+    digest = hashlib.sha256(json.dumps([env_values, gateway.config.managed()], sort_keys=True,
+                                       default=str).encode()).hexdigest()[:16]
+
+    def data_file(name: str, read: safeio.FileRead | None, text: str, changed: tuple[str, ...]) -> DataFilePlan:
+        exists = read is not None and read.kind == "regular"
+        return DataFilePlan(directory=directory, name=name, uid=gateway.uid, gid=gateway.gid, content=text,
+                            exists=exists, content_changed=not exists or bool(changed), changed_keys=changed,
+                            owner=read.owner if exists else None)
+
+    wanted_dir = (gateway.uid, gateway.gid, "0700")
+    return GatewayPlan(
+        name=gateway.name, service=gateway.service_name,
+        data_dir=DataDirPlan(directory=directory, uid=gateway.uid, gid=gateway.gid, exists=meta["kind"] == "directory",
+                             meta_changed=meta["kind"] == "directory" and (meta["uid"], meta["gid"], meta["mode"]) != wanted_dir,
+                             foreign_files=bool(found["foreign"])),
+        env=data_file(".env", env_read, env_merge.text, env_merge.changed_keys),
+        config=data_file("config.yaml", config_read, config_merge.text, config_merge.changed_keys),
+        limits=limits, api_key=key, inputs_digest=digest,
+    )
+
+
+def _image(settings: HostSettings, facts: Facts) -> ImagePlan:
+    image = settings.image
+    current = imageid.identity_from_inspect(facts.image_inspect or [])
+    if image.source == "pull":
+        mirrored = f"{image.pull_mirror.rstrip('/')}/{image.ref}" if image.pull_mirror else None
+        # What a pull brings is not known before it runs: the pinned ref stands for it.
+        return ImagePlan(ref=image.ref, source="pull", present=current is not None, pull_ref=mirrored)
+    archive = compose_archive(image.archive)
+    mismatch = imageid.architecture_mismatch(archive.identity, facts.state.machine, ref=image.ref)
+    if mismatch:
+        raise PlanError(mismatch)
+    remote = f"{image.remote_cache_dir}/{archive.sha256[:16]}.tar"
+    return ImagePlan(ref=image.ref, source="archive",
+                     present=current is not None and imageid.same_image(archive.identity, current),
+                     archive_path=str(archive.path), archive_sha256=archive.sha256, remote_archive=remote,
+                     archive_ref=archive.ref, cache_dir=image.remote_cache_dir,
+                     identity=_identity_label(archive.identity))
+
+
+def compose_archive(location: str):
+    from hermes_infra.image import ImageArchiveError, inspect_archive
+
+    try:
+        return inspect_archive(location)
+    except (ImageArchiveError, imageid.ImageArchiveFormatError) as error:
+        raise PlanError(str(error)) from None
+
+
+def _identity_label(identity) -> str | None:
+    if identity is None:
+        return None
+    return hashlib.sha256(json.dumps([list(identity.layers), identity.architecture]).encode()).hexdigest()[:16]
+
+
+def _retire(settings: HostSettings, state: HostState, gateways: list[GatewaySettings]) -> RetirePlan:
+    """Compare the manifest of the last deploy with this one by what each entry owns."""
+    found = state.root_files.get(manifest_path(settings))
+    try:
+        previous = json.loads(found["text"].text) if found else {}
+    except json.JSONDecodeError:
+        previous = {}
+    services = {g.service_name for g in gateways} | {c.name for c in settings.companions}
+    data_dirs = {g.host_data_dir for g in gateways}
+    projects = {(compose.project_name(c), compose.project_dir(settings, c)) for c in settings.companions}
+    env_files = {compose.companion_env_path(settings, c) for c in settings.companions}
+    containers, downs, files, archives, purges = [], [], [], [], []
+    for name, info in sorted(previous.get("companions", {}).items()):
+        project = (info.get("project"), info.get("directory"))
+        if project[0] != compose.MAIN_PROJECT and project not in projects and None not in project:
+            downs.append(project)
+        elif project[0] == compose.MAIN_PROJECT and name not in services:
+            containers.append(name)
+        if info.get("env_file") and info["env_file"] not in env_files:
+            files.append(info["env_file"])
+    for name, info in sorted(previous.get("profiles", {}).items()):
+        if info.get("service") and info["service"] not in services:
+            containers.append(info["service"])
+        data_dir = info.get("data_dir")
+        if data_dir and data_dir not in data_dirs:
+            archives.append((name, data_dir))
+            if settings.purge_removed_gateways:
+                purges.append(data_dir)
+    return RetirePlan(tuple(containers), tuple(downs), tuple(files), tuple(archives), tuple(purges))
+
+
+def _project(name: str, directory: str, text: str, services: list[str], drift_checked: tuple[str, ...],
+             state: HostState) -> ProjectPlan:
+    path = f"{directory}/compose.yaml"
+    file = _root_file(state, path, text)
+    stamp = state.root_files.get(f"{directory}/{compose.STAMP_NAME}")
+    wanted = compose.stamp_of(text)
+    hashes = state.config_hashes.get(name, {})
+    reason = None
+    if stamp is None or stamp["text"].text.strip() != wanted:
+        reason = "the compose file changed since it was last applied"
+    else:
+        stopped = [s for s in services if state.containers.get(s, {}).get("state") != "running"]
+        # Changed by hand since the last deploy (e.g. recreated without limits): compose's own hash of
+        # the service in the file differs from the one the container was created with. Companions are
+        # not compared: with an env_file their label never matches `config --hash` (compose 2.26).
+        drifted = [s for s in drift_checked if s in hashes and s in state.containers
+                   and state.containers[s]["config_hash"] != hashes[s]]
+        if stopped:
+            reason = f"not running: {', '.join(stopped)}"
+        elif drifted:
+            reason = f"changed by hand since the last deploy: {', '.join(drifted)}"
+    return ProjectPlan(name=name, directory=directory, file=file, services=tuple(services),
+                       drift_checked=drift_checked, up_reason=reason)
+
+
+def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostPlan:
+    codename = check_release(settings, facts.os_release)
+    state = facts.state
+    try:
+        limits = derive_limits(settings, HostResources(memory_bytes=facts.memory_mb * 1024 * 1024, cpus=facts.cpus))
+    except ValueError as error:
+        raise PlanError(str(error)) from None
+    gateways = [_gateway(settings, g, state, limits[g.name]) for g in settings.gateways]
+    by_name = {g.name: g for g in gateways}
+    image = _image(settings, facts)
+
+    docker_settings = settings.docker
+    packages = OFFICIAL_PACKAGES if docker_settings.install_source == "official" else DISTRO_PACKAGES
+    if docker_settings.version:
+        engine = ("docker-ce", "docker-ce-cli") if docker_settings.install_source == "official" else ("docker.io", "docker-cli")
+        packages = tuple(f"{p}={docker_settings.version}" if p in engine else p for p in packages)
+    sources = None
+    if docker_settings.install_source == "official":
+        from hermes_infra.render import render_template
+
+        sources = _root_file(state, DOCKER_SOURCES, render_template(
+            "docker.sources.j2", url=docker_settings.official_repo_url, suite=codename, keyring=DOCKER_KEYRING))
+    docker_plan = DockerPlan(
+        install_source=docker_settings.install_source, packages=packages,
+        conflicts=CONFLICTS[docker_settings.install_source],
+        daemon_json=_root_file(state, DAEMON_JSON, daemon.daemon_json_text(docker_settings)),
+        apt_conf=_root_file(state, APT_CONF, f'DPkg::Lock::Timeout "{settings.apt_lock_timeout_seconds}";\n'),
+        sources=sources, repo_url=docker_settings.official_repo_url, users=tuple(docker_settings.users),
+        packages_missing=any(state.packages.get(p.split("=")[0]) != "installed" for p in packages),
+        apt_lock_holder=state.apt_lock_holder, apt_lock_timeout=settings.apt_lock_timeout_seconds,
+    )
+
+    companion_files = tuple(
+        _root_file(state, compose.companion_env_path(settings, c),
+                   envfile.render(compose.companion_secret_env(settings, c, by_name[settings.gateway_for(c).name].api_key)),
+                   mode="0600", secret=True)
+        for c in settings.companions)
+    companion_digest = {f.path: hashlib.sha256(f.content.encode()).hexdigest()[:16] for f in companion_files}
+
+    services = compose.gateway_services(settings, limits, {g.name: g.inputs_digest for g in gateways}, image.identity)
+    main_services = [s.name for s in services]
+    for companion in settings.companions:
+        if companion.topology == "same-project":
+            services.append(compose.companion_service(
+                settings, companion, companion_digest[compose.companion_env_path(settings, companion)]))
+            main_services.append(companion.name)
+    projects = [_project(compose.MAIN_PROJECT, settings.project_dir,
+                         compose.render_project(settings, compose.MAIN_PROJECT, services), main_services,
+                         tuple(g.service for g in gateways), state)]
+    for companion in settings.companions:
+        if companion.topology != "host-gateway":
+            continue
+        service = compose.companion_service(settings, companion,
+                                            companion_digest[compose.companion_env_path(settings, companion)])
+        name = compose.project_name(companion)
+        projects.append(_project(name, compose.project_dir(settings, companion),
+                                 compose.render_project(settings, name, [service]), [companion.name], (), state))
+
+    daemon_restart = docker_plan.daemon_json.content_changed and state.docker_installed
+    health = []
+    for gateway_settings, gateway in zip(settings.gateways, gateways):
+        probe = state.probes.get(gateway.name, {})
+        healthy_now = probe.get("health") == "200" and probe.get("anonymous") == "401" and probe.get("models") == "200"
+        health.append(HealthPlan(
+            container=gateway.service, url=probe_url(settings, gateway_settings),
+            data_dir=data_dir_request(gateway_settings), timeout=settings.health.timeout_seconds,
+            interval=settings.health.interval_seconds, healthy_now=healthy_now,
+            gate_needed=not healthy_now or projects[0].up_reason is not None or daemon_restart
+            or not image.present))
+
+    manifest = _root_file(state, manifest_path(settings), manifest_text(settings))
+    writer = Writer(upload_dir=f"{state.ssh_home.rstrip('/') or ''}/.hermes-infra-upload", upload_user=state.ssh_user,
+                    backup_dir=settings.backup_dir, backup_keep=settings.backup_keep)
+    revision = revision_of(docker_plan, image, gateways, projects)
+    return HostPlan(
+        host=host, codename=codename, writer=writer, docker=docker_plan,
+        swap=SwapPlan(path=settings.swap.path, size_bytes=settings.swap.size_bytes - settings.swap.size_bytes % (1 << 20),
+                      swappiness=settings.swap.swappiness, current=state.swap),
+        image=image, retire=_retire(settings, state, list(settings.gateways)), gateways=tuple(gateways),
+        companion_env_files=companion_files, manifest=manifest, projects=tuple(projects), health=tuple(health),
+        revision=revision,
+    )
+
+
+def manifest_text(settings: HostSettings) -> str:
+    profiles = {g.name: {"service": g.service_name, "data_dir": g.host_data_dir} for g in settings.gateways}
+    companions = {c.name: {"project": compose.project_name(c), "directory": compose.project_dir(settings, c),
+                           "env_file": compose.companion_env_path(settings, c)} for c in settings.companions}
+    return json.dumps({"profiles": profiles, "companions": companions}, indent=2, sort_keys=True) + "\n"
+
+
+def revision_of(docker_plan: DockerPlan, image: ImagePlan, gateways: list[GatewayPlan],
+                projects: list[ProjectPlan]) -> str:
+    """What is deployed, in 12 hex digits: the same settings and image give the same revision.
+
+    Secrets enter only through the gateways' input digests (hashes), never as such.
+    """
+    payload = json.dumps({
+        "daemon": docker_plan.daemon_json.content, "packages": docker_plan.packages, "image": image.identity or image.ref,
+        "inputs": {g.name: g.inputs_digest for g in gateways},
+        "compose": {p.name: compose.stamp_of(p.file.content) for p in projects},
+    }, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]

@@ -1,0 +1,123 @@
+"""Faked hosts for fast tests: facts of a fresh, a converged, a drifted and a hostile host,
+and a pyinfra host context in which an operation's generator can run without SSH."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any
+
+from pyinfra.api import FileUploadCommand
+from pyinfra.context import ctx_host, ctx_state
+
+from hermes_infra.hostfacts import HostState, RootFile
+from hermes_infra.loading import settings_from_raw
+from hermes_infra.plan import Facts, HostPlan, make_plan
+from hermes_infra.safeio import FileRead
+
+TRIXIE = {"id": "debian", "version_codename": "trixie", "pretty_name": "Debian GNU/Linux 13 (trixie)"}
+LAYERS = ["sha256:" + "a" * 64, "sha256:" + "b" * 64]
+INSPECT = [{"Id": "sha256:" + "c" * 64, "RootFS": {"Type": "layers", "Layers": LAYERS},
+            "Architecture": "amd64", "Os": "linux", "RepoTags": ["nousresearch/hermes-agent:0.23.3"]}]
+
+
+def settings(**sections: Any):
+    return settings_from_raw(sections)
+
+
+def root_file(text: str, mode: str = "0644", uid: int = 0) -> dict:
+    return {"uid": uid, "gid": 0, "mode": mode, "text": RootFile(text)}
+
+
+def fresh(memory_mb: int = 3915, cpus: int = 2, **state: Any) -> Facts:
+    return Facts(os_release=dict(TRIXIE), memory_mb=memory_mb, cpus=cpus, image_inspect=None,
+                 state=HostState(machine="x86_64", **state))
+
+
+def converged(host_settings, memory_mb: int = 3915, cpus: int = 2) -> Facts:
+    """Facts of a host on which the plan for `host_settings` was applied and is running."""
+    plan = make_plan(host_settings, fresh(memory_mb, cpus), "test")
+    state = HostState(machine="x86_64", docker_installed=True)
+    files = [plan.docker.daemon_json, plan.docker.apt_conf, plan.manifest, *plan.companion_env_files,
+             *(p.file for p in plan.projects)]
+    if plan.docker.sources is not None:
+        files.append(plan.docker.sources)
+    for file in files:
+        state.root_files[file.path] = root_file(file.content, file.mode.rjust(4, "0"))
+    for project in plan.projects:
+        state.root_files[project.stamp_path] = root_file(project.stamp + "\n")
+        state.config_hashes[project.name] = {}
+        for service in project.services:
+            state.containers[service] = {"id": f"id-{service}", "state": "running", "name": service,
+                                         "project": project.name, "service": service,
+                                         "config_hash": f"hash-{service}"}
+            state.config_hashes[project.name][service] = f"hash-{service}"
+    for gateway in plan.gateways:
+        owner = (gateway.data_dir.uid, gateway.data_dir.gid, "0600")
+        state.data_dirs[gateway.name] = {
+            "meta": {"kind": "directory", "uid": gateway.data_dir.uid, "gid": gateway.data_dir.gid, "mode": "0700"},
+            "parent": {"kind": "directory", "uid": 0, "gid": 0, "mode": "0700"}, "foreign": False, "dir": "present",
+            "files": {".env": FileRead("regular", gateway.env.content, owner),
+                      "config.yaml": FileRead("regular", gateway.config.content, owner)}}
+        state.probes[gateway.name] = {"health": "200", "anonymous": "401", "models": "200"}
+    state.swap = {"size_bytes": plan.swap.size_bytes, "active": True, "in_fstab": True,
+                  "swappiness": plan.swap.swappiness}
+    state.packages = {p.split("=")[0]: "installed" for p in plan.docker.packages}
+    return Facts(os_release=dict(TRIXIE), memory_mb=memory_mb, cpus=cpus, image_inspect=INSPECT, state=state)
+
+
+def with_state(facts: Facts, **changes: Any) -> Facts:
+    return dataclasses.replace(facts, state=dataclasses.replace(facts.state, **changes))
+
+
+def plan_for(host_settings, facts: Facts) -> HostPlan:
+    return make_plan(host_settings, facts, "test")
+
+
+class FakeHost:
+    """Just enough of pyinfra's Host for an operation's generator (`host.noop`, facts)."""
+
+    name = "test"
+    print_prefix = "[test] "
+    current_op_global_arguments = None
+
+    def __init__(self, facts: dict | None = None):
+        self.noops: list[str] = []
+        self.facts = facts or {}
+        self.data = {}
+
+    def noop(self, message: str) -> None:
+        self.noops.append(message)
+
+    def get_temp_filename(self, *args, **kwargs) -> str:
+        return "/tmp/pyinfra-test-upload"
+
+    def get_fact(self, cls, *args, **kwargs):
+        return self.facts.get(cls.__name__)
+
+
+@dataclasses.dataclass
+class OpResult:
+    commands: list[str]
+    uploads: list[FileUploadCommand]
+    noops: list[str]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.commands or self.uploads)
+
+    def text(self) -> str:
+        return "\n".join(self.commands)
+
+
+def run_op(operation, *args: Any, facts: dict | None = None, **kwargs: Any) -> OpResult:
+    """What an operation yields for these arguments, the way pyinfra's own op tests look."""
+    fake = FakeHost(facts)
+    commands, uploads = [], []
+    fake_state = type("FakeState", (), {"config": type("FakeConfig", (), {"DIFF": False})(), "cwd": None})()
+    with ctx_host.use(fake), ctx_state.use(fake_state), contextlib.suppress(StopIteration):
+        for command in operation._inner(*args, **kwargs):
+            if isinstance(command, FileUploadCommand):
+                uploads.append(command)
+            else:
+                commands.append(str(command) if isinstance(command, str) else command.get_raw_value())
+    return OpResult(commands, uploads, fake.noops)

@@ -1,0 +1,238 @@
+"""Every operation against faked facts: what it yields on a fresh, converged, drifted and hostile
+host, and what it must never yield (no secret in a command, no path in a data dir opened,
+chowned or chmodded as root)."""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from hermes_infra import compose, datadir, docker_engine, health, image, ops, profiles, swap
+from hermes_infra.plan import ImagePlan, RetirePlan
+from tests.unit.hostfakes import converged, fresh, plan_for, run_op, settings
+
+KEY = "k3y-Qw8vT2mZp9Lx4Rn7"
+HUB = {"name": "hub", "image": "example/hub:1.2", "secret_env": {"HUB_TOKEN": "hub-secret-value-123"}}
+
+
+def fresh_plan(**sections):
+    return plan_for(settings(**sections), fresh())
+
+
+def converged_plan(**sections):
+    host = settings(**sections)
+    return plan_for(host, converged(host))
+
+
+def uploaded(result) -> list[bytes]:
+    return [command.src.getvalue() for command in result.uploads]
+
+
+# --- files outside data dirs ----------------------------------------------------------------
+
+def test_root_file_on_a_fresh_host_is_staged_then_renamed():
+    plan = fresh_plan()
+    result = run_op(ops.root_file, plan.docker.daemon_json, plan.writer, on_change="systemctl restart docker")
+    text = result.text()
+    assert "install -d -m 0700 /var/lib/hermes-infra/stage" in text
+    assert re.search(r"install -m 0644 -o 0 -g 0 -T /var/lib/hermes-infra/stage/\w+ "
+                     r"/etc/docker/daemon.json.hermes-infra.new && mv -fT", text)
+    assert result.commands[-1] == "systemctl restart docker"
+    assert uploaded(result) == [plan.docker.daemon_json.content.encode()]
+    # with --sudo the SSH user's upload lands in its own 0700 directory, never in /tmp
+    assert result.uploads[0].remote_temp_filename.startswith("/root/.hermes-infra-upload/")
+    assert "cp -a" not in text  # nothing to back up
+
+
+def test_root_file_backs_up_and_rotates_before_replacing():
+    host = settings()
+    facts = converged(host)
+    facts.state.root_files["/etc/docker/daemon.json"]["text"].text = "{}\n"
+    plan = plan_for(settings(backup_keep=3), facts)
+    text = run_op(ops.root_file, plan.docker.daemon_json, plan.writer).text()
+    assert "install -d -m 0700 /var/backups/hermes-infra && chmod 0700 /var/backups/hermes-infra" in text
+    assert "cp -a /etc/docker/daemon.json /var/backups/hermes-infra/etc__docker__daemon.json." in text
+    assert "tail -n +4" in text  # keeps 3
+
+
+def test_root_file_converged_is_a_noop_and_drifted_mode_is_fixed():
+    plan = converged_plan()
+    result = run_op(ops.root_file, plan.docker.daemon_json, plan.writer)
+    assert not result.changed and result.noops == ["/etc/docker/daemon.json is up to date"]
+    host = settings()
+    facts = converged(host)
+    facts.state.root_files["/etc/docker/daemon.json"]["mode"] = "0666"
+    plan = plan_for(host, facts)
+    assert run_op(ops.root_file, plan.docker.daemon_json, plan.writer).commands == [
+        "chown 0:0 /etc/docker/daemon.json && chmod 0644 /etc/docker/daemon.json"]
+
+
+def test_companion_env_file_secret_travels_only_as_an_upload():
+    plan = fresh_plan(companions=[HUB])
+    env_file = plan.companion_env_files[0]
+    result = run_op(ops.root_file, env_file, plan.writer)
+    assert "hub-secret-value-123" not in result.text() and plan.gateways[0].api_key not in result.text()
+    assert b"hub-secret-value-123" in uploaded(result)[0]
+    assert "install -m 0600 -o 0 -g 0" in result.text()
+
+
+# --- the data dir: hostile ground -----------------------------------------------------------
+
+ROOT_TOUCHING_DATA_DIR = re.compile(
+    r"(^|[;&|(]\s*)(cat|cp|sed|chown(?! -h)|chmod|stat -L|base64|head|tail)\s[^;&|]*/root/\.hermes/")
+
+
+def test_data_dir_created_with_owner_and_mode():
+    plan = fresh_plan()
+    assert run_op(datadir.directory, plan.gateways[0].data_dir).commands == [
+        "install -d -o 10000 -g 10000 -m 0700 /root/.hermes"]
+    assert not run_op(datadir.directory, converged_plan().gateways[0].data_dir).changed
+
+
+def test_env_write_is_done_by_the_owner_by_rename_without_chown_by_path():
+    plan = fresh_plan(gateways=[{"api": {"key": KEY}}])
+    result = run_op(ops.data_file, plan.gateways[0].env, plan.writer)
+    text = result.text()
+    assert KEY not in text
+    assert KEY.encode() in uploaded(result)[0]
+    assert "cd -P -- /root/.hermes && setpriv --reuid=10000 --regid=10000 --clear-groups -- sh -c" in text
+    assert "mktemp" in text and "mv -fT" in text
+    assert not re.search(r"chown \d+:\d+ /root/\.hermes", text)
+    assert not ROOT_TOUCHING_DATA_DIR.search(text), text
+
+
+def test_env_rewrite_backs_up_the_old_file_read_as_the_owner():
+    host = settings()
+    facts = converged(host)
+    env = facts.state.data_dirs["hermes"]["files"][".env"]
+    facts.state.data_dirs["hermes"]["files"][".env"] = dataclasses.replace(
+        env, text=env.text.replace("API_SERVER_MODEL_NAME=hermes-agent", "API_SERVER_MODEL_NAME=x"))
+    plan = plan_for(host, facts)
+    text = run_op(ops.data_file, plan.gateways[0].env, plan.writer).text()
+    assert "setpriv --reuid=10000 --regid=10000 --clear-groups -- dd if=.env iflag=nofollow,nonblock" in text
+    assert "> /var/backups/hermes-infra/root__.hermes__.env." in text
+    assert not ROOT_TOUCHING_DATA_DIR.search(text), text
+
+
+def test_env_converged_is_a_noop():
+    plan = converged_plan()
+    for file in (plan.gateways[0].env, plan.gateways[0].config):
+        result = run_op(ops.data_file, file, plan.writer)
+        assert not result.changed and result.noops
+
+
+def test_foreign_files_are_chowned_with_execdir_and_no_follow():
+    host = settings()
+    facts = converged(host)
+    facts.state.data_dirs["hermes"]["foreign"] = True
+    plan = plan_for(host, facts)
+    text = run_op(datadir.owned_by_owner, plan.gateways[0].data_dir).text()
+    assert "-execdir chown -h 10000:10000 {} +" in text and "-links 1" in text
+    assert "chown -R" not in text
+    assert not run_op(datadir.owned_by_owner, converged_plan().gateways[0].data_dir).changed
+
+
+# --- swap -------------------------------------------------------------------------------------
+
+def test_swap_fresh_converged_resized_and_removed():
+    plan = fresh_plan()
+    text = run_op(swap.swap_file, plan.swap).text()
+    assert "fallocate -l 2048M /swapfile" in text and "mkswap /swapfile" in text and "swapon /swapfile" in text
+    assert "echo '/swapfile none swap sw 0 0' >> /etc/fstab" in text
+    assert not run_op(swap.swap_file, converged_plan().swap).changed
+    host = settings()
+    resized = plan_for(settings(swap={"size": "1G"}), converged(host)).swap
+    text = run_op(swap.swap_file, resized).text()
+    assert text.startswith("swapoff /swapfile") and "fallocate -l 1024M" in text and ">> /etc/fstab" not in text
+    removed = plan_for(settings(swap={"size": "0"}), converged(host)).swap
+    assert run_op(swap.swap_file, removed).commands[0] == "swapoff /swapfile"
+
+
+# --- image ------------------------------------------------------------------------------------
+
+def test_image_present_is_a_noop_and_missing_is_pulled():
+    plan = converged_plan()
+    assert not run_op(image.image_present, plan.image, plan.writer).changed
+    plan = fresh_plan()
+    assert run_op(image.image_present, plan.image, plan.writer).commands == ["docker pull -q nousresearch/hermes-agent:0.23.3"]
+    mirrored = dataclasses.replace(plan.image, pull_ref="mirror.example.com:5000/nousresearch/hermes-agent:0.23.3")
+    assert "docker tag mirror.example.com:5000/" in run_op(image.image_present, mirrored, plan.writer).text()
+
+
+def test_archive_is_uploaded_loaded_and_retagged():
+    plan = fresh_plan()
+    archive = ImagePlan(ref="hermes-agent:0.19.0-local", source="archive", present=False,
+                        archive_path=__file__, archive_sha256="f" * 64, remote_archive="/var/cache/hermes-infra/images/ff.tar",
+                        archive_ref="hermes-agent:0.19.0-built", cache_dir="/var/cache/hermes-infra/images")
+    result = run_op(image.image_present, archive, plan.writer, facts={"Sha256File": None, "File": None,
+                                                                      "Directory": {"mode": 755}})
+    text = result.text()
+    assert "docker load -q -i /var/cache/hermes-infra/images/ff.tar" in text
+    assert "docker tag hermes-agent:0.19.0-built hermes-agent:0.19.0-local" in text
+    assert result.uploads
+
+
+# --- compose, retirement, health --------------------------------------------------------------
+
+def test_compose_up_only_with_a_reason():
+    plan = converged_plan()
+    assert not run_op(compose.compose_up, plan.projects[0]).changed
+    host = settings()
+    facts = converged(host)
+    facts.state.containers["hermes"]["state"] = "exited"
+    project = plan_for(host, facts).projects[0]
+    assert run_op(compose.compose_up, project).commands == [
+        "cd /opt/hermes && docker compose -p hermes -f compose.yaml up -d --remove-orphans --quiet-pull 2>&1",
+        f"echo {project.stamp} > /opt/hermes/.hermes-infra-applied"]
+
+
+def test_compose_file_has_hardening_and_no_secret():
+    plan = fresh_plan(gateways=[{"api": {"key": KEY}, "stop_grace_seconds": 90}])
+    text = plan.projects[0].file.content
+    assert KEY not in text
+    assert "healthcheck:" in text and "/dev/tcp/127.0.0.1/8642" in text
+    assert 'stop_grace_period: "90s"' in text
+    assert "no-new-privileges:true" in text
+
+
+def test_retire_commands_archive_without_following_links():
+    plan = fresh_plan()
+    retire = RetirePlan(containers=("hermes-old",), projects_down=(("hermes-hub", "/opt/hermes/companions/hub"),),
+                        files=("/opt/hermes/companions/hub.env",), archives=(("old", "/root/.hermes-old"),),
+                        purges=("/root/.hermes-old",))
+    text = run_op(profiles.retire, retire, plan.writer).text()
+    assert "docker compose -p hermes-hub -f compose.yaml down --remove-orphans" in text
+    assert "docker rm -f hermes-old" in text and "rm -f /opt/hermes/companions/hub.env" in text
+    assert "[ ! -L /root/.hermes-old ]" in text and "tar -C / -czf" in text and " -h " not in text
+    assert text.index("tar -C /") < text.index("rm -rf --one-file-system -- /root/.hermes-old")
+    assert not run_op(profiles.retire, RetirePlan(), plan.writer).changed
+
+
+def test_health_gate_skipped_when_healthy_and_nothing_changed():
+    plan = converged_plan()
+    assert not run_op(health.healthy, plan.health[0]).changed
+    plan = fresh_plan(gateways=[{"api": {"key": KEY}}])
+    text = run_op(health.healthy, plan.health[0]).text()
+    assert KEY not in text
+    assert "curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H @-" in text
+    assert "setpriv --reuid=10000" in text and "iflag=nofollow,nonblock" in text
+
+
+def test_apt_lock_wait_only_when_needed():
+    plan = converged_plan()
+    assert not run_op(docker_engine.apt_locks_free, plan.docker).changed
+    held = dataclasses.replace(plan.docker, apt_lock_holder="4242")
+    assert run_op(docker_engine.apt_locks_free, held).changed
+    assert run_op(docker_engine.apt_locks_free, fresh_plan().docker).changed
+
+
+def test_no_operation_puts_a_secret_in_a_command():
+    secrets = (KEY, "sk-or-secret-value", "hub-secret-value-123")
+    plan = fresh_plan(gateways=[{"api": {"key": KEY}, "env": {"OPENROUTER_API_KEY": "sk-or-secret-value"}}],
+                      companions=[HUB])
+    texts = [run_op(ops.root_file, f, plan.writer).text() for f in plan.companion_env_files]
+    texts += [run_op(ops.data_file, plan.gateways[0].env, plan.writer).text(),
+              run_op(health.healthy, plan.health[0]).text()]
+    texts += [run_op(ops.root_file, p.file, plan.writer).text() for p in plan.projects]
+    for text in texts:
+        for secret in secrets:
+            assert secret not in text

@@ -1,0 +1,117 @@
+"""safeio's shell, run for real on this machine against planted links, FIFOs, directories and
+hard links (as root, like the deploy; the owner is a uid that owns nothing else here)."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from hermes_infra import safeio
+
+OWNER = 10000
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (setpriv to another uid)")
+
+
+def sh(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=20)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    tmp_path.chmod(0o755)
+    directory = tmp_path / "data"
+    directory.mkdir(mode=0o700)
+    os.chown(directory, OWNER, OWNER)
+    secret = tmp_path / "root-only"
+    secret.write_text("ROOT_ONLY_SECRET=1\n")
+    secret.chmod(0o600)
+    return directory, secret
+
+
+def read(directory, *names):
+    result = sh(safeio.read_script(str(directory), list(names), OWNER, OWNER, "t"))
+    assert result.returncode == 0, result.stderr
+    return safeio.parse_reads(result.stdout.splitlines())["t"]
+
+
+def test_regular_file_is_read_with_its_owner_and_mode(data_dir):
+    directory, _ = data_dir
+    env = directory / ".env"
+    env.write_text("A=1\n")
+    os.chown(env, OWNER, OWNER)
+    env.chmod(0o600)
+    found = read(directory, ".env", "missing.yaml")
+    assert found["dir"] == "present"
+    assert found["files"][".env"].kind == "regular" and found["files"][".env"].text == "A=1\n"
+    assert found["files"][".env"].owner == (OWNER, OWNER, "0600")
+    assert found["files"]["missing.yaml"].kind == "missing"
+
+
+def test_planted_things_are_classified_and_never_read(data_dir):
+    directory, secret = data_dir
+    (directory / "link").symlink_to(secret)
+    os.mkfifo(directory / "fifo")
+    (directory / "dir").mkdir()
+    (directory / "hard").write_text("x")
+    os.link(directory / "hard", directory / "hard2")
+    found = read(directory, "link", "fifo", "dir", "hard")["files"]
+    assert {name: item.kind for name, item in found.items()} == {
+        "link": "symlink", "fifo": "fifo", "dir": "directory", "hard": "hardlink"}
+    assert all(item.text is None for item in found.values())
+
+
+def test_a_data_dir_that_is_a_link_is_not_entered(data_dir, tmp_path):
+    directory, _ = data_dir
+    (tmp_path / "linked").symlink_to(directory)
+    assert read(tmp_path / "linked", ".env")["dir"] == "symlink"
+
+
+def test_write_replaces_a_planted_link_instead_of_following_it(data_dir, tmp_path):
+    directory, secret = data_dir
+    (directory / ".env").symlink_to(secret)
+    staged = tmp_path / "staged"
+    staged.write_text("MANAGED=1\n")
+    staged.chmod(0o600)
+    result = sh(safeio.write_script(str(directory), ".env", str(staged), OWNER, OWNER))
+    assert result.returncode == 0, result.stderr
+    assert secret.read_text() == "ROOT_ONLY_SECRET=1\n" and secret.stat().st_uid == 0
+    env = directory / ".env"
+    assert not env.is_symlink() and env.read_text() == "MANAGED=1\n"
+    assert (env.stat().st_uid, oct(env.stat().st_mode & 0o777)) == (OWNER, "0o600")
+    assert sorted(p.name for p in directory.iterdir()) == [".env"]  # no temp file left
+
+
+def test_write_over_a_directory_fails_and_leaves_no_temp(data_dir, tmp_path):
+    directory, _ = data_dir
+    (directory / ".env").mkdir()
+    staged = tmp_path / "staged"
+    staged.write_text("MANAGED=1\n")
+    assert sh(safeio.write_script(str(directory), ".env", str(staged), OWNER, OWNER)).returncode != 0
+    assert sorted(p.name for p in directory.iterdir()) == [".env"]
+
+
+def test_backup_of_a_link_copies_nothing_from_behind_it(data_dir, tmp_path):
+    directory, secret = data_dir
+    (directory / ".env").symlink_to(secret)
+    target = tmp_path / "backup"
+    sh(safeio.backup_script(str(directory), ".env", OWNER, OWNER, str(target)))
+    assert "ROOT_ONLY_SECRET" not in (target.read_text() if target.exists() else "")
+
+
+def test_foreign_files_go_back_to_the_owner_but_links_and_hard_links_stay(data_dir, tmp_path):
+    directory, secret = data_dir
+    (directory / "by-root.md").write_text("note")
+    (directory / "sub").mkdir()
+    (directory / "sub" / "deep.md").write_text("deep")
+    (directory / "escape").symlink_to(secret)
+    os.lchown(directory / "escape", 0, 0)
+    (directory / "hard").write_text("x")
+    os.link(directory / "hard", tmp_path / "outside-hard")
+    result = sh(safeio.chown_foreign_script(str(directory), OWNER, OWNER))
+    assert result.returncode == 0, result.stderr
+    for path in ("by-root.md", "sub", "sub/deep.md"):
+        assert (directory / path).stat().st_uid == OWNER, path
+    assert os.lstat(directory / "escape").st_uid == OWNER  # the link itself (-h)
+    assert secret.stat().st_uid == 0  # not what it points to
+    assert (tmp_path / "outside-hard").stat().st_uid == 0  # hard-linked files are left alone
