@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pyinfra import host
 from pyinfra.api import operation
 
-from hermes_infra import envfile
+from hermes_infra import envfile, topology
+from hermes_infra.capacity import EffectiveLimits
 from hermes_infra.hardening import GATEWAY_HEALTHCHECK
 from hermes_infra.render import render_template
-from hermes_infra.settings import CompanionSettings, EffectiveLimits, HostSettings
+from hermes_infra.settings import CompanionSettings, HostSettings
 from hermes_infra.sizes import parse_size
 
 MAIN_PROJECT = "hermes"
@@ -86,7 +87,7 @@ def gateway_services(settings: HostSettings, limits: dict[str, EffectiveLimits],
     services = []
     for gateway in settings.gateways:
         limit = limits[gateway.name]
-        ports = [port_binding(a, gateway.api.port, 8642) for a in settings.publish_addresses(gateway)]
+        ports = [port_binding(a, gateway.api.port, 8642) for a in topology.publish_addresses(settings, gateway)]
         if gateway.dashboard.enabled:
             ports.append(port_binding(gateway.dashboard.publish_address, gateway.dashboard.port, 9119))
         labels = {LABEL_PROFILE: gateway.name, LABEL_INPUTS: digests[gateway.name]}
@@ -105,10 +106,10 @@ def gateway_services(settings: HostSettings, limits: dict[str, EffectiveLimits],
 
 
 def companion_service(settings: HostSettings, companion: CompanionSettings, secret_digest: str) -> Service:
-    gateway = settings.gateway_for(companion)
+    gateway = topology.gateway_for(settings, companion)
     environment = dict(companion.environment)
     environment.update({
-        companion.api_base_url_env: settings.companion_api_url(companion),
+        companion.api_base_url_env: topology.companion_api_url(settings, companion),
         companion.model_env: gateway.api.model_name,
         "HERMES_TIMEOUT_MS": str(companion.timeout_ms),
         "AUTO_REPLY": "true" if companion.auto_reply else "false",
@@ -145,6 +146,10 @@ def compose_up(project: "ProjectPlan"):
     if project.up_reason is None:
         host.noop(f"compose project {project.name} is up to date and running")
         return
-    yield (f"cd {shlex.quote(project.directory)} && docker compose -p {shlex.quote(project.name)} -f compose.yaml "
-           "up -d --remove-orphans --quiet-pull 2>&1")
-    yield f"echo {project.stamp} > {shlex.quote(project.stamp_path)}"
+    compose_cmd = f"cd {shlex.quote(project.directory)} && docker compose -p {shlex.quote(project.name)} -f compose.yaml"
+    yield f"{compose_cmd} up -d --remove-orphans --quiet-pull 2>&1"
+    # The stamp records what was applied and the config hash compose gave each checked service,
+    # so later deploys detect a container recreated by hand without running compose (seconds).
+    services = " ".join(project.drift_checked)
+    hashes = f"{compose_cmd} config --hash {shlex.quote(services)}" if services else "true"
+    yield f"{{ echo {project.stamp}; {hashes}; }} > {shlex.quote(project.stamp_path)}"

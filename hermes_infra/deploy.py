@@ -7,9 +7,6 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.docker import DockerImage
-from pyinfra.facts.hardware import Cpus, Memory
-from pyinfra.facts.server import OsRelease
 
 from hermes_infra import compose, datadir, docker_engine, health, image, profiles, swap
 from hermes_infra.hostfacts import HermesHostState
@@ -20,7 +17,8 @@ from hermes_infra.settings import HostSettings
 
 
 def gather(settings: HostSettings) -> Facts:
-    """Read what the plan needs: pyinfra's OS, memory, CPU and image facts, and one batched read."""
+    """Read what the plan needs in one command (pyinfra's OS, memory and CPU facts run inside
+    it and parse their own output: pyinfra does not cache facts, and each is a round trip)."""
     state = host.state
     shown = state.print_fact_output
     # `-vvv` prints every fact's raw output; the batched read holds base64 of `.env` files.
@@ -29,13 +27,8 @@ def gather(settings: HostSettings) -> Facts:
         batched = host.get_fact(HermesHostState, request=fact_request(settings))
     finally:
         state.print_fact_output = shown
-    return Facts(
-        os_release=host.get_fact(OsRelease) or {},
-        memory_mb=int(host.get_fact(Memory) or 0),
-        cpus=int(host.get_fact(Cpus) or 1),
-        image_inspect=host.get_fact(DockerImage, object_id=settings.image.ref) if batched.docker_installed else None,
-        state=batched,
-    )
+    return Facts(os_release=batched.os_release, memory_mb=batched.memory_mb, cpus=batched.cpus,
+                 image_inspect=batched.image_inspect, state=batched)
 
 
 def host_plan(settings: HostSettings | None = None) -> HostPlan:
@@ -48,7 +41,7 @@ def hermes_host(settings: HostSettings | None = None):
     plan = host_plan(settings)
     writer = plan.writer
     docker_engine.docker_engine(plan.docker, writer)
-    swap.swap(plan.swap)
+    swap.swap(plan.swap, writer)
     image.image(plan.image, writer)
     profiles.retire(name="Retire profiles and companions removed from the settings", plan=plan.retire, writer=writer)
     for gateway in plan.gateways:

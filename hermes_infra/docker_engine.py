@@ -2,15 +2,52 @@
 daemon.json, the service."""
 from __future__ import annotations
 
+import shlex
+
 from pyinfra import host, logger
 from pyinfra.api import deploy, operation
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server
 
 from hermes_infra import aptwait
 from hermes_infra.ops import root_file
 from hermes_infra.plan import DOCKER_KEYRING, DockerPlan, Writer
 
 RESTART_IF_RUNNING = "if systemctl is-active --quiet docker; then systemctl restart docker; fi"
+
+
+def apt_get(plan: DockerPlan, *args: str) -> str:
+    # apt waits for dpkg's locks itself; the lists lock is waited out by apt_locks_free.
+    return (f"DEBIAN_FRONTEND=noninteractive apt-get -q -y {aptwait.APT_LOCK_TIMEOUT_OPTION(plan.apt_lock_timeout)} "
+            + " ".join(args))
+
+
+@operation()
+def apt_installed(plan: DockerPlan, packages: tuple[str, ...], update: bool):
+    """Install what the plan found missing (apt lists refreshed first when older than an hour
+    or when a repository was just added)."""
+    if not packages:
+        host.noop("installed")
+        return
+    if update:
+        yield apt_get(plan, "update")
+    yield apt_get(plan, "install", "--no-install-recommends", *(shlex.quote(p) for p in packages))
+
+
+@operation()
+def apt_removed(plan: DockerPlan):
+    if not plan.conflicts_installed:
+        host.noop("no conflicting package is installed")
+        return
+    yield apt_get(plan, "remove", *(shlex.quote(p) for p in plan.conflicts_installed))
+
+
+@operation()
+def docker_service(plan: DockerPlan, installed_now: bool):
+    """dockerd enabled at boot and running."""
+    if plan.service_enabled and plan.service_active and not installed_now:
+        host.noop("docker is enabled and running")
+        return
+    yield "systemctl enable --now docker"
 
 
 @operation()
@@ -33,10 +70,9 @@ def docker_engine(plan: DockerPlan, writer: Writer):
     root_file(name="apt waits for its locks instead of failing (DPkg::Lock::Timeout)", file=plan.apt_conf,
               writer=writer)
     apt_locks_free(name="apt and dpkg locks are free (waits for unattended-upgrades, cloud-init)", plan=plan)
-    apt.packages(name="Install apt prerequisites", packages=["ca-certificates", "curl"],
-                 update=True, cache_time=3600, no_recommends=True)
-    apt.packages(name="Remove packages that conflict with the chosen Docker",
-                 packages=list(plan.conflicts), present=False)
+    apt_installed(name="Install apt prerequisites (ca-certificates, curl)", plan=plan,
+                  packages=plan.prerequisites_missing, update=plan.lists_stale)
+    apt_removed(name="Remove packages that conflict with the chosen Docker", plan=plan)
     # daemon.json goes in before the engine, so a fresh engine starts with it and an
     # installed one is restarted only when the file really changed.
     root_file(name=f"Write {plan.daemon_json.path}", file=plan.daemon_json, writer=writer,
@@ -45,9 +81,11 @@ def docker_engine(plan: DockerPlan, writer: Writer):
         files.directory(name="Create /etc/apt/keyrings", path="/etc/apt/keyrings", mode="0755")
         files.download(name="Download Docker's apt signing key", src=f"{plan.repo_url}/gpg",
                        dest=DOCKER_KEYRING, mode="0644")
-        source = root_file(name="Add Docker's apt repository (deb822, Signed-By)", file=plan.sources, writer=writer)
-        apt.update(name="Update apt lists for Docker's repository", _if=source.did_change)
-    apt.packages(name="Install Docker engine and compose v2", packages=list(plan.packages), no_recommends=True)
-    systemd.service(name="Enable and start Docker", service="docker", running=True, enabled=True)
+        root_file(name="Add Docker's apt repository (deb822, Signed-By)", file=plan.sources, writer=writer)
+    # A repository added in this run needs fresh lists before its packages can be installed.
+    fresh_repository = plan.sources is not None and plan.sources.content_changed
+    apt_installed(name="Install Docker engine and compose v2", plan=plan, packages=plan.packages_missing,
+                  update=fresh_repository or (plan.lists_stale and not plan.prerequisites_missing))
+    docker_service(name="Enable and start Docker", plan=plan, installed_now=bool(plan.packages_missing))
     for user in plan.users:
         server.user(name=f"Add {user} to the docker group", user=user, groups=["docker"], append=True)

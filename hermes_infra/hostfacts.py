@@ -17,6 +17,8 @@ import shlex
 from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
+from pyinfra.facts.hardware import Cpus, Memory
+from pyinfra.facts.server import OsRelease
 
 from hermes_infra import safeio
 
@@ -49,6 +51,7 @@ class StateRequest:
     swap_path: str = "/swapfile"
     probes: tuple[ProbeRequest, ...] = ()
     packages: tuple[str, ...] = ()
+    image_ref: str | None = None
 
 
 class RootFile:
@@ -84,9 +87,22 @@ def _section(name: str) -> str:
     return f"echo '{SECTION} {name}'"
 
 
+# pyinfra's own facts, run inside the one batched command and parsed by their own classes.
+PYINFRA_FACTS = {"os_release": OsRelease, "memory": Memory, "cpus": Cpus}
+
+
 def state_command(request: StateRequest) -> str:
     parts = [_section("whoami"), 'echo "${SUDO_USER:-$(id -un)}"',
              'getent passwd "${SUDO_USER:-$(id -un)}" | cut -d: -f6', "uname -m"]
+    for name, fact in PYINFRA_FACTS.items():
+        parts += [_section(f"pyinfra {name}"), f"{fact().command()} 2>/dev/null"]
+    parts += [_section("service docker"), "systemctl is-enabled docker 2>/dev/null || true",
+              "systemctl is-active docker 2>/dev/null || true",
+              _section("aptlists"), "date +%s; stat -c %Y /var/lib/apt/periodic/update-success-stamp "
+              "/var/lib/apt/lists/partial 2>/dev/null | sort -n | tail -n 1"]
+    if request.image_ref:
+        parts += [_section("image"), "command -v docker >/dev/null 2>&1 && "
+                  f"docker image inspect {shlex.quote(request.image_ref)} 2>/dev/null || true"]
     for item in request.data_dirs:
         quoted = shlex.quote(item.directory)
         parent = shlex.quote(item.directory.rsplit("/", 1)[0] or "/")
@@ -119,11 +135,6 @@ def state_command(request: StateRequest) -> str:
     parts += [_section("docker"), "command -v docker >/dev/null 2>&1 && echo installed || echo missing",
               "command -v docker >/dev/null 2>&1 && docker ps -a --filter label=com.docker.compose.project "
               "--format '{{json .}}' 2>/dev/null || true"]
-    for name, directory in request.projects:
-        quoted = shlex.quote(directory)
-        parts += [_section(f"hashes {name}"),
-                  f"[ -f {quoted}/compose.yaml ] && command -v docker >/dev/null 2>&1 && cd {quoted} && "
-                  f"docker compose -p {shlex.quote(name)} -f compose.yaml config --hash '*' 2>/dev/null || true"]
     for probe in request.probes:
         parts += [_section(f"probe {probe.label}"),
                   "if command -v curl >/dev/null 2>&1; then "
@@ -149,8 +160,15 @@ class HostState:
     apt_lock_holder: str | None = None
     docker_installed: bool = False
     containers: dict[str, dict] = field(default_factory=dict)
-    config_hashes: dict[str, dict[str, str]] = field(default_factory=dict)
     probes: dict[str, dict[str, str]] = field(default_factory=dict)
+    os_release: dict = field(default_factory=dict)
+    memory_mb: int = 0
+    cpus: int = 1
+    image_inspect: list | None = None
+    docker_enabled: bool = False
+    docker_active: bool = False
+    apt_lists_age: int | None = None
+    """Seconds since apt's lists were last updated (None: never)."""
 
     def __repr__(self) -> str:
         return f"<HostState: {len(self.data_dirs)} data dirs, {len(self.root_files)} files, contents not shown>"
@@ -213,13 +231,27 @@ def parse_state(lines: list[str]) -> HostState:
                 if line.startswith("{"):
                     name, info = _container(json.loads(line))
                     state.containers[name] = info
-        elif kind == "hashes":
-            hashes = {}
-            for line in body:
-                parts = line.split()
-                if len(parts) == 2:
-                    hashes[parts[0]] = parts[1]
-            state.config_hashes[rest] = hashes
+        elif kind == "pyinfra":
+            value = PYINFRA_FACTS[rest]().process([line for line in body if line.strip()]) if any(body) else None
+            if rest == "os_release":
+                state.os_release = value or {}
+            elif rest == "memory":
+                state.memory_mb = int(value or 0)
+            else:
+                state.cpus = int(value or 1)
+        elif kind == "service":
+            values = [line.strip() for line in body] + ["", ""]
+            state.docker_enabled, state.docker_active = values[0] == "enabled", values[1] == "active"
+        elif kind == "aptlists":
+            values = [line.strip() for line in body if line.strip()]
+            if len(values) >= 2:
+                state.apt_lists_age = int(values[0]) - int(values[1])
+        elif kind == "image":
+            text = "".join(body).strip()
+            try:
+                state.image_inspect = json.loads(text) if text else None
+            except json.JSONDecodeError:
+                state.image_inspect = None
         elif kind == "probe":
             codes = [line.strip() or "000" for line in body] + ["000"] * 3
             state.probes[rest] = {"health": codes[0], "anonymous": codes[1], "models": codes[2]}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 

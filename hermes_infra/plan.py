@@ -16,9 +16,19 @@ from dataclasses import dataclass, field
 
 from pyinfra.api.exceptions import PyinfraError
 
-from hermes_infra import compose, configfile, daemon, envfile, imageid, safeio
+from hermes_infra import (
+    compose,
+    configfile,
+    daemon,
+    envfile,
+    gatewayenv,
+    imageid,
+    safeio,
+    topology,
+)
+from hermes_infra.capacity import EffectiveLimits, HostResources, derive_limits
 from hermes_infra.hostfacts import DataDirRequest, HostState, ProbeRequest, StateRequest
-from hermes_infra.settings import EffectiveLimits, GatewaySettings, HostResources, HostSettings, check_api_key, derive_limits
+from hermes_infra.settings import GatewaySettings, HostSettings, check_api_key
 
 SUPPORTED = {"debian": ("bookworm", "trixie", "forky")}
 STAGE_DIR = "/var/lib/hermes-infra/stage"
@@ -33,6 +43,9 @@ CONFLICTS = {
     "official": ("docker.io", "docker-doc", "docker-compose", "docker-compose-v2", "podman-docker", "containerd", "runc"),
     "distro": ("docker-ce", "docker-ce-cli", "containerd.io", "docker-compose-plugin", "podman-docker"),
 }
+PREREQUISITES = ("ca-certificates", "curl")
+SYSCTL_FILE = "/etc/sysctl.d/60-hermes-infra-swap.conf"
+APT_LISTS_MAX_AGE = 3600
 PUBLIC_TO_LOCAL = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
@@ -179,6 +192,7 @@ class SwapPlan:
     size_bytes: int
     swappiness: int
     current: dict
+    sysctl_file: RootFilePlan | None = None
 
 
 @dataclass(frozen=True)
@@ -191,9 +205,14 @@ class DockerPlan:
     sources: RootFilePlan | None
     repo_url: str
     users: tuple[str, ...]
-    packages_missing: bool
+    packages_missing: tuple[str, ...]
     apt_lock_holder: str | None
     apt_lock_timeout: int
+    prerequisites_missing: tuple[str, ...] = ()
+    conflicts_installed: tuple[str, ...] = ()
+    lists_stale: bool = True
+    service_enabled: bool = False
+    service_active: bool = False
 
 
 @dataclass(frozen=True)
@@ -236,7 +255,7 @@ def data_dir_request(gateway: GatewaySettings) -> DataDirRequest:
 
 def probe_url(settings: HostSettings, gateway: GatewaySettings) -> str:
     """Where the host itself reaches the published API."""
-    address = settings.publish_addresses(gateway)[0]
+    address = topology.publish_addresses(settings, gateway)[0]
     address = PUBLIC_TO_LOCAL.get(address, address)
     if ":" in address:
         address = f"[{address}]"
@@ -249,7 +268,7 @@ def manifest_path(settings: HostSettings) -> str:
 
 def fact_request(settings: HostSettings) -> StateRequest:
     """What to read from the host, from settings alone (so it can run before any plan)."""
-    files = [DAEMON_JSON, APT_CONF, manifest_path(settings)]
+    files = [DAEMON_JSON, APT_CONF, SYSCTL_FILE, manifest_path(settings)]
     if settings.docker.install_source == "official":
         files.append(DOCKER_SOURCES)
     projects = [(compose.MAIN_PROJECT, settings.project_dir)]
@@ -260,13 +279,15 @@ def fact_request(settings: HostSettings) -> StateRequest:
     for _, directory in projects:
         files += [f"{directory}/compose.yaml", f"{directory}/{compose.STAMP_NAME}"]
     packages = OFFICIAL_PACKAGES if settings.docker.install_source == "official" else DISTRO_PACKAGES
+    packages = PREREQUISITES + packages + CONFLICTS[settings.docker.install_source]
     return StateRequest(
         data_dirs=tuple(data_dir_request(g) for g in settings.gateways),
         root_files=tuple(dict.fromkeys(files)),
         projects=tuple(projects),
         swap_path=settings.swap.path,
         probes=tuple(ProbeRequest(g.name, probe_url(settings, g), data_dir_request(g)) for g in settings.gateways),
-        packages=tuple(packages),
+        packages=tuple(dict.fromkeys(packages)),
+        image_ref=settings.image.ref,
     )
 
 
@@ -340,7 +361,7 @@ def _gateway(settings: HostSettings, gateway: GatewaySettings, state: HostState,
     current_config = _usable(config_read, config_path, gateway)
 
     key = decide_api_key(gateway, current_env, env_path)
-    env_values = gateway.managed_env()
+    env_values = gatewayenv.managed_env(gateway)
     env_values["API_SERVER_KEY"] = key
     env_merge = envfile.merge(current_env, env_values)
     try:
@@ -438,20 +459,25 @@ def _project(name: str, directory: str, text: str, services: list[str], drift_ch
     path = f"{directory}/compose.yaml"
     file = _root_file(state, path, text)
     stamp = state.root_files.get(f"{directory}/{compose.STAMP_NAME}")
+    stamp_lines = stamp["text"].text.splitlines() if stamp else []
     wanted = compose.stamp_of(text)
-    hashes = state.config_hashes.get(name, {})
+    hashes = dict(line.split()[:2] for line in stamp_lines[1:] if len(line.split()) >= 2)
     reason = None
-    if stamp is None or stamp["text"].text.strip() != wanted:
+    if not stamp_lines or stamp_lines[0].strip() != wanted:
         reason = "the compose file changed since it was last applied"
     else:
         stopped = [s for s in services if state.containers.get(s, {}).get("state") != "running"]
-        # Changed by hand since the last deploy (e.g. recreated without limits): compose's own hash of
-        # the service in the file differs from the one the container was created with. Companions are
-        # not compared: with an env_file their label never matches `config --hash` (compose 2.26).
+        # Changed by hand since the last deploy (e.g. recreated without limits): the container's
+        # config-hash label differs from the hash compose gave the service at the last `up`
+        # (recorded in the stamp). Companions are not compared: with an env_file their label never
+        # matches `config --hash` (compose 2.26).
         drifted = [s for s in drift_checked if s in hashes and s in state.containers
                    and state.containers[s]["config_hash"] != hashes[s]]
+        unrecorded = [s for s in drift_checked if s not in hashes]
         if stopped:
             reason = f"not running: {', '.join(stopped)}"
+        elif unrecorded:
+            reason = f"no config hash recorded for {', '.join(unrecorded)} (applied by an older hermes-infra)"
         elif drifted:
             reason = f"changed by hand since the last deploy: {', '.join(drifted)}"
     return ProjectPlan(name=name, directory=directory, file=file, services=tuple(services),
@@ -486,13 +512,18 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
         daemon_json=_root_file(state, DAEMON_JSON, daemon.daemon_json_text(docker_settings)),
         apt_conf=_root_file(state, APT_CONF, f'DPkg::Lock::Timeout "{settings.apt_lock_timeout_seconds}";\n'),
         sources=sources, repo_url=docker_settings.official_repo_url, users=tuple(docker_settings.users),
-        packages_missing=any(state.packages.get(p.split("=")[0]) != "installed" for p in packages),
+        packages_missing=tuple(p for p in packages if state.packages.get(p.split("=")[0]) != "installed"),
         apt_lock_holder=state.apt_lock_holder, apt_lock_timeout=settings.apt_lock_timeout_seconds,
+        prerequisites_missing=tuple(p for p in PREREQUISITES if state.packages.get(p) != "installed"),
+        conflicts_installed=tuple(p for p in CONFLICTS[docker_settings.install_source]
+                                  if state.packages.get(p) == "installed"),
+        lists_stale=state.apt_lists_age is None or state.apt_lists_age > APT_LISTS_MAX_AGE,
+        service_enabled=state.docker_enabled, service_active=state.docker_active,
     )
 
     companion_files = tuple(
         _root_file(state, compose.companion_env_path(settings, c),
-                   envfile.render(compose.companion_secret_env(settings, c, by_name[settings.gateway_for(c).name].api_key)),
+                   envfile.render(compose.companion_secret_env(settings, c, by_name[topology.gateway_for(settings, c).name].api_key)),
                    mode="0600", secret=True)
         for c in settings.companions)
     companion_digest = {f.path: hashlib.sha256(f.content.encode()).hexdigest()[:16] for f in companion_files}
@@ -535,7 +566,8 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
     return HostPlan(
         host=host, codename=codename, writer=writer, docker=docker_plan,
         swap=SwapPlan(path=settings.swap.path, size_bytes=settings.swap.size_bytes - settings.swap.size_bytes % (1 << 20),
-                      swappiness=settings.swap.swappiness, current=state.swap),
+                      swappiness=settings.swap.swappiness, current=state.swap,
+                      sysctl_file=_root_file(state, SYSCTL_FILE, f"vm.swappiness = {settings.swap.swappiness}\n")),
         image=image, retire=_retire(settings, state, list(settings.gateways)), gateways=tuple(gateways),
         companion_env_files=companion_files, manifest=manifest, projects=tuple(projects), health=tuple(health),
         revision=revision,

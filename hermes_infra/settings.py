@@ -42,7 +42,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from hermes_infra.sizes import format_bytes, parse_size
+from hermes_infra import gatewayenv, topology
+from hermes_infra.sizes import parse_size
 
 GIB = 1024**3
 MIB = 1024**2
@@ -60,8 +61,6 @@ MIN_API_KEY_LENGTH = 16
 API_KEY_FORBIDDEN = frozenset("'\"#\\$`")
 SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,38}$")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Env keys whose values identify a messaging bot: two gateways sharing one fight over it.
-BOT_TOKEN_KEY = re.compile(r"^[A-Z0-9_]*(TOKEN|WEBHOOK_SECRET|APP_SECRET)$|^[A-Z0-9_]+_ACCOUNT_ID$")
 LOOPBACK_ADDRESSES = ("127.0.0.1", "::1", "localhost")
 PUBLIC_ADDRESSES = ("0.0.0.0", "::", "")
 PLATFORMS = (
@@ -537,19 +536,6 @@ class DockerSettings(Settings):
             ) from None
         return value
 
-    def daemon_json(self) -> dict[str, Any]:
-        """The daemon.json content these settings stand for."""
-        options: dict[str, Any] = {
-            "log-driver": "json-file",
-            "log-opts": {"max-size": self.log_max_size, "max-file": str(self.log_max_file)},
-            "live-restore": self.live_restore,
-        }
-        if self.registry_mirrors:
-            options["registry-mirrors"] = list(self.registry_mirrors)
-        if self.userland_proxy is not None:
-            options["userland-proxy"] = self.userland_proxy
-        options.update(self.daemon_options)
-        return options
 
 
 class SwapSettings(Settings):
@@ -740,20 +726,6 @@ class WeixinSettings(Settings):
             )
         return self
 
-    def env(self) -> dict[str, str]:
-        values = {"WEIXIN_DM_POLICY": self.dm_policy, "WEIXIN_GROUP_POLICY": self.group_policy}
-        if self.token is not None:
-            values["WEIXIN_TOKEN"] = self.token.get_secret_value()
-        if self.account_id:
-            values["WEIXIN_ACCOUNT_ID"] = self.account_id
-        if self.allowed_users:
-            values["WEIXIN_ALLOWED_USERS"] = ",".join(self.allowed_users)
-        if self.allow_all_users:
-            values["WEIXIN_ALLOW_ALL_USERS"] = "true"
-        if self.home_channel:
-            values["WEIXIN_HOME_CHANNEL"] = self.home_channel
-        return values
-
 
 class HermesConfig(Settings):
     """Keys of the gateway's `config.yaml` that hermes-infra manages; every other key is left alone."""
@@ -931,35 +903,6 @@ class GatewaySettings(Settings):
             return self.data_dir
         return "/root/.hermes" if self.name == "hermes" else f"/root/.hermes-{self.name}"
 
-    def managed_env(self) -> dict[str, str]:
-        """Every `.env` key this profile manages, except the API key (decided on the host)."""
-        values = {
-            "API_SERVER_ENABLED": "true",
-            "API_SERVER_HOST": "0.0.0.0",
-            "API_SERVER_PORT": "8642",
-            "API_SERVER_MODEL_NAME": self.api.model_name,
-            "HERMES_SKIP_CONFIG_MIGRATION": "1",
-        }
-        if self.api.cors_origins:
-            values["API_SERVER_CORS_ORIGINS"] = ",".join(self.api.cors_origins)
-        if self.weixin is not None:
-            values.update(self.weixin.env())
-        for platform, users in self.allowed_users.items():
-            values[f"{platform}_ALLOWED_USERS"] = ",".join(users)
-        if self.dashboard.enabled:
-            values.update({"HERMES_DASHBOARD": "1", "HERMES_DASHBOARD_HOST": "0.0.0.0",
-                           "HERMES_DASHBOARD_PORT": "9119"})
-            if self.dashboard.basic_auth_username:
-                values["HERMES_DASHBOARD_BASIC_AUTH_USERNAME"] = self.dashboard.basic_auth_username
-            if self.dashboard.basic_auth_password_hash is not None:
-                values["HERMES_DASHBOARD_BASIC_AUTH_PASSWORD_HASH"] = (
-                    self.dashboard.basic_auth_password_hash.get_secret_value())
-        values.update({key: secret.get_secret_value() for key, secret in self.env.items()})
-        return values
-
-    def bot_tokens(self) -> dict[str, str]:
-        """Env keys and values that identify a messaging bot (two gateways must never share one)."""
-        return {key: value for key, value in self.managed_env().items() if BOT_TOKEN_KEY.match(key)}
 
 
 class CompanionSettings(Settings):
@@ -1238,7 +1181,7 @@ class HostSettings(Settings):
             claim("tcp", gateway.api.port, f"gateways[{gateway.name}].api.port")
             if gateway.dashboard.enabled:
                 claim("tcp", gateway.dashboard.port, f"gateways[{gateway.name}].dashboard.port")
-            for address in self.publish_addresses(gateway):
+            for address in topology.publish_addresses(self, gateway):
                 if address in PUBLIC_ADDRESSES and not gateway.api.allow_public:
                     problems.append(
                         f"gateways[{gateway.name}].api.publish_addresses contains {address!r}, which publishes the API "
@@ -1255,7 +1198,7 @@ class HostSettings(Settings):
     def _check_tokens(self, problems: list[str]) -> None:
         seen: dict[str, str] = {}
         for gateway in self.gateways:
-            for key, value in gateway.bot_tokens().items():
+            for key, value in gatewayenv.bot_tokens(gateway).items():
                 if value in seen:
                     problems.append(
                         f"gateways[{gateway.name}].{key} has the same value as {seen[value]}; two gateways "
@@ -1274,12 +1217,12 @@ class HostSettings(Settings):
             if problem and not self.image.allow_latest:
                 problems.append(problem)
             try:
-                target = self.gateway_for(companion)
+                target = topology.gateway_for(self, companion)
             except ValueError as error:
                 problems.append(str(error))
                 continue
             if companion.topology == "host-gateway":
-                reachable = [a for a in self.publish_addresses(target) if a not in LOOPBACK_ADDRESSES]
+                reachable = [a for a in topology.publish_addresses(self, target) if a not in LOOPBACK_ADDRESSES]
                 if not reachable:
                     problems.append(
                         f"companions[{companion.name}] reaches gateway {target.name!r} through host.docker.internal, "
@@ -1288,94 +1231,4 @@ class HostSettings(Settings):
                         f"address {self.docker.bridge_gateway_ip!r}, or leave publish_addresses unset"
                     )
 
-    def gateway_for(self, companion: CompanionSettings) -> GatewaySettings:
-        if companion.gateway is None:
-            return self.gateways[0]
-        for gateway in self.gateways:
-            if gateway.name == companion.gateway:
-                return gateway
-        raise ValueError(
-            f"companions[{companion.name}].gateway is {companion.gateway!r}, which is not a profile. "
-            f"Fix: one of {', '.join(g.name for g in self.gateways)}"
-        )
 
-    def publish_addresses(self, gateway: GatewaySettings) -> list[str]:
-        """Host addresses the gateway's API port is bound to (explicit, or derived)."""
-        if gateway.api.publish_addresses is not None:
-            return list(gateway.api.publish_addresses)
-        addresses = ["127.0.0.1"]
-        if any(c.topology == "host-gateway" and self._targets(c, gateway) for c in self.companions):
-            addresses.append(self.docker.bridge_gateway_ip)
-        return addresses
-
-    def _targets(self, companion: CompanionSettings, gateway: GatewaySettings) -> bool:
-        return (companion.gateway or self.gateways[0].name) == gateway.name
-
-    def companion_api_url(self, companion: CompanionSettings) -> str:
-        gateway = self.gateway_for(companion)
-        if companion.topology == "same-project":
-            return f"http://{gateway.service_name}:8642/v1"
-        return f"http://host.docker.internal:{gateway.api.port}/v1"
-
-
-class HostResources(BaseModel):
-    """What a host has, from facts: used to derive and bound the container limits."""
-
-    memory_bytes: int
-    cpus: int
-
-
-class EffectiveLimits(BaseModel):
-    memory_bytes: int
-    cpus: float
-    pids: int
-
-    @property
-    def memory(self) -> str:
-        return format_bytes(self.memory_bytes)
-
-
-def derive_limits(settings: HostSettings, resources: HostResources) -> dict[str, EffectiveLimits]:
-    """Per-gateway limits: explicit ones are checked against the host, missing ones derived.
-
-    Derived limits split what the host can give (RAM x 7/8 with at least 512 MiB left to the
-    OS, cores x 5/8 with at least 0.5) evenly between the gateways that have no explicit limit.
-    """
-    ram = resources.memory_bytes
-    available_memory = max(min(ram * 7 // 8, ram - 512 * MIB), 256 * MIB)
-    available_cpus = max(round(resources.cpus * 5 / 8, 2), 0.5)
-    explicit_memory = sum(parse_size(g.limits.memory) for g in settings.gateways if g.limits.memory)
-    companion_memory = sum(parse_size(c.memory) for c in settings.companions)
-    missing_memory = [g for g in settings.gateways if not g.limits.memory]
-    missing_cpus = [g for g in settings.gateways if g.limits.cpus is None]
-
-    for gateway in settings.gateways:
-        if gateway.limits.memory and parse_size(gateway.limits.memory) > ram:
-            raise ValueError(
-                f"gateways[{gateway.name}].limits.memory is {gateway.limits.memory} but the host has only "
-                f"{format_bytes(ram)} of RAM. Fix: at most {format_bytes(available_memory)}, or leave it unset"
-            )
-        if gateway.limits.cpus is not None and gateway.limits.cpus > resources.cpus:
-            raise ValueError(
-                f"gateways[{gateway.name}].limits.cpus is {gateway.limits.cpus} but the host has only "
-                f"{resources.cpus} CPUs. Fix: at most {resources.cpus}, or leave it unset"
-            )
-    if explicit_memory + companion_memory > ram:
-        raise ValueError(
-            f"the memory limits of all gateways and companions add up to {format_bytes(explicit_memory + companion_memory)}, "
-            f"more than the host's {format_bytes(ram)} of RAM. Fix: lower gateways[*].limits.memory"
-        )
-    share_memory = max((available_memory - explicit_memory) // max(len(missing_memory), 1), 256 * MIB)
-    if missing_memory and available_memory - explicit_memory < 256 * MIB * len(missing_memory):
-        raise ValueError(
-            f"the host's {format_bytes(ram)} of RAM leaves no room for gateways "
-            f"{', '.join(g.name for g in missing_memory)} after the explicit limits. Fix: set their limits.memory"
-        )
-    share_cpus = max(round(available_cpus / max(len(missing_cpus), 1), 2), 0.25)
-    limits = {}
-    for gateway in settings.gateways:
-        memory = parse_size(gateway.limits.memory) if gateway.limits.memory else share_memory
-        memory -= memory % MIB
-        cpus = gateway.limits.cpus if gateway.limits.cpus is not None else share_cpus
-        limits[gateway.name] = EffectiveLimits(memory_bytes=memory, cpus=cpus, pids=gateway.limits.pids)
-    return limits

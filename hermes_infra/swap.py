@@ -9,11 +9,9 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy, operation
-from pyinfra.operations import server
 
-from hermes_infra.plan import SwapPlan
-
-SYSCTL_FILE = "/etc/sysctl.d/60-hermes-infra-swap.conf"
+from hermes_infra.ops import root_file
+from hermes_infra.plan import SwapPlan, Writer
 
 
 def create_commands(path: str, size_bytes: int) -> list[str]:
@@ -66,8 +64,18 @@ def swap_file(plan: SwapPlan):
         host.noop(f"swap file {path} is active with the configured size")
 
 
+@operation()
+def swappiness(plan: SwapPlan):
+    """The running kernel's vm.swappiness is the configured one (the file keeps it on reboot)."""
+    if plan.current.get("swappiness") == plan.swappiness:
+        host.noop(f"vm.swappiness is {plan.swappiness}")
+        return
+    yield f"sysctl -q -w vm.swappiness={int(plan.swappiness)}"
+
+
 @deploy("Swap")
-def swap(plan: SwapPlan):
+def swap(plan: SwapPlan, writer: Writer):
     swap_file(name=f"Swap file {plan.path} ({plan.size_bytes // (1024 * 1024)} MiB)", plan=plan)
-    server.sysctl(name=f"vm.swappiness = {plan.swappiness} (persisted)", key="vm.swappiness",
-                  value=plan.swappiness, persist=True, persist_file=SYSCTL_FILE)
+    root_file(name=f"vm.swappiness = {plan.swappiness} persisted in {plan.sysctl_file.path}", file=plan.sysctl_file,
+              writer=writer)
+    swappiness(name=f"vm.swappiness = {plan.swappiness} now", plan=plan)

@@ -17,17 +17,15 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from hermes_infra import safeio
+from hermes_infra import safeio, topology
+from hermes_infra.capacity import EffectiveLimits, HostResources, derive_limits
 from hermes_infra.checks.registry import CannotCheck, ControlFailure
 from hermes_infra.settings import (
     PLACEHOLDER_KEYS,
     PLACEHOLDER_WORDS,
     CompanionSettings,
-    EffectiveLimits,
     GatewaySettings,
-    HostResources,
     HostSettings,
-    derive_limits,
 )
 from hermes_infra.sizes import parse_size
 
@@ -261,7 +259,7 @@ class HostContext:
 
 def probe_url(settings: HostSettings, gateway: GatewaySettings) -> str:
     """Where the host itself reaches the gateway's published API (the deploy's health gate too)."""
-    address = settings.publish_addresses(gateway)[0]
+    address = topology.publish_addresses(settings, gateway)[0]
     address = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address, address)
     if ":" in address:
         address = f"[{address}]"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import shlex
 
+from hermes_infra import topology
 from hermes_infra.checks.context import DAEMON_JSON, HostContext, Subject, probe_url
 from hermes_infra.checks.registry import CannotCheck, NotApplicable, control, fail
 from hermes_infra.daemon import daemon_json
@@ -568,7 +569,7 @@ def gateway_health(ctx: HostContext, subject: Subject):
                      "gateways[].api.publish_addresses; `allow_public` only behind a firewall. " + REDEPLOY + ".")
 def api_port_binding(ctx: HostContext, subject: Subject):
     gateway = subject.gateway
-    want = sorted((_normal_ip(a), str(gateway.api.port)) for a in ctx.settings.publish_addresses(gateway))
+    want = sorted((_normal_ip(a), str(gateway.api.port)) for a in topology.publish_addresses(ctx.settings, gateway))
     have = _bindings(_host_config(ctx, subject), 8642)
     public = [a for a, _ in have if _is_public(a)]
     shown = ", ".join(f"{a}:{p}" for a, p in have) or "nothing"
@@ -703,7 +704,7 @@ def _companion_probe(ctx: HostContext, container: str, url: str, key_var: str) -
                      "that the host firewall accepts traffic from the docker bridge. " + REDEPLOY + ".")
 def companion_reaches_api(ctx: HostContext, subject: Subject):
     companion = subject.companion
-    url = ctx.settings.companion_api_url(companion).rstrip("/") + "/models"
+    url = topology.companion_api_url(ctx.settings, companion).rstrip("/") + "/models"
     state = (_container(ctx, subject).get("State") or {})
     if not state.get("Running"):
         fail(f"companion {companion.name!r} is not running, so it cannot reach {url}")

@@ -6,7 +6,8 @@ import json
 import shlex
 import time
 
-from hermes_infra.settings import HostResources, HostSettings, derive_limits
+from hermes_infra.capacity import HostResources, derive_limits
+from hermes_infra.settings import HostSettings
 
 API = "http://127.0.0.1:8642"
 COMPANION_PROBE = (

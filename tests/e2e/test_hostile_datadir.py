@@ -48,7 +48,7 @@ def test_planted_env_is_refused_and_nothing_outside_is_touched(deployed, canary,
     assert "CANARY_VALUE" not in run.output
     assert run.seconds < 120, "a planted FIFO must not hang the deploy"
     assert canary_state(deployed) == canary, "the canary outside the data dir was read, written or chowned"
-    leaked = deployed.run(f"grep -rl CANARY_VALUE /root/.hermes /var/backups /var/lib/hermes-infra /opt/hermes "
+    leaked = deployed.run("grep -rl CANARY_VALUE /root/.hermes /var/backups /var/lib/hermes-infra /opt/hermes "
                           "2>/dev/null || true")
     assert leaked.strip() == ""
     # the container is still the one that was running: the deploy stopped before any change

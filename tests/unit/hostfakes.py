@@ -36,21 +36,21 @@ def fresh(memory_mb: int = 3915, cpus: int = 2, **state: Any) -> Facts:
 def converged(host_settings, memory_mb: int = 3915, cpus: int = 2) -> Facts:
     """Facts of a host on which the plan for `host_settings` was applied and is running."""
     plan = make_plan(host_settings, fresh(memory_mb, cpus), "test")
-    state = HostState(machine="x86_64", docker_installed=True)
-    files = [plan.docker.daemon_json, plan.docker.apt_conf, plan.manifest, *plan.companion_env_files,
-             *(p.file for p in plan.projects)]
+    state = HostState(machine="x86_64", docker_installed=True, docker_enabled=True, docker_active=True,
+                      apt_lists_age=600)
+    files = [plan.docker.daemon_json, plan.docker.apt_conf, plan.manifest, plan.swap.sysctl_file,
+             *plan.companion_env_files, *(p.file for p in plan.projects)]
     if plan.docker.sources is not None:
         files.append(plan.docker.sources)
     for file in files:
         state.root_files[file.path] = root_file(file.content, file.mode.rjust(4, "0"))
     for project in plan.projects:
-        state.root_files[project.stamp_path] = root_file(project.stamp + "\n")
-        state.config_hashes[project.name] = {}
+        state.root_files[project.stamp_path] = root_file(
+            project.stamp + "\n" + "".join(f"{s} hash-{s}\n" for s in project.drift_checked))
         for service in project.services:
             state.containers[service] = {"id": f"id-{service}", "state": "running", "name": service,
                                          "project": project.name, "service": service,
                                          "config_hash": f"hash-{service}"}
-            state.config_hashes[project.name][service] = f"hash-{service}"
     for gateway in plan.gateways:
         owner = (gateway.data_dir.uid, gateway.data_dir.gid, "0600")
         state.data_dirs[gateway.name] = {
@@ -61,7 +61,7 @@ def converged(host_settings, memory_mb: int = 3915, cpus: int = 2) -> Facts:
         state.probes[gateway.name] = {"health": "200", "anonymous": "401", "models": "200"}
     state.swap = {"size_bytes": plan.swap.size_bytes, "active": True, "in_fstab": True,
                   "swappiness": plan.swap.swappiness}
-    state.packages = {p.split("=")[0]: "installed" for p in plan.docker.packages}
+    state.packages = {p.split("=")[0]: "installed" for p in (*plan.docker.packages, "ca-certificates", "curl")}
     return Facts(os_release=dict(TRIXIE), memory_mb=memory_mb, cpus=cpus, image_inspect=INSPECT, state=state)
 
 

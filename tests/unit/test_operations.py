@@ -6,7 +6,16 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from hermes_infra import compose, datadir, docker_engine, health, image, ops, profiles, swap
+from hermes_infra import (
+    compose,
+    datadir,
+    docker_engine,
+    health,
+    image,
+    ops,
+    profiles,
+    swap,
+)
 from hermes_infra.plan import ImagePlan, RetirePlan
 from tests.unit.hostfakes import converged, fresh, plan_for, run_op, settings
 
@@ -182,7 +191,8 @@ def test_compose_up_only_with_a_reason():
     project = plan_for(host, facts).projects[0]
     assert run_op(compose.compose_up, project).commands == [
         "cd /opt/hermes && docker compose -p hermes -f compose.yaml up -d --remove-orphans --quiet-pull 2>&1",
-        f"echo {project.stamp} > /opt/hermes/.hermes-infra-applied"]
+        f"{{ echo {project.stamp}; cd /opt/hermes && docker compose -p hermes -f compose.yaml config --hash hermes; }}"
+        " > /opt/hermes/.hermes-infra-applied"]
 
 
 def test_compose_file_has_hardening_and_no_secret():
@@ -236,3 +246,38 @@ def test_no_operation_puts_a_secret_in_a_command():
     for text in texts:
         for secret in secrets:
             assert secret not in text
+
+
+# --- packages, service, swappiness --------------------------------------------------------------
+
+def test_packages_installed_only_when_missing_with_lock_timeout_and_fresh_lists():
+    plan = fresh_plan()
+    text = run_op(docker_engine.apt_installed, plan.docker, plan.docker.packages_missing, True).text()
+    assert text.startswith("DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=600 update")
+    assert "install --no-install-recommends docker-ce docker-ce-cli containerd.io" in text
+    converged_docker = converged_plan().docker
+    assert converged_docker.packages_missing == () and converged_docker.prerequisites_missing == ()
+    assert not run_op(docker_engine.apt_installed, converged_docker, (), False).changed
+
+
+def test_conflicting_packages_are_removed_when_installed():
+    host = settings()
+    facts = converged(host)
+    facts.state.packages["docker.io"] = "installed"
+    plan = plan_for(host, facts)
+    assert run_op(docker_engine.apt_removed, plan.docker).text().endswith("remove docker.io")
+    assert not run_op(docker_engine.apt_removed, converged_plan().docker).changed
+
+
+def test_docker_service_enabled_and_started():
+    assert run_op(docker_engine.docker_service, fresh_plan().docker, True).commands == ["systemctl enable --now docker"]
+    assert not run_op(docker_engine.docker_service, converged_plan().docker, False).changed
+
+
+def test_swappiness_applied_now_and_persisted():
+    plan = fresh_plan()
+    assert run_op(swap.swappiness, plan.swap).commands == ["sysctl -q -w vm.swappiness=10"]
+    assert plan.swap.sysctl_file.content == "vm.swappiness = 10\n"
+    converged_swap = converged_plan().swap
+    assert not run_op(swap.swappiness, converged_swap).changed
+    assert not converged_swap.sysctl_file.content_changed

@@ -7,7 +7,14 @@ import pytest
 
 from hermes_infra.plan import PlanError, fact_request
 from hermes_infra.safeio import FileRead
-from tests.unit.hostfakes import converged, fresh, plan_for, root_file, settings, with_state
+from tests.unit.hostfakes import (
+    converged,
+    fresh,
+    plan_for,
+    root_file,
+    settings,
+    with_state,
+)
 
 KEY = "k3y-Qw8vT2mZp9Lx4Rn7"
 CODER = {"name": "coder", "api": {"port": 8643}, "limits": {"memory": "768M", "cpus": 0.5}}

@@ -6,8 +6,9 @@ import json
 import yaml
 
 from hermes_infra import compose, daemon, envfile
+from hermes_infra.capacity import HostResources, derive_limits
 from hermes_infra.loading import settings_from_raw
-from hermes_infra.settings import GIB, HostResources, derive_limits
+from hermes_infra.settings import GIB
 from tests.unit.hostfakes import fresh, plan_for
 
 SECRETS = {"OPENROUTER_API_KEY": "sk-or-v1-verysecretvalue", "TELEGRAM_BOT_TOKEN": "12345:telegram-secret"}

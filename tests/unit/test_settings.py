@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import pytest
 
+from hermes_infra import daemon, topology
+from hermes_infra.capacity import HostResources, derive_limits
 from hermes_infra.loading import SettingsError, collect, settings_from_raw
-from hermes_infra.settings import GIB, HostResources, HostSettings, derive_limits
+from hermes_infra.settings import GIB, HostSettings
 
 
 def refused(raw: dict) -> str:
@@ -20,11 +22,11 @@ def test_defaults_are_valid_and_follow_the_guides():
     assert (gateway.uid, gateway.gid) == (10000, 10000)
     assert gateway.restart == "unless-stopped"
     assert gateway.api.port == 8642
-    assert settings.publish_addresses(gateway) == ["127.0.0.1"]
+    assert topology.publish_addresses(settings, gateway) == ["127.0.0.1"]
     assert settings.image.ref == "nousresearch/hermes-agent:0.23.3"
     assert (settings.backup_keep, settings.apt_lock_timeout_seconds, gateway.stop_grace_seconds) == (5, 600, 60)
-    assert settings.docker.daemon_json()["live-restore"] is True
-    assert settings.docker.daemon_json()["log-opts"] == {"max-size": "10m", "max-file": "3"}
+    assert daemon.daemon_json(settings.docker)["live-restore"] is True
+    assert daemon.daemon_json(settings.docker)["log-opts"] == {"max-size": "10m", "max-file": "3"}
 
 
 def test_short_api_key_is_refused_without_echoing_it():
@@ -135,14 +137,14 @@ def test_companion_via_host_gateway_cannot_use_loopback_only():
 
 def test_companion_via_host_gateway_gets_bridge_address_by_default():
     settings = settings_from_raw({"companions": [{"name": "hub", "image": "hub:1.0"}]})
-    assert settings.publish_addresses(settings.gateways[0]) == ["127.0.0.1", "172.17.0.1"]
-    assert settings.companion_api_url(settings.companions[0]) == "http://host.docker.internal:8642/v1"
+    assert topology.publish_addresses(settings, settings.gateways[0]) == ["127.0.0.1", "172.17.0.1"]
+    assert topology.companion_api_url(settings, settings.companions[0]) == "http://host.docker.internal:8642/v1"
 
 
 def test_same_project_companion_uses_service_name():
     settings = settings_from_raw({"companions": [{"name": "hub", "image": "hub:1.0", "topology": "same-project"}]})
-    assert settings.publish_addresses(settings.gateways[0]) == ["127.0.0.1"]
-    assert settings.companion_api_url(settings.companions[0]) == "http://hermes:8642/v1"
+    assert topology.publish_addresses(settings, settings.gateways[0]) == ["127.0.0.1"]
+    assert topology.companion_api_url(settings, settings.companions[0]) == "http://hermes:8642/v1"
 
 
 def test_companion_for_unknown_gateway():
