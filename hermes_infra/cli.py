@@ -29,7 +29,8 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_up(args) -> int:
-    return commands.up(_target(args), dry=args.dry, extra=args.pyinfra_args)
+    return commands.up(_target(args), dry=args.dry, extra=args.pyinfra_args, lock_wait=args.lock_wait,
+                       message=args.message)
 
 
 def cmd_validate(args) -> int:
@@ -65,6 +66,10 @@ def cmd_check(args) -> int:
     return checks_cli.run(args, _target(args))
 
 
+# Each module has `add_commands(subparsers, add_target_options, make_target)`.
+COMMAND_MODULES = ("hermes_infra.release.cli", "hermes_infra.daytwo.cli")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hermes-infra", description=(
         "Take a Debian host to a running, verified Hermes Agent gateway in Docker, and check it."))
@@ -74,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog="Options after `--` are passed to pyinfra, e.g. `-- --limit staging --diff`.")
     _add_target_options(up)
     up.add_argument("--dry", action="store_true", help="show what would change; change nothing")
+    up.add_argument("--lock-wait", type=float, default=0, metavar="SECONDS",
+                    help="wait up to SECONDS for another deploy's lock on a host (default: stop at once)")
+    up.add_argument("--message", "-m", help="a note for the deploy lock and the audit log (no secrets)")
     up.set_defaults(func=cmd_up)
 
     validate = sub.add_parser("validate", help="validate the settings of hosts without connecting")
@@ -102,6 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="text, json=PATH, junit=PATH (repeatable)")
     check.add_argument("--waivers", help="waivers file (YAML)")
     check.set_defaults(func=cmd_check)
+
+    # Commands that live with their own concern register themselves (Kamal-style: the CLI is a
+    # thin layer; each module's commands are callable and testable without it).
+    import importlib
+
+    for module in COMMAND_MODULES:
+        try:
+            registrar = importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if not (error.name and (module == error.name or module.startswith(error.name + "."))):
+                raise
+            continue
+        registrar.add_commands(sub, _add_target_options, _target)
     return parser
 
 

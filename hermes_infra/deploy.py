@@ -13,6 +13,7 @@ from hermes_infra.hostfacts import HermesHostState
 from hermes_infra.loading import settings_for_host
 from hermes_infra.ops import root_file
 from hermes_infra.plan import Facts, HostPlan, fact_request, make_plan
+from hermes_infra.release import results, upgrade
 from hermes_infra.settings import HostSettings
 
 
@@ -33,7 +34,15 @@ def gather(settings: HostSettings) -> Facts:
 
 def host_plan(settings: HostSettings | None = None) -> HostPlan:
     settings = settings or settings_for_host(host)
-    return make_plan(settings, gather(settings), host.name)
+    try:
+        plan = make_plan(settings, gather(settings), host.name)
+    except Exception as error:
+        results.record_failure(host, str(error))
+        raise
+    # For `hermes-infra up`/`rollout`: the revision, image and each operation's outcome go to
+    # the audit log and the rollout table (nothing is recorded without HERMES_INFRA_RESULTS).
+    results.record_plan(host, plan)
+    return plan
 
 
 @deploy("Hermes gateway host")
@@ -44,6 +53,9 @@ def hermes_host(settings: HostSettings | None = None):
     swap.swap(plan.swap, writer)
     image.image(plan.image, writer)
     profiles.retire(name="Retire profiles and companions removed from the settings", plan=plan.retire, writer=writer)
+    if plan.upgrade is not None:
+        # Before the data dirs change: keep the previous image, snapshot with the gateways stopped.
+        upgrade.prepared(name="Upgrade: keep the previous image, snapshot the data dirs", plan=plan.upgrade)
     for gateway in plan.gateways:
         datadir.data_dir(gateway, writer)
     for env_file in plan.companion_env_files:
@@ -52,5 +64,9 @@ def hermes_host(settings: HostSettings | None = None):
     for project in plan.projects:
         root_file(name=f"Compose file {project.file.path}", file=project.file, writer=writer)
         compose.compose_up(name=f"Compose project {project.name} up", project=project)
+    if plan.upgrade is not None:
+        upgrade.gated_or_rolled_back(name="Health gate (rolls back to the previous image on failure)",
+                                     plan=plan.upgrade, gates=plan.health)
+        return
     for gate in plan.health:
         health.healthy(name=f"Health gate: {gate.container} answers /health and /v1/models", plan=gate)

@@ -245,6 +245,25 @@ class HostPlan:
     projects: tuple[ProjectPlan, ...]
     health: tuple[HealthPlan, ...]
     revision: str
+    upgrade: UpgradePlan | None = None
+    """Set when the main project will be brought up over existing gateway containers: the
+    deploy then keeps the previous image, snapshots the data dirs (gateways stopped) and rolls
+    back if the new image fails its gate. Whether the image really changed is decided on the
+    host at that moment (the running container's image ID against the ref's)."""
+
+
+@dataclass(frozen=True)
+class UpgradePlan:
+    image_ref: str
+    project: str
+    project_dir: str
+    services: tuple[str, ...]
+    data_dirs: tuple[tuple[str, str], ...]
+    """(profile, data dir) of each gateway."""
+    stop_grace_seconds: int
+    backup_dir: str
+    keep: int
+    """Previous images (and snapshots of each profile) kept for rollbacks."""
 
 
 # --- from settings to the fact request ------------------------------------------------------
@@ -563,6 +582,14 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
     writer = Writer(upload_dir=f"{state.ssh_home.rstrip('/') or ''}/.hermes-infra-upload", upload_user=state.ssh_user,
                     backup_dir=settings.backup_dir, backup_keep=settings.backup_keep)
     revision = revision_of(docker_plan, image, gateways, projects)
+    upgrade = None
+    if projects[0].up_reason is not None and any(g.service in state.containers for g in gateways):
+        upgrade = UpgradePlan(
+            image_ref=settings.image.ref, project=projects[0].name, project_dir=projects[0].directory,
+            services=tuple(g.service for g in gateways),
+            data_dirs=tuple((g.name, g.host_data_dir) for g in settings.gateways),
+            stop_grace_seconds=max(g.stop_grace_seconds for g in settings.gateways),
+            backup_dir=settings.backup_dir, keep=settings.backup_keep)
     return HostPlan(
         host=host, codename=codename, writer=writer, docker=docker_plan,
         swap=SwapPlan(path=settings.swap.path, size_bytes=settings.swap.size_bytes - settings.swap.size_bytes % (1 << 20),
@@ -570,7 +597,7 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
                       sysctl_file=_root_file(state, SYSCTL_FILE, f"vm.swappiness = {settings.swap.swappiness}\n")),
         image=image, retire=_retire(settings, state, list(settings.gateways)), gateways=tuple(gateways),
         companion_env_files=companion_files, manifest=manifest, projects=tuple(projects), health=tuple(health),
-        revision=revision,
+        revision=revision, upgrade=upgrade,
     )
 
 

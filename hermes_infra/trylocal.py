@@ -1,10 +1,15 @@
 """`hermes-infra try`: the whole product on a disposable local VM, with no VPS needed.
 
 Builds (or reuses) the VM image and a registry-free Hermes image, boots a VM, deploys into
-it with the same deploy as any VPS, runs the compliance checks, and prints how to reach it.
+it with the same deploy as any VPS, runs the compliance checks, and ends with something to
+use: the API forwarded to a free port on 127.0.0.1 (QEMU's user network forwards the VM's
+loopback-bound port) and a `curl` line that works as printed. The key never reaches the
+terminal or a process argument: it is read as the data dir's owner into a 0600 header file
+on this machine that curl reads with `-H @FILE`.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +17,31 @@ from pathlib import Path
 from hermes_infra import commands
 
 API_PORT = 8642
+PROXY_PORT = 18642
+"""The VM's port that QEMU forwards: QEMU's user network delivers to the VM's NIC address, and the
+gateway is published on the VM's 127.0.0.1 only (as on a VPS), so a socket-activated
+`systemd-socket-proxyd` in the VM relays PROXY_PORT to 127.0.0.1:8642. Nothing but QEMU's
+forward (bound to this machine's 127.0.0.1) reaches the VM's NIC."""
+PROXY_UNITS = {
+    "hermes-try-api.socket": f"""[Unit]
+Description=hermes-infra try: relay for the forwarded API port (local VM only)
+
+[Socket]
+ListenStream={PROXY_PORT}
+
+[Install]
+WantedBy=sockets.target
+""",
+    "hermes-try-api.service": f"""[Unit]
+Description=hermes-infra try: relay to the gateway API on 127.0.0.1:{API_PORT}
+Requires=hermes-try-api.socket
+
+[Service]
+ExecStart=/usr/lib/systemd/systemd-socket-proxyd 127.0.0.1:{API_PORT}
+DynamicUser=yes
+PrivateTmp=yes
+""",
+}
 
 
 def local_image_dir(version: str = "0.19.0") -> Path:
@@ -43,8 +73,9 @@ def run(name: str = "try", *, check: bool = True) -> int:
     built = imagebuild.build_image(log=lambda msg: print(f"    {msg}", file=sys.stderr))
     say(f"image {built.ref} ready ({time.monotonic() - started:.0f}s)")
     say(f"booting or reusing local VM '{name}' (QEMU; first run builds the VM image)")
-    vm = ensure_vm(name)
-    say(f"VM up, SSH on 127.0.0.1:{vm.ssh_port} ({time.monotonic() - started:.0f}s)")
+    vm = ensure_vm(name, forwards=[PROXY_PORT])
+    say(f"VM up, SSH on 127.0.0.1:{vm.ssh_port}, API forwarded to 127.0.0.1:{vm.host_port(PROXY_PORT)} "
+        f"({time.monotonic() - started:.0f}s)")
     target = local_target(vm, built.archive.parent)
     code = commands.up(target)
     if code != 0:
@@ -57,16 +88,82 @@ def run(name: str = "try", *, check: bool = True) -> int:
         say("running the compliance checks")
         code = runner.run_checks([target], reports=["text"])
     _, data = vm.pyinfra_host()
+    expose_api(vm)
+    api = f"http://127.0.0.1:{vm.host_port(PROXY_PORT)}"
+    header = write_key_header(vm)
+    answer = probe(api, header)
     say(f"done in {time.monotonic() - started:.0f}s")
-    print(f"""
-Hermes gateway running in local VM '{name}'.
-  SSH:        ssh -i {data['ssh_key']} -p {vm.ssh_port} -o StrictHostKeyChecking=no root@127.0.0.1
-  API tunnel: ssh -i {data['ssh_key']} -p {vm.ssh_port} -o StrictHostKeyChecking=no -N -L {API_PORT}:127.0.0.1:{API_PORT} root@127.0.0.1
-              then: curl http://127.0.0.1:{API_PORT}/health
-  API key:    in /root/.hermes/.env on the VM (API_SERVER_KEY)
-  Re-deploy:  pyinfra inventory/local.py deploy.py -y      Remove: hermes-infra try --destroy
-""")
+    print(usage_text(name, vm, data, api, header, answer))
     return code
+
+
+def proxy_script() -> str:
+    import shlex
+
+    parts = [f"printf '%s' {shlex.quote(text)} > /etc/systemd/system/{unit}" for unit, text in PROXY_UNITS.items()]
+    return " && ".join(parts + ["systemctl daemon-reload", "systemctl enable --now hermes-try-api.socket"])
+
+
+def expose_api(vm) -> None:
+    result = vm.ssh(proxy_script(), timeout=120)
+    if result.rc != 0:
+        say(f"could not start the API relay in the VM: {result.stderr.strip()[:300]}")
+
+
+def write_key_header(vm, data_dir: str = "/root/.hermes", uid: int = 10000, gid: int = 10000) -> Path:
+    """`Authorization: Bearer <key>` from the VM's `.env` (read as its owner, never followed) into
+    a 0600 file next to the VM's state; the key is never printed."""
+    from hermes_infra.hostfacts import DataDirRequest, key_header_script
+
+    result = vm.ssh(key_header_script(DataDirRequest("hermes", data_dir, uid, gid)), timeout=60)
+    path = Path(vm.directory) / "api-key.header"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(result.stdout.strip() + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def probe(api: str, header: Path, timeout: float = 60) -> str:
+    """What the forwarded API answers on /v1/models with the key (retried: the first request
+    through a fresh forward can be reset)."""
+    import urllib.error
+    import urllib.request
+
+    key_line = header.read_text().strip()
+    name, _, value = key_line.partition(": ")
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(f"{api}/v1/models", headers={name: value})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return f"{response.status}"
+        except urllib.error.HTTPError as error:
+            return f"{error.code}"
+        except OSError as error:
+            last = str(error)
+            time.sleep(2)
+    return last
+
+
+def usage_text(name: str, vm, data: dict, api: str, header: Path, answer: str) -> str:
+    ssh = f"ssh -i {data['ssh_key']} -p {vm.ssh_port} -o StrictHostKeyChecking=no root@127.0.0.1"
+    target = f"root@127.0.0.1 --port {vm.ssh_port} --key {data['ssh_key']}"
+    return f"""
+Hermes gateway running in local VM '{name}' (GET /v1/models with the key just answered {answer}).
+  API:        {api}   (forwarded from the VM's 127.0.0.1:{API_PORT}; only this machine reaches it)
+  Try it:     curl -H @{header} {api}/v1/models
+  Chat:       set a model provider first (settings: gateways[].config.model, e.g.
+              {{"provider": "custom", "default": "MODEL", "base_url": "http://HOST:PORT/v1"}} and the
+              provider's key in gateways[].env), re-deploy, then:
+              curl -H @{header} -H 'Content-Type: application/json' {api}/v1/chat/completions \\
+                -d '{{"model": "hermes-agent", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+  API key:    in {header} (0600) and in /root/.hermes/.env on the VM; never printed
+  Day two:    hermes-infra status {target}   (also: logs, restart, pairing, hermes, backup)
+  SSH:        {ssh}
+  Remove:     hermes-infra try --destroy{'' if name == 'try' else ' --name ' + name}
+"""
 
 
 def destroy(name: str = "try") -> int:

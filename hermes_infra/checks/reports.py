@@ -1,7 +1,8 @@
-"""Report writers: a terminal table, JSON and JUnit XML, several at once (InSpec/goss style).
+"""Report writers: a terminal table, JSON, JUnit XML and a self-contained HTML page, several at
+once (InSpec/goss style).
 
 A report spec is `FORMAT` (to stdout) or `FORMAT=PATH`: `text`, `text=check.txt`,
-`json=check.json`, `json` / `json=-` (stdout), `junit=check.xml`.
+`json=check.json`, `json` / `json=-` (stdout), `junit=check.xml`, `html=check.html`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from hermes_infra.checks.results import HostReport, Result, all_results, counts,
 from hermes_infra.checks.waivers import Waiver
 from hermes_infra.loading import SettingsError
 
-FORMATS = ("text", "json", "junit")
+FORMATS = ("text", "json", "junit", "html")
 SCHEMA = "hermes-infra/check-report/v1"
 LABELS = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "warning": "WARN", "skipped": "SKIP",
           "waived": "WAIVED"}
@@ -44,7 +45,7 @@ def parse_report_specs(specs: list[str] | None) -> list[ReportSpec]:
         fmt = fmt.strip().lower()
         if fmt not in FORMATS:
             raise ReportSpecError(f"unknown report format {fmt!r} in --report {spec!r}. "
-                                  "Fix: text, json=PATH or junit=PATH")
+                                  "Fix: text, json=PATH, junit=PATH or html=PATH")
         if "=" in spec and not path.strip():
             raise ReportSpecError(f"--report {spec!r} names no file. Fix: {fmt}=PATH, or {fmt} for the terminal")
         parsed.append(ReportSpec(fmt, path.strip() or None))
@@ -205,7 +206,15 @@ def render_junit(run: RunReport) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-RENDERERS = {"text": render_text, "json": render_json, "junit": render_junit}
+# ------------------------------------------------------------------------------ html
+def render_html(run: RunReport) -> str:
+    """One self-contained page: verdict, controls by hosts, each failure with its remediation."""
+    from hermes_infra.daytwo.report_html import render_check_html
+
+    return render_check_html(run)
+
+
+RENDERERS = {"text": render_text, "json": render_json, "junit": render_junit, "html": render_html}
 
 
 def write_reports(run: RunReport, specs: list[ReportSpec], stdout: TextIO | None = None) -> None:

@@ -120,3 +120,14 @@ def deployed(local_image) -> DeployedHost:
               f"bootstrap deploy: {host.first_run.seconds:.1f}s")
         assert host.first_run.returncode == 0, host.first_run.output[-6000:]
         yield host
+
+
+@pytest.fixture(scope="session")
+def second_vm(local_image):
+    """A second, bare VM (booted, nothing deployed), shared by every test that needs two hosts
+    (a rollout over two hosts, a restore onto a new VPS). Tests that deploy into it leave it
+    deployed with default settings; `second_host` below does that once."""
+    started = time.monotonic()
+    with disposable_vm("e2e2") as vm:
+        print(f"\n[timing] second VM boot to SSH: {time.monotonic() - started:.1f}s")
+        yield DeployedHost(vm=vm, image_dir=local_image)

@@ -58,8 +58,9 @@ def start_holder(deployed, cap: float, after: float = HOLD_AFTER_WAITER) -> tupl
     once it holds every lock."""
     markers = ",".join(marker.encode().hex() for marker in WAITER_MARKERS)  # hex: not on our own command line
     args = " ".join(shlex.quote(a) for a in (PIDFILE, str(cap), str(after), markers, *LOCKS))
-    deployed.run(f"rm -f {PIDFILE} && cd / && setsid nohup python3 -c {shlex.quote(HOLDER)} {args} "
-                 "</dev/null >/dev/null 2>&1 &")
+    # In a subshell: a background job of the SSH command's own shell dies with the session.
+    deployed.run(f"rm -f {PIDFILE} && cd / && (setsid nohup python3 -c {shlex.quote(HOLDER)} {args} "
+                 "</dev/null >/dev/null 2>&1 &)")
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         pid = deployed.run(f"cat {PIDFILE} 2>/dev/null || true").strip()

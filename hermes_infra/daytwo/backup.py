@@ -1,0 +1,539 @@
+"""`hermes-infra backup` and `hermes-infra restore`: a gateway's data dir to the control machine
+and back, onto the same host or a new one.
+
+A backup is one file per profile, `<host>_<profile>_<UTC time>.hermes-backup.tar`, mode 0600
+in a 0700 directory: `manifest.json` (what, from where, every file's sha256, size and mode,
+every SQLite database's integrity and row counts) and `data.tar.gz` (the data dir as GNU tar
+stores it: numeric owners, links and FIFOs stored, never followed or read). Secrets (`.env`,
+WeChat login, tokens) are inside it only: nothing is printed, nothing lands elsewhere.
+
+Consistency: the gateway is stopped for the copy (`compose stop`, which lets Hermes drain and
+close `state.db`), then started again and health-gated: a few seconds of downtime buy a copy
+in which every SQLite file, its WAL and the JSON state agree. The control machine then opens
+each database from the archive (never on the host) and records `PRAGMA integrity_check` and
+row counts: a corrupt `state.db` is reported at backup time, not at restore time.
+
+Safety (the data dir is the agent's): `tar -c` runs as the data dir's owner (`setpriv`) from
+a directory entered by root without following a link; root only moves bytes. A restore
+checks every member of the archive on the control machine first (no absolute path, no `..`,
+no device, no hard link, nothing under a symlink member), uploads it into the root-only
+staging dir, and unpacks it *as the owner* into a fresh directory (`install -d -o uid`), so
+nothing it holds can land outside the data dir or belong to root. A data dir that already
+holds state is moved aside (`<dir>.pre-restore-<time>`) only with `--force`.
+
+Restore onto a new host: the host is deployed first when its gateway does not exist yet
+(`commands.up`, the normal deploy), then: stop, unpack, verify every file's sha256 against
+the manifest, start, health gate (`/v1/models` answers the *restored* API key).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import hashlib
+import io
+import json
+import os
+import secrets as pysecrets
+import shlex
+import sqlite3
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from hermes_infra import commands, plan as planmod, safeio
+from hermes_infra.daytwo.lifecycle import compose_base, gate_command
+from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, open_remote
+from hermes_infra.settings import GatewaySettings, HostSettings
+
+SCHEMA = "hermes-infra/backup/v1"
+SUFFIX = ".hermes-backup.tar"
+MANIFEST = "manifest.json"
+DATA = "data.tar.gz"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+AUDIT_LOG = "/var/log/hermes-infra/audit.jsonl"
+STAGE_DIR = planmod.STAGE_DIR
+
+Say = Callable[[str], None]
+
+
+def _say_default(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------- host commands
+def running_command(gateway: GatewaySettings) -> str:
+    return (f"docker inspect --format '{{{{.State.Running}}}}' {shlex.quote(gateway.service_name)} 2>/dev/null "
+            "|| echo missing")
+
+
+def stop_command(settings: HostSettings, gateway: GatewaySettings) -> str:
+    return (f"{compose_base(settings)} stop -t {int(gateway.stop_grace_seconds)} "
+            f"{shlex.quote(gateway.service_name)} 2>&1")
+
+
+def start_command(settings: HostSettings, gateway: GatewaySettings) -> str:
+    """Start the stopped gateway, then the deploy's health gate."""
+    return (f"{compose_base(settings)} start {shlex.quote(gateway.service_name)} 2>&1 && "
+            f"{{ {gate_command(settings, gateway)}\n}}")
+
+
+def archive_command(gateway: GatewaySettings) -> str:
+    """gzip'd tar of the data dir on stdout, made by the owner; tar's exit code on stderr.
+
+    Files root left in the data dir are given back first (the owner could not read them)."""
+    directory = gateway.host_data_dir
+    tar = (f"{safeio.as_owner(gateway.uid, gateway.gid)} tar --numeric-owner --no-acls --no-xattrs "
+           "--warning=no-file-ignored -cf - .")
+    return (f"( {safeio.chown_foreign_script(directory, gateway.uid, gateway.gid)} ) >/dev/null 2>&1; "
+            f"{safeio.enter(directory)} || {{ echo 'hermes-infra: {directory} is not a directory' >&2; exit 3; }}; "
+            f"{{ {tar}; echo \"hermes-infra-tar-rc=$?\" >&2; }} | gzip -1 -c")
+
+
+def probe_command(settings: HostSettings, gateway: GatewaySettings) -> str:
+    """What a restore needs to know first: the data dir (missing/empty/full/link), the compose file,
+    the container."""
+    quoted = shlex.quote(gateway.host_data_dir)
+    compose_file = shlex.quote(f"{settings.project_dir}/compose.yaml")
+    return (f"if [ -L {quoted} ]; then echo datadir=symlink; elif [ ! -e {quoted} ]; then echo datadir=missing; "
+            f"elif [ ! -d {quoted} ]; then echo datadir=notdir; "
+            f"elif [ -n \"$(find {quoted} -mindepth 1 -maxdepth 1 -print -quit 2>/dev/null)\" ]; then echo datadir=full; "
+            f"else echo datadir=empty; fi; "
+            f"[ -f {compose_file} ] && echo compose=present || echo compose=missing; "
+            f"echo container=$({running_command(gateway)})")
+
+
+def upload_command(staged: str) -> str:
+    return (f"umask 077; install -d -m 0700 {shlex.quote(STAGE_DIR)} && cat > {shlex.quote(staged)} && "
+            f"sha256sum {shlex.quote(staged)} | cut -d' ' -f1")
+
+
+def unpack_command(gateway: GatewaySettings, staged: str, aside: str | None) -> str:
+    """Move an existing data dir aside (root renames the entry itself: nothing is followed), make
+    a fresh 0700 one for the owner, and unpack into it as the owner."""
+    directory = shlex.quote(gateway.host_data_dir)
+    steps = []
+    if aside:
+        steps.append(f"if [ -e {directory} ] || [ -L {directory} ]; then mv -T -- {directory} {shlex.quote(aside)}; fi")
+    else:
+        steps.append(f"if [ -L {directory} ] || [ -e {directory} ]; then "
+                     f"echo 'hermes-infra: {gateway.host_data_dir} appeared; not overwritten' >&2; exit 3; fi")
+    steps.append(f"install -d -o {int(gateway.uid)} -g {int(gateway.gid)} -m 0700 -- {directory}")
+    tar = (f"{safeio.as_owner(gateway.uid, gateway.gid)} tar --no-same-owner --same-permissions --no-acls "
+           "--no-xattrs --no-overwrite-dir -xzf -")
+    steps.append(f"( {safeio.enter(gateway.host_data_dir)} && {tar} < {shlex.quote(staged)} )")
+    return " && ".join(steps)
+
+
+def verify_command(gateway: GatewaySettings) -> str:
+    """sha256 of every regular file, and any entry not owned by the owner, computed as the owner."""
+    owner = safeio.as_owner(gateway.uid, gateway.gid)
+    return (f"{safeio.enter(gateway.host_data_dir)} && {{ {owner} find . -type f -print0 | "
+            f"{owner} xargs -0 -r sha256sum --; echo '@@owners'; "
+            f"find . \\( ! -uid {int(gateway.uid)} -o ! -gid {int(gateway.gid)} \\) -print; }}")
+
+
+def audit_command(record: dict) -> str:
+    line = json.dumps(record, sort_keys=True)
+    return (f"umask 077; install -d -m 0700 /var/log/hermes-infra && "
+            f"printf '%s\\n' {shlex.quote(line)} >> {AUDIT_LOG}")
+
+
+# ---------------------------------------------------------------------- archive contents
+@dataclass
+class Inventory:
+    """What a data dir archive holds, computed on the control machine."""
+
+    files: dict[str, dict] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)
+    dirs: list[str] = field(default_factory=list)
+    others: dict[str, str] = field(default_factory=dict)
+    sqlite: dict[str, dict] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def _member_name(name: str) -> str:
+    path = PurePosixPath(name)
+    parts = [p for p in path.parts if p not in (".", "")]
+    return "/".join(parts)
+
+
+def check_member(member: tarfile.TarInfo, link_dirs: set[str]) -> str | None:
+    """Why a member must not be unpacked into a data dir (None: it may)."""
+    name = member.name
+    if name.startswith("/") or PurePosixPath(name).is_absolute():
+        return f"{name!r} is an absolute path"
+    parts = PurePosixPath(name).parts
+    if ".." in parts:
+        return f"{name!r} climbs out with '..'"
+    clean_name = _member_name(name)
+    for i in range(1, len(clean_name.split("/"))):
+        if "/".join(clean_name.split("/")[:i]) in link_dirs:
+            return f"{name!r} lies under a symbolic link in the archive"
+    if member.islnk():
+        return f"{name!r} is a hard link"
+    if member.ischr() or member.isblk():
+        return f"{name!r} is a device node"
+    if not (member.isfile() or member.isdir() or member.issym() or member.isfifo()):
+        return f"{name!r} has an unknown type"
+    return None
+
+
+def sqlite_summary(path: Path) -> dict:
+    """Integrity and row counts of one database, opened read-only on the control machine with
+    its schema untrusted (no triggers, views or functions run)."""
+    try:
+        uri = f"file:{path}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            conn.execute("PRAGMA trusted_schema=OFF")
+            integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+            tables = [row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+            counts = {}
+            for table in tables:
+                quoted = '"' + table.replace('"', '""') + '"'
+                try:
+                    counts[table] = conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0]
+                except sqlite3.DatabaseError as error:  # virtual tables of missing modules
+                    counts[table] = f"unreadable: {error}"
+            return {"integrity": integrity, "tables": counts}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as error:
+        return {"integrity": f"cannot open: {error}", "tables": {}}
+
+
+def inventory_of(data_tar: Path) -> Inventory:
+    """Check every member and hash every file of a data dir archive (gzip'd tar)."""
+    found = Inventory()
+    link_dirs: set[str] = set()
+    databases: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="hermes-infra-sqlite-") as scratch, \
+            tarfile.open(data_tar, "r:gz") as archive:
+        os.chmod(scratch, 0o700)
+        for member in archive:
+            problem = check_member(member, link_dirs)
+            name = _member_name(member.name)
+            if problem:
+                found.problems.append(problem)
+                continue
+            if not name:
+                continue
+            mode = f"{member.mode & 0o7777:04o}"
+            if member.isdir():
+                found.dirs.append(name)
+            elif member.issym():
+                found.links[name] = member.linkname
+                link_dirs.add(name)
+            elif member.isfifo():
+                found.others[name] = "fifo"
+            else:
+                digest, size, head = hashlib.sha256(), 0, b""
+                source = archive.extractfile(member)
+                keep = None
+                while chunk := source.read(1 << 20):
+                    if size == 0:
+                        head = chunk[:16]
+                        if head == SQLITE_MAGIC or name.endswith(("-wal", "-shm")):
+                            keep = open(Path(scratch) / name.replace("/", "__"), "wb")
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if keep is not None:
+                        keep.write(chunk)
+                if keep is not None:
+                    keep.close()
+                if head == SQLITE_MAGIC:
+                    databases.append(name)
+                found.files[name] = {"sha256": digest.hexdigest(), "size": size, "mode": mode}
+        for name in databases:
+            found.sqlite[name] = sqlite_summary(Path(scratch) / name.replace("/", "__"))
+    return found
+
+
+@dataclass
+class Backup:
+    path: Path
+    manifest: dict
+
+    @property
+    def profile(self) -> str:
+        return self.manifest["profile"]
+
+
+def read_backup(path: str | Path) -> tuple[dict, bytes]:
+    """(manifest, data archive bytes) of a backup file, checksum verified."""
+    path = Path(path)
+    try:
+        with tarfile.open(path, "r:") as outer:
+            names = outer.getnames()
+            if sorted(names) != sorted([MANIFEST, DATA]):
+                raise DayTwoError(f"{path} is not a hermes-infra backup (it holds {names[:5]})")
+            manifest = json.loads(outer.extractfile(MANIFEST).read())
+            data = outer.extractfile(DATA).read()
+    except (tarfile.TarError, OSError, json.JSONDecodeError) as error:
+        raise DayTwoError(f"{path} cannot be read as a hermes-infra backup: {error}") from None
+    if manifest.get("schema") != SCHEMA:
+        raise DayTwoError(f"{path}: unknown backup schema {manifest.get('schema')!r}")
+    if hashlib.sha256(data).hexdigest() != manifest.get("data_sha256"):
+        raise DayTwoError(f"{path}: {DATA} does not match the checksum in its manifest (damaged or altered)")
+    return manifest, data
+
+
+def write_backup(out_dir: Path, host: str, gateway: GatewaySettings, data_tmp: Path, manifest: dict) -> Path:
+    stamp = manifest["created"].replace(":", "").replace("-", "")
+    safe_host = "".join(c if c.isalnum() or c in "._-" else "_" for c in host)
+    final = out_dir / f"{safe_host}_{gateway.name}_{stamp}{SUFFIX}"
+    partial = final.with_name(final.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:", format=tarfile.PAX_FORMAT) as outer:
+        text = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size, info.mode, info.mtime = len(text), 0o600, int(time.time())
+        outer.addfile(info, io.BytesIO(text))
+        info = tarfile.TarInfo(DATA)
+        info.size, info.mode, info.mtime = data_tmp.stat().st_size, 0o600, int(time.time())
+        with open(data_tmp, "rb") as data:
+            outer.addfile(info, data)
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.replace(partial, final)
+    return final
+
+
+def prepare_out_dir(out_dir: str | Path) -> Path:
+    path = Path(out_dir)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+# ---------------------------------------------------------------------------- backup
+def backup_gateway(host: HostTarget, gateway: GatewaySettings, remote: Remote, out_dir: Path,
+                   say: Say = _say_default) -> Backup:
+    settings = host.settings
+    started = time.monotonic()
+    state = remote.run(running_command(gateway)).text.strip()
+    was_running = state == "true"
+    if was_running:
+        say(f"{host.name}/{gateway.name}: stopping {gateway.service_name} for a consistent copy")
+        stopped = remote.run(stop_command(settings, gateway))
+        if stopped.rc != 0:
+            raise DayTwoError(f"{host.name}/{gateway.name}: could not stop the gateway: {clean(stopped.text, 500)}")
+    stopped_at = time.monotonic()
+    fd, tmp_name = tempfile.mkstemp(prefix=".hermes-infra-", suffix=".tar.gz", dir=out_dir)
+    data_tmp = Path(tmp_name)
+    digest, size = hashlib.sha256(), 0
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            def write(chunk: bytes) -> None:
+                nonlocal size
+                sink.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+            result = remote.run(archive_command(gateway), on_stdout=write)
+        tar_rc = None
+        for line in result.stderr.splitlines():
+            if line.startswith("hermes-infra-tar-rc="):
+                tar_rc = int(line.split("=", 1)[1] or 1)
+        messages = clean("\n".join(l for l in result.stderr.splitlines() if not l.startswith("hermes-infra-tar-rc=")), 1500)
+        if result.rc != 0 or tar_rc not in (0, 1):
+            raise DayTwoError(f"{host.name}/{gateway.name}: archiving {gateway.host_data_dir} failed "
+                              f"(tar exit {tar_rc}, shell exit {result.rc}): {messages}")
+    except BaseException:
+        data_tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        downtime = time.monotonic() - stopped_at
+        if was_running:
+            say(f"{host.name}/{gateway.name}: starting {gateway.service_name} again (down {downtime:.1f}s)")
+            back = remote.run(start_command(settings, gateway))
+            if back.rc != 0:
+                say(f"{host.name}/{gateway.name}: WARNING: the gateway did not come back healthy:\n"
+                    f"{clean(back.text + back.stderr, 3000)}\nFix: hermes-infra restart {host.name} "
+                    f"--profile {gateway.name}; hermes-infra logs {host.name} --profile {gateway.name}")
+    try:
+        found = inventory_of(data_tmp)
+        if found.problems:
+            say(f"{host.name}/{gateway.name}: note: the data dir holds entries a restore will refuse: "
+                + "; ".join(found.problems[:5]))
+        bad = {n: s["integrity"] for n, s in found.sqlite.items() if s["integrity"] != "ok"}
+        manifest = {
+            "schema": SCHEMA, "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "host": host.name, "profile": gateway.name, "data_dir": gateway.host_data_dir,
+            "uid": gateway.uid, "gid": gateway.gid, "image": settings.image.ref,
+            "consistency": "gateway stopped during the copy" if was_running else "gateway was not running",
+            "downtime_seconds": round(downtime, 1) if was_running else 0,
+            "data_sha256": digest.hexdigest(), "data_bytes": size,
+            "files": found.files, "links": found.links, "dirs": found.dirs, "others": found.others,
+            "sqlite": found.sqlite, "problems": found.problems,
+        }
+        path = write_backup(out_dir, host.name, gateway, data_tmp, manifest)
+    finally:
+        data_tmp.unlink(missing_ok=True)
+    seconds = time.monotonic() - started
+    tables = sum(len(s["tables"]) for s in found.sqlite.values())
+    say(f"{host.name}/{gateway.name}: {path} ({size / 1e6:.1f} MB, {len(found.files)} files, "
+        f"{len(found.sqlite)} SQLite databases with {tables} tables, {seconds:.1f}s)")
+    if bad:
+        say(f"{host.name}/{gateway.name}: WARNING: SQLite integrity check failed: {bad}")
+    remote.run(audit_command(audit_record("backup", settings, "ok", False, seconds,
+                                          f"backup of {gateway.name} ({len(found.files)} files)")))
+    return Backup(path, manifest)
+
+
+def audit_record(command: str, settings: HostSettings, result: str, changed: bool, seconds: float,
+                 message: str) -> dict:
+    """One line of the audit log, in the format the deploy's audit log uses."""
+    try:
+        who = getpass.getuser()
+    except Exception:  # noqa: BLE001
+        who = "unknown"
+    return {"time": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "who": who,
+            "command": command, "revision": None, "image": settings.image.ref, "result": result,
+            "changed": changed, "seconds": round(seconds, 1), "message": message}
+
+
+def backup(hosts: list[HostTarget], profile: str | None, out_dir: str | Path, say: Say = _say_default,
+           remote_for=open_remote) -> list[Backup]:
+    """Back up each chosen profile of each host (one connection per host, hosts one after another)."""
+    out = prepare_out_dir(out_dir)
+    made = []
+    for host in hosts:
+        gateways = host.gateways(profile)
+        remote = remote_for(host)
+        try:
+            for gateway in gateways:
+                made.append(backup_gateway(host, gateway, remote, out, say))
+        finally:
+            remote.close()
+    return made
+
+
+# --------------------------------------------------------------------------- restore
+@dataclass
+class RestoreResult:
+    host: str
+    profile: str
+    deployed: bool
+    moved_aside: str | None
+    seconds: float
+    files: int
+
+
+def _parse_sha256sum(text: str) -> dict[str, str]:
+    sums = {}
+    for line in text.splitlines():
+        escaped = line.startswith("\\")
+        if escaped:
+            line = line[1:]
+        digest, _, name = line.partition("  ")
+        if not name:
+            continue
+        if escaped:
+            name = name.replace("\\n", "\n").replace("\\\\", "\\")
+        sums[_member_name(name)] = digest
+    return sums
+
+
+def compare_files(manifest: dict, verify_output: str) -> list[str]:
+    sums_text, _, owners = verify_output.partition("@@owners")
+    found = _parse_sha256sum(sums_text)
+    wanted = {name: info["sha256"] for name, info in manifest["files"].items()}
+    problems = [f"{name}: missing after unpacking" for name in sorted(set(wanted) - set(found))]
+    problems += [f"{name}: sha256 differs" for name in sorted(set(wanted) & set(found)) if wanted[name] != found[name]]
+    problems += [f"{name}: not in the backup" for name in sorted(set(found) - set(wanted))]
+    problems += [f"{name.strip()}: not owned by the data dir's owner" for name in owners.splitlines() if name.strip()]
+    return problems
+
+
+def choose_gateway(host: HostTarget, manifest: dict, profile: str | None) -> GatewaySettings:
+    name = profile or manifest["profile"]
+    return host.gateways(name)[0]
+
+
+def restore(host: HostTarget, archive: str | Path, *, profile: str | None = None, force: bool = False,
+            say: Say = _say_default, remote_for=open_remote, deploy: Callable[[commands.Target], int] | None = None,
+            ) -> RestoreResult:
+    """Restore one backup onto one host (see module doc). Refuses before any change when the data
+    dir holds state and `force` is not given, or when the archive holds anything unsafe."""
+    started = time.monotonic()
+    manifest, data = read_backup(archive)
+    problems = manifest.get("problems") or []
+    with tempfile.NamedTemporaryFile(suffix=".tar.gz") as check:
+        check.write(data)
+        check.flush()
+        problems = inventory_of(Path(check.name)).problems or problems
+    if problems:
+        raise DayTwoError(f"{archive}: refusing to restore: " + "; ".join(problems[:10]))
+    gateway = choose_gateway(host, manifest, profile)
+    settings = host.settings
+    remote = remote_for(host)
+    deployed = False
+    moved_aside = None
+    try:
+        probe = dict(line.split("=", 1) for line in remote.run(probe_command(settings, gateway)).text.split()
+                     if "=" in line)
+        datadir = probe.get("datadir", "missing")
+        if datadir in ("symlink", "notdir"):
+            raise DayTwoError(f"{host.name}: {gateway.host_data_dir} is a {datadir}; hermes-infra does not follow "
+                              "or replace it. Fix: move it away, then restore again")
+        if datadir == "full" and not force:
+            raise DayTwoError(
+                f"{host.name}: {gateway.host_data_dir} already holds a gateway's state; a restore would replace it. "
+                f"Nothing was changed. Fix: back it up first (hermes-infra backup {host.name} --profile "
+                f"{gateway.name}), then restore with --force (the old dir is kept as "
+                f"{gateway.host_data_dir}.pre-restore-<time>)")
+        if probe.get("compose") != "present" or probe.get("container") == "missing":
+            if host.target is None:
+                raise DayTwoError(f"{host.name}: the gateway is not deployed and no target to deploy it with")
+            say(f"{host.name}: {gateway.service_name} is not deployed yet: deploying first (hermes-infra up)")
+            code = (deploy or commands.up)(host.target)
+            if code != 0:
+                raise DayTwoError(f"{host.name}: the deploy before the restore failed (exit {code}); nothing restored")
+            deployed = True
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = f"{gateway.host_data_dir}.pre-restore-{stamp}"
+        say(f"{host.name}/{gateway.name}: stopping {gateway.service_name}")
+        stopped = remote.run(stop_command(settings, gateway))
+        if stopped.rc != 0:
+            raise DayTwoError(f"{host.name}: could not stop {gateway.service_name}: {clean(stopped.text, 500)}")
+        staged = f"{STAGE_DIR}/restore-{pysecrets.token_hex(8)}.tar.gz"
+        uploaded = remote.run(upload_command(staged), stdin=data)
+        if uploaded.rc != 0 or uploaded.text.strip() != manifest["data_sha256"]:
+            raise DayTwoError(f"{host.name}: the upload arrived damaged or failed: {clean(uploaded.stderr, 300)}")
+        say(f"{host.name}/{gateway.name}: unpacking {len(manifest['files'])} files into {gateway.host_data_dir} "
+            f"as uid {gateway.uid}")
+        unpacked = remote.run(unpack_command(gateway, staged, aside))
+        remote.run(f"rm -f -- {shlex.quote(staged)}")
+        if unpacked.rc != 0:
+            raise DayTwoError(f"{host.name}: unpacking failed: {clean(unpacked.text + unpacked.stderr, 1500)}. "
+                              f"The previous data dir, if any, is {aside}")
+        moved_aside = aside if datadir == "full" else None
+        mismatch = compare_files(manifest, remote.run(verify_command(gateway)).text)
+        if mismatch:
+            raise DayTwoError(f"{host.name}: the restored files differ from the backup: {'; '.join(mismatch[:10])}")
+        if datadir in ("missing", "empty"):
+            # Nothing, or only what the deploy just made (a fresh key): not worth keeping.
+            remote.run(f"rm -rf -- {shlex.quote(aside)}")
+        say(f"{host.name}/{gateway.name}: every file matches its sha256; starting and waiting for the health gate")
+        started_gw = remote.run(start_command(settings, gateway))
+        if started_gw.rc != 0:
+            raise DayTwoError(f"{host.name}: restored, but the gateway is not healthy:\n"
+                              f"{clean(started_gw.text + started_gw.stderr, 3000)}")
+        seconds = time.monotonic() - started
+        remote.run(audit_command(audit_record("restore", settings, "ok", True, seconds,
+                                              f"restore of {manifest['host']}/{manifest['profile']} "
+                                              f"({manifest['created']}) into {gateway.name}")))
+        say(f"{host.name}/{gateway.name}: restored {manifest['host']}/{manifest['profile']} from "
+            f"{manifest['created']} in {seconds:.1f}s" + (f"; the previous data dir is kept as {moved_aside}"
+                                                           if moved_aside else ""))
+        if gateway.api.key is not None:
+            say(f"note: the settings set api.key for {gateway.name}; the next `up` replaces the restored key with it")
+        return RestoreResult(host.name, gateway.name, deployed, moved_aside, seconds, len(manifest["files"]))
+    finally:
+        remote.close()

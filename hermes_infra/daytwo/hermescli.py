@@ -1,0 +1,140 @@
+"""`hermes-infra hermes TARGET [--profile P] -- ARGS`: the Hermes CLI, run the right way.
+
+`hermes ARGS` runs in a one-off container of the gateway's own service
+(`docker compose run --rm --no-deps SERVICE ARGS`): same image, same data dir mounted at
+/opt/data, same environment, the image's own user (uid 10000: the registry-free image has
+`USER 10000:10000`, the official one drops to `hermes` itself), never root, so nothing it
+writes breaks the gateway. No ports are published (`run` publishes none), the running
+gateway is not touched. When the operator's terminal is a TTY the command runs through
+`ssh -t` with a TTY end to end, so `hermes gateway setup` (the WeChat QR login) works from a
+laptop; otherwise stdout is streamed back. Afterwards, files left in the data dir by anyone
+but the owner are given back to it (`safeio.chown_foreign_script`).
+
+What Hermes picks up live and what needs a restart:
+- `pairing approve|revoke|clear-pending`: live (the gateway reads the pairing store on each
+  message);
+- `config set`, `setup`, `gateway setup`, `model`, `auth`, `login`, `logout`, `tools`, `import`:
+  read at start; hermes-infra says so, and `--restart` restarts the gateway and waits for the
+  health gate. Keys hermes-infra manages (settings) are put back by the next `up`.
+- `gateway run` is refused: two gateways on one data dir fight over it (`restart` instead).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from hermes_infra import safeio
+from hermes_infra.daytwo.lifecycle import compose_base, restart
+from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, open_remote, ssh_argv
+from hermes_infra.settings import GatewaySettings, HostSettings
+
+READ_AT_START = (("config", "set"), ("config", "edit"), ("config", "migrate"), ("setup",), ("gateway", "setup"),
+                 ("model",), ("auth",), ("login",), ("logout",), ("tools",), ("import",), ("plugins",))
+LIVE = (("pairing",), ("cron",), ("doctor",), ("status",), ("logs",), ("config", "get"), ("config", "show"),
+        ("version",), ("--version",), ("sessions",))
+REFUSED = {("gateway", "run"): "it would start a second gateway on the same data dir. Fix: hermes-infra restart TARGET",
+           ("gateway",): "it would start a second gateway on the same data dir. Fix: hermes-infra restart TARGET",
+           ("update",): "Hermes cannot update itself in Docker. Fix: pin a new image in the settings and hermes-infra up"}
+
+
+def _starts(args: Sequence[str], prefixes) -> bool:
+    words = tuple(a for a in args if not a.startswith("-") or a == "--version")
+    return any(words[:len(p)] == p for p in prefixes)
+
+
+def check_args(args: Sequence[str]) -> None:
+    if not args:
+        raise DayTwoError("no Hermes command given. Fix: hermes-infra hermes TARGET -- pairing list")
+    words = tuple(a for a in args if not a.startswith("-"))
+    for prefix, why in REFUSED.items():
+        if words == prefix or (len(prefix) > 1 and words[:len(prefix)] == prefix):
+            raise DayTwoError(f"`hermes {shlex.join(args)}` is not run by hermes-infra: {why}")
+
+
+def needs_restart(args: Sequence[str]) -> bool:
+    return _starts(args, READ_AT_START)
+
+
+def hermes_command(settings: HostSettings, gateway: GatewaySettings, args: Sequence[str], tty: bool) -> str:
+    """Shell text for the host: the one-off container, then the data dir's files given back."""
+    run = [*(["-T"] if not tty else []), gateway.service_name, *args]
+    fix = safeio.chown_foreign_script(gateway.host_data_dir, gateway.uid, gateway.gid)
+    return (f"{compose_base(settings)} run --rm --no-deps --quiet-pull {shlex.join(run)}; rc=$?; "
+            f"( {fix} ) >/dev/null 2>&1; exit $rc")
+
+
+@dataclass
+class HermesRun:
+    host: str
+    profile: str
+    rc: int
+
+
+def after_note(host: HostTarget, gateway: GatewaySettings, args: Sequence[str]) -> str | None:
+    if needs_restart(args):
+        return (f"note: Hermes reads what `hermes {' '.join(args[:2])}` changed only at start. Restart "
+                f"{gateway.service_name} now: hermes-infra restart {host.name} --profile {gateway.name} "
+                "(or pass --restart). Settings hermes-infra manages are put back by the next `up`.")
+    if _starts(args, (("pairing",),)):
+        return "note: the gateway picks pairing changes up on the next message; no restart needed."
+    return None
+
+
+def run_hermes(hosts: list[HostTarget], profile: str | None, args: Sequence[str], *, tty: bool | None = None,
+               restart_after: bool = False, say: Callable[[str], None] | None = None,
+               write: Callable[[bytes], None] | None = None, remote_for=open_remote,
+               interactive_runner=subprocess.call) -> list[HermesRun]:
+    """`hermes ARGS` on each chosen profile (one host at a time). A TTY is used when `tty` (default:
+    stdin and stdout are terminals) and exactly one profile is chosen."""
+    check_args(args)
+    say = say or (lambda message: print(message, file=sys.stderr, flush=True))
+    if write is None:
+        def write(data: bytes) -> None:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+    jobs = [(h, g) for h in hosts for g in h.gateways(profile)]
+    if tty is None:
+        tty = sys.stdin.isatty() and sys.stdout.isatty()
+    if tty and len(jobs) > 1:
+        raise DayTwoError("an interactive command goes to one gateway at a time, and this target names "
+                          f"{len(jobs)}. Fix: one host and --profile NAME")
+    runs = []
+    for host, gateway in jobs:
+        if len(jobs) > 1:
+            say(f"==> {host.name}/{gateway.name}: hermes {shlex.join(args)}")
+        command = hermes_command(host.settings, gateway, args, tty=bool(tty))
+        if tty:
+            rc = interactive_runner(ssh_argv(host.connection, command, tty=True))
+        else:
+            remote: Remote = remote_for(host)
+            try:
+                result = remote.run(command, on_stdout=write)
+            finally:
+                remote.close()
+            rc = result.rc
+            if result.stderr.strip():
+                sys.stderr.write(result.stderr if result.stderr.endswith("\n") else result.stderr + "\n")
+        runs.append(HermesRun(host.name, gateway.name, rc))
+        note = after_note(host, gateway, args)
+        if rc == 0 and note and not (restart_after and needs_restart(args)):
+            say(note)
+        if rc == 0 and restart_after and needs_restart(args):
+            results = restart([host], gateway.name, say=say, remote_for=remote_for)
+            if not all(r.ok for r in results):
+                runs[-1].rc = 1
+    return runs
+
+
+def shortcut_args(action: str, *values: str) -> list[str]:
+    """The Hermes arguments behind `hermes-infra pairing ...` and `hermes-infra doctor`."""
+    if action == "doctor":
+        return ["doctor", *values]
+    return ["pairing", action, *values]
+
+
+def interactive_default() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty() and os.environ.get("TERM") != "dumb"

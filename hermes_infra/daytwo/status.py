@@ -1,0 +1,407 @@
+"""`hermes-infra status`: what each gateway is doing now, one row per host and profile.
+
+Read-only, one SSH connection and one command per host (the same batching as
+`hostfacts.state_command`), hosts in parallel. Per profile: the container's state, uptime,
+restart count, OOM kills (the cgroup's `memory.events` counts kills of any process in the
+container, `State.OOMKilled` only the last exit), image and Hermes version, memory in use
+against the limit, swap in use, `/health` and `/health/detailed` (it answers 200 even when
+degraded, so its `status` and failing `readiness.checks` are read, not the code). The key
+for `/health/detailed` is read from `.env` as the data dir's owner and reaches curl through a
+pipe (`hostfacts.key_header_script`). Per host: swap, and the last record of the audit log.
+Everything shown that came from the host passes `remote.clean` (no terminal escapes).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+
+from hermes_infra import plan as planmod
+from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, for_each_host, open_remote
+from hermes_infra.hostfacts import key_header_script
+from hermes_infra.settings import GatewaySettings, HostSettings
+
+SECTION = "@@hermes-infra-status"
+AUDIT_LOG = "/var/log/hermes-infra/audit.jsonl"
+INSPECT_FORMAT = ("{{json .State}}\n{{.RestartCount}}\n{{json .Config.Image}}\n{{json .Image}}\n"
+                  "{{.HostConfig.Memory}}\n{{json .Created}}")
+SCHEMA = "hermes-infra/status/v1"
+
+
+@dataclass
+class GatewayStatus:
+    profile: str
+    container: str
+    data_dir: str
+    url: str
+    state: str = "missing"
+    docker_health: str | None = None
+    started_at: str | None = None
+    uptime_seconds: int | None = None
+    restarts: int | None = None
+    oom_killed_last_exit: bool = False
+    oom_kills: int | None = None
+    image: str | None = None
+    image_id: str | None = None
+    hermes_version: str | None = None
+    memory_bytes: int | None = None
+    memory_limit_bytes: int | None = None
+    swap_bytes: int | None = None
+    health_code: str = "000"
+    ready_status: str | None = None
+    failing_checks: list[str] = field(default_factory=list)
+    detailed_code: str = "000"
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "running" and self.health_code == "200"
+
+
+@dataclass
+class HostStatus:
+    name: str
+    address: str
+    error: str | None = None
+    swap_total_bytes: int | None = None
+    swap_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+    memory_available_bytes: int | None = None
+    docker_version: str | None = None
+    last_deploy: dict | None = None
+    gateways: list[GatewayStatus] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def healthy(self) -> bool:
+        return self.error is None and all(g.healthy for g in self.gateways)
+
+
+@dataclass
+class StatusReport:
+    hosts: list[HostStatus]
+    started: dt.datetime
+    seconds: float
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if all(h.healthy for h in self.hosts) else 1
+
+
+def _section(name: str) -> str:
+    return f"echo '{SECTION} {name}'"
+
+
+def gateway_script(settings: HostSettings, gateway: GatewaySettings) -> str:
+    container = shlex.quote(gateway.service_name)
+    url = planmod.probe_url(settings, gateway)
+    request = planmod.data_dir_request(gateway)
+    curl = "curl -s --max-time 10 -w '\\n%{http_code}\\n'"
+    return "; ".join([
+        _section(f"inspect {gateway.name}"),
+        f"( docker inspect --format {shlex.quote(INSPECT_FORMAT)} {container} 2>/dev/null || echo missing )",
+        _section(f"cgroup {gateway.name}"),
+        f"( pid=$(docker inspect --format '{{{{.State.Pid}}}}' {container} 2>/dev/null); "
+        "if [ -n \"$pid\" ] && [ \"$pid\" != 0 ]; then "
+        "cg=$(awk -F: '$1 == \"0\" {print $3}' /proc/$pid/cgroup 2>/dev/null); d=/sys/fs/cgroup$cg; "
+        "echo \"current $(cat $d/memory.current 2>/dev/null)\"; echo \"max $(cat $d/memory.max 2>/dev/null)\"; "
+        "echo \"swap $(cat $d/memory.swap.current 2>/dev/null)\"; grep '^oom_kill ' $d/memory.events 2>/dev/null; "
+        "fi; true )",
+        _section(f"health {gateway.name}"),
+        f"( {curl} {shlex.quote(url + '/health')} 2>/dev/null; true )",
+        _section(f"detailed {gateway.name}"),
+        f"( {key_header_script(request)} | {curl} -H @- {shlex.quote(url + '/health/detailed')} 2>/dev/null; true )",
+    ])
+
+
+def status_command(settings: HostSettings) -> str:
+    """The one command `status` runs on a host: read-only, every part in its own subshell."""
+    parts = [
+        _section("host"), "date -u +%s",
+        "awk '/^(MemTotal|MemAvailable|SwapTotal|SwapFree):/ {print $1, $2}' /proc/meminfo",
+        _section("docker"), "( docker version --format '{{.Server.Version}}' 2>/dev/null || echo missing )",
+        _section("audit"), f"( tail -n 1 {AUDIT_LOG} 2>/dev/null || true )",
+    ]
+    parts += [gateway_script(settings, g) for g in settings.gateways]
+    return "; ".join(parts) + "; true"
+
+
+def _sections(text: str) -> dict[str, list[str]]:
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith(SECTION + " "):
+            current = line[len(SECTION) + 1:].strip()
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    return sections
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def _parse_time(value: str | None) -> dt.datetime | None:
+    if not value or value.startswith("0001-"):
+        return None
+    text = value.rstrip("Z")
+    if "." in text:  # docker gives nanoseconds; Python takes microseconds
+        head, frac = text.split(".", 1)
+        text = f"{head}.{frac[:6]}"
+    try:
+        return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return None
+
+
+def _body_code(lines: list[str]) -> tuple[str, str]:
+    """(body, code) from curl `-w '\\n%{http_code}\\n'` (curl writes it even when it fails)."""
+    lines = list(lines)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    code = lines[-1].strip() if lines else "000"
+    if not code.isdigit():
+        code = "000"
+    return "\n".join(lines[:-1]), code
+
+
+def parse_status(host: HostTarget, text: str) -> HostStatus:
+    sections = _sections(text)
+    status = HostStatus(name=host.name, address=host.connection.address)
+    head = sections.get("host", [])
+    now = _int(head[0]) if head else None
+    meminfo = {}
+    for line in head[1:]:
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            meminfo[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    if "SwapTotal" in meminfo:
+        status.swap_total_bytes = meminfo["SwapTotal"]
+        status.swap_used_bytes = meminfo["SwapTotal"] - meminfo.get("SwapFree", 0)
+    status.memory_total_bytes = meminfo.get("MemTotal")
+    status.memory_available_bytes = meminfo.get("MemAvailable")
+    docker = "".join(sections.get("docker", [])).strip()
+    status.docker_version = None if docker in ("", "missing") else clean(docker, 40)
+    audit = "".join(sections.get("audit", [])).strip()
+    if audit:
+        try:
+            record = json.loads(audit)
+            status.last_deploy = {k: clean(v, 200) if isinstance(v, str) else v for k, v in record.items()
+                                  if isinstance(v, (str, int, float, bool)) or v is None} if isinstance(record, dict) else None
+        except json.JSONDecodeError:
+            status.last_deploy = {"message": "unreadable audit record"}
+    for gateway in host.settings.gateways:
+        status.gateways.append(_gateway(host.settings, gateway, sections, now))
+    return status
+
+
+def _gateway(settings: HostSettings, gateway: GatewaySettings, sections: dict[str, list[str]],
+             now: int | None) -> GatewayStatus:
+    g = GatewayStatus(profile=gateway.name, container=gateway.service_name, data_dir=gateway.host_data_dir,
+                      url=planmod.probe_url(settings, gateway))
+    inspect = sections.get(f"inspect {gateway.name}", [])
+    if inspect and inspect[0].strip() != "missing" and len(inspect) >= 6:
+        try:
+            state = json.loads(inspect[0])
+            g.state = clean(state.get("Status"), 20)
+            g.docker_health = clean((state.get("Health") or {}).get("Status"), 20) or None
+            g.oom_killed_last_exit = bool(state.get("OOMKilled"))
+            g.started_at = state.get("StartedAt")
+            started = _parse_time(g.started_at)
+            if started is not None and now is not None and g.state == "running":
+                g.uptime_seconds = max(0, now - int(started.timestamp()))
+            g.restarts = _int(inspect[1])
+            g.image = clean(json.loads(inspect[2]), 200)
+            g.image_id = clean(json.loads(inspect[3]), 80)
+            limit = _int(inspect[4])
+            g.memory_limit_bytes = limit or None
+        except (json.JSONDecodeError, AttributeError, TypeError):
+            g.state = "unreadable"
+    cgroup = dict((line.split() + [""])[:2] for line in sections.get(f"cgroup {gateway.name}", []) if line.strip())
+    g.memory_bytes = _int(cgroup.get("current"))
+    g.swap_bytes = _int(cgroup.get("swap"))
+    g.oom_kills = _int(cgroup.get("oom_kill")) if "oom_kill" in cgroup else (0 if cgroup else None)
+    if g.memory_limit_bytes is None:
+        g.memory_limit_bytes = _int(cgroup.get("max"))
+    body, g.health_code = _body_code(sections.get(f"health {gateway.name}", []))
+    if g.health_code == "200":
+        try:
+            g.hermes_version = clean(json.loads(body).get("version"), 40) or None
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    body, g.detailed_code = _body_code(sections.get(f"detailed {gateway.name}", []))
+    if g.detailed_code == "200":
+        try:
+            detailed = json.loads(body)
+            g.ready_status = clean(detailed.get("status"), 20) or None
+            checks = (detailed.get("readiness") or {}).get("checks") or {}
+            items = checks.items() if isinstance(checks, dict) else enumerate(checks)
+            for name, check in items:
+                ok, label = _check_state(check)
+                if not ok:
+                    label_name = clean(check.get("name") if isinstance(check, dict) and "name" in check else name, 40)
+                    g.failing_checks.append(f"{label_name}: {label}" if label else label_name)
+        except (json.JSONDecodeError, AttributeError):
+            g.ready_status = "unreadable"
+    elif g.detailed_code == "401":
+        g.ready_status = "key refused"
+    return g
+
+
+def _check_state(check) -> tuple[bool, str]:
+    """(ok, short reason) of one readiness check, whatever shape Hermes gives it."""
+    if isinstance(check, bool):
+        return check, ""
+    if isinstance(check, str):
+        return check.lower() in ("ok", "pass", "passed", "healthy", "ready"), clean(check, 60)
+    if isinstance(check, dict):
+        state = check.get("status", check.get("ok", check.get("healthy")))
+        ok = state is True or (isinstance(state, str) and state.lower() in ("ok", "pass", "passed", "healthy", "ready"))
+        reason = check.get("message") or check.get("detail") or check.get("error") or (state if isinstance(state, str) else "")
+        return ok, clean(reason, 100)
+    return True, ""
+
+
+def status_host(host: HostTarget, remote: Remote | None = None) -> HostStatus:
+    """The status of one host over one connection; never raises (errors go in the row)."""
+    started = time.monotonic()
+    own = remote is None
+    remote = remote or open_remote(host)
+    try:
+        result = remote.run(status_command(host.settings), timeout=120)
+        if result.rc != 0 and not result.stdout:
+            raise DayTwoError(f"the status command exited {result.rc}: {clean(result.stderr, 300)}")
+        status = parse_status(host, result.text)
+    except Exception as error:  # noqa: BLE001 - one unreachable host must not hide the others
+        status = HostStatus(name=host.name, address=host.connection.address,
+                            error=clean(f"{type(error).__name__}: {error}", 400))
+    finally:
+        if own:
+            remote.close()
+    status.seconds = time.monotonic() - started
+    return status
+
+
+def collect(hosts: list[HostTarget]) -> StatusReport:
+    started_at, started = dt.datetime.now().astimezone(), time.monotonic()
+    return StatusReport(hosts=for_each_host(hosts, status_host), started=started_at,
+                        seconds=time.monotonic() - started)
+
+
+# --------------------------------------------------------------------------- rendering
+def human_bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
+        value /= 1024
+    return "-"
+
+
+def human_seconds(value: int | None) -> str:
+    if value is None:
+        return "-"
+    if value < 120:
+        return f"{value}s"
+    if value < 7200:
+        return f"{value // 60}m"
+    if value < 172800:
+        return f"{value // 3600}h{(value % 3600) // 60:02d}m"
+    return f"{value // 86400}d{(value % 86400) // 3600}h"
+
+
+def memory_cell(g: GatewayStatus) -> str:
+    if g.memory_bytes is None:
+        return "-"
+    if g.memory_limit_bytes:
+        return f"{human_bytes(g.memory_bytes)}/{human_bytes(g.memory_limit_bytes)} " \
+               f"({100 * g.memory_bytes / g.memory_limit_bytes:.0f}%)"
+    return human_bytes(g.memory_bytes)
+
+
+def health_cell(g: GatewayStatus) -> str:
+    return "ok" if g.health_code == "200" else f"DOWN ({g.health_code})"
+
+
+def ready_cell(g: GatewayStatus) -> str:
+    return g.ready_status or ("-" if g.detailed_code == "000" else f"http {g.detailed_code}")
+
+
+def deploy_cell(record: dict | None) -> str:
+    if not record:
+        return "-"
+    parts = [str(record.get(k)) for k in ("time", "command", "result") if record.get(k) not in (None, "")]
+    if record.get("revision"):
+        parts.append(f"rev {record['revision']}")
+    if record.get("who"):
+        parts.append(f"by {record['who']}")
+    return " ".join(parts) or "-"
+
+
+COLUMNS = ("HOST", "PROFILE", "STATE", "UPTIME", "RESTARTS", "OOM", "IMAGE", "VERSION", "MEMORY", "SWAP",
+           "HEALTH", "READY")
+
+
+def rows(report: StatusReport) -> list[tuple[str, ...]]:
+    table = []
+    for host in report.hosts:
+        if host.error:
+            table.append((host.name, "-", "UNREACHABLE", *["-"] * (len(COLUMNS) - 3)))
+            continue
+        for g in host.gateways:
+            state = g.state + (f" ({g.docker_health})" if g.docker_health else "")
+            oom = "-" if g.oom_kills is None else str(g.oom_kills) + (" last-exit" if g.oom_killed_last_exit else "")
+            table.append((host.name, g.profile, state, human_seconds(g.uptime_seconds),
+                          "-" if g.restarts is None else str(g.restarts), oom, g.image or "-",
+                          g.hermes_version or "-", memory_cell(g), human_bytes(g.swap_bytes), health_cell(g),
+                          ready_cell(g)))
+    return table
+
+
+def render_text(report: StatusReport) -> str:
+    table = [COLUMNS, *rows(report)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in table]
+    lines.append("")
+    for host in report.hosts:
+        if host.error:
+            lines.append(f"{host.name} ({host.address}): cannot read status: {host.error}")
+            continue
+        swap = (f"swap {human_bytes(host.swap_used_bytes)}/{human_bytes(host.swap_total_bytes)}"
+                if host.swap_total_bytes else "no swap")
+        lines.append(f"{host.name} ({host.address}): docker {host.docker_version or 'missing'}, {swap}, "
+                     f"memory available {human_bytes(host.memory_available_bytes)}/{human_bytes(host.memory_total_bytes)}"
+                     f", last deploy: {deploy_cell(host.last_deploy)} ({host.seconds:.1f}s)")
+        for g in host.gateways:
+            if g.failing_checks:
+                lines.append(f"  {g.profile}: readiness {g.ready_status}: " + "; ".join(g.failing_checks))
+            if g.state != "running":
+                lines.append(f"  {g.profile}: container {g.container} is {g.state}. "
+                             f"Fix: hermes-infra logs {host.name} --profile {g.profile}, then hermes-infra up or restart")
+            elif g.health_code != "200":
+                lines.append(f"  {g.profile}: {g.url}/health answers {g.health_code}. "
+                             f"Fix: hermes-infra logs {host.name} --profile {g.profile} -n 100")
+    healthy = sum(1 for h in report.hosts for g in h.gateways if g.healthy)
+    total = sum(len(h.gateways) for h in report.hosts)
+    lines.append(f"{healthy}/{total} gateways healthy on {len(report.hosts)} host(s) in {report.seconds:.1f}s")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(report: StatusReport) -> dict:
+    return {
+        "schema": SCHEMA, "started_at": report.started.isoformat(timespec="seconds"),
+        "duration_seconds": round(report.seconds, 2), "healthy": report.exit_code == 0,
+        "hosts": [{**{k: v for k, v in asdict(h).items() if k != "gateways"}, "healthy": h.healthy,
+                   "seconds": round(h.seconds, 2),
+                   "gateways": [{**asdict(g), "healthy": g.healthy} for g in h.gateways]} for h in report.hosts],
+    }
+
+
+def render_json(report: StatusReport) -> str:
+    return json.dumps(to_json(report), indent=2) + "\n"

@@ -1,0 +1,97 @@
+"""The audit log on each host: `/var/log/hermes-infra/audit.jsonl`, one JSON line per run.
+
+Directory 0700 and file 0600, root's; append-only by convention (`>>`, never rewritten). A
+record holds time, who, command, revision, image, result, the operations that changed
+something, seconds and a message; never a secret (the line travels base64 in the command).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+from dataclasses import dataclass, field
+
+from hermes_infra.release.lock import now_iso, who
+
+AUDIT_DIR = "/var/log/hermes-infra"
+AUDIT_PATH = f"{AUDIT_DIR}/audit.jsonl"
+RESULTS = ("success", "failed", "interrupted")
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    command: str
+    result: str
+    revision: str | None = None
+    image: str | None = None
+    changed: tuple[str, ...] = ()
+    seconds: float = 0.0
+    message: str | None = None
+    who: str = field(default_factory=who)
+    time: str = field(default_factory=now_iso)
+
+    def __post_init__(self) -> None:
+        if self.result not in RESULTS:
+            raise ValueError(f"audit result must be one of {RESULTS}, not {self.result!r}")
+
+    def as_dict(self) -> dict:
+        return {"time": self.time, "who": self.who, "command": self.command, "revision": self.revision,
+                "image": self.image, "result": self.result, "changed": list(self.changed),
+                "seconds": round(float(self.seconds), 1), "message": self.message}
+
+    def line(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=False, separators=(", ", ": ")) + "\n"
+
+
+def append_command(record: AuditRecord, path: str = AUDIT_PATH) -> str:
+    directory = shlex.quote(path.rsplit("/", 1)[0] or "/")
+    quoted = shlex.quote(path)
+    encoded = base64.b64encode(record.line().encode()).decode()
+    return (f"umask 077; install -d -m 0700 -o 0 -g 0 {directory} && chmod 0700 {directory} && "
+            f"printf %s {encoded} | base64 -d >> {quoted} && chmod 0600 {quoted}")
+
+
+def tail_command(lines: int, path: str = AUDIT_PATH) -> str:
+    quoted = shlex.quote(path)
+    return f"if [ -f {quoted} ]; then tail -n {int(lines)} {quoted}; fi"
+
+
+def parse(text: str) -> list[dict]:
+    records = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = {"result": "unreadable", "message": line[:200]}
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def format_records(host: str, records: list[dict]) -> str:
+    if not records:
+        return f"{host}: no audit records"
+    rows = [f"{host}:"]
+    for r in records:
+        changed = ", ".join(r.get("changed") or []) or "-"
+        message = f"  {r['message']}" if r.get("message") else ""
+        rows.append(f"  {r.get('time', '?'):<21} {r.get('who', '?'):<24} {r.get('command', '?'):<9} "
+                    f"{r.get('result', '?'):<11} rev {r.get('revision') or '-':<12} {r.get('seconds', 0):>6}s  "
+                    f"image {r.get('image') or '-'}  changed: {changed}{message}")
+    return "\n".join(rows)
+
+
+def write(remote, record: AuditRecord, path: str | None = None) -> bool:
+    result = remote.run(append_command(record, path or AUDIT_PATH), timeout=60)
+    return result.rc == 0
+
+
+def tail(remote, lines: int = 20, path: str | None = None) -> list[dict]:
+    path = path or AUDIT_PATH
+    result = remote.run(tail_command(lines, path), timeout=60)
+    if result.rc != 0:
+        raise RuntimeError(f"{remote.name}: could not read {path}: {result.stderr.strip()[-300:]}")
+    return parse(result.stdout)

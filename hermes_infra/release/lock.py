@@ -1,0 +1,326 @@
+"""The deploy lock: one per host, an atomic `mkdir` taken before the first change.
+
+`/var/lib/hermes-infra/lock/` (0700 root) holds `info.json` with who (user@machine), pid,
+machine, time, revision, message and heartbeat. The holder rewrites `info.json` every
+`HEARTBEAT_SECONDS` while it runs, and releases the lock on success, failure and Ctrl-C
+(SIGINT/SIGTERM/SIGHUP end the run through `finally`). A lock whose holder is gone (its process
+on this control machine no longer exists, or no heartbeat for `STALE_AFTER_SECONDS` by the
+host's clock) is reported as stale with the command that releases it; it is never taken over
+silently, since a person may still be looking at that host.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import getpass
+import json
+import os
+import shlex
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from hermes_infra.release.remote import Remote
+
+STATE_DIR = "/var/lib/hermes-infra"
+LOCK_DIR = f"{STATE_DIR}/lock"
+HEARTBEAT_SECONDS = 15
+STALE_AFTER_SECONDS = 120
+POLL_SECONDS = 5
+
+
+class LockError(Exception):
+    """The lock could not be taken (held, stale or unreachable); the message says what to do."""
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who takes the lock: this process on this control machine."""
+
+    who: str = field(default_factory=who)
+    pid: int = field(default_factory=os.getpid)
+    machine: str = field(default_factory=socket.gethostname)
+    command: str = "up"
+    revision: str | None = None
+    message: str | None = None
+    started: str = field(default_factory=now_iso)
+    manual: bool = False
+    """`hermes-infra lock acquire`: held until `lock release`, no process, no heartbeat."""
+
+    def info(self) -> dict:
+        return {"who": self.who, "pid": self.pid, "machine": self.machine, "time": self.started,
+                "revision": self.revision, "message": self.message,
+                "heartbeat": None if self.manual else now_iso()}
+
+
+def _encoded(info: dict) -> str:
+    return base64.b64encode((json.dumps(info, sort_keys=True) + "\n").encode()).decode()
+
+
+def _owned_test(holder: Holder, lock_dir: str) -> str:
+    """Shell test: the lock is there and `holder` holds it (pid and machine in info.json)."""
+    info = shlex.quote(f"{lock_dir}/info.json")
+    pid = shlex.quote(f'"pid": {int(holder.pid)},')
+    machine = shlex.quote(f'"machine": {json.dumps(holder.machine)},')
+    return f"[ -d {shlex.quote(lock_dir)} ] && grep -qF -- {pid} {info} && grep -qF -- {machine} {info}"
+
+
+def _write_info(info: dict, lock_dir: str) -> str:
+    target = shlex.quote(f"{lock_dir}/info.json")
+    new = shlex.quote(f"{lock_dir}/info.json.new")
+    return f"printf %s {_encoded(info)} | base64 -d > {new} && mv -fT {new} {target}"
+
+
+def _describe(lock_dir: str) -> str:
+    info = shlex.quote(f"{lock_dir}/info.json")
+    return f"date +%s; stat -c %Y {info} 2>/dev/null || echo -; cat {info} 2>/dev/null || true"
+
+
+def acquire_command(holder: Holder, lock_dir: str = LOCK_DIR) -> str:
+    parent = shlex.quote(lock_dir.rsplit("/", 1)[0] or "/")
+    return (f"umask 077; install -d -m 0700 {parent} && if mkdir -m 0700 {shlex.quote(lock_dir)} 2>/dev/null; then "
+            f"{_write_info(holder.info(), lock_dir)} && echo acquired; else echo held; {_describe(lock_dir)}; fi")
+
+
+def release_command(holder: Holder, lock_dir: str = LOCK_DIR) -> str:
+    quoted = shlex.quote(lock_dir)
+    return (f"if {_owned_test(holder, lock_dir)}; then rm -f {quoted}/info.json {quoted}/info.json.new && "
+            f"rmdir {quoted} && echo released; else echo notours; fi")
+
+
+def force_release_command(lock_dir: str = LOCK_DIR) -> str:
+    quoted = shlex.quote(lock_dir)
+    return (f"if [ -d {quoted} ]; then echo held; {_describe(lock_dir)}; rm -f {quoted}/info.json {quoted}/info.json.new "
+            f"&& rmdir {quoted}; else echo free; fi")
+
+
+def heartbeat_command(holder: Holder, lock_dir: str = LOCK_DIR) -> str:
+    return (f"umask 077; if {_owned_test(holder, lock_dir)}; then {_write_info(holder.info(), lock_dir)} && echo ok; "
+            "else echo lost; fi")
+
+
+def status_command(lock_dir: str = LOCK_DIR) -> str:
+    return f"if [ -d {shlex.quote(lock_dir)} ]; then echo held; {_describe(lock_dir)}; else echo free; fi"
+
+
+@dataclass(frozen=True)
+class LockState:
+    """What a host's lock looks like: free, or held with the holder's info."""
+
+    held: bool
+    info: dict = field(default_factory=dict)
+    age_seconds: int | None = None
+    """Seconds since the holder's last heartbeat, by the host's clock."""
+
+    def staleness(self, this_machine: str, alive: Callable[[int], bool],
+                  stale_after: int = STALE_AFTER_SECONDS) -> str | None:
+        """Why the holder is gone (None: it may still be running)."""
+        if not self.held or (self.info and self.info.get("heartbeat") is None):
+            return None  # free, or a manual lock (`lock acquire`): held until `lock release`
+        pid, machine = self.info.get("pid"), self.info.get("machine")
+        if machine == this_machine and isinstance(pid, int) and not alive(pid):
+            return f"its holder process {pid} on {machine} is gone"
+        if self.age_seconds is not None and self.age_seconds > stale_after:
+            return f"no heartbeat for {self.age_seconds}s (a live holder writes one every {HEARTBEAT_SECONDS}s)"
+        return None
+
+    def describe(self) -> str:
+        if not self.held:
+            return "free"
+        info = self.info
+        if not info:
+            return "held (being taken right now: no info.json yet)"
+        text = f"held by {info.get('who', '?')} (pid {info.get('pid', '?')}) since {info.get('time', '?')}"
+        if info.get("revision"):
+            text += f", revision {info['revision']}"
+        if info.get("message"):
+            text += f", message {info['message']!r}"
+        if self.info.get("heartbeat") is None:
+            text += " (taken by hand with `lock acquire`)"
+        elif self.age_seconds is not None:
+            text += f", last heartbeat {self.age_seconds}s ago"
+        return text
+
+
+def parse_state(stdout: str) -> LockState:
+    lines = stdout.splitlines()
+    if not lines or lines[0].strip() != "held":
+        return LockState(held=False)
+    try:
+        now = int(lines[1].strip())
+        mtime = lines[2].strip()
+        age = now - int(mtime) if mtime != "-" else None
+    except (IndexError, ValueError):
+        age = None
+    try:
+        info = json.loads("\n".join(lines[3:]) or "{}")
+    except json.JSONDecodeError:
+        info = {}
+    return LockState(held=True, info=info if isinstance(info, dict) else {}, age_seconds=age)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class DeployLock:
+    """The lock of one host, held by `holder`."""
+
+    def __init__(self, remote: Remote, holder: Holder, lock_dir: str | None = None):
+        self.remote = remote
+        self.holder = holder
+        self.lock_dir = lock_dir or LOCK_DIR
+        self.held = False
+        self.lost = False
+
+    def try_acquire(self) -> LockState | None:
+        """Take the lock; None when taken, else what holds it."""
+        result = self.remote.run(acquire_command(self.holder, self.lock_dir))
+        if result.rc == 0 and result.stdout.startswith("acquired"):
+            self.held = True
+            return None
+        if result.rc != 0 and not result.stdout.startswith("held"):
+            raise LockError(f"{self.remote.name}: could not take the deploy lock {self.lock_dir} "
+                            f"(exit {result.rc}): {result.stderr.strip()[-500:]}")
+        return parse_state(result.stdout)
+
+    def heartbeat(self) -> bool:
+        if not self.held:
+            return False
+        result = self.remote.run(heartbeat_command(self.holder, self.lock_dir), timeout=60)
+        if result.rc == 0 and result.stdout.startswith("lost"):
+            self.lost = True
+        return not self.lost
+
+    def release(self) -> bool:
+        if not self.held:
+            return False
+        result = self.remote.run(release_command(self.holder, self.lock_dir), timeout=60)
+        self.held = False
+        return result.rc == 0 and result.stdout.startswith("released")
+
+
+def held_message(host: str, state: LockState, release_hint: str, stale: str | None, waited: float = 0) -> str:
+    text = f"{host}: the deploy lock is {state.describe()}."
+    if stale:
+        return (f"{text} It looks stale: {stale}. hermes-infra does not take over a lock by itself; if no "
+                f"deploy is running on {host}, release it with `{release_hint}` and run again")
+    waited_text = f" after waiting {waited:.0f}s" if waited else ""
+    return (f"{text} Another deploy is running there; stopped{waited_text} before changing anything. "
+            f"Wait for it (rerun with --lock-wait SECONDS), or see it with `{release_hint.replace(' release', ' status', 1)}`")
+
+
+class HostLocks:
+    """The locks of several hosts, taken together (in order) and released together, with a
+    heartbeat thread while held."""
+
+    def __init__(self, remotes: dict[str, Remote], holder: Holder, *, wait: float = 0,
+                 release_hint: str = "hermes-infra lock release TARGET --limit HOST",
+                 log: Callable[[str], None] = print, lock_dir: str | None = None,
+                 this_machine: str | None = None, alive: Callable[[int], bool] = pid_alive,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+                 heartbeat_seconds: float = HEARTBEAT_SECONDS):
+        self.locks = {name: DeployLock(remote, holder, lock_dir) for name, remote in remotes.items()}
+        self.wait, self.release_hint, self.log = wait, release_hint, log
+        self.this_machine = this_machine or holder.machine
+        self.alive, self.sleep, self.clock = alive, sleep, clock
+        self.heartbeat_seconds = heartbeat_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _hint(self, host: str) -> str:
+        return self.release_hint.replace("HOST", host)
+
+    def acquire(self) -> None:
+        started = self.clock()
+        try:
+            for name, lock in self.locks.items():
+                announced = False
+                while True:
+                    state = lock.try_acquire()
+                    if state is None:
+                        break
+                    stale = state.staleness(self.this_machine, self.alive)
+                    waited = self.clock() - started
+                    if stale or waited >= self.wait:
+                        raise LockError(held_message(name, state, self._hint(name), stale, waited))
+                    if not announced:
+                        self.log(f"{name}: the deploy lock is {state.describe()}; waiting up to "
+                                 f"{self.wait - waited:.0f}s more")
+                        announced = True
+                    self.sleep(min(POLL_SECONDS, max(0.5, self.wait - waited)))
+        except BaseException:
+            self.release()
+            raise
+        self._thread = threading.Thread(target=self._beat, name="hermes-infra-lock-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_seconds):
+            for name, lock in self.locks.items():
+                try:
+                    if lock.held and not lock.heartbeat():
+                        self.log(f"{name}: WARNING: the deploy lock was released by someone else during this run")
+                except Exception:  # a missed heartbeat is not fatal; the next one retries
+                    pass
+
+    def release(self) -> list[str]:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        released = []
+        for name, lock in self.locks.items():
+            try:
+                if lock.release():
+                    released.append(name)
+            except Exception as error:  # noqa: BLE001 - report, keep releasing the others
+                self.log(f"{name}: could not release the deploy lock ({error}); release it with "
+                         f"`{self._hint(name)}`")
+        return released
+
+    def __enter__(self) -> HostLocks:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the run like Ctrl-C (KeyboardInterrupt), so `finally` blocks
+    release the locks; the previous handlers come back afterwards."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

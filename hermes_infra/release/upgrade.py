@@ -1,0 +1,158 @@
+"""Upgrades with a way back: keep the previous image, snapshot the data dirs with the gateways
+stopped, start the new image, gate it, and roll back to the previous image and the snapshots
+when the gate fails.
+
+On the host (all root-only, 0700):
+- `/var/lib/hermes-infra/releases/<id>/` for each kept previous image `hermes-infra/previous:<id>`
+  (`<id>`: 12 hex digits of the image ID that ran before the upgrade): `compose.yaml` (the
+  compose file that ran it, pinned to that tag) and `snapshots` (profile, data dir, archive).
+- `/var/lib/hermes-infra/releases/pending`: the id of an upgrade whose gate has not passed yet
+  (a deploy interrupted there is rolled forward by the next run, or back with `rollback`).
+- `<backup_dir>/snapshot-<profile>-<stamp>.tar.gz`: `tar` of the data dir (never follows a link,
+  never reads a FIFO), made while the gateway is stopped, so SQLite files are consistent.
+
+Rollback restores a snapshot without extracting into the agent's data dir: it is unpacked into
+a fresh root-only directory, the current data dir is renamed aside (`<dir>.rolled-back-<stamp>`,
+kept: nothing the new version wrote is lost) and the restored tree renamed into place.
+"""
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import operation
+
+from hermes_infra.health import gate_script
+from hermes_infra.plan import HealthPlan, UpgradePlan
+
+RELEASES = "/var/lib/hermes-infra/releases"
+PREVIOUS_REPO = "hermes-infra/previous"
+ID_PATTERN = "[0-9a-f]" * 12
+
+
+def _q(value: str) -> str:
+    return shlex.quote(value)
+
+
+def prepare_script(plan: UpgradePlan, releases: str = RELEASES) -> str:
+    """Before anything in the data dirs changes: when the image differs from what the gateway
+    runs, keep the old image and compose file, stop the gateways and snapshot their data dirs."""
+    first = plan.services[0]
+    image_line = f'    image: "{plan.image_ref}"'
+    snapshots = []
+    for name, directory in plan.data_dirs:
+        archive = f'{plan.backup_dir}/snapshot-{name}-$stamp.tar.gz'
+        snapshots.append(
+            f'if [ -d {_q(directory)} ] && [ ! -L {_q(directory)} ]; then '
+            f'tar -C / -czf "{archive}" {_q(directory.lstrip("/"))} && '
+            f'printf "%s\\t%s\\t%s\\n" {_q(name)} {_q(directory)} "{archive}" >> "$rel/snapshots.new"; fi')
+        snapshots.append(
+            f'( cd {_q(plan.backup_dir)} && ls -1t -- snapshot-{name}-*.tar.gz 2>/dev/null | tail -n +{plan.keep + 1} '
+            '| while IFS= read -r old; do grep -qF -- "$old" "$R"/*/snapshots 2>/dev/null && '
+            '[ "$(ls -1t "$R" | grep -v pending | head -n 1)" != "" ] && '
+            'grep -qF -- "$old" "$R/$(ls -1t "$R" | grep -v pending | head -n 1)/snapshots" && continue; '
+            'rm -f -- "$old"; done )')
+    return f"""
+set -e
+umask 077
+R={_q(releases)}
+new=$(docker image inspect -f '{{{{.Id}}}}' {_q(plan.image_ref)})
+old=$(docker inspect -f '{{{{.Image}}}}' {_q(first)} 2>/dev/null || true)
+if [ -z "$old" ] || [ "$old" = "$new" ]; then echo "image unchanged: no upgrade step"; exit 0; fi
+id=$(printf %s "$old" | sed 's/^sha256://' | cut -c1-12)
+stamp=$(date +%Y%m%dT%H%M%S)
+rel="$R/$id"
+install -d -m 0700 /var/lib/hermes-infra "$R" {_q(plan.backup_dir)}
+rm -rf "$rel" && install -d -m 0700 "$rel"
+docker tag "$old" {PREVIOUS_REPO}:$id
+awk -v from={_q(image_line)} -v to="    image: \\"{PREVIOUS_REPO}:$id\\"" '$0 == from {{print to; next}} {{print}}' \\
+  {_q(plan.project_dir + '/compose.yaml')} > "$rel/compose.yaml"
+echo "$id" > "$R/pending"
+echo "upgrade: kept the previous image as {PREVIOUS_REPO}:$id; stopping the gateways for a consistent snapshot"
+docker stop -t {int(plan.stop_grace_seconds)} {' '.join(_q(s) for s in plan.services)} >/dev/null 2>&1 || true
+: > "$rel/snapshots.new"
+{chr(10).join(snapshots)}
+mv -fT "$rel/snapshots.new" "$rel/snapshots"
+touch "$rel"
+# Keep the newest {plan.keep} previous images; never the one just kept (the rollback target).
+ls -1t "$R" | grep -x '{ID_PATTERN}' | tail -n +{plan.keep + 1} | while IFS= read -r gone; do
+  [ "$gone" = "$id" ] && continue
+  docker rmi {PREVIOUS_REPO}:"$gone" >/dev/null 2>&1 || true
+  rm -rf -- "$R/$gone"
+done
+echo "upgrade: snapshots in {plan.backup_dir} ($(cut -f3 "$rel/snapshots" | tr '\\n' ' '))"
+""".strip()
+
+
+def rollback_script(plan_project_dir: str, project: str, services: tuple[str, ...], grace: int,
+                    release_id: str | None = None, releases: str = RELEASES) -> str:
+    """Stop the gateways, restore each snapshot of release `release_id` (default: the pending
+    upgrade's, else the newest kept), bring the previous image's compose file up."""
+    pick = (f"id={_q(release_id)}" if release_id else
+            f'if [ -f "$R/pending" ]; then id=$(cat "$R/pending"); else id=$(ls -1t "$R" | grep -x \'{ID_PATTERN}\' | head -n 1); fi')
+    project_dir = _q(plan_project_dir)
+    return f"""
+set -e
+umask 077
+R={_q(releases)}
+{pick}
+rel="$R/$id"
+if [ -z "$id" ] || [ ! -f "$rel/compose.yaml" ] || [ ! -f "$rel/snapshots" ]; then
+  echo "hermes-infra: no kept release ${{id:-(none)}} to roll back to in $R" >&2; exit 1
+fi
+docker image inspect {PREVIOUS_REPO}:$id >/dev/null
+echo "rollback: to {PREVIOUS_REPO}:$id and the snapshots taken before the upgrade"
+docker stop -t {int(grace)} {' '.join(_q(s) for s in services)} >/dev/null 2>&1 || true
+stamp=$(date +%Y%m%dT%H%M%S)
+tab=$(printf '\\t')
+while IFS="$tab" read -r name dir archive; do
+  [ -f "$archive" ] || {{ echo "hermes-infra: snapshot $archive of $name is missing" >&2; exit 1; }}
+  tmp=$(mktemp -d /var/lib/hermes-infra/restore.XXXXXX)
+  tar -C "$tmp" -xzpf "$archive" --numeric-owner
+  inner="$tmp/${{dir#/}}"
+  if [ ! -d "$inner" ] || [ -L "$inner" ]; then echo "hermes-infra: $archive holds no $dir" >&2; rm -rf "$tmp"; exit 1; fi
+  if [ -e "$dir" ] || [ -L "$dir" ]; then mv -T -- "$dir" "$dir.rolled-back-$stamp"; echo "rollback: $dir as the new version left it: $dir.rolled-back-$stamp"; fi
+  mv -T -- "$inner" "$dir"
+  rm -rf -- "$tmp"
+done < "$rel/snapshots"
+install -m 0644 -o 0 -g 0 -T "$rel/compose.yaml" {project_dir}/compose.yaml.hermes-infra.new
+mv -fT {project_dir}/compose.yaml.hermes-infra.new {project_dir}/compose.yaml
+# The stamp no longer matches: the next deploy applies the settings again.
+echo rolled-back > {project_dir}/.hermes-infra-applied
+cd {project_dir} && docker compose -p {_q(project)} -f compose.yaml up -d --remove-orphans 2>&1
+rm -f "$R/pending"
+""".strip()
+
+
+def gate_or_rollback_script(plan: UpgradePlan, gates: tuple[HealthPlan, ...], releases: str = RELEASES) -> str:
+    checks = " && ".join(f"( {gate_script(g.url, g.container, g.data_dir, g.timeout, g.interval)} )" for g in gates)
+    rollback = rollback_script(plan.project_dir, plan.project, plan.services, plan.stop_grace_seconds, None, releases)
+    regate = " && ".join(f"( {gate_script(g.url, g.container, g.data_dir, g.timeout, g.interval)} )" for g in gates)
+    return f"""
+R={_q(releases)}
+if {checks}; then rm -f "$R/pending"; exit 0; fi
+if [ ! -f "$R/pending" ]; then exit 1; fi
+echo "hermes-infra: the new image failed its health gate (log above); rolling back automatically" >&2
+( {rollback} ) >&2 || {{ echo "hermes-infra: ROLLBACK FAILED: see above; the snapshots are in {plan.backup_dir}" >&2; exit 1; }}
+if {regate}; then
+  echo "hermes-infra: rolled back: the previous image answers again. Fix the image or settings, then deploy again" >&2
+else
+  echo "hermes-infra: rolled back, but the previous image does not answer either (see above)" >&2
+fi
+exit 1
+""".strip()
+
+
+@operation()
+def prepared(plan: UpgradePlan):
+    """Keep the previous image and snapshot the data dirs, when the image changes."""
+    yield prepare_script(plan)
+
+
+@operation(is_idempotent=True)
+def gated_or_rolled_back(plan: UpgradePlan, gates: tuple[HealthPlan, ...]):
+    """The health gate; if it fails after an upgrade, the automatic rollback."""
+    if not any(g.gate_needed for g in gates):
+        host.noop("gateways are healthy")
+        return
+    yield gate_or_rollback_script(plan, gates)

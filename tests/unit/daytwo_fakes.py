@@ -1,0 +1,35 @@
+"""A fake Remote and host targets for day-two unit tests (no SSH)."""
+from __future__ import annotations
+
+from hermes_infra.checks.connect import Connection
+from hermes_infra.daytwo.remote import HostTarget, RunResult
+from hermes_infra.loading import settings_from_raw
+
+
+class FakeRemote:
+    """Answers commands with `respond(command) -> RunResult | str`; records every command."""
+
+    def __init__(self, respond=None):
+        self.commands: list[str] = []
+        self.stdins: list[bytes] = []
+        self.respond = respond or (lambda command: "")
+        self.closed = False
+
+    def run(self, command, *, stdin=None, on_stdout=None, timeout=None):
+        self.commands.append(command)
+        if stdin is not None:
+            self.stdins.append(stdin if isinstance(stdin, bytes) else stdin.read())
+        answer = self.respond(command)
+        if isinstance(answer, str):
+            answer = RunResult(0, answer.encode(), "")
+        if on_stdout is not None and answer.stdout:
+            on_stdout(answer.stdout)
+            answer = RunResult(answer.rc, b"", answer.stderr)
+        return answer
+
+    def close(self):
+        self.closed = True
+
+
+def host(name: str = "web1", **sections) -> HostTarget:
+    return HostTarget(name, Connection(name=name, hostname="203.0.113.7", user="root"), settings_from_raw(sections))

@@ -1,0 +1,219 @@
+"""backup/restore: archive checks, manifests, the commands sent, and the refusals."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from hermes_infra.daytwo import backup
+from hermes_infra.daytwo.remote import DayTwoError, RunResult
+
+from tests.unit.daytwo_fakes import FakeRemote, host
+
+
+def make_data_tar(tmp_path: Path, extra=None) -> Path:
+    """A data dir archive like `tar -c .` makes, with a state.db holding rows."""
+    src = tmp_path / "src"
+    (src / "platforms" / "pairing").mkdir(parents=True)
+    (src / ".env").write_text("API_SERVER_KEY=k" * 3 + "\n")
+    (src / "platforms" / "pairing" / "weixin-approved.json").write_text('{"u1": {"user_name": "a"}}')
+    db = sqlite3.connect(src / "state.db")
+    db.execute("create table sessions (id text)")
+    db.executemany("insert into sessions values (?)", [("a",), ("b",), ("c",)])
+    db.commit()
+    db.close()
+    out = tmp_path / "data.tar.gz"
+    with tarfile.open(out, "w:gz") as tar:
+        tar.add(src, arcname=".")
+        for member, data in (extra or []):
+            tar.addfile(member, io.BytesIO(data) if data is not None else None)
+    return out
+
+
+def test_inventory_hashes_files_and_counts_sqlite_rows(tmp_path):
+    found = backup.inventory_of(make_data_tar(tmp_path))
+    assert not found.problems
+    assert set(found.files) == {".env", "platforms/pairing/weixin-approved.json", "state.db"}
+    assert found.files[".env"]["sha256"] == hashlib.sha256(b"API_SERVER_KEY=k" * 3 + b"\n").hexdigest()
+    assert found.sqlite["state.db"] == {"integrity": "ok", "tables": {"sessions": 3}}
+    assert "platforms/pairing" in found.dirs
+
+
+@pytest.mark.parametrize("name,kind,problem", [
+    ("../escape", tarfile.REGTYPE, "climbs out"),
+    ("/etc/passwd", tarfile.REGTYPE, "absolute"),
+    ("hard", tarfile.LNKTYPE, "hard link"),
+    ("dev", tarfile.CHRTYPE, "device"),
+])
+def test_unsafe_members_are_reported(tmp_path, name, kind, problem):
+    member = tarfile.TarInfo(name)
+    member.type = kind
+    member.linkname = "state.db" if kind == tarfile.LNKTYPE else ""
+    data = b"" if kind == tarfile.REGTYPE else None
+    found = backup.inventory_of(make_data_tar(tmp_path, [(member, data)]))
+    assert any(problem in p for p in found.problems), found.problems
+
+
+def test_members_under_a_symlink_are_refused(tmp_path):
+    link = tarfile.TarInfo("./cfg")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc"
+    inner = tarfile.TarInfo("./cfg/passwd")
+    inner.size = 1
+    found = backup.inventory_of(make_data_tar(tmp_path, [(link, None), (inner, b"x")]))
+    assert found.links == {"cfg": "/etc"}
+    assert any("under a symbolic link" in p for p in found.problems)
+
+
+def test_backup_file_is_0600_and_checksummed(tmp_path):
+    data = make_data_tar(tmp_path)
+    out = backup.prepare_out_dir(tmp_path / "out")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    gateway = host().settings.gateways[0]
+    manifest = {"schema": backup.SCHEMA, "created": "2026-11-20T10:00:00Z", "profile": "hermes",
+                "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(), "files": {}}
+    path = backup.write_backup(out, "web/1", gateway, data, manifest)
+    assert path.name == "web_1_hermes_20261120T100000Z.hermes-backup.tar"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    read, payload = backup.read_backup(path)
+    assert read["profile"] == "hermes" and payload == data.read_bytes()
+    # a flipped byte in the data is caught
+    raw = bytearray(path.read_bytes())
+    index = raw.index(payload[:64]) + 40
+    raw[index] ^= 0xFF
+    damaged = tmp_path / "damaged.tar"
+    damaged.write_bytes(bytes(raw))
+    with pytest.raises(DayTwoError, match="checksum"):
+        backup.read_backup(damaged)
+
+
+def test_backup_stops_archives_as_owner_restarts_and_gates(tmp_path):
+    data = make_data_tar(tmp_path).read_bytes()
+
+    def respond(command):
+        if command.startswith("docker inspect --format '{{.State.Running}}'"):
+            return "true\n"
+        if "tar --numeric-owner" in command:
+            return RunResult(0, data, "hermes-infra-tar-rc=0\n")
+        return ""
+
+    remote = FakeRemote(respond)
+    made = backup.backup_gateway(host(), host().settings.gateways[0], remote, backup.prepare_out_dir(tmp_path / "o"),
+                                 say=lambda m: None)
+    kinds = [c.split(" 2>&1")[0][-40:] for c in remote.commands]
+    assert " stop -t 60 hermes" in remote.commands[1]
+    archive = remote.commands[2]
+    assert "setpriv --reuid=10000 --regid=10000 --clear-groups -- tar" in archive
+    assert "cd -P -- /root/.hermes" in archive and "[ ! -L /root/.hermes ]" in archive
+    assert "-h" not in archive.split("tar ", 1)[1].split("|")[0].split()  # never dereference
+    assert " start hermes" in remote.commands[3] and "/v1/models" in remote.commands[3]
+    assert "audit.jsonl" in remote.commands[4]
+    assert made.manifest["sqlite"]["state.db"]["tables"] == {"sessions": 3}
+    assert made.manifest["consistency"] == "gateway stopped during the copy"
+    assert stat.S_IMODE(made.path.stat().st_mode) == 0o600
+    assert [p.name for p in made.path.parent.iterdir()] == [made.path.name], "temp files left behind"
+    assert kinds
+
+
+def test_backup_restarts_the_gateway_even_when_the_archive_fails(tmp_path):
+    def respond(command):
+        if "State.Running" in command:
+            return "true\n"
+        if "tar --numeric-owner" in command:
+            return RunResult(2, b"", "tar: .: Cannot open: Permission denied\nhermes-infra-tar-rc=2\n")
+        return ""
+
+    remote = FakeRemote(respond)
+    with pytest.raises(DayTwoError, match="archiving /root/.hermes failed"):
+        backup.backup_gateway(host(), host().settings.gateways[0], remote, backup.prepare_out_dir(tmp_path / "o"),
+                              say=lambda m: None)
+    assert any(" start hermes" in c for c in remote.commands)
+    assert not list((tmp_path / "o").iterdir())
+
+
+def saved_backup(tmp_path, extra=None) -> Path:
+    data = make_data_tar(tmp_path, extra)
+    found = backup.inventory_of(data)
+    manifest = {"schema": backup.SCHEMA, "created": "2026-11-20T10:00:00Z", "host": "old", "profile": "hermes",
+                "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(), "files": found.files,
+                "problems": found.problems}
+    return backup.write_backup(backup.prepare_out_dir(tmp_path / "b"), "old", host().settings.gateways[0], data,
+                               manifest)
+
+
+def test_restore_refuses_a_data_dir_with_state_without_force(tmp_path):
+    archive = saved_backup(tmp_path)
+    remote = FakeRemote(lambda c: "datadir=full compose=present container=true\n" if "datadir=" in c else "")
+    with pytest.raises(DayTwoError, match="already holds a gateway's state.*--force"):
+        backup.restore(host(), archive, remote_for=lambda h: remote, say=lambda m: None)
+    assert len(remote.commands) == 1, "something was changed before the refusal"
+
+
+def test_restore_refuses_an_unsafe_archive_before_connecting(tmp_path):
+    member = tarfile.TarInfo("../../etc/cron.d/x")
+    member.size = 1
+    archive = saved_backup(tmp_path, [(member, b"x")])
+    with pytest.raises(DayTwoError, match="refusing to restore"):
+        backup.restore(host(), archive, remote_for=lambda h: pytest.fail("connected"), say=lambda m: None)
+
+
+def test_restore_onto_a_new_host_deploys_unpacks_as_owner_verifies_and_gates(tmp_path):
+    archive = saved_backup(tmp_path)
+    manifest, data = backup.read_backup(archive)
+    sums = "".join(f"{info['sha256']}  ./{name}\n" for name, info in manifest["files"].items())
+    deployed = []
+
+    def respond(command):
+        if "datadir=" in command:
+            return "datadir=missing compose=missing container=missing\n"
+        if command.startswith("umask 077; install -d -m 0700 /var/lib/hermes-infra/stage"):
+            return manifest["data_sha256"] + "\n"
+        if "sha256sum --" in command:
+            return sums + "@@owners\n"
+        return ""
+
+    remote = FakeRemote(respond)
+    target = host()
+    target.target = object()
+    result = backup.restore(target, archive, remote_for=lambda h: remote, say=lambda m: None,
+                            deploy=lambda t: deployed.append(t) or 0)
+    assert deployed and result.deployed and result.moved_aside is None
+    assert remote.stdins == [data]
+    unpack = next(c for c in remote.commands if "-xzf -" in c)
+    assert "install -d -o 10000 -g 10000 -m 0700 -- /root/.hermes" in unpack
+    assert "setpriv --reuid=10000 --regid=10000 --clear-groups -- tar --no-same-owner" in unpack
+    assert unpack.index("mv -T") < unpack.index("install -d")
+    order = [next(i for i, c in enumerate(remote.commands) if marker in c)
+             for marker in (" stop -t", "-xzf -", "sha256sum --", " start hermes")]
+    assert order == sorted(order)
+    assert any(c.startswith("rm -rf -- /root/.hermes.pre-restore-") for c in remote.commands)
+
+
+def test_restore_stops_when_a_file_differs(tmp_path):
+    archive = saved_backup(tmp_path)
+
+    def respond(command):
+        if "datadir=" in command:
+            return "datadir=empty compose=present container=false\n"
+        if "install -d -m 0700 /var/lib/hermes-infra/stage" in command:
+            return backup.read_backup(archive)[0]["data_sha256"] + "\n"
+        if "sha256sum --" in command:
+            return "0" * 64 + "  ./.env\n@@owners\n./state.db\n"
+        return ""
+
+    remote = FakeRemote(respond)
+    with pytest.raises(DayTwoError, match="differ from the backup"):
+        backup.restore(host(), archive, remote_for=lambda h: remote, say=lambda m: None)
+    assert not any(" start hermes" in c for c in remote.commands)
+
+
+def test_compare_files_handles_escaped_names():
+    manifest = {"files": {"a\nb": {"sha256": "1" * 64}, "c": {"sha256": "2" * 64}}}
+    out = "\\" + "1" * 64 + "  ./a\\nb\n" + "2" * 64 + "  ./c\n@@owners\n"
+    assert backup.compare_files(manifest, out) == []

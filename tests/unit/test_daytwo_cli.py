@@ -1,0 +1,106 @@
+"""Day-two commands: CLI wiring, the Hermes passthrough, logs and restart commands."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from hermes_infra import cli
+from hermes_infra.daytwo import hermescli, lifecycle
+from hermes_infra.daytwo.remote import DayTwoError, RunResult, ssh_argv, wrap
+from hermes_infra.checks.connect import Connection
+
+from tests.unit.daytwo_fakes import FakeRemote, host
+
+COMMANDS = ("status", "logs", "restart", "hermes", "pairing", "doctor", "backup", "restore")
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([name, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: hermes-infra " + name in capsys.readouterr().out
+
+
+def test_passthrough_args_come_after_the_double_dash():
+    parser = cli.build_parser()
+    args = parser.parse_args(["hermes", "root@203.0.113.7", "--profile", "work"])
+    assert args.profile == "work"
+    args = parser.parse_args(["pairing", "approve", "root@203.0.113.7", "weixin", "ABCD2345"])
+    assert (args.pairing_action, args.platform, args.value) == ("approve", "weixin", "ABCD2345")
+    assert hermescli.shortcut_args("approve", "weixin", "ABCD2345") == ["pairing", "approve", "weixin", "ABCD2345"]
+
+
+def test_hermes_runs_in_a_one_off_container_as_the_image_user():
+    target = host()
+    command = hermescli.hermes_command(target.settings, target.settings.gateways[0], ["pairing", "list"], tty=False)
+    assert command.startswith("cd /opt/hermes && docker compose -p hermes -f compose.yaml run --rm --no-deps")
+    assert "-T hermes pairing list" in command
+    assert "--user" not in command and "-u 0" not in command and "root" not in command.split("; rc=")[0]
+    assert "chown -h 10000:10000" in command  # files left by anyone else are given back
+    tty = hermescli.hermes_command(target.settings, target.settings.gateways[0], ["gateway", "setup"], tty=True)
+    assert " -T " not in tty
+
+
+def test_hermes_refuses_a_second_gateway_and_notes_restarts():
+    with pytest.raises(DayTwoError, match="second gateway"):
+        hermescli.check_args(["gateway", "run"])
+    with pytest.raises(DayTwoError, match="second gateway"):
+        hermescli.check_args(["gateway"])
+    hermescli.check_args(["gateway", "setup"])
+    assert hermescli.needs_restart(["config", "set", "x", "y"])
+    assert hermescli.needs_restart(["gateway", "setup"])
+    assert not hermescli.needs_restart(["pairing", "approve", "weixin", "X"])
+
+
+def test_hermes_streams_output_and_says_pairing_is_live():
+    remote = FakeRemote(lambda c: RunResult(0, b"Approved!\n", ""))
+    said, written = [], []
+    runs = hermescli.run_hermes([host()], None, ["pairing", "approve", "weixin", "ABCD2345"], tty=False,
+                                say=said.append, write=written.append, remote_for=lambda h: remote)
+    assert runs[0].rc == 0 and b"".join(written) == b"Approved!\n"
+    assert any("no restart needed" in s for s in said)
+
+
+def test_interactive_uses_ssh_with_a_tty_and_one_gateway_only():
+    calls = []
+    runs = hermescli.run_hermes([host()], None, ["gateway", "setup"], tty=True, say=lambda m: None,
+                                interactive_runner=lambda argv: calls.append(argv) or 0)
+    assert runs[0].rc == 0 and calls[0][:2] == ["ssh", "-t"] and "root@203.0.113.7" in calls[0]
+    two = host(gateways=[{"name": "hermes"}, {"name": "work", "api": {"port": 8643}}])
+    with pytest.raises(DayTwoError, match="one gateway at a time"):
+        hermescli.run_hermes([two], None, ["gateway", "setup"], tty=True)
+
+
+def test_ssh_argv_keeps_the_inventory_host_key_rules_and_sudo():
+    connection = Connection(name="h", hostname="127.0.0.1", port=2222, user="ops", key="/k",
+                            known_hosts_file="/kh", strict_host_key_checking="yes", sudo=True)
+    argv = ssh_argv(connection, "docker ps")
+    assert argv[:4] == ["ssh", "-t", "-p", "2222"]
+    assert "StrictHostKeyChecking=yes" in argv and "UserKnownHostsFile=/kh" in argv
+    assert argv[-1] == wrap("docker ps", True) and argv[-1].startswith("sudo -n -- sh -c ")
+
+
+def test_logs_command_and_local_grep():
+    command = lifecycle.logs_command("hermes", lifecycle.LogOptions(follow=True, lines=50, since="10m"))
+    assert command == "docker logs --follow --tail 50 --since 10m hermes 2>&1"
+    with pytest.raises(DayTwoError, match="is not a time"):
+        lifecycle.logs_command("hermes", lifecycle.LogOptions(since="10m; rm -rf /"))
+    out = []
+    remote = FakeRemote(lambda c: "a weixin line\nother\nweixin \x1b[31mred\n")
+    code = lifecycle.show_logs([host()], None, lifecycle.LogOptions(grep="weixin"), emit=out.append,
+                               remote_for=lambda h: remote)
+    assert code == 0 and out == ["a weixin line", "weixin ?[31mred"]
+    with pytest.raises(DayTwoError, match="regular expression"):
+        lifecycle.compile_grep("(")
+
+
+def test_restart_ends_with_the_health_gate_and_stops_at_the_first_failure():
+    two = host(gateways=[{"name": "hermes"}, {"name": "work", "api": {"port": 8643}}])
+    remote = FakeRemote(lambda c: RunResult(1, b"", "did not answer"))
+    results = lifecycle.restart([two], None, say=lambda m: None, remote_for=lambda h: remote)
+    assert len(results) == 1 and not results[0].ok
+    command = remote.commands[0]
+    assert "restart -t 60 hermes" in command
+    assert "/health" in command and "/v1/models" in command and "-H @-" in command

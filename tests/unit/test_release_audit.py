@@ -1,0 +1,116 @@
+"""The audit log's format and commands, the deploy's recorded outcomes, and `up`'s lock wrapper."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from hermes_infra.release import audit, results
+from tests.unit.test_release_lock import ShellRemote
+
+
+def test_record_has_exactly_the_shared_format():
+    record = audit.AuditRecord(command="up", result="success", revision="abc123def456", image="hermes:1#ff",
+                               changed=("Compose project hermes up",), seconds=12.34, message=None,
+                               who="alice@laptop", time="2026-11-20T10:00:00Z")
+    data = json.loads(record.line())
+    assert list(data) == ["time", "who", "command", "revision", "image", "result", "changed", "seconds", "message"]
+    assert data["seconds"] == 12.3 and data["changed"] == ["Compose project hermes up"]
+    with pytest.raises(ValueError):
+        audit.AuditRecord(command="up", result="maybe")
+
+
+def test_append_is_root_only_and_tail_reads_back(tmp_path):
+    path = str(tmp_path / "log" / "audit.jsonl")
+    remote = ShellRemote()
+    for result in ("success", "failed"):
+        assert audit.write(remote, audit.AuditRecord(command="up", result=result, message="it's \"quoted\" $HOME"),
+                           path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    records = audit.tail(remote, 1, path)
+    assert len(records) == 1 and records[0]["result"] == "failed"
+    assert records[0]["message"] == "it's \"quoted\" $HOME"
+    assert len(audit.tail(remote, 10, path)) == 2
+    assert audit.tail(remote, 10, str(tmp_path / "none.jsonl")) == []
+    assert "failed" in audit.format_records("web-1", records)
+
+
+def _events(tmp_path, *events) -> str:
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return str(path)
+
+
+def test_outcomes_from_recorded_events(tmp_path):
+    path = _events(tmp_path,
+                   {"event": "plan", "host": "a", "revision": "r1", "image": "img"},
+                   {"event": "op", "host": "a", "name": "Compose project hermes up", "ok": True, "changed": True},
+                   {"event": "op", "host": "a", "name": "Swap", "ok": True, "changed": False},
+                   {"event": "plan", "host": "b", "revision": "r2", "image": "img"},
+                   {"event": "op", "host": "b", "name": "Health gate: hermes", "ok": False, "changed": False},
+                   {"event": "end", "host": "a", "failed": False},
+                   {"event": "end", "host": "b", "failed": True})
+    outcomes = results.read(path, ["a", "b", "c"], exit_code=1, interrupted=False, seconds=3)
+    assert outcomes["a"].result == "success" and outcomes["a"].changed == ["Compose project hermes up"]
+    assert outcomes["a"].revision == "r1"
+    assert outcomes["b"].result == "failed" and "Health gate" in outcomes["b"].message
+    assert outcomes["c"].result == "failed" and "exit 1" in outcomes["c"].message
+    interrupted = results.read(path, ["a"], exit_code=130, interrupted=True, seconds=3)
+    assert interrupted["a"].result == "interrupted"
+
+
+def test_plan_errors_and_connect_errors_are_failures(tmp_path):
+    path = _events(tmp_path, {"event": "planerror", "host": "a", "message": "the host runs 'ubuntu'"},
+                   {"event": "end", "host": "b", "failed": True, "message": "could not connect: timeout"})
+    outcomes = results.read(path, ["a", "b"], exit_code=1, interrupted=False, seconds=1)
+    assert outcomes["a"].result == "failed" and "ubuntu" in outcomes["a"].message
+    assert outcomes["b"].message == "could not connect: timeout"
+
+
+def test_limit_is_split_out_of_pyinfra_arguments():
+    from hermes_infra.release.remote import limit_from_args
+
+    assert limit_from_args(["--limit", "web-*", "--diff", "--limit=db"]) == (["web-*", "db"], ["--diff"])
+
+
+def test_up_locks_audits_and_releases_even_when_the_deploy_fails(tmp_path, monkeypatch):
+    """`commands.up` through the release session, with pyinfra and SSH replaced."""
+    from hermes_infra import commands
+    from hermes_infra.release import lock, session
+
+    remote = ShellRemote("web-1")
+    lock_dir, audit_path = str(tmp_path / "lock"), str(tmp_path / "log" / "audit.jsonl")
+    monkeypatch.setattr(lock, "LOCK_DIR", lock_dir)
+    monkeypatch.setattr(audit, "AUDIT_PATH", audit_path)
+    monkeypatch.setattr(commands, "validate", lambda target: {"web-1": None})
+    monkeypatch.setattr(session, "remotes_for", lambda target, limit=None: {"web-1": remote})
+    seen = {}
+
+    def fake_child(argv, *, cwd, env, stdout=None):
+        seen["locked"] = lock.parse_state(remote.run(lock.status_command(lock_dir)).stdout).held
+        seen["argv"] = argv
+        with open(env[results.ENV], "a") as handle:
+            handle.write(json.dumps({"event": "plan", "host": "web-1", "revision": "r1", "image": "i"}) + "\n")
+            handle.write(json.dumps({"event": "op", "host": "web-1", "name": "Health gate", "ok": False,
+                                     "changed": False}) + "\n")
+            handle.write(json.dumps({"event": "end", "host": "web-1", "failed": True}) + "\n")
+        return 1, False
+
+    monkeypatch.setattr(session, "run_child", fake_child)
+    code = commands.up(commands.Target(inventory="web-1"), message="try v2")
+    assert code == 1 and seen["locked"]
+    assert seen["argv"][-2:] == ["--limit", "web-1"]
+    assert not lock.parse_state(remote.run(lock.status_command(lock_dir)).stdout).held
+    record = audit.tail(remote, 1, audit_path)[0]
+    assert record["result"] == "failed" and record["revision"] == "r1" and record["command"] == "up"
+
+    def interrupted_child(argv, *, cwd, env, stdout=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(session, "run_child", interrupted_child)
+    assert commands.up(commands.Target(inventory="web-1")) == 130
+    assert not lock.parse_state(remote.run(lock.status_command(lock_dir)).stdout).held
+    assert audit.tail(remote, 1, audit_path)[0]["result"] == "interrupted"

@@ -1,0 +1,170 @@
+"""The deploy lock against a real shell on a temp dir (the same commands a host runs)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+
+import pytest
+
+from hermes_infra.release import lock
+from hermes_infra.release.remote import Result
+
+
+class ShellRemote:
+    """Runs the lock's commands with this machine's shell: a host in a temp dir."""
+
+    def __init__(self, name: str = "web-1"):
+        self.name = name
+        self.commands: list[str] = []
+
+    def run(self, command: str, timeout: float = 120) -> Result:
+        self.commands.append(command)
+        done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=timeout)
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def lock_dir(tmp_path):
+    return str(tmp_path / "state" / "lock")
+
+
+def holder(**changes) -> lock.Holder:
+    values = {"who": "alice@laptop", "pid": 4242, "machine": "laptop", "revision": "abc123def456", "message": "v2"}
+    values.update(changes)
+    return lock.Holder(**values)
+
+
+def test_acquire_is_atomic_and_records_who_when_what(lock_dir):
+    remote = ShellRemote()
+    first = lock.DeployLock(remote, holder(), lock_dir)
+    assert first.try_acquire() is None and first.held
+    info = json.loads(open(f"{lock_dir}/info.json").read())
+    assert {k: info[k] for k in ("who", "pid", "machine", "revision", "message")} == {
+        "who": "alice@laptop", "pid": 4242, "machine": "laptop", "revision": "abc123def456", "message": "v2"}
+    assert set(info) == {"who", "pid", "machine", "time", "revision", "message", "heartbeat"}
+    second = lock.DeployLock(remote, holder(who="bob@desk", pid=99, machine="desk"), lock_dir)
+    state = second.try_acquire()
+    assert state is not None and state.held and state.info["who"] == "alice@laptop"
+    assert state.age_seconds is not None and state.age_seconds < 5
+    assert not second.held
+
+
+def test_only_the_holder_releases_and_heartbeats(lock_dir):
+    remote = ShellRemote()
+    mine = lock.DeployLock(remote, holder(), lock_dir)
+    mine.try_acquire()
+    other = lock.DeployLock(remote, holder(pid=4243), lock_dir)
+    other.held = True  # pretend: a confused process must not remove someone else's lock
+    assert not other.release()
+    assert lock.parse_state(remote.run(lock.status_command(lock_dir)).stdout).held
+    assert mine.heartbeat()
+    assert mine.release()
+    assert not lock.parse_state(remote.run(lock.status_command(lock_dir)).stdout).held
+
+
+def test_force_release_reports_what_it_removed_and_heartbeat_notices(lock_dir):
+    remote = ShellRemote()
+    mine = lock.DeployLock(remote, holder(), lock_dir)
+    mine.try_acquire()
+    state = lock.parse_state(remote.run(lock.force_release_command(lock_dir)).stdout)
+    assert state.held and state.info["who"] == "alice@laptop"
+    assert not mine.heartbeat() and mine.lost
+
+
+def test_only_one_of_many_concurrent_acquirers_wins(lock_dir):
+    remote = ShellRemote()
+    locks = [lock.DeployLock(remote, holder(pid=1000 + i), lock_dir) for i in range(8)]
+    threads = [threading.Thread(target=l.try_acquire) for l in locks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(l.held for l in locks) == 1
+
+
+def test_staleness_dead_pid_on_this_machine_or_old_heartbeat():
+    state = lock.LockState(held=True, info=holder().info(), age_seconds=3)
+    assert state.staleness("laptop", alive=lambda pid: False) == "its holder process 4242 on laptop is gone"
+    assert state.staleness("laptop", alive=lambda pid: True) is None
+    assert state.staleness("other-machine", alive=lambda pid: False) is None  # cannot see that pid
+    old = lock.LockState(held=True, info=holder().info(), age_seconds=lock.STALE_AFTER_SECONDS + 1)
+    assert "no heartbeat" in old.staleness("other-machine", alive=lambda pid: True)
+    manual = lock.LockState(held=True, info=holder(manual=True).info(), age_seconds=10**6)
+    assert manual.staleness("laptop", alive=lambda pid: False) is None
+    assert "by hand" in manual.describe()
+
+
+def test_second_deploy_stops_with_a_clear_message(lock_dir):
+    remote = ShellRemote()
+    lock.DeployLock(remote, holder(pid=1), lock_dir).try_acquire()
+    locks = lock.HostLocks({"web-1": remote}, holder(pid=2), lock_dir=lock_dir, alive=lambda pid: True,
+                           release_hint="hermes-infra lock release inv.py --limit HOST")
+    with pytest.raises(lock.LockError) as error:
+        locks.acquire()
+    text = str(error.value)
+    assert "held by alice@laptop (pid 1)" in text and "message 'v2'" in text and "--lock-wait" in text
+    assert "hermes-infra lock status inv.py --limit web-1" in text
+
+
+def test_waiting_polls_until_the_holder_releases(lock_dir):
+    remote = ShellRemote()
+    first = lock.DeployLock(remote, holder(pid=1), lock_dir)
+    first.try_acquire()
+    slept, logged = [], []
+    clock = iter(range(0, 1000, 5))
+
+    def sleep(seconds):
+        slept.append(seconds)
+        if len(slept) == 2:
+            first.release()
+
+    locks = lock.HostLocks({"web-1": remote}, holder(pid=2), wait=60, lock_dir=lock_dir, alive=lambda pid: True,
+                           sleep=sleep, clock=lambda: next(clock), log=logged.append, heartbeat_seconds=3600)
+    locks.acquire()
+    assert locks.locks["web-1"].held and len(slept) == 2
+    assert "waiting up to" in logged[0]
+    assert locks.release() == ["web-1"]
+
+
+def test_stale_lock_is_reported_with_the_release_command_never_taken(lock_dir):
+    remote = ShellRemote()
+    lock.DeployLock(remote, holder(pid=1, machine="laptop"), lock_dir).try_acquire()
+    locks = lock.HostLocks({"web-1": remote}, holder(pid=2, machine="laptop"), wait=600, lock_dir=lock_dir,
+                           alive=lambda pid: pid != 1, release_hint="hermes-infra lock release inv.py --limit HOST")
+    with pytest.raises(lock.LockError) as error:
+        locks.acquire()
+    assert "stale: its holder process 1 on laptop is gone" in str(error.value)
+    assert "hermes-infra lock release inv.py --limit web-1" in str(error.value)
+    assert json.loads(open(f"{lock_dir}/info.json").read())["pid"] == 1  # still the dead run's
+
+
+def test_a_failure_on_the_second_host_releases_the_first(tmp_path):
+    one, two = ShellRemote("a"), ShellRemote("b")
+    dirs = {"a": str(tmp_path / "a" / "lock"), "b": str(tmp_path / "b" / "lock")}
+    lock.DeployLock(two, holder(pid=1), dirs["b"]).try_acquire()
+
+    class PerHost(lock.HostLocks):
+        pass
+
+    locks = PerHost({"a": one, "b": two}, holder(pid=2), alive=lambda pid: True)
+    for name, deploy_lock in locks.locks.items():
+        deploy_lock.lock_dir = dirs[name]
+    with pytest.raises(lock.LockError):
+        locks.acquire()
+    assert not lock.parse_state(one.run(lock.status_command(dirs["a"])).stdout).held
+
+
+def test_lock_commands_hold_no_secret_and_sigterm_becomes_keyboard_interrupt():
+    import os
+    import signal
+
+    text = lock.acquire_command(holder(message="deploy v2")) + lock.heartbeat_command(holder())
+    assert "API_SERVER_KEY" not in text
+    with pytest.raises(KeyboardInterrupt):
+        with lock.interruptible():
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pause() if hasattr(signal, "pause") else None
