@@ -91,59 +91,79 @@ def _section(name: str) -> str:
 PYINFRA_FACTS = {"os_release": OsRelease, "memory": Memory, "cpus": Cpus}
 
 
-def state_command(request: StateRequest) -> str:
-    parts = [_section("whoami"), 'echo "${SUDO_USER:-$(id -un)}"',
-             'getent passwd "${SUDO_USER:-$(id -un)}" | cut -d: -f6', "uname -m"]
+# Sections without secrets whose commands are slow on a small VPS (each docker CLI call starts
+# a Go binary): run side by side while the data-dir reads and probes run in the foreground.
+BACKGROUND = ("pyinfra", "service", "aptlists", "image", "packages", "aptlock", "docker")
+
+
+def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
+    sections = [("whoami", ['echo "${SUDO_USER:-$(id -un)}"', 'getent passwd "${SUDO_USER:-$(id -un)}" | cut -d: -f6',
+                            "uname -m"])]
     for name, fact in PYINFRA_FACTS.items():
-        parts += [_section(f"pyinfra {name}"), f"{fact().command()} 2>/dev/null"]
-    parts += [_section("service docker"), "systemctl is-enabled docker 2>/dev/null || true",
-              "systemctl is-active docker 2>/dev/null || true",
-              _section("aptlists"), "date +%s; stat -c %Y /var/lib/apt/periodic/update-success-stamp "
-              "/var/lib/apt/lists/partial 2>/dev/null | sort -n | tail -n 1"]
+        sections.append((f"pyinfra {name}", [f"{fact().command()} 2>/dev/null"]))
+    sections += [("service docker", ["systemctl is-enabled docker 2>/dev/null || true",
+                                     "systemctl is-active docker 2>/dev/null || true"]),
+                 ("aptlists", ["date +%s; stat -c %Y /var/lib/apt/periodic/update-success-stamp "
+                               "/var/lib/apt/lists/partial 2>/dev/null | sort -n | tail -n 1"])]
     if request.image_ref:
-        parts += [_section("image"), "command -v docker >/dev/null 2>&1 && "
-                  f"docker image inspect {shlex.quote(request.image_ref)} 2>/dev/null || true"]
+        sections.append(("image", ["command -v docker >/dev/null 2>&1 && "
+                                   f"docker image inspect {shlex.quote(request.image_ref)} 2>/dev/null || true"]))
     for item in request.data_dirs:
         quoted = shlex.quote(item.directory)
         parent = shlex.quote(item.directory.rsplit("/", 1)[0] or "/")
-        parts += [
-            _section(f"datadir {item.label}"),
+        sections.append((f"datadir {item.label}", [
             f"LC_ALL=C stat -c '%F|%u|%g|%a' -- {quoted} 2>/dev/null || echo 'missing|0|0|0'",
             f"LC_ALL=C stat -c '%F|%u|%g|%a' -- {parent} 2>/dev/null || echo 'missing|0|0|0'",
             f"[ -d {quoted} ] && [ ! -L {quoted} ] && find {quoted} -xdev \\( ! -uid {item.uid} -o ! -gid {item.gid} \\) "
             "-print -quit 2>/dev/null | grep -q . && echo foreign || echo clean",
             safeio.read_script(item.directory, [".env", "config.yaml"], item.uid, item.gid, item.label),
-        ]
+        ]))
     for path in request.root_files:
         quoted = shlex.quote(path)
-        parts += [_section(f"file {path}"),
-                  f"if [ -f {quoted} ] && [ ! -L {quoted} ]; then stat -c '%u|%g|%a' {quoted}; base64 -w0 {quoted}; echo; "
-                  "else echo missing; fi"]
-    parts += [_section("swap"),
-              f"stat -c %s {shlex.quote(request.swap_path)} 2>/dev/null || echo -1",
-              f"awk 'NR>1 {{print $1}}' /proc/swaps | grep -qxF {shlex.quote(request.swap_path)} && echo active || echo inactive",
-              f"awk -v p={shlex.quote(request.swap_path)} '$1 == p && $3 == \"swap\"' /etc/fstab | grep -q . && echo fstab || echo nofstab",
-              "cat /proc/sys/vm/swappiness"]
+        sections.append((f"file {path}", [
+            f"if [ -f {quoted} ] && [ ! -L {quoted} ]; then stat -c '%u|%g|%a' {quoted}; base64 -w0 {quoted}; echo; "
+            "else echo missing; fi"]))
+    sections.append(("swap", [
+        f"stat -c %s {shlex.quote(request.swap_path)} 2>/dev/null || echo -1",
+        f"awk 'NR>1 {{print $1}}' /proc/swaps | grep -qxF {shlex.quote(request.swap_path)} && echo active || echo inactive",
+        f"awk -v p={shlex.quote(request.swap_path)} '$1 == p && $3 == \"swap\"' /etc/fstab | grep -q . && echo fstab || echo nofstab",
+        "cat /proc/sys/vm/swappiness"]))
     if request.packages:
         names = " ".join(shlex.quote(name) for name in request.packages)
-        parts += [_section("packages"), f"dpkg-query -W -f '${{Package}} ${{db:Status-Status}}\\n' {names} 2>/dev/null || true"]
-    parts += [_section("aptlock"),
-              "for f in /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock /var/cache/apt/archives/lock; do "
-              "[ -e \"$f\" ] || continue; i=$(stat -c %i \"$f\"); "
-              "awk -v i=\":$i\" '$2 == \"POSIX\" && substr($6, length($6) - length(i) + 1) == i {print $5}' /proc/locks; "
-              "done | head -n 1 | while read -r pid; do echo \"$pid $(cat /proc/$pid/comm 2>/dev/null)\"; done"]
-    parts += [_section("docker"), "command -v docker >/dev/null 2>&1 && echo installed || echo missing",
-              "command -v docker >/dev/null 2>&1 && docker ps -a --filter label=com.docker.compose.project "
-              "--format '{{json .}}' 2>/dev/null || true"]
+        sections.append(("packages", [f"dpkg-query -W -f '${{Package}} ${{db:Status-Status}}\\n' {names} 2>/dev/null || true"]))
+    sections.append(("aptlock", [
+        "for f in /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock /var/cache/apt/archives/lock; do "
+        "[ -e \"$f\" ] || continue; i=$(stat -c %i \"$f\"); "
+        "awk -v i=\":$i\" '$2 == \"POSIX\" && substr($6, length($6) - length(i) + 1) == i {print $5}' /proc/locks; "
+        "done | head -n 1 | while read -r pid; do echo \"$pid $(cat /proc/$pid/comm 2>/dev/null)\"; done"]))
+    sections.append(("docker", ["command -v docker >/dev/null 2>&1 && echo installed || echo missing",
+                                "command -v docker >/dev/null 2>&1 && docker ps -a --filter label=com.docker.compose.project "
+                                "--format '{{json .}}' 2>/dev/null || true"]))
     for probe in request.probes:
-        parts += [_section(f"probe {probe.label}"),
-                  "if command -v curl >/dev/null 2>&1; then "
-                  f"{CURL} {shlex.quote(probe.url + '/health')} || true; "
-                  f"{CURL} {shlex.quote(probe.url + '/v1/models')} || true; "
-                  f"{key_header_script(probe.data_dir)} | {CURL} -H @- {shlex.quote(probe.url + '/v1/models')} || true; "
-                  "else echo 000; echo 000; echo 000; fi"]
-    # Each part in its own subshell: one failing read must not hide the others.
-    return "; ".join(f"( {part} )" if not part.startswith("echo '@@") else part for part in parts) + "; true"
+        sections.append((f"probe {probe.label}", [
+            "if command -v curl >/dev/null 2>&1; then "
+            f"{CURL} {shlex.quote(probe.url + '/health')} || true; "
+            f"{CURL} {shlex.quote(probe.url + '/v1/models')} || true; "
+            f"{key_header_script(probe.data_dir)} | {CURL} -H @- {shlex.quote(probe.url + '/v1/models')} || true; "
+            "else echo 000; echo 000; echo 000; fi"]))
+    return sections
+
+
+def _run_section(name: str, commands: list[str]) -> str:
+    # Each command in its own subshell: one failing read must not hide the others.
+    return "; ".join([_section(name)] + [f"( {command} )" for command in commands])
+
+
+def state_command(request: StateRequest) -> str:
+    sections = state_sections(request)
+    background = [(n, c) for n, c in sections if n.split(" ", 1)[0] in BACKGROUND]
+    foreground = [(n, c) for n, c in sections if n.split(" ", 1)[0] not in BACKGROUND]
+    # The temp dir is root's, 0700 (mktemp), and holds no secret: only background sections.
+    parallel = " ".join(f"( {_run_section(n, c)} ) > \"$d/{i}\" 2>/dev/null &" for i, (n, c) in enumerate(background))
+    inline = "; ".join(_run_section(n, c) for n, c in background)
+    return (f"if d=$(mktemp -d 2>/dev/null); then {parallel} else d=; {inline}; fi; "
+            + "; ".join(_run_section(n, c) for n, c in foreground)
+            + '; if [ -n "$d" ]; then wait; cat "$d"/* 2>/dev/null; rm -rf "$d"; fi; true')
 
 
 @dataclass
