@@ -67,9 +67,10 @@ def apt_locks_free(plan: DockerPlan):
 
 @deploy("Docker engine")
 def docker_engine(plan: DockerPlan, writer: Writer):
+    # First of all: a deploy that gives up on the lock must have changed nothing.
+    apt_locks_free(name="apt and dpkg locks are free (waits for unattended-upgrades, cloud-init)", plan=plan)
     root_file(name="apt waits for its locks instead of failing (DPkg::Lock::Timeout)", file=plan.apt_conf,
               writer=writer)
-    apt_locks_free(name="apt and dpkg locks are free (waits for unattended-upgrades, cloud-init)", plan=plan)
     apt_installed(name="Install apt prerequisites (ca-certificates, curl)", plan=plan,
                   packages=plan.prerequisites_missing, update=plan.lists_stale)
     apt_removed(name="Remove packages that conflict with the chosen Docker", plan=plan)

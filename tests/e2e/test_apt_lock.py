@@ -112,6 +112,7 @@ def test_deploy_gives_up_after_the_timeout_and_changes_nothing(deployed):
         assert deployed.run("cat /proc/sys/vm/swappiness").strip() == swappiness_before == "10"
         assert "vm.swappiness = 10" in deployed.run("cat /etc/sysctl.d/60-hermes-infra-swap.conf")
         assert deployed.run("docker inspect --format '{{.Id}}' hermes").strip() == container_before
+        assert '"600"' in deployed.run("cat /etc/apt/apt.conf.d/90hermes-infra-lock-timeout"), "a file was changed"
     finally:
         if deployed.run("cat /proc/sys/vm/swappiness").strip() != swappiness_before:
             restore = deployed.deploy()
@@ -119,3 +120,5 @@ def test_deploy_gives_up_after_the_timeout_and_changes_nothing(deployed):
     # With the lock released, the same settings deploy (then the defaults are put back).
     released = deployed.deploy(apt_lock_timeout_seconds=5)
     assert released.returncode == 0, released.output[-4000:]
+    restore = deployed.deploy()
+    assert restore.returncode == 0, restore.output[-4000:]
