@@ -70,8 +70,10 @@ def test_docker_is_enabled_and_container_has_the_limits(deployed):
     assert deployed.run("docker compose version --short").strip().startswith("2.")
     daemon = json.loads(deployed.run("cat /etc/docker/daemon.json"))
     assert daemon["live-restore"] is True and daemon["log-opts"]["max-file"] == "3"
-    memory_kib, cpus = deployed.run("awk '/^MemTotal:/ {print $2}' /proc/meminfo; nproc").split()
-    expected = derive_limits(HostSettings(), HostResources(memory_bytes=int(memory_kib) * 1024, cpus=int(cpus)))["hermes"]
+    # RAM as pyinfra's Memory fact reads it: whole MiB from `vmstat -s` (an integer, never awk's 1e+09).
+    memory_kib, cpus = deployed.run("LANG=C vmstat -s | awk '/K total memory/ {print $1}'; nproc").split()
+    memory_bytes = round(int(memory_kib) / 1024) * 1024 * 1024
+    expected = derive_limits(HostSettings(), HostResources(memory_bytes=memory_bytes, cpus=int(cpus)))["hermes"]
     config = inspect(deployed, "hermes")["HostConfig"]
     assert config["Memory"] == expected.memory_bytes - expected.memory_bytes % (1024 * 1024)
     assert config["NanoCpus"] == int(expected.cpus * 1e9)
