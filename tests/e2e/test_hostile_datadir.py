@@ -17,8 +17,9 @@ def in_container(deployed, script: str) -> str:
 
 
 def canary_state(deployed) -> str:
-    # %X is the atime: the canary's atime is set before its mtime, so any read moves it (relatime).
-    return deployed.run(f"stat -c '%u:%g %a %s %X %Y' {CANARY} && sha256sum {CANARY}")
+    """Owner, mode, size, atime, mtime, ctime: no read of the file itself. The canary's atime is
+    set before its mtime, so any read moves it (relatime); a chown or chmod moves its ctime."""
+    return deployed.run(f"stat -c '%u:%g %a %s %X %Y %Z' {CANARY}")
 
 
 @pytest.fixture
@@ -28,6 +29,7 @@ def canary(deployed):
     before = canary_state(deployed)
     in_container(deployed, f"mv {DATA}/.env {DATA}/.env.kept")
     yield before
+    assert deployed.run(f"cat {CANARY}").strip() == "CANARY_VALUE_9f3c1"
     in_container(deployed, f"rm -rf {DATA}/.env && mv {DATA}/.env.kept {DATA}/.env")
     run = deployed.deploy()
     assert run.returncode == 0, run.output[-4000:]
