@@ -201,7 +201,8 @@ def _container(record: dict) -> tuple[str, dict]:
                   "status": record.get("Status", ""),
                   "project": labels.get("com.docker.compose.project"),
                   "service": labels.get("com.docker.compose.service", name),
-                  "config_hash": labels.get("com.docker.compose.config-hash")}
+                  "config_hash": labels.get("com.docker.compose.config-hash"),
+                  "image": record.get("Image"), "image_identity": labels.get("io.hermes-infra.image-identity")}
 
 
 def parse_state(lines: list[str]) -> HostState:

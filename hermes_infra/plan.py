@@ -583,7 +583,11 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
                     backup_dir=settings.backup_dir, backup_keep=settings.backup_keep)
     revision = revision_of(docker_plan, image, gateways, projects)
     upgrade = None
-    if projects[0].up_reason is not None and any(g.service in state.containers for g in gateways):
+    running = [state.containers[g.service] for g in gateways if g.service in state.containers]
+    image_changes = not image.present or any(
+        c.get("image") not in (None, settings.image.ref)
+        or (image.identity and c.get("image_identity") not in (None, image.identity)) for c in running)
+    if projects[0].up_reason is not None and running and image_changes:
         upgrade = UpgradePlan(
             image_ref=settings.image.ref, project=projects[0].name, project_dir=projects[0].directory,
             services=tuple(g.service for g in gateways),

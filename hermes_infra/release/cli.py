@@ -99,7 +99,42 @@ def cmd_audit(args, make_target) -> int:
     return 0
 
 
+def cmd_rollback(args, make_target) -> int:
+    from hermes_infra.release import rollback
+
+    target = make_target(args)
+    if args.list:
+        remotes = remotes_for(target, _limit(args))
+        try:
+            for name, remote in remotes.items():
+                kept = remote.run(rollback.list_command()).stdout.split("\n")
+                print(f"{name}: " + (", ".join(line for line in kept if line) or "no kept release"))
+        finally:
+            for remote in remotes.values():
+                remote.close()
+        return 0
+    try:
+        results = rollback.rollback(target, to=args.to, lock_wait=args.lock_wait, message=args.message,
+                                    limit=_limit(args))
+    except lock.LockError as error:
+        _say(str(error))
+        return 3
+    for result in results:
+        print(result.output.rstrip())
+        print(f"{result.host}: {'rolled back' if result.ok else 'ROLLBACK FAILED'} in {result.seconds:.0f}s")
+    return 0 if results and all(r.ok for r in results) else 1
+
+
 def add_commands(sub, add_target_options, make_target) -> None:
+    back = sub.add_parser("rollback", help="back to the previous image and the snapshot taken before the upgrade")
+    add_target_options(back)
+    back.add_argument("--to", metavar="ID", help="a kept release id (default: the newest; see --list)")
+    back.add_argument("--list", action="store_true", help="list the kept releases of each host")
+    back.add_argument("--lock-wait", type=float, default=0, metavar="SECONDS", help="wait for a held deploy lock")
+    back.add_argument("--message", "-m", help="a note for the lock and the audit log (no secrets)")
+    back.add_argument("--limit", action="append", metavar="HOST", help="only these hosts (repeatable)")
+    back.set_defaults(func=lambda args: cmd_rollback(args, make_target))
+
     rollout = sub.add_parser("rollout", help="deploy in batches: canary first, health-gated, stop at a failure")
     add_target_options(rollout)
     rollout.add_argument("--batch", default="1", help="hosts per batch after the canary: N or P%% (default 1)")

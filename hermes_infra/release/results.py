@@ -45,6 +45,8 @@ class _Recorder:
             if not meta.is_complete():
                 remaining.append((host, op_hash, ok))
                 continue
+            # "Hermes gateway host | Compose project hermes up" -> the operation's own name.
+            names = [name.split(" | ")[-1] for name in names]
             _append(self.path, {"event": "op", "host": host.name, "name": ", ".join(names) or "Operation",
                                 "ok": ok, "changed": bool(ok and meta.did_change())})
         self.pending = remaining

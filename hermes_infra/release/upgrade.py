@@ -28,6 +28,7 @@ from hermes_infra.plan import HealthPlan, UpgradePlan
 RELEASES = "/var/lib/hermes-infra/releases"
 PREVIOUS_REPO = "hermes-infra/previous"
 ID_PATTERN = "[0-9a-f]" * 12
+REGATE_SECONDS = 180
 
 
 def _q(value: str) -> str:
@@ -38,7 +39,6 @@ def prepare_script(plan: UpgradePlan, releases: str = RELEASES) -> str:
     """Before anything in the data dirs changes: when the image differs from what the gateway
     runs, keep the old image and compose file, stop the gateways and snapshot their data dirs."""
     first = plan.services[0]
-    image_line = f'    image: "{plan.image_ref}"'
     snapshots = []
     for name, directory in plan.data_dirs:
         archive = f'{plan.backup_dir}/snapshot-{name}-$stamp.tar.gz'
@@ -46,12 +46,11 @@ def prepare_script(plan: UpgradePlan, releases: str = RELEASES) -> str:
             f'if [ -d {_q(directory)} ] && [ ! -L {_q(directory)} ]; then '
             f'tar -C / -czf "{archive}" {_q(directory.lstrip("/"))} && '
             f'printf "%s\\t%s\\t%s\\n" {_q(name)} {_q(directory)} "{archive}" >> "$rel/snapshots.new"; fi')
+        # Older snapshots go, except those a kept release still needs for its rollback.
         snapshots.append(
             f'( cd {_q(plan.backup_dir)} && ls -1t -- snapshot-{name}-*.tar.gz 2>/dev/null | tail -n +{plan.keep + 1} '
-            '| while IFS= read -r old; do grep -qF -- "$old" "$R"/*/snapshots 2>/dev/null && '
-            '[ "$(ls -1t "$R" | grep -v pending | head -n 1)" != "" ] && '
-            'grep -qF -- "$old" "$R/$(ls -1t "$R" | grep -v pending | head -n 1)/snapshots" && continue; '
-            'rm -f -- "$old"; done )')
+            '| while IFS= read -r old; do grep -qF -- "/$old" "$R"/*/snapshots "$rel/snapshots.new" 2>/dev/null '
+            '|| rm -f -- "$old"; done )')
     return f"""
 set -e
 umask 077
@@ -65,7 +64,8 @@ rel="$R/$id"
 install -d -m 0700 /var/lib/hermes-infra "$R" {_q(plan.backup_dir)}
 rm -rf "$rel" && install -d -m 0700 "$rel"
 docker tag "$old" {PREVIOUS_REPO}:$id
-awk -v from={_q(image_line)} -v to="    image: \\"{PREVIOUS_REPO}:$id\\"" '$0 == from {{print to; next}} {{print}}' \\
+oldref=$(docker inspect -f '{{{{.Config.Image}}}}' {_q(first)})
+awk -v from="    image: \\"$oldref\\"" -v to="    image: \\"{PREVIOUS_REPO}:$id\\"" '$0 == from {{print to; next}} {{print}}' \\
   {_q(plan.project_dir + '/compose.yaml')} > "$rel/compose.yaml"
 echo "$id" > "$R/pending"
 echo "upgrade: kept the previous image as {PREVIOUS_REPO}:$id; stopping the gateways for a consistent snapshot"
@@ -127,7 +127,9 @@ rm -f "$R/pending"
 def gate_or_rollback_script(plan: UpgradePlan, gates: tuple[HealthPlan, ...], releases: str = RELEASES) -> str:
     checks = " && ".join(f"( {gate_script(g.url, g.container, g.data_dir, g.timeout, g.interval)} )" for g in gates)
     rollback = rollback_script(plan.project_dir, plan.project, plan.services, plan.stop_grace_seconds, None, releases)
-    regate = " && ".join(f"( {gate_script(g.url, g.container, g.data_dir, g.timeout, g.interval)} )" for g in gates)
+    # The previous image starts from cold after the restore: give it at least REGATE_SECONDS.
+    regate = " && ".join(f"( {gate_script(g.url, g.container, g.data_dir, max(g.timeout, REGATE_SECONDS), g.interval)} )"
+                         for g in gates)
     return f"""
 R={_q(releases)}
 if {checks}; then rm -f "$R/pending"; exit 0; fi
