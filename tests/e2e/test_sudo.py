@@ -2,6 +2,7 @@
 in a 0700 directory of the SSH user, never in /tmp with the default umask (issue 8)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -27,7 +28,8 @@ def test_sudo_user_deploys_and_secrets_never_pass_through_tmp(deployed):
         assert SECRET in deployed.run("cat /root/.hermes/.env")
         # pyinfra copies each upload as root from where the SSH user put it: our private dir.
         assert "/home/deploy/.hermes-infra-upload/" in run.stdout, run.stdout[-3000:]
-        copies = [line for line in run.stdout.splitlines() if " cp " in f" {line} " and "stage/" in line]
+        copies = [line for line in run.stdout.splitlines()
+                  if re.search(r"\bcp\s", line) and "/var/lib/hermes-infra/stage/" in line]
         assert copies and not any("/tmp/" in line for line in copies), copies
         assert deployed.run("stat -c '%a %U' /home/deploy/.hermes-infra-upload").strip() == "700 deploy"
         assert deployed.run("ls -A /home/deploy/.hermes-infra-upload").strip() == ""  # nothing left behind
