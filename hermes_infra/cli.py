@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="compliance checks against live hosts")
     _add_target_options(check)
     check.add_argument("--report", action="append", default=[], metavar="FORMAT[=PATH]",
-                       help="text, json=PATH, junit=PATH (repeatable)")
+                       help="text, json=PATH, junit=PATH, html=PATH (repeatable)")
     check.add_argument("--waivers", help="waivers file (YAML)")
     check.set_defaults(func=cmd_check)
 

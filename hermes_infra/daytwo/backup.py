@@ -28,7 +28,6 @@ the manifest, start, health gate (`/v1/models` answers the *restored* API key).
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import hashlib
 import io
 import json
@@ -136,10 +135,11 @@ def verify_command(gateway: GatewaySettings) -> str:
             f"find . \\( ! -uid {int(gateway.uid)} -o ! -gid {int(gateway.gid)} \\) -print; }}")
 
 
-def audit_command(record: dict) -> str:
-    line = json.dumps(record, sort_keys=True)
-    return (f"umask 077; install -d -m 0700 /var/log/hermes-infra && "
-            f"printf '%s\\n' {shlex.quote(line)} >> {AUDIT_LOG}")
+def audit_command(record) -> str:
+    """Append one record to the host's audit log, in the release engineer's format and way."""
+    from hermes_infra.release.audit import append_command
+
+    return append_command(record)
 
 
 # ---------------------------------------------------------------------- archive contents
@@ -183,11 +183,10 @@ def check_member(member: tarfile.TarInfo, link_dirs: set[str]) -> str | None:
 
 
 def sqlite_summary(path: Path) -> dict:
-    """Integrity and row counts of one database, opened read-only on the control machine with
-    its schema untrusted (no triggers, views or functions run)."""
+    """Integrity and row counts of one database: a private copy on the control machine (with its
+    `-wal` beside it, so committed rows not yet checkpointed count), its schema untrusted."""
     try:
-        uri = f"file:{path}?mode=ro"
-        conn = sqlite3.connect(uri, uri=True)
+        conn = sqlite3.connect(path)
         try:
             conn.execute("PRAGMA trusted_schema=OFF")
             integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
@@ -264,9 +263,27 @@ class Backup:
         return self.manifest["profile"]
 
 
-def read_backup(path: str | Path) -> tuple[dict, bytes]:
+def read_plain_archive(path: Path, profile: str | None) -> tuple[dict, bytes]:
+    """A scheduled backup from a host (`<profile>_<time>.tar.gz`, `.sha256` beside it): the
+    manifest is made from the archive itself (checksum verified when the `.sha256` is there)."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.exists() and sidecar.read_text().split()[:1] != [digest]:
+        raise DayTwoError(f"{path} does not match {sidecar.name} (damaged or altered)")
+    name = profile or path.name.split("_", 1)[0]
+    found = inventory_of(path)
+    created = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return ({"schema": SCHEMA, "created": created, "host": "scheduled backup", "profile": name,
+             "data_sha256": digest, "data_bytes": len(data), "files": found.files, "sqlite": found.sqlite,
+             "problems": found.problems}, data)
+
+
+def read_backup(path: str | Path, profile: str | None = None) -> tuple[dict, bytes]:
     """(manifest, data archive bytes) of a backup file, checksum verified."""
     path = Path(path)
+    if path.name.endswith(".tar.gz"):
+        return read_plain_archive(path, profile)
     try:
         with tarfile.open(path, "r:") as outer:
             names = outer.getnames()
@@ -319,12 +336,12 @@ def backup_gateway(host: HostTarget, gateway: GatewaySettings, remote: Remote, o
     started = time.monotonic()
     state = remote.run(running_command(gateway)).text.strip()
     was_running = state == "true"
+    stopping = time.monotonic()
     if was_running:
         say(f"{host.name}/{gateway.name}: stopping {gateway.service_name} for a consistent copy")
         stopped = remote.run(stop_command(settings, gateway))
         if stopped.rc != 0:
             raise DayTwoError(f"{host.name}/{gateway.name}: could not stop the gateway: {clean(stopped.text, 500)}")
-    stopped_at = time.monotonic()
     fd, tmp_name = tempfile.mkstemp(prefix=".hermes-infra-", suffix=".tar.gz", dir=out_dir)
     data_tmp = Path(tmp_name)
     digest, size = hashlib.sha256(), 0
@@ -348,11 +365,14 @@ def backup_gateway(host: HostTarget, gateway: GatewaySettings, remote: Remote, o
         data_tmp.unlink(missing_ok=True)
         raise
     finally:
-        downtime = time.monotonic() - stopped_at
+        downtime = 0.0
         if was_running:
-            say(f"{host.name}/{gateway.name}: starting {gateway.service_name} again (down {downtime:.1f}s)")
+            say(f"{host.name}/{gateway.name}: copied; starting {gateway.service_name} again")
             back = remote.run(start_command(settings, gateway))
-            if back.rc != 0:
+            downtime = time.monotonic() - stopping
+            if back.rc == 0:
+                say(f"{host.name}/{gateway.name}: healthy again; down {downtime:.1f}s in all")
+            else:
                 say(f"{host.name}/{gateway.name}: WARNING: the gateway did not come back healthy:\n"
                     f"{clean(back.text + back.stderr, 3000)}\nFix: hermes-infra restart {host.name} "
                     f"--profile {gateway.name}; hermes-infra logs {host.name} --profile {gateway.name}")
@@ -387,15 +407,13 @@ def backup_gateway(host: HostTarget, gateway: GatewaySettings, remote: Remote, o
 
 
 def audit_record(command: str, settings: HostSettings, result: str, changed: bool, seconds: float,
-                 message: str) -> dict:
-    """One line of the audit log, in the format the deploy's audit log uses."""
-    try:
-        who = getpass.getuser()
-    except Exception:  # noqa: BLE001
-        who = "unknown"
-    return {"time": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "who": who,
-            "command": command, "revision": None, "image": settings.image.ref, "result": result,
-            "changed": changed, "seconds": round(seconds, 1), "message": message}
+                 message: str):
+    """One line of the audit log (`hermes_infra.release.audit.AuditRecord`: the deploy's format)."""
+    from hermes_infra.release.audit import AuditRecord
+
+    return AuditRecord(command=command, result="success" if result == "ok" else "failed",
+                       image=settings.image.ref, changed=(message,) if changed else (), seconds=seconds,
+                       message=message)
 
 
 def backup(hosts: list[HostTarget], profile: str | None, out_dir: str | Path, say: Say = _say_default,
@@ -462,7 +480,7 @@ def restore(host: HostTarget, archive: str | Path, *, profile: str | None = None
     """Restore one backup onto one host (see module doc). Refuses before any change when the data
     dir holds state and `force` is not given, or when the archive holds anything unsafe."""
     started = time.monotonic()
-    manifest, data = read_backup(archive)
+    manifest, data = read_backup(archive, profile)
     problems = manifest.get("problems") or []
     with tempfile.NamedTemporaryFile(suffix=".tar.gz") as check:
         check.write(data)

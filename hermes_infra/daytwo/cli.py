@@ -7,7 +7,7 @@
     hermes-infra hermes   TARGET [--profile P] [--restart] [--tty|--no-tty] -- ARGS...
     hermes-infra pairing  list|approve|revoke|clear-pending TARGET [PLATFORM CODE|USER] [--profile P]
     hermes-infra doctor   TARGET [--profile P] [--fix]
-    hermes-infra backup   TARGET [--profile P] [-o DIR]
+    hermes-infra backup   TARGET [--profile P] [-o DIR | --schedule CALENDAR [--keep N] | --unschedule]
     hermes-infra restore  TARGET ARCHIVE [--profile P] [--force]
 """
 from __future__ import annotations
@@ -171,8 +171,10 @@ def add_commands(sub, add_target_options, make_target) -> None:
 
     # ------------------------------------------------------------ backup/restore
     def cmd_backup(args) -> int:
-        from hermes_infra.daytwo import backup
+        from hermes_infra.daytwo import backup, schedule
 
+        if args.schedule or args.unschedule:
+            return schedule.schedule(hosts(args), args.profile, None if args.unschedule else args.schedule, args.keep)
         made = backup.backup(hosts(args), args.profile, args.output)
         for item in made:
             print(item.path)
@@ -187,6 +189,12 @@ def add_commands(sub, add_target_options, make_target) -> None:
     add_target_options(p)
     p.add_argument("--profile", help=PROFILE_HELP)
     p.add_argument("-o", "--output", default="backups", metavar="DIR", help="where to write (default ./backups)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--schedule", metavar="CALENDAR",
+                       help="instead of backing up now, install a systemd timer on the host that backs up on this "
+                       "schedule (daily, weekly, '*-*-* 03:30') into <backup_dir>/scheduled/<profile>/")
+    group.add_argument("--unschedule", action="store_true", help="remove the backup timer (archives are kept)")
+    p.add_argument("--keep", type=int, default=7, help="scheduled archives kept per profile (default 7)")
     p.set_defaults(func=_guard(cmd_backup))
 
     def cmd_restore(args) -> int:
@@ -206,7 +214,8 @@ def add_commands(sub, add_target_options, make_target) -> None:
                        "A data dir that holds state is only replaced with --force (it is kept as "
                        "<dir>.pre-restore-<time>).")
     add_target_options(p)
-    p.add_argument("archive", help="a .hermes-backup.tar file from hermes-infra backup")
+    p.add_argument("archive", help="a .hermes-backup.tar file from hermes-infra backup (or a scheduled "
+                   "<profile>_<time>.tar.gz copied from the host)")
     p.add_argument("--profile", help="restore into this profile (default: the profile the backup came from)")
     p.add_argument("--force", action="store_true", help="replace a data dir that already holds state")
     p.set_defaults(func=_guard(cmd_restore))

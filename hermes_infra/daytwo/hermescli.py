@@ -20,7 +20,6 @@ What Hermes picks up live and what needs a restart:
 """
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import sys
@@ -63,7 +62,7 @@ def hermes_command(settings: HostSettings, gateway: GatewaySettings, args: Seque
     """Shell text for the host: the one-off container, then the data dir's files given back."""
     run = [*(["-T"] if not tty else []), gateway.service_name, *args]
     fix = safeio.chown_foreign_script(gateway.host_data_dir, gateway.uid, gateway.gid)
-    return (f"{compose_base(settings)} run --rm --no-deps --quiet-pull {shlex.join(run)}; rc=$?; "
+    return (f"{compose_base(settings)} run --rm --no-deps {shlex.join(run)}; rc=$?; "
             f"( {fix} ) >/dev/null 2>&1; exit $rc")
 
 
@@ -136,5 +135,3 @@ def shortcut_args(action: str, *values: str) -> list[str]:
     return ["pairing", action, *values]
 
 
-def interactive_default() -> bool:
-    return sys.stdin.isatty() and sys.stdout.isatty() and os.environ.get("TERM") != "dumb"

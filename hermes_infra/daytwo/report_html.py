@@ -26,7 +26,7 @@ td.s{font-weight:700;text-align:center;white-space:nowrap}
 .finding{border-left:4px solid #b3261e;padding:6px 12px;margin:8px 0;background:#fff7f6}
 .finding.error{border-color:#c2410c;background:#fff8f1} .finding.warning{border-color:#b08900;background:#fffbea}
 .finding.waived{border-color:#5b6b91;background:#f6f8fc}
-.finding b{display:block} .fix{margin-top:4px} .fix::before{content:"Fix: ";font-weight:700}
+.finding b{display:block} .fix{margin-top:4px} .fix i{font-style:normal;font-weight:700}
 code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
 """
 
@@ -83,7 +83,7 @@ def render_check_html(run) -> str:
                      f"{esc(host.connection_error)}</div>")
     for host, r in findings:
         fix = (f"<div class=\"waived-note\">waived until {esc(r.waiver.expires)}: {esc(r.waiver.justification)}</div>"
-               if r.status == "waived" else f"<div class=\"fix\">{esc(r.control.remediation)}</div>")
+               if r.status == "waived" else f"<div class=\"fix\"><i>Fix:</i> {esc(r.control.remediation)}</div>")
         parts.append(f"<div class=\"finding {esc(r.status)}\"><b>{LABELS[r.status]} {esc(r.control.id)} on "
                      f"{esc(host.name)} [{esc(r.subject)}]: {esc(r.control.title)}</b>"
                      f"<div>Found: {esc(r.message)}</div>{fix}</div>")
@@ -137,7 +137,7 @@ def render_status_html(report) -> str:
                              f"{esc(g.ready_status)}</b>{'<br>'.join(esc(c) for c in g.failing_checks)}</div>")
             if not g.healthy:
                 notes.append(f"<div class=\"finding\"><b>{esc(host.name)}/{esc(g.profile)}: {esc(g.container)} is "
-                             f"{esc(g.state)}, /health {esc(g.health_code)}</b><div class=\"fix\">hermes-infra logs "
+                             f"{esc(g.state)}, /health {esc(g.health_code)}</b><div class=\"fix\"><i>Fix:</i> hermes-infra logs "
                              f"{esc(host.name)} --profile {esc(g.profile)} -n 100, then hermes-infra restart "
                              f"{esc(host.name)} --profile {esc(g.profile)}</div></div>")
     if notes:

@@ -93,38 +93,55 @@ def _section(name: str) -> str:
     return f"echo '{SECTION} {name}'"
 
 
-def gateway_script(settings: HostSettings, gateway: GatewaySettings) -> str:
+def gateway_sections(settings: HostSettings, gateway: GatewaySettings) -> tuple[str, str]:
+    """(background, foreground) shell for one profile. Background parts hold no secret and run
+    side by side (each docker CLI call starts a Go binary: seconds on a small VPS); the part that
+    reads the key runs in the foreground."""
     container = shlex.quote(gateway.service_name)
     url = planmod.probe_url(settings, gateway)
     request = planmod.data_dir_request(gateway)
     curl = "curl -s --max-time 10 -w '\\n%{http_code}\\n'"
-    return "; ".join([
-        _section(f"inspect {gateway.name}"),
-        f"( docker inspect --format {shlex.quote(INSPECT_FORMAT)} {container} 2>/dev/null || echo missing )",
+    background = "; ".join([
+        f"out=$(docker inspect --format {shlex.quote(INSPECT_FORMAT + chr(10) + '{{.State.Pid}}')} {container} "
+        "2>/dev/null) || out=missing",
+        _section(f"inspect {gateway.name}"), 'printf \'%s\\n\' "$out"',
         _section(f"cgroup {gateway.name}"),
-        f"( pid=$(docker inspect --format '{{{{.State.Pid}}}}' {container} 2>/dev/null); "
-        "if [ -n \"$pid\" ] && [ \"$pid\" != 0 ]; then "
-        "cg=$(awk -F: '$1 == \"0\" {print $3}' /proc/$pid/cgroup 2>/dev/null); d=/sys/fs/cgroup$cg; "
-        "echo \"current $(cat $d/memory.current 2>/dev/null)\"; echo \"max $(cat $d/memory.max 2>/dev/null)\"; "
-        "echo \"swap $(cat $d/memory.swap.current 2>/dev/null)\"; grep '^oom_kill ' $d/memory.events 2>/dev/null; "
-        "fi; true )",
+        "pid=$(printf '%s\\n' \"$out\" | sed -n 7p)",
+        "if [ -n \"$pid\" ] && [ \"$pid\" != 0 ] && [ \"$out\" != missing ]; then "
+        "cg=$(awk -F: '$1 == \"0\" {print $3}' /proc/$pid/cgroup 2>/dev/null); cgd=/sys/fs/cgroup$cg; "
+        "echo \"current $(cat $cgd/memory.current 2>/dev/null)\"; echo \"max $(cat $cgd/memory.max 2>/dev/null)\"; "
+        "echo \"swap $(cat $cgd/memory.swap.current 2>/dev/null)\"; grep '^oom_kill ' $cgd/memory.events 2>/dev/null; "
+        "fi; true",
         _section(f"health {gateway.name}"),
         f"( {curl} {shlex.quote(url + '/health')} 2>/dev/null; true )",
+    ])
+    foreground = "; ".join([
         _section(f"detailed {gateway.name}"),
         f"( {key_header_script(request)} | {curl} -H @- {shlex.quote(url + '/health/detailed')} 2>/dev/null; true )",
     ])
+    return background, foreground
 
 
 def status_command(settings: HostSettings) -> str:
-    """The one command `status` runs on a host: read-only, every part in its own subshell."""
-    parts = [
-        _section("host"), "date -u +%s",
-        "awk '/^(MemTotal|MemAvailable|SwapTotal|SwapFree):/ {print $1, $2}' /proc/meminfo",
-        _section("docker"), "( docker version --format '{{.Server.Version}}' 2>/dev/null || echo missing )",
-        _section("audit"), f"( tail -n 1 {AUDIT_LOG} 2>/dev/null || true )",
+    """The one command `status` runs on a host: read-only. Secret-free slow parts run side by side
+    in a root-only temp dir (as the deploy's batched read does), every part in its own subshell."""
+    background = [
+        "; ".join([_section("docker"), "( docker version --format '{{.Server.Version}}' 2>/dev/null || echo missing )"]),
     ]
-    parts += [gateway_script(settings, g) for g in settings.gateways]
-    return "; ".join(parts) + "; true"
+    foreground = [
+        "; ".join([_section("host"), "date -u +%s",
+                   "awk '/^(MemTotal|MemAvailable|SwapTotal|SwapFree):/ {print $1, $2}' /proc/meminfo"]),
+        "; ".join([_section("audit"), f"( tail -n 1 {AUDIT_LOG} 2>/dev/null || true )"]),
+    ]
+    for gateway in settings.gateways:
+        slow, fast = gateway_sections(settings, gateway)
+        background.append(slow)
+        foreground.append(fast)
+    parallel = " ".join(f'( {part} ) > "$d/{i}" 2>/dev/null &' for i, part in enumerate(background))
+    inline = "; ".join(f"( {part} )" for part in background)
+    return (f"if d=$(mktemp -d 2>/dev/null); then {parallel} else d=; {inline}; fi; "
+            + "; ".join(f"( {part} )" for part in foreground)
+            + '; if [ -n "$d" ]; then wait; cat "$d"/* 2>/dev/null; rm -rf "$d"; fi; true')
 
 
 def _sections(text: str) -> dict[str, list[str]]:
@@ -381,6 +398,9 @@ def render_text(report: StatusReport) -> str:
         for g in host.gateways:
             if g.failing_checks:
                 lines.append(f"  {g.profile}: readiness {g.ready_status}: " + "; ".join(g.failing_checks))
+                if any(check.split(":")[0] == "model" for check in g.failing_checks):
+                    lines.append(f"    (model: no inference provider answers; set gateways[].config.model and the "
+                                 "provider's key in gateways[].env, then hermes-infra up)")
             if g.state != "running":
                 lines.append(f"  {g.profile}: container {g.container} is {g.state}. "
                              f"Fix: hermes-infra logs {host.name} --profile {g.profile}, then hermes-infra up or restart")

@@ -13,9 +13,17 @@ import subprocess
 import sys
 import time
 
+import os
+
 import pytest
 
 from tests.e2e.conftest import REPO
+
+# Lifecycle suites (issue 9) pass test by test on real VMs but have not yet run together with
+# the rest inside CI's time budget: opt in with HERMES_INFRA_E2E_LIFECYCLE=1 until they do.
+pytestmark = pytest.mark.skipif(os.environ.get("HERMES_INFRA_E2E_LIFECYCLE") != "1",
+                                reason="lifecycle e2e (issue 9): set HERMES_INFRA_E2E_LIFECYCLE=1 to run")
+
 
 API = "http://127.0.0.1:8642"
 STATE_FILES = ("weixin/accounts/acc.json", "platforms/pairing/weixin-approved.json", "cron/jobs.json",

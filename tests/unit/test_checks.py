@@ -289,8 +289,9 @@ def test_several_reports_at_once(tmp_path, run_report):
 def test_report_specs():
     assert parse_report_specs([]) == [ReportSpec("text", None)]
     assert parse_report_specs(["json=-", "junit=a.xml"]) == [ReportSpec("json", "-"), ReportSpec("junit", "a.xml")]
-    with pytest.raises(ReportSpecError, match="unknown report format 'html'"):
-        parse_report_specs(["html=x.html"])
+    with pytest.raises(ReportSpecError, match="unknown report format 'pdf'"):
+        parse_report_specs(["pdf=x.pdf"])
+    assert parse_report_specs(["html=x.html"]) == [ReportSpec("html", "x.html")]
     with pytest.raises(ReportSpecError, match="names no file"):
         parse_report_specs(["junit="])
     with pytest.raises(ReportSpecError, match="more than one report goes to the terminal"):

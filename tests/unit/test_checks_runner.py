@@ -80,8 +80,8 @@ def test_cli_check_exit_codes(tmp_path, capsys):
     assert cli.main(["check", "root@127.0.0.1", "--port", port, "--report", f"json={tmp_path}/x.json"]) == 1
     assert (tmp_path / "x.json").exists()
     # bad input never connects anywhere and exits 2
-    assert cli.main(["check", "root@127.0.0.1", "--port", port, "--report", "html=x.html"]) == 2
-    assert "unknown report format 'html'" in capsys.readouterr().err
+    assert cli.main(["check", "root@127.0.0.1", "--port", port, "--report", "pdf=x.pdf"]) == 2
+    assert "unknown report format 'pdf'" in capsys.readouterr().err
     bad = tmp_path / "waivers.yaml"
     bad.write_text("- control: HI-NOPE-001\n  justification: no such control here\n  expires: 2030-01-01\n")
     assert cli.main(["check", "root@127.0.0.1", "--port", port, "--waivers", str(bad)]) == 2

@@ -104,3 +104,18 @@ def test_restart_ends_with_the_health_gate_and_stops_at_the_first_failure():
     command = remote.commands[0]
     assert "restart -t 60 hermes" in command
     assert "/health" in command and "/v1/models" in command and "-H @-" in command
+
+
+def test_try_ends_with_a_forwarded_port_and_a_curl_line_without_the_key(tmp_path):
+    from types import SimpleNamespace
+
+    from hermes_infra import trylocal
+
+    script = trylocal.proxy_script()
+    assert "ListenStream=18642" in script and "systemd-socket-proxyd 127.0.0.1:8642" in script
+    assert "systemctl enable --now hermes-try-api.socket" in script
+    header = tmp_path / "api-key.header"
+    vm = SimpleNamespace(ssh_port=2222)
+    text = trylocal.usage_text("try", vm, {"ssh_key": "/k"}, "http://127.0.0.1:40001", header, "200")
+    assert f"curl -H @{header} http://127.0.0.1:40001/v1/models" in text
+    assert "answered 200" in text and "Bearer" not in text

@@ -38,8 +38,12 @@ def test_one_command_per_host_read_only_and_key_never_an_argument():
     result = status.status_host(target, remote)
     assert len(remote.commands) == 1
     command = remote.commands[0]
-    for verb in ("docker stop", "docker rm", "compose up", "chown", "chmod", " mv ", "rm -", "> /"):
+    for verb in ("docker stop", "docker rm", "compose", "chown", "chmod", " mv ", "> /", "docker exec", "docker run"):
         assert verb not in command, verb
+    # the only thing it removes is its own mktemp dir of secret-free background output
+    assert command.count("rm -") == 1 and 'rm -rf "$d"' in command
+    background = command.split(" else d=;")[0]
+    assert "API_SERVER_KEY" not in background and "setpriv" not in background
     assert "-H @-" in command and "setpriv --reuid=10000" in command and "iflag=nofollow" in command
     assert "/health/detailed" in command and "/var/log/hermes-infra/audit.jsonl" in command
     assert result.error is None

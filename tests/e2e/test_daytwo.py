@@ -1,0 +1,221 @@
+"""Day two on real VMs (issue 10): status and logs show the real container, `pairing approve`
+approves a request planted the way Hermes 0.19.0 writes it (as uid 10000), a killed gateway is
+healthy again within 30 s and `status` shows the restart, and a backup of planted runtime
+state restored onto a second, fresh VM gives byte-identical files, the same rows and a healthy
+gateway answering the same key. The shared VM is left as found; the second VM is left deployed
+with default settings and healthy."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hermes_infra.daytwo import backup, remote, status
+
+# Lifecycle suites (issue 10) pass test by test on real VMs but have not yet run together with
+# the rest inside CI's time budget: opt in with HERMES_INFRA_E2E_LIFECYCLE=1 until they do.
+pytestmark = pytest.mark.skipif(os.environ.get("HERMES_INFRA_E2E_LIFECYCLE") != "1",
+                                reason="lifecycle e2e (issue 10): set HERMES_INFRA_E2E_LIFECYCLE=1 to run")
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+API = "http://127.0.0.1:8642"
+DATA = "/root/.hermes"
+CODE = "ABCD2345"
+PLANTED = ("weixin/accounts/e2e-bot.json", "platforms/pairing/weixin-approved.json", "cron/jobs.json",
+           "sessions/e2e-session.json")
+
+
+def cli(deployed, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`hermes-infra ARGS TARGET` as an operator runs it."""
+    argv = [sys.executable, "-m", "hermes_infra", *args, *deployed.target().cli_args()]
+    return subprocess.run(argv, capture_output=True, text=True, cwd=REPO, stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+def as_owner(command: str) -> str:
+    """`command` run in the data dir as the container user (the way Hermes writes its files)."""
+    return f"cd {DATA} && setpriv --reuid=10000 --regid=10000 --clear-groups -- sh -c {shlex.quote(command)}"
+
+
+def in_gateway(code: str) -> str:
+    """Python run inside the gateway container, as its user, in its data dir (SQLite opens by
+    absolute path, and the container user cannot traverse the host's /root)."""
+    return f"docker exec -w /opt/data hermes python3 -c {shlex.quote(code)}"
+
+
+def plant(deployed, path: str, text: str) -> None:
+    directory = os.path.dirname(path) or "."
+    encoded = base64.b64encode(text.encode()).decode()
+    deployed.run(as_owner(f"umask 077; mkdir -p ./{directory} && echo {encoded} | base64 -d > ./{path}"), timeout=60)
+
+
+def status_json(deployed) -> dict:
+    run = cli(deployed, "status", "--json")
+    assert run.returncode in (0, 1), run.stderr
+    return json.loads(run.stdout)["hosts"][0]
+
+
+def wait_healthy(host, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if host.http_status(f"{API}/health") == "200":
+            return time.monotonic() - started
+        time.sleep(1)
+    raise AssertionError(f"/health did not answer 200 within {timeout}s")
+
+
+def test_status_and_logs_show_the_real_container(deployed):
+    [target] = remote.resolve(deployed.target())
+    ssh = remote.SSHRemote(target.connection)
+    started = time.monotonic()
+    report = status.status_host(target, ssh)
+    seconds = time.monotonic() - started
+    ssh.close()
+    print(f"\n[timing] status over one host: {seconds:.1f}s")
+    assert ssh.connect_count == 1 and report.error is None
+    g = report.gateways[0]
+    inspect = json.loads(deployed.run("docker inspect hermes"))[0]
+    assert g.state == "running" and g.health_code == "200" and g.hermes_version == "0.19.0"
+    assert g.image == inspect["Config"]["Image"] and g.image_id == inspect["Image"]
+    assert g.restarts == inspect["RestartCount"]
+    assert g.memory_limit_bytes == inspect["HostConfig"]["Memory"] and 0 < g.memory_bytes < g.memory_limit_bytes
+    assert g.ready_status in ("ok", "degraded") and g.oom_kills == 0
+    assert report.swap_total_bytes and report.swap_total_bytes > 0
+
+    run = cli(deployed, "status")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "hermes" in run.stdout and "running" in run.stdout and "1/1 gateways healthy" in run.stdout
+    key = deployed.api_key()
+    assert key not in run.stdout and key not in run.stderr
+
+    logs = cli(deployed, "logs", "-n", "30")
+    assert logs.returncode == 0, logs.stderr
+    real = deployed.run("docker logs --tail 30 hermes 2>&1").splitlines()
+    assert real and logs.stdout.splitlines()[-1] == remote.clean(real[-1], 8000)
+    grep = cli(deployed, "logs", "-n", "200", "--grep", "^NO-SUCH-LINE$")
+    assert grep.returncode == 0 and grep.stdout == ""
+
+
+def test_pairing_approve_approves_a_request_planted_the_way_hermes_writes_it(deployed):
+    salt = os.urandom(16)
+    pending = {os.urandom(8).hex(): {"hash": hashlib.sha256(salt + CODE.encode()).hexdigest(), "salt": salt.hex(),
+                                     "user_id": "wxid_e2e_user", "user_name": "E2E", "created_at": time.time()}}
+    plant(deployed, "platforms/pairing/weixin-pending.json", json.dumps(pending, indent=2))
+    try:
+        # One Hermes CLI run costs a Python start-up in a one-off container (~15-60 s under TCG):
+        # approve only, and read the result from the files Hermes wrote.
+        started = time.monotonic()
+        argv = [sys.executable, "-m", "hermes_infra", "pairing", "approve", *deployed.target().cli_args(),
+                "weixin", CODE, "--no-tty"]
+        approved = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, stdin=subprocess.DEVNULL)
+        print(f"\n[timing] pairing approve: {time.monotonic() - started:.1f}s")
+        assert approved.returncode == 0, approved.stderr
+        assert "Approved" in approved.stdout and "no restart needed" in approved.stderr
+        path = f"{DATA}/platforms/pairing/weixin-approved.json"
+        assert "wxid_e2e_user" in json.loads(deployed.run(f"cat {path}"))
+        assert json.loads(deployed.run(f"cat {DATA}/platforms/pairing/weixin-pending.json")) == {}
+        assert deployed.run(f"stat -c '%u:%g %a' {path}").strip() == "10000:10000 600"
+        assert deployed.run(f"find {DATA} \\( ! -uid 10000 -o ! -gid 10000 \\) -print").strip() == ""
+    finally:
+        deployed.run(f"rm -f {DATA}/platforms/pairing/weixin-*.json {DATA}/platforms/pairing/_rate_limits.json")
+
+
+# The issue's bar. Hermes's cold start is a Python import of a large package: ~2 s on a VPS,
+# 20-30 s under QEMU TCG on an idle 2-core machine, 90 s and more when other VMs share the cores.
+# A contended machine may relax it (the run prints what it measured either way).
+RESTART_DEADLINE = float(os.environ.get("HERMES_INFRA_E2E_RESTART_DEADLINE", "30"))
+
+
+def test_killed_gateway_is_healthy_again_within_30s_and_status_shows_it(deployed):
+    before = status_json(deployed)["gateways"][0]
+    assert before["healthy"]
+    # Timed inside the VM, so SSH round trips on a busy machine do not count against the gateway.
+    script = ("s=$(date +%s%N); kill -KILL $(docker inspect --format '{{.State.Pid}}' hermes); "
+              f"t=$(( $(date +%s) + {int(RESTART_DEADLINE) + 5} )); "
+              "until [ \"$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 http://127.0.0.1:8642/health)\" = 200 ]; do "
+              "[ $(date +%s) -ge $t ] && break; sleep 0.5; done; echo $(( ($(date +%s%N) - s) / 1000000 ))")
+    seconds = int(deployed.run(script, timeout=RESTART_DEADLINE + 120).strip()) / 1000
+    print(f"\n[timing] killed gateway healthy again after {seconds:.1f}s (deadline {RESTART_DEADLINE:.0f}s)")
+    assert seconds <= RESTART_DEADLINE
+    after = status_json(deployed)["gateways"][0]
+    assert after["healthy"] and after["restarts"] == before["restarts"] + 1
+    assert after["uptime_seconds"] < RESTART_DEADLINE + 60
+
+
+def test_backup_restored_onto_a_new_vm(deployed, second_vm, tmp_path):
+    rows = [("alpha",), ("beta",), ("gamma",)]
+    plant(deployed, PLANTED[0], json.dumps({"token": "wx-login-state", "account_id": "e2e-bot"}))
+    plant(deployed, PLANTED[1], json.dumps({"wxid_paired": {"user_name": "P", "approved_at": 1.0}}))
+    plant(deployed, PLANTED[2], json.dumps({"jobs": [{"id": "e2e", "schedule": "0 8 * * *", "prompt": "hi"}]}))
+    plant(deployed, PLANTED[3], json.dumps({"messages": [{"role": "user", "content": "hello"}]}))
+    sql = ("import sqlite3; c = sqlite3.connect('state.db'); "
+           "c.execute('create table if not exists e2e_rows (v text)'); "
+           f"c.executemany('insert into e2e_rows values (?)', {rows!r}); c.commit()")
+    deployed.run(in_gateway(sql))
+    key = deployed.api_key()
+    try:
+        [source] = remote.resolve(deployed.target())
+        started = time.monotonic()
+        [made] = backup.backup([source], None, tmp_path / "backups", say=print)
+        backup_seconds = time.monotonic() - started
+        assert oct(made.path.stat().st_mode & 0o777) == "0o600"
+        assert oct((tmp_path / "backups").stat().st_mode & 0o777) == "0o700"
+        assert made.manifest["sqlite"]["state.db"]["integrity"] == "ok"
+        assert made.manifest["sqlite"]["state.db"]["tables"]["e2e_rows"] == 3
+        assert set(PLANTED) | {".env", "state.db"} <= set(made.manifest["files"])
+        assert key not in made.path.name and key.encode() not in json.dumps(made.manifest).encode()
+        assert deployed.http_status(f"{API}/v1/models", key=key) == "200"  # back up after the copy
+
+        [fresh] = remote.resolve(second_vm.target())
+        deploy_seconds = []
+
+        def timed_deploy(target):
+            from hermes_infra import commands
+            t0 = time.monotonic()
+            code = commands.up(target)
+            deploy_seconds.append(time.monotonic() - t0)
+            return code
+
+        started = time.monotonic()
+        result = backup.restore(fresh, made.path, force=True, say=print, deploy=timed_deploy)
+        restore_seconds = time.monotonic() - started
+        print(f"\n[timing] backup of a real data dir: {backup_seconds:.1f}s ({made.manifest['data_bytes'] / 1e6:.1f} MB,"
+              f" {len(made.manifest['files'])} files, gateway down {made.manifest['downtime_seconds']}s); "
+              f"restore onto a new VM: {restore_seconds:.1f}s of which deploy {sum(deploy_seconds):.1f}s")
+        if result.moved_aside:
+            second_vm.run(f"rm -rf -- {result.moved_aside}")
+
+        # restore() compared every file's sha256 with the manifest before starting the gateway
+        # (it raises otherwise): the restored data dir was byte-identical to the backup.
+        assert result.files == len(made.manifest["files"])
+        # After the start: what Hermes does not rewrite is still identical (it normalizes
+        # cron/jobs.json on start, so that one is compared by content).
+        stable = [p for p in PLANTED if p != "cron/jobs.json"] + [".env"]
+        sums = f"cd {DATA} && sha256sum {' '.join(stable)}"
+        assert second_vm.run(sums) == deployed.run(sums)
+        assert {p: made.manifest["files"][p]["sha256"] for p in stable} == {
+            line.split()[1]: line.split()[0] for line in second_vm.run(sums).splitlines()}
+        assert "e2e" in second_vm.run(f"cat {DATA}/cron/jobs.json")
+        query = "import sqlite3; print(sqlite3.connect('state.db').execute('select group_concat(v) from e2e_rows').fetchone()[0])"
+        count = in_gateway(query)
+        assert second_vm.run(count).strip() == deployed.run(count).strip() == "alpha,beta,gamma"
+        assert second_vm.run(f"find {DATA} \\( ! -uid 10000 -o ! -gid 10000 \\) -print").strip() == ""
+        assert second_vm.run(f"stat -c '%a %u:%g' {DATA} {DATA}/.env").split("\n")[:2] == ["700 10000:10000",
+                                                                                            "600 10000:10000"]
+        assert second_vm.api_key() == key
+        assert second_vm.http_status(f"{API}/v1/models", key=key) == "200"
+        assert second_vm.http_status(f"{API}/v1/models") == "401"
+        audit = second_vm.run("tail -n 1 /var/log/hermes-infra/audit.jsonl")
+        assert json.loads(audit)["command"] == "restore"
+    finally:
+        deployed.run(as_owner("rm -rf weixin/accounts/e2e-bot.json platforms/pairing/weixin-approved.json "
+                              "cron/jobs.json sessions/e2e-session.json"))
+        drop = "import sqlite3; c = sqlite3.connect('state.db'); c.execute('drop table if exists e2e_rows'); c.commit()"
+        deployed.run(in_gateway(drop))
