@@ -108,11 +108,19 @@ class HostContext:
     # ----------------------------------------------------------------------- facts
     def resources(self) -> HostResources:
         def compute():
-            out = self.run("awk '/^MemTotal:/ {print $2 * 1024}' /proc/meminfo; nproc")
-            lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
-            if out.rc != 0 or len(lines) < 2:
+            # The deploy's own source for RAM and CPUs (pyinfra's Memory and Cpus facts, whole
+            # MiB from vmstat), so the expected limits are exactly the ones the deploy derived.
+            from pyinfra.facts.hardware import Cpus, Memory
+
+            out = self.run(f"{Memory().command()}; echo '@@cpus'; {Cpus().command()}")
+            text = out.stdout.split("@@cpus")
+            memory_lines = [line for line in text[0].splitlines() if line.strip()]
+            cpu_lines = [line for line in (text[1] if len(text) > 1 else "").splitlines() if line.strip()]
+            memory_mb = Memory().process(memory_lines) if memory_lines else None
+            cpus = Cpus().process(cpu_lines) if cpu_lines else None
+            if out.rc != 0 or not memory_mb or not cpus:
                 raise CannotCheck(f"cannot read RAM and CPUs of the host: {out.stderr.strip()}")
-            return HostResources(memory_bytes=int(float(lines[0])), cpus=int(lines[1]))
+            return HostResources(memory_bytes=int(memory_mb) * 1024 * 1024, cpus=int(cpus))
 
         return self._cached("resources", compute)
 
