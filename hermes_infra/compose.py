@@ -134,6 +134,11 @@ def secret_digest(values: dict[str, str]) -> str:
     return hashlib.sha256(envfile.render(values).encode()).hexdigest()[:16]
 
 
+def compose_command(directory: str, project: str) -> str:
+    """`docker compose` on a project, from its directory (as the deploy runs it)."""
+    return f"cd {shlex.quote(directory)} && docker compose -p {shlex.quote(project)} -f compose.yaml"
+
+
 def stamp_of(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -146,10 +151,11 @@ def compose_up(project: "ProjectPlan"):
     if project.up_reason is None:
         host.noop(f"compose project {project.name} is up to date and running")
         return
-    compose_cmd = f"cd {shlex.quote(project.directory)} && docker compose -p {shlex.quote(project.name)} -f compose.yaml"
+    compose_cmd = compose_command(project.directory, project.name)
     yield f"{compose_cmd} up -d --remove-orphans --quiet-pull 2>&1"
     # The stamp records what was applied and the config hash compose gave each checked service,
     # so later deploys detect a container recreated by hand without running compose (seconds).
-    services = " ".join(project.drift_checked)
-    hashes = f"{compose_cmd} config --hash {shlex.quote(services)}" if services else "true"
+    # `--hash` takes one comma-separated argument; '*' hashes every service and the plan reads
+    # only the ones it checks.
+    hashes = f"{compose_cmd} config --hash '*'" if project.drift_checked else "true"
     yield f"{{ echo {project.stamp}; {hashes}; }} > {shlex.quote(project.stamp_path)}"

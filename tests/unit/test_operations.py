@@ -191,7 +191,7 @@ def test_compose_up_only_with_a_reason():
     project = plan_for(host, facts).projects[0]
     assert run_op(compose.compose_up, project).commands == [
         "cd /opt/hermes && docker compose -p hermes -f compose.yaml up -d --remove-orphans --quiet-pull 2>&1",
-        f"{{ echo {project.stamp}; cd /opt/hermes && docker compose -p hermes -f compose.yaml config --hash hermes; }}"
+        f"{{ echo {project.stamp}; cd /opt/hermes && docker compose -p hermes -f compose.yaml config --hash '*'; }}"
         " > /opt/hermes/.hermes-infra-applied"]
 
 
