@@ -8,7 +8,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 
-from hermes_infra import compose, datadir, docker_engine, health, image, profiles, swap
+from hermes_infra import backup_timer, compose, datadir, docker_engine, health, image, profiles, swap
 from hermes_infra.hostfacts import HermesHostState
 from hermes_infra.loading import settings_for_host
 from hermes_infra.ops import root_file
@@ -67,6 +67,13 @@ def hermes_host(settings: HostSettings | None = None):
     if plan.upgrade is not None:
         upgrade.gated_or_rolled_back(name="Health gate (rolls back to the previous image on failure)",
                                      plan=plan.upgrade, gates=plan.health)
-        return
-    for gate in plan.health:
-        health.healthy(name=f"Health gate: {gate.container} answers /health and /v1/models", plan=gate)
+    else:
+        for gate in plan.health:
+            health.healthy(name=f"Health gate: {gate.container} answers /health and /v1/models", plan=gate)
+    root_file(name=f"Record revision {plan.revision} as deployed", file=plan.deployed, writer=writer)
+    timer = plan.backup_timer
+    for file in timer.files:
+        root_file(name=f"Scheduled backups: {file.path}", file=file, writer=writer)
+    backup_timer.timer_running(name=f"Scheduled backups: {timer.calendar or 'none'}", calendar=timer.calendar,
+                               present=timer.present, enabled=timer.enabled, active=timer.active,
+                               files_changed=timer.files_changed)

@@ -103,6 +103,8 @@ def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
         sections.append((f"pyinfra {name}", [f"{fact().command()} 2>/dev/null"]))
     sections += [("service docker", ["systemctl is-enabled docker 2>/dev/null || true",
                                      "systemctl is-active docker 2>/dev/null || true"]),
+                 ("service backup-timer", ["systemctl is-enabled hermes-infra-backup.timer 2>/dev/null || true",
+                                           "systemctl is-active hermes-infra-backup.timer 2>/dev/null || true"]),
                  ("aptlists", ["date +%s; stat -c %Y /var/lib/apt/periodic/update-success-stamp "
                                "/var/lib/apt/lists/partial 2>/dev/null | sort -n | tail -n 1"])]
     if request.image_ref:
@@ -187,6 +189,8 @@ class HostState:
     image_inspect: list | None = None
     docker_enabled: bool = False
     docker_active: bool = False
+    backup_timer_enabled: bool = False
+    backup_timer_active: bool = False
     apt_lists_age: int | None = None
     """Seconds since apt's lists were last updated (None: never)."""
 
@@ -262,7 +266,11 @@ def parse_state(lines: list[str]) -> HostState:
                 state.cpus = int(value or 1)
         elif kind == "service":
             values = [line.strip() for line in body] + ["", ""]
-            state.docker_enabled, state.docker_active = values[0] == "enabled", values[1] == "active"
+            enabled, active = values[0] == "enabled", values[1] == "active"
+            if rest == "backup-timer":
+                state.backup_timer_enabled, state.backup_timer_active = enabled, active
+            else:
+                state.docker_enabled, state.docker_active = enabled, active
         elif kind == "aptlists":
             values = [line.strip() for line in body if line.strip()]
             if len(values) >= 2:

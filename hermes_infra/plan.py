@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pyinfra.api.exceptions import PyinfraError
 
 from hermes_infra import (
+    backup_timer,
     compose,
     configfile,
     daemon,
@@ -245,11 +246,30 @@ class HostPlan:
     projects: tuple[ProjectPlan, ...]
     health: tuple[HealthPlan, ...]
     revision: str
+    deployed: RootFilePlan
+    backup_timer: BackupTimerPlan
+    """The revision, written once the gates pass: what `rollback --to REVISION` finds later."""
     upgrade: UpgradePlan | None = None
     """Set when the main project will be brought up over existing gateway containers: the
     deploy then keeps the previous image, snapshots the data dirs (gateways stopped) and rolls
     back if the new image fails its gate. Whether the image really changed is decided on the
     host at that moment (the running container's image ID against the ref's)."""
+
+
+@dataclass(frozen=True)
+class BackupTimerPlan:
+    """The scheduled-backup timer: its files when a schedule is set, what to remove when not."""
+
+    calendar: str | None
+    files: tuple[RootFilePlan, ...]
+    present: tuple[str, ...]
+    """Timer files found on the host (removed when no schedule is set)."""
+    enabled: bool
+    active: bool
+
+    @property
+    def files_changed(self) -> bool:
+        return any(f.content_changed for f in self.files)
 
 
 @dataclass(frozen=True)
@@ -281,13 +301,20 @@ def probe_url(settings: HostSettings, gateway: GatewaySettings) -> str:
     return f"http://{address}:{gateway.api.port}"
 
 
+DEPLOYED_NAME = "deployed-revision"
+
+
 def manifest_path(settings: HostSettings) -> str:
     return f"{settings.project_dir}/profiles.json"
 
 
+def deployed_path(settings: HostSettings) -> str:
+    return f"{settings.project_dir}/{DEPLOYED_NAME}"
+
+
 def fact_request(settings: HostSettings) -> StateRequest:
     """What to read from the host, from settings alone (so it can run before any plan)."""
-    files = [DAEMON_JSON, APT_CONF, SYSCTL_FILE, manifest_path(settings)]
+    files = [DAEMON_JSON, APT_CONF, SYSCTL_FILE, manifest_path(settings), deployed_path(settings), *backup_timer.PATHS]
     if settings.docker.install_source == "official":
         files.append(DOCKER_SOURCES)
     projects = [(compose.MAIN_PROJECT, settings.project_dir)]
@@ -601,8 +628,20 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
                       sysctl_file=_root_file(state, SYSCTL_FILE, f"vm.swappiness = {settings.swap.swappiness}\n")),
         image=image, retire=_retire(settings, state, list(settings.gateways)), gateways=tuple(gateways),
         companion_env_files=companion_files, manifest=manifest, projects=tuple(projects), health=tuple(health),
-        revision=revision, upgrade=upgrade,
+        revision=revision, deployed=_root_file(state, deployed_path(settings), revision + "\n"),
+        backup_timer=_backup_timer(settings, state), upgrade=upgrade,
     )
+
+
+def _backup_timer(settings: HostSettings, state: HostState) -> BackupTimerPlan:
+    wanted = settings.scheduled_backups
+    files: tuple[RootFilePlan, ...] = ()
+    if wanted.schedule is not None:
+        files = (_root_file(state, backup_timer.SCRIPT, backup_timer.script_text(settings, wanted.keep), "0700"),
+                 *(_root_file(state, path, text) for path, text in backup_timer.units(wanted.schedule).items()))
+    return BackupTimerPlan(calendar=wanted.schedule, files=files,
+                           present=tuple(p for p in backup_timer.PATHS if state.root_files.get(p) is not None),
+                           enabled=state.backup_timer_enabled, active=state.backup_timer_active)
 
 
 def manifest_text(settings: HostSettings) -> str:

@@ -1038,6 +1038,28 @@ class HealthSettings(Settings):
     """Pause between health probes."""
 
 
+class ScheduledBackupSettings(Settings):
+    schedule: str | None = None
+    """When the host backs up each profile's data dir by itself: a systemd calendar expression
+    (`daily`, `weekly`, `*-*-* 03:30`). The deploy installs a systemd timer that stops each
+    gateway for a consistent copy (seconds), archives its data dir as its owner into
+    `<backup_dir>/scheduled/<profile>/` (0600, with a `.sha256`) and starts it again. Unset: no
+    timer (one installed earlier is removed; its archives stay)."""
+
+    keep: int = Field(7, ge=1, le=1000)
+    """Scheduled archives kept per profile; older ones are deleted."""
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.fullmatch(r"[A-Za-z0-9:*,./~ -]{1,100}", value) or not value.strip():
+            raise ValueError(f"{value!r} is not a systemd calendar expression. Fix: daily, weekly, hourly or "
+                             "e.g. '*-*-* 03:30' (see `man systemd.time`)")
+        return value.strip()
+
+
 class HostSettings(Settings):
     """Everything hermes-infra manages on one host.
 
@@ -1064,6 +1086,9 @@ class HostSettings(Settings):
 
     health: HealthSettings = HealthSettings()
     """The health gate at the end of a deploy."""
+
+    scheduled_backups: ScheduledBackupSettings = ScheduledBackupSettings()
+    """Backups the host takes by itself on a schedule (a systemd timer); off by default."""
 
     project_dir: str = "/opt/hermes"
     """Directory on the host holding the compose files and companion env files (absolute,

@@ -7,7 +7,7 @@
     hermes-infra hermes   TARGET [--profile P] [--restart] [--tty|--no-tty] -- ARGS...
     hermes-infra pairing  list|approve|revoke|clear-pending TARGET [PLATFORM CODE|USER] [--profile P]
     hermes-infra doctor   TARGET [--profile P] [--fix]
-    hermes-infra backup   TARGET [--profile P] [-o DIR | --schedule CALENDAR [--keep N] | --unschedule]
+    hermes-infra backup   TARGET [--profile P] [-o DIR]   (on a schedule: the setting scheduled_backups)
     hermes-infra restore  TARGET ARCHIVE [--profile P] [--force]
 """
 from __future__ import annotations
@@ -171,10 +171,8 @@ def add_commands(sub, add_target_options, make_target) -> None:
 
     # ------------------------------------------------------------ backup/restore
     def cmd_backup(args) -> int:
-        from hermes_infra.daytwo import backup, schedule
+        from hermes_infra.daytwo import backup
 
-        if args.schedule or args.unschedule:
-            return schedule.schedule(hosts(args), args.profile, None if args.unschedule else args.schedule, args.keep)
         made = backup.backup(hosts(args), args.profile, args.output)
         for item in made:
             print(item.path)
@@ -185,16 +183,11 @@ def add_commands(sub, add_target_options, make_target) -> None:
                        "archive its data dir as its owner, start it again behind the health gate, and write "
                        "DIR/<host>_<profile>_<time>.hermes-backup.tar (0600, in a 0700 dir) with a manifest of "
                        "every file's sha256 and every SQLite database's integrity and row counts. Secrets are "
-                       "inside the archive only.")
+                       "inside the archive only. Backups on a schedule, taken by the host itself: the setting "
+                       "scheduled_backups.schedule (a systemd timer installed by the deploy).")
     add_target_options(p)
     p.add_argument("--profile", help=PROFILE_HELP)
     p.add_argument("-o", "--output", default="backups", metavar="DIR", help="where to write (default ./backups)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--schedule", metavar="CALENDAR",
-                       help="instead of backing up now, install a systemd timer on the host that backs up on this "
-                       "schedule (daily, weekly, '*-*-* 03:30') into <backup_dir>/scheduled/<profile>/")
-    group.add_argument("--unschedule", action="store_true", help="remove the backup timer (archives are kept)")
-    p.add_argument("--keep", type=int, default=7, help="scheduled archives kept per profile (default 7)")
     p.set_defaults(func=_guard(cmd_backup))
 
     def cmd_restore(args) -> int:

@@ -29,8 +29,7 @@ from hermes_infra.settings import GatewaySettings, HostSettings
 
 def compose_base(settings: HostSettings) -> str:
     """`docker compose` on the gateways' project, from its directory (as the deploy runs it)."""
-    return (f"cd {shlex.quote(settings.project_dir)} && "
-            f"docker compose -p {shlex.quote(compose.MAIN_PROJECT)} -f compose.yaml")
+    return compose.compose_command(settings.project_dir, compose.MAIN_PROJECT)
 
 
 # ----------------------------------------------------------------------------- logs

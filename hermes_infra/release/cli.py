@@ -108,7 +108,8 @@ def cmd_rollback(args, make_target) -> int:
         try:
             for name, remote in remotes.items():
                 kept = remote.run(rollback.list_command()).stdout.split("\n")
-                print(f"{name}: " + (", ".join(line for line in kept if line) or "no kept release"))
+                lines = [line for line in kept if line]
+                print(f"{name}: " + ("\n  " + "\n  ".join(lines) if lines else "no kept release"))
         finally:
             for remote in remotes.values():
                 remote.close()
@@ -128,7 +129,8 @@ def cmd_rollback(args, make_target) -> int:
 def add_commands(sub, add_target_options, make_target) -> None:
     back = sub.add_parser("rollback", help="back to the previous image and the snapshot taken before the upgrade")
     add_target_options(back)
-    back.add_argument("--to", metavar="ID", help="a kept release id (default: the newest; see --list)")
+    back.add_argument("--to", metavar="REVISION",
+                      help="the revision to go back to, or a kept image id (default: the newest kept; see --list)")
     back.add_argument("--list", action="store_true", help="list the kept releases of each host")
     back.add_argument("--lock-wait", type=float, default=0, metavar="SECONDS", help="wait for a held deploy lock")
     back.add_argument("--message", "-m", help="a note for the lock and the audit log (no secrets)")

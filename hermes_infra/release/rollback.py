@@ -1,4 +1,4 @@
-"""`hermes-infra rollback TARGET [--to ID]`: back to a kept previous image and the snapshots
+"""`hermes-infra rollback TARGET [--to REVISION]`: back to a kept previous image and the snapshots
 taken before the upgrade that replaced it, on demand (the deploy does the same by itself when a
 new image fails its gate). Locked and audited like a deploy.
 
@@ -28,8 +28,10 @@ class RollbackResult:
 
 
 def list_command() -> str:
+    """One line per kept release, newest first: image id, when it was kept, the revision it ran."""
     return (f"cd {upgrade.RELEASES} 2>/dev/null && ls -1t | grep -x '{upgrade.ID_PATTERN}' | while read -r id; do "
-            "echo \"$id $(date -u -r \"$id\" +%Y-%m-%dT%H:%M:%SZ)\"; done; true")
+            "echo \"$id $(date -u -r \"$id\" +%Y-%m-%dT%H:%M:%SZ) revision $(cat \"$id/revision\" 2>/dev/null || echo -)\"; "
+            "done; true")
 
 
 def rollback(target, *, to: str | None = None, lock_wait: float = 0, message: str | None = None,
@@ -39,7 +41,8 @@ def rollback(target, *, to: str | None = None, lock_wait: float = 0, message: st
 
     log = log or (lambda text: print(f"hermes-infra: {text}", file=sys.stderr, flush=True))
     if to is not None and not re.fullmatch(r"[0-9a-f]{12}", to):
-        raise SettingsError(f"--to {to!r}: give a kept release id (12 hex digits, see `rollback --list`)")
+        raise SettingsError(f"--to {to!r}: give a revision or a kept image id (12 hex digits each, "
+                            "see `hermes-infra rollback TARGET --list`)")
     settings = commands.validate(target)
     remotes = remotes_for(target, limit)
     results = []
@@ -52,7 +55,7 @@ def rollback(target, *, to: str | None = None, lock_wait: float = 0, message: st
                 host_settings = settings[name]
                 script = upgrade.rollback_script(
                     host_settings.project_dir, "hermes", tuple(g.service_name for g in host_settings.gateways),
-                    max(g.stop_grace_seconds for g in host_settings.gateways), to)
+                    max(g.stop_grace_seconds for g in host_settings.gateways), to, keep=host_settings.backup_keep)
                 started = time.monotonic()
                 done = remote.run(script, timeout=900)
                 seconds = time.monotonic() - started

@@ -23,7 +23,7 @@ from pyinfra import host
 from pyinfra.api import operation
 
 from hermes_infra.health import gate_script
-from hermes_infra.plan import HealthPlan, UpgradePlan
+from hermes_infra.plan import DEPLOYED_NAME, HealthPlan, UpgradePlan
 
 RELEASES = "/var/lib/hermes-infra/releases"
 PREVIOUS_REPO = "hermes-infra/previous"
@@ -73,6 +73,8 @@ docker stop -t {int(plan.stop_grace_seconds)} {' '.join(_q(s) for s in plan.serv
 : > "$rel/snapshots.new"
 {chr(10).join(snapshots)}
 mv -fT "$rel/snapshots.new" "$rel/snapshots"
+# The revision that ran before: what `rollback --to REVISION` names.
+cp -f {_q(plan.project_dir + '/' + DEPLOYED_NAME)} "$rel/revision" 2>/dev/null || true
 touch "$rel"
 # Keep the newest {plan.keep} previous images; never the one just kept (the rollback target).
 ls -1t "$R" | grep -x '{ID_PATTERN}' | tail -n +{plan.keep + 1} | while IFS= read -r gone; do
@@ -85,11 +87,18 @@ echo "upgrade: snapshots in {plan.backup_dir} ($(cut -f3 "$rel/snapshots" | tr '
 
 
 def rollback_script(plan_project_dir: str, project: str, services: tuple[str, ...], grace: int,
-                    release_id: str | None = None, releases: str = RELEASES) -> str:
-    """Stop the gateways, restore each snapshot of release `release_id` (default: the pending
-    upgrade's, else the newest kept), bring the previous image's compose file up."""
-    pick = (f"id={_q(release_id)}" if release_id else
-            f'if [ -f "$R/pending" ]; then id=$(cat "$R/pending"); else id=$(ls -1t "$R" | grep -x \'{ID_PATTERN}\' | head -n 1); fi')
+                    release_id: str | None = None, releases: str = RELEASES, keep: int = 3) -> str:
+    """Stop the gateways, restore each snapshot of release `release_id` (a kept image's id or
+    the revision that ran it; default: the pending upgrade's, else the newest kept), bring the
+    previous image's compose file up. Of the data dirs the newer version left, the newest
+    `keep` per profile are kept."""
+    if release_id:
+        # A release is named by its image id (the directory) or by the revision recorded in it.
+        pick = (f'id={_q(release_id)}; if [ ! -d "$R/$id" ]; then '
+                f'found=$(grep -lx -- {_q(release_id)} "$R"/{ID_PATTERN}/revision 2>/dev/null | head -n 1); '
+                'id=$(basename "$(dirname "${found:-/none/none}")"); fi')
+    else:
+        pick = f'if [ -f "$R/pending" ]; then id=$(cat "$R/pending"); else id=$(ls -1t "$R" | grep -x \'{ID_PATTERN}\' | head -n 1); fi'
     project_dir = _q(plan_project_dir)
     return f"""
 set -e
@@ -103,22 +112,26 @@ fi
 docker image inspect {PREVIOUS_REPO}:$id >/dev/null
 echo "rollback: to {PREVIOUS_REPO}:$id and the snapshots taken before the upgrade"
 docker stop -t {int(grace)} {' '.join(_q(s) for s in services)} >/dev/null 2>&1 || true
-stamp=$(date +%Y%m%dT%H%M%S)
+stamp=$(date +%Y%m%dT%H%M%S)-$$
 tab=$(printf '\\t')
 while IFS="$tab" read -r name dir archive; do
   [ -f "$archive" ] || {{ echo "hermes-infra: snapshot $archive of $name is missing" >&2; exit 1; }}
-  tmp=$(mktemp -d /var/lib/hermes-infra/restore.XXXXXX)
+  tmp=$(mktemp -d "${{R%/*}}/restore.XXXXXX")
   tar -C "$tmp" -xzpf "$archive" --numeric-owner
   inner="$tmp/${{dir#/}}"
   if [ ! -d "$inner" ] || [ -L "$inner" ]; then echo "hermes-infra: $archive holds no $dir" >&2; rm -rf "$tmp"; exit 1; fi
   if [ -e "$dir" ] || [ -L "$dir" ]; then mv -T -- "$dir" "$dir.rolled-back-$stamp"; echo "rollback: $dir as the new version left it: $dir.rolled-back-$stamp"; fi
   mv -T -- "$inner" "$dir"
   rm -rf -- "$tmp"
+  # Older set-aside dirs go (rm never follows the links the agent may have left in them).
+  for old in "$dir".rolled-back-[0-9]*; do [ -d "$old" ] && printf '%s\n' "$old"; done | sort -r | tail -n +{int(keep) + 1} \
+  | while IFS= read -r old; do rm -rf -- "$old"; done
 done < "$rel/snapshots"
 install -m 0644 -o 0 -g 0 -T "$rel/compose.yaml" {project_dir}/compose.yaml.hermes-infra.new
 mv -fT {project_dir}/compose.yaml.hermes-infra.new {project_dir}/compose.yaml
 # The stamp no longer matches: the next deploy applies the settings again.
 echo rolled-back > {project_dir}/.hermes-infra-applied
+if [ -f "$rel/revision" ]; then cp -f "$rel/revision" {project_dir}/{DEPLOYED_NAME}; else rm -f {project_dir}/{DEPLOYED_NAME}; fi
 cd {project_dir} && docker compose -p {_q(project)} -f compose.yaml up -d --remove-orphans 2>&1
 rm -f "$R/pending"
 """.strip()
@@ -126,7 +139,8 @@ rm -f "$R/pending"
 
 def gate_or_rollback_script(plan: UpgradePlan, gates: tuple[HealthPlan, ...], releases: str = RELEASES) -> str:
     checks = " && ".join(f"( {gate_script(g.url, g.container, g.data_dir, g.timeout, g.interval)} )" for g in gates)
-    rollback = rollback_script(plan.project_dir, plan.project, plan.services, plan.stop_grace_seconds, None, releases)
+    rollback = rollback_script(plan.project_dir, plan.project, plan.services, plan.stop_grace_seconds, None, releases,
+                               plan.keep)
     # The previous image starts from cold after the restore: give it at least REGATE_SECONDS.
     regate = " && ".join(f"( {gate_script(g.url, g.container, g.data_dir, max(g.timeout, REGATE_SECONDS), g.interval)} )"
                          for g in gates)

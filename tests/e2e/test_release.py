@@ -99,6 +99,41 @@ def test_ctrl_c_releases_the_lock_and_is_audited(deployed):
     assert last_audit(deployed)["result"] == "success"
 
 
+def test_a_deploy_killed_in_the_compose_step_leaves_a_stale_lock_and_the_next_run_converges(deployed):
+    """The control process and its SSH link killed (SIGKILL: no `finally`) while `docker compose
+    up` recreates the gateway: the lock is reported stale, never taken over; once released, the
+    next run converges to the settings the killed one had, with nothing lost."""
+    key = deployed.api_key()
+    one_gig = {"gateways": [{"name": "hermes", "limits": {"memory": "1G"}}]}
+    argv = [sys.executable, "-m", "hermes_infra", "up", *deployed.target(**one_gig).cli_args()]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while deployed.vm.ssh("pgrep -f 'docker compose -p hermes .*up -d' >/dev/null").rc != 0:
+        assert time.monotonic() < deadline and proc.poll() is None, "the deploy never reached compose up"
+        time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    args = deployed.target().cli_args()
+    assert deployed.vm.ssh(f"test -d {LOCK}").rc == 0, "a killed run cannot release its lock"
+    blocked = deployed.deploy(**one_gig)
+    assert blocked.returncode == 3, blocked.output[-3000:]
+    assert "looks stale" in blocked.output and f"holder process {proc.pid}" in blocked.output
+    assert "lock release" in blocked.output
+    assert "Connecting" not in blocked.output
+    released = hermes_infra("lock", "release", *args)
+    assert released.returncode == 0, released.stdout
+    converged = deployed.deploy(**one_gig)
+    assert converged.returncode == 0, converged.output[-5000:]
+    assert deployed.run("docker inspect -f '{{.HostConfig.Memory}}' hermes").strip() == str(1024**3)
+    assert deployed.api_key() == key
+    assert deployed.http_status(f"{API}/v1/models", key=key) == "200"
+    again = deployed.deploy(**one_gig)
+    assert again.returncode == 0 and again.changed_operations() == 0, again.output[-4000:]
+    back = deployed.deploy()
+    assert back.returncode == 0, back.output[-4000:]
+
+
 @pytest.fixture(scope="module")
 def images(deployed):
     """A second image (a label more) and a broken one (its gateway cannot start), made on the VM."""
@@ -137,6 +172,35 @@ def test_upgrade_keeps_runtime_state_byte_identical(deployed, images):
     record = last_audit(deployed)
     assert record["result"] == "success" and record["image"] == images["two"]
     assert "Upgrade: keep the previous image, snapshot the data dirs" in record["changed"]
+
+
+def test_rollback_on_demand_to_a_revision(deployed, images):
+    """After the upgrade above: `rollback --to` the revision that ran before it brings back its
+    image and the data dir as it was then; what the newer version wrote is set aside, not lost."""
+    args = deployed.target(image=pulled(images["two"])).cli_args()
+    audits = [json.loads(line) for line in deployed.run("cat /var/log/hermes-infra/audit.jsonl").splitlines()]
+    upgraded = next(r for r in reversed(audits) if r["command"] == "up" and r.get("image") == images["two"])
+    earlier = next(r for r in reversed(audits[:audits.index(upgraded)])
+                   if r["command"] == "up" and r["result"] == "success")
+    listed = hermes_infra("rollback", *args, "--list")
+    assert earlier["revision"] in listed.stdout, listed.stdout
+    before = state_digest(deployed)
+    deployed.run("setpriv --reuid=10000 --regid=10000 --clear-groups sh -c 'echo newer > /root/.hermes/memories/m2.md'")
+    started = time.monotonic()
+    back = hermes_infra("rollback", *args, "--to", earlier["revision"], "-m", "e2e rollback")
+    print(f"\n[timing] rollback on demand (stop, restore snapshot, previous image up): "
+          f"{time.monotonic() - started:.1f}s")
+    assert back.returncode == 0, back.stdout[-4000:]
+    assert deployed.run("docker inspect -f '{{.Config.Image}}' hermes").strip().startswith("hermes-infra/previous:")
+    assert deployed.run("docker inspect -f '{{.Image}}' hermes").strip() == \
+        deployed.run(f"docker image inspect -f '{{{{.Id}}}}' {base_ref(deployed)}").strip()
+    assert deployed.run("cat /opt/hermes/deployed-revision").strip() == earlier["revision"]
+    deployed.run("for i in $(seq 90); do curl -fs -o /dev/null http://127.0.0.1:8642/health && exit 0; sleep 2; done; exit 1")
+    assert state_digest(deployed) == before
+    assert deployed.run("test ! -e /root/.hermes/memories/m2.md && cat /root/.hermes.rolled-back-*/memories/m2.md"
+                        ).strip() == "newer"
+    record = last_audit(deployed)
+    assert record["command"] == "rollback" and record["result"] == "success"
 
 
 def test_broken_image_rolls_back_automatically_to_a_healthy_previous(deployed, images):

@@ -52,7 +52,7 @@ def test_snapshot_is_taken_with_the_gateway_stopped_and_by_tar_without_following
 
 def test_rollback_restores_into_a_fresh_root_dir_and_renames_instead_of_extracting_in_place():
     script = upgrade.rollback_script("/opt/hermes", "hermes", ("hermes",), 60)
-    assert 'tmp=$(mktemp -d /var/lib/hermes-infra/restore.XXXXXX)' in script
+    assert 'tmp=$(mktemp -d "${R%/*}/restore.XXXXXX")' in script
     assert 'tar -C "$tmp" -xzpf "$archive"' in script
     assert not re.search(r"tar -C /root", script)
     assert 'mv -T -- "$dir" "$dir.rolled-back-$stamp"' in script and 'mv -T -- "$inner" "$dir"' in script
@@ -67,3 +67,92 @@ def test_gate_or_rollback_is_a_noop_when_healthy_and_rolls_back_only_a_pending_u
     converged_plan = plan_for(host, converged(host))
     assert not run_op(upgrade.gated_or_rolled_back, _plan().upgrade,
                       tuple(g for g in converged_plan.health)).changed
+
+
+# --- the scripts themselves, run against a sandbox with a docker that only records ------------
+
+FAKE_DOCKER = r"""#!/bin/sh
+echo "docker $*" >> "$SANDBOX/docker.log"
+case "$*" in
+  "image inspect -f {{.Id}} ref:new") echo sha256:bbbbbbbbbbbbbbbbbbbbbbbb ;;
+  "inspect -f {{.Image}} hermes") echo sha256:aaaaaaaaaaaaaaaaaaaaaaaa ;;
+  "inspect -f {{.Config.Image}} hermes") echo ref:old ;;
+esac
+exit 0
+"""
+
+
+def _sandbox(tmp_path):
+    (tmp_path / "bin").mkdir()
+    docker = tmp_path / "bin" / "docker"
+    docker.write_text(FAKE_DOCKER)
+    docker.chmod(0o755)
+    project = tmp_path / "opt"
+    project.mkdir()
+    (project / "compose.yaml").write_text('services:\n  hermes:\n    image: "ref:old"\n')
+    (project / "deployed-revision").write_text("0123456789ab\n")
+    data = tmp_path / "data" / "hermes"
+    (data / "sessions").mkdir(parents=True)
+    (data / "sessions" / "s1.json").write_text("{}")
+    (data / "state.db").write_bytes(b"SQLite format 3\x00rows")
+    plan = upgrade.UpgradePlan(image_ref="ref:new", project="hermes", project_dir=str(project), services=("hermes",),
+                               data_dirs=(("hermes", str(data)),), stop_grace_seconds=1,
+                               backup_dir=str(tmp_path / "backups"), keep=2)
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "SANDBOX": str(tmp_path)}
+    return plan, data, project, env
+
+
+def _sh(script: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", script], env=env, text=True, capture_output=True)
+
+
+def _tree(directory):
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_prepare_then_rollback_by_revision_restores_the_data_dir_and_keeps_what_the_new_version_wrote(tmp_path):
+    plan, data, project, env = _sandbox(tmp_path)
+    releases = str(tmp_path / "state" / "releases")
+    before = _tree(data)
+    prepared = _sh(upgrade.prepare_script(plan, releases), env)
+    assert prepared.returncode == 0, prepared.stderr
+    release = tmp_path / "state" / "releases" / "aaaaaaaaaaaa"
+    assert (release / "revision").read_text() == "0123456789ab\n"
+    assert 'image: "hermes-infra/previous:aaaaaaaaaaaa"' in (release / "compose.yaml").read_text()
+    # the new version writes, then the operator goes back by the revision that ran before
+    (data / "state.db").write_bytes(b"SQLite format 3\x00newer rows")
+    (project / "deployed-revision").write_text("ffffffffffff\n")
+    back = _sh(upgrade.rollback_script(str(project), "hermes", plan.services, 1, "0123456789ab", releases, keep=2), env)
+    assert back.returncode == 0, back.stderr
+    assert _tree(data) == before
+    aside = list(data.parent.glob("hermes.rolled-back-*"))
+    assert len(aside) == 1 and (aside[0] / "state.db").read_bytes() == b"SQLite format 3\x00newer rows"
+    assert (project / "deployed-revision").read_text() == "0123456789ab\n"
+    assert 'image: "hermes-infra/previous:aaaaaaaaaaaa"' in (project / "compose.yaml").read_text()
+    assert "compose -p hermes -f compose.yaml up -d" in (tmp_path / "docker.log").read_text()
+    assert not list((tmp_path / "state").glob("restore.*"))
+
+
+def test_rollback_to_an_unknown_revision_changes_nothing(tmp_path):
+    plan, data, project, env = _sandbox(tmp_path)
+    releases = str(tmp_path / "state" / "releases")
+    assert _sh(upgrade.prepare_script(plan, releases), env).returncode == 0
+    before, log = _tree(data), (tmp_path / "docker.log").read_text()
+    back = _sh(upgrade.rollback_script(str(project), "hermes", plan.services, 1, "999999999999", releases), env)
+    assert back.returncode == 1 and "no kept release" in back.stderr
+    assert _tree(data) == before and (tmp_path / "docker.log").read_text() == log
+
+
+def test_rolled_back_dirs_are_pruned_to_the_newest_keep(tmp_path):
+    plan, data, project, env = _sandbox(tmp_path)
+    releases = str(tmp_path / "state" / "releases")
+    assert _sh(upgrade.prepare_script(plan, releases), env).returncode == 0
+    for _ in range(4):
+        back = _sh(upgrade.rollback_script(str(project), "hermes", plan.services, 1, "aaaaaaaaaaaa", releases, keep=2), env)
+        assert back.returncode == 0, back.stderr
+    names = sorted(p.name for p in data.parent.glob("hermes.rolled-back-*"))
+    assert len(names) == 2
+    (data.parent / "hermes.rolled-back-notes").mkdir()  # not ours: a name without a stamp is left alone
+    assert _sh(upgrade.rollback_script(str(project), "hermes", plan.services, 1, None, releases, keep=2), env).returncode == 0
+    assert (data.parent / "hermes.rolled-back-notes").is_dir()
+    assert len(list(data.parent.glob("hermes.rolled-back-2*"))) == 2
