@@ -253,19 +253,27 @@ remote_script() {  # the variables and functions above, then one call
 # --- this machine: one connection, sessions on it ------------------------------------------
 control_dir=$(mktemp -d)
 ssh_options=(-F /dev/null -p "$PORT" -o BatchMode=yes -o ConnectTimeout=30 -o LogLevel=ERROR
-             -o ServerAliveInterval=15 -o ControlPath="$control_dir/master")
+             -o ServerAliveInterval=15 -o ServerAliveCountMax=40 -o ControlPath="$control_dir/master")
 [ -z "$KEY" ] || ssh_options+=(-i "$KEY" -o IdentitiesOnly=yes)
 if [ -n "$KNOWN_HOSTS" ]; then
   ssh_options+=(-o StrictHostKeyChecking=yes -o UserKnownHostsFile="$KNOWN_HOSTS")
 fi
-ssh "${ssh_options[@]}" -o ControlMaster=yes -o ControlPersist=no -f -N "$USER_NAME@$HOST"
+# The master logs to a file (shown when a session fails): a session only sees "exit 255".
+ssh "${ssh_options[@]}" -o ControlMaster=yes -o ControlPersist=no -o LogLevel=VERBOSE -E "$control_dir/master.log" \
+  -f -N "$USER_NAME@$HOST"
 cleanup() {
   ssh "${ssh_options[@]}" -O exit "$USER_NAME@$HOST" 2>/dev/null || true
   rm -rf "$control_dir"
 }
 trap cleanup EXIT
 on_host() {  # run a bash script on the host as a session of the master connection
-  ssh "${ssh_options[@]}" -o ControlMaster=no "$USER_NAME@$HOST" "bash -c $(printf '%q' "$1")"
+  local rc=0
+  ssh "${ssh_options[@]}" -o ControlMaster=no "$USER_NAME@$HOST" "bash -c $(printf '%q' "$1")" || rc=$?
+  if [ $rc -eq 255 ]; then
+    echo "floor.sh: the SSH session failed (exit 255); the connection's log ends with:" >&2
+    tail -n 15 "$control_dir/master.log" >&2
+  fi
+  return $rc
 }
 
 set +e
