@@ -109,7 +109,7 @@ def test_a_deploy_killed_in_the_compose_step_leaves_a_stale_lock_and_the_next_ru
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
-    while deployed.vm.ssh("pgrep -f 'docker compose -p hermes .*up -d' >/dev/null").rc != 0:
+    while deployed.vm.ssh("pgrep -f '[d]ocker compose -p hermes .*up -d' >/dev/null").rc != 0:
         assert time.monotonic() < deadline and proc.poll() is None, "the deploy never reached compose up"
         time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -185,7 +185,7 @@ def test_rollback_on_demand_to_a_revision(deployed, images):
     listed = hermes_infra("rollback", *args, "--list")
     assert earlier["revision"] in listed.stdout, listed.stdout
     before = state_digest(deployed)
-    deployed.run("setpriv --reuid=10000 --regid=10000 --clear-groups sh -c 'echo newer > /root/.hermes/memories/m2.md'")
+    deployed.run("cd /root/.hermes && setpriv --reuid=10000 --regid=10000 --clear-groups sh -c 'echo newer > memories/m2.md'")
     started = time.monotonic()
     back = hermes_infra("rollback", *args, "--to", earlier["revision"], "-m", "e2e rollback")
     print(f"\n[timing] rollback on demand (stop, restore snapshot, previous image up): "
