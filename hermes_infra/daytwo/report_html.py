@@ -49,7 +49,7 @@ def render_check_html(run) -> str:
 
     total = counts(run.results)
     passed = run.exit_code == 0
-    parts = [f"<h1>hermes-infra compliance check</h1>",
+    parts = ["<h1>hermes-infra compliance check</h1>",
              f"<div class=\"meta\">{esc(run.started.isoformat(timespec='seconds'))}, {len(run.hosts)} host(s), "
              f"{run.seconds:.1f}s</div>",
              f"<p><span class=\"verdict {'pass' if passed else 'fail'}\" id=\"verdict\">"

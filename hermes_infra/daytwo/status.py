@@ -399,7 +399,7 @@ def render_text(report: StatusReport) -> str:
             if g.failing_checks:
                 lines.append(f"  {g.profile}: readiness {g.ready_status}: " + "; ".join(g.failing_checks))
                 if any(check.split(":")[0] == "model" for check in g.failing_checks):
-                    lines.append(f"    (model: no inference provider answers; set gateways[].config.model and the "
+                    lines.append("    (model: no inference provider answers; set gateways[].config.model and the "
                                  "provider's key in gateways[].env, then hermes-infra up)")
             if g.state != "running":
                 lines.append(f"  {g.profile}: container {g.container} is {g.state}. "

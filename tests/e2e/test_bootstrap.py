@@ -3,7 +3,6 @@ idempotent Hermes gateway host with one command, and stays one across redeploys 
 from __future__ import annotations
 
 import json
-import shlex
 import time
 
 from hermes_infra.capacity import HostResources, derive_limits
@@ -150,34 +149,12 @@ def test_changed_memory_limit_recreates_only_the_container(deployed):
     assert deployed.run("systemctl show -p MainPID --value docker").strip() == dockerd_before
     changed = {line.split("|")[-1].split("  ")[0].strip() for line in run.output.splitlines()
                if "|" in line and line.rstrip().split()[-3:-2] == ["1"]}
+    changed = {"Record revision (new) as deployed" if name.startswith("Record revision ") else name for name in changed}
     assert changed <= {"Compose file /opt/hermes/compose.yaml", "Compose project hermes up",
-                       "Health gate: hermes answers /health and /v1/models"}, changed
+                       "Health gate: hermes answers /health and /v1/models", "Record revision (new) as deployed"}, changed
     assert "Compose project hermes up" in changed
     restore = deployed.deploy()
     assert restore.returncode == 0, restore.output[-4000:]
-
-
-def test_companion_reaches_the_api_through_host_docker_internal(deployed):
-    image = json.loads((deployed.image_dir / "image.json").read_text())["ref"]
-    companion = {"name": "hub", "image": image, "entrypoint": ["python3", "-c", "import time; time.sleep(10**9)"],
-                 "memory": "256M"}
-    run = deployed.deploy(companions=[companion])
-    assert run.returncode == 0, run.output[-4000:]
-    env = inspect(deployed, "hub")["Config"]["Env"]
-    assert "HERMES_API_BASE_URL=http://host.docker.internal:8642/v1" in env
-    assert "HERMES_MODEL=hermes-agent" in env
-    assert not any(item.startswith("HERMES_API_KEY=") for item in deployed.run("cat /opt/hermes/companions/hub/compose.yaml").splitlines())
-    assert deployed.run("stat -c '%a' /opt/hermes/companions/hub.env").strip() == "600"
-    probe = f"docker exec hub python3 -c {shlex.quote(COMPANION_PROBE)}"
-    assert deployed.run(f"{probe} http://host.docker.internal:8642/health").strip() == "200"
-    assert deployed.run(f"{probe} http://host.docker.internal:8642/v1/models HERMES_API_KEY").strip() == "200"
-    assert deployed.run(f"{probe} http://host.docker.internal:8642/v1/models").strip() == "401"
-    # The API is reachable by containers on the bridge address, still not on the public interface.
-    bindings = inspect(deployed, "hermes")["HostConfig"]["PortBindings"]["8642/tcp"]
-    assert sorted(b["HostIp"] for b in bindings) == ["127.0.0.1", "172.17.0.1"]
-    restore = deployed.deploy()
-    assert restore.returncode == 0, restore.output[-4000:]
-    assert deployed.run("docker ps -a --filter name=^hub$ --format '{{.Names}}'").strip() == ""
 
 
 def test_gateway_comes_back_after_a_reboot(deployed):

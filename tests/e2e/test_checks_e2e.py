@@ -21,6 +21,7 @@ from hermes_infra import commands
 from hermes_infra.checks import TEST_MODULE, runner
 from hermes_infra.checks.reports import RunReport
 from hermes_infra.settings import HostSettings
+from tests.e2e.test_bootstrap import COMPANION_PROBE, inspect
 
 HEALTH = "http://127.0.0.1:8642/health"
 # The hub stand-in: the Hermes image itself (it has python3 but no curl), idling.
@@ -246,6 +247,19 @@ def test_companion_reaches_the_api_and_fails_when_the_bridge_port_goes(deployed)
     companion = dict(COMPANION, image=local_settings(deployed).image.ref)
     try:
         redeploy(deployed, companions=[companion])
+        # The hub reaches the API through host.docker.internal with the key from its 0600 env
+        # file (never in its compose file); the API is published on the bridge address too,
+        # still not on the public interface.
+        env = inspect(deployed, "hub")["Config"]["Env"]
+        assert "HERMES_API_BASE_URL=http://host.docker.internal:8642/v1" in env and "HERMES_MODEL=hermes-agent" in env
+        assert "HERMES_API_KEY=" not in deployed.run("cat /opt/hermes/companions/hub/compose.yaml")
+        assert deployed.run("stat -c '%a' /opt/hermes/companions/hub.env").strip() == "600"
+        probe = f"docker exec hub python3 -c {shlex.quote(COMPANION_PROBE)}"
+        assert deployed.run(f"{probe} http://host.docker.internal:8642/health").strip() == "200"
+        assert deployed.run(f"{probe} http://host.docker.internal:8642/v1/models HERMES_API_KEY").strip() == "200"
+        assert deployed.run(f"{probe} http://host.docker.internal:8642/v1/models").strip() == "401"
+        bindings = inspect(deployed, "hermes")["HostConfig"]["PortBindings"]["8642/tcp"]
+        assert sorted(b["HostIp"] for b in bindings) == ["127.0.0.1", "172.17.0.1"]
         containers = deployed.run("docker ps -aq --no-trunc | sort")
         since = deployed.run("date +%s").strip()
         run = check(deployed, companions=[companion])

@@ -38,7 +38,7 @@ def base_ref(deployed) -> str:
 
 
 def last_audit(deployed) -> dict:
-    return json.loads(deployed.run(f"tail -n 1 /var/log/hermes-infra/audit.jsonl"))
+    return json.loads(deployed.run("tail -n 1 /var/log/hermes-infra/audit.jsonl"))
 
 
 def state_digest(deployed) -> str:
@@ -70,7 +70,7 @@ def test_a_held_lock_stops_a_second_deploy_and_lock_wait_waits(deployed):
     record = last_audit(deployed)
     assert record["command"] == "up" and record["result"] == "success" and record["changed"] == []
     assert len(record["revision"]) == 12 and record["who"]
-    assert deployed.run(f"stat -c '%a %U' /var/log/hermes-infra /var/log/hermes-infra/audit.jsonl").split() == [
+    assert deployed.run("stat -c '%a %U' /var/log/hermes-infra /var/log/hermes-infra/audit.jsonl").split() == [
         "700", "root", "600", "root"]
     assert deployed.api_key() not in deployed.run("cat /var/log/hermes-infra/audit.jsonl")
     shown = hermes_infra("audit", *args, "-n", "2")
@@ -127,8 +127,6 @@ def test_a_deploy_killed_in_the_compose_step_leaves_a_stale_lock_and_the_next_ru
     assert deployed.http_status(f"{API}/v1/models", key=key) == "200"
     again = deployed.deploy(**one_gig)
     assert again.returncode == 0 and again.changed_operations() == 0, again.output[-4000:]
-    back = deployed.deploy()
-    assert back.returncode == 0, back.output[-4000:]
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +241,8 @@ def test_rollout_stops_at_a_failed_canary_and_leaves_the_second_vm_untouched(dep
     inventory.write_text(f"import json\nfleet = json.loads({json.dumps(json.dumps([canary, second]))})\n"
                          "fleet = [tuple(item) for item in fleet]\n")
     fingerprint = ("wc -l < /var/log/hermes-infra/audit.jsonl 2>/dev/null; test -e /var/lib/hermes-infra/lock && "
-                   "echo locked; command -v docker >/dev/null && docker ps -a --no-trunc --format '{{.ID}} {{.Status}}'; true")
+                   "echo locked; command -v docker >/dev/null && docker ps -aq --no-trunc | xargs -r docker inspect -f "
+                   "'{{.Id}} {{.State.Status}} {{.State.StartedAt}} {{.RestartCount}}'; true")
     untouched = second_vm.vm.ssh(fingerprint).stdout
     started = time.monotonic()
     run = hermes_infra("rollout", str(inventory), "--batch", "1", "-m", "e2e rollout")
