@@ -17,6 +17,7 @@ import time
 
 
 from hermes_infra.daytwo import backup, remote, status
+from tests.e2e.test_bootstrap import wait_healthy
 
 
 
@@ -55,15 +56,6 @@ def status_json(deployed) -> dict:
     run = cli(deployed, "status", "--json")
     assert run.returncode in (0, 1), run.stderr
     return json.loads(run.stdout)["hosts"][0]
-
-
-def wait_healthy(host, timeout: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if host.http_status(f"{API}/health") == "200":
-            return time.monotonic() - started
-        time.sleep(1)
-    raise AssertionError(f"/health did not answer 200 within {timeout}s")
 
 
 def test_status_and_logs_show_the_real_container(deployed):
@@ -160,7 +152,7 @@ def test_scheduled_backups_are_a_setting_the_deploy_applies(deployed):
         print(f"\n[timing] scheduled backup run (stop, archive, start): {time.monotonic() - started:.1f}s")
         # Started again, not yet serving: the local image's gateway is PID 1 and ignores SIGTERM
         # until Python has imported it, so the next run's stop would wait out the grace period.
-        wait_healthy(deployed, 300)
+        wait_healthy(deployed, timeout=300)
     archives = deployed.run("ls -1 /var/backups/hermes-infra/scheduled/hermes/").split()
     assert len([a for a in archives if a.endswith(".tar.gz")]) == 1, archives  # keep 1: the older one went
     newest = sorted(a for a in archives if a.endswith(".tar.gz"))[-1]
@@ -168,7 +160,7 @@ def test_scheduled_backups_are_a_setting_the_deploy_applies(deployed):
     listing = deployed.run(f"tar -tzvf /var/backups/hermes-infra/scheduled/hermes/{newest}")
     assert "./.env" in listing and "10000/10000" in listing
     assert deployed.run(f"stat -c '%a %U' /var/backups/hermes-infra/scheduled/hermes/{newest}").split() == ["600", "root"]
-    wait_healthy(deployed, 300)
+    wait_healthy(deployed, timeout=300)
     assert deployed.http_status(f"{API}/v1/models", key=key) == "200"
     again = deployed.deploy(scheduled_backups={"schedule": "*-*-* 03:30", "keep": 1})
     assert again.returncode == 0 and again.changed_operations() == 0, again.output[-4000:]
