@@ -12,12 +12,16 @@ secret and never executes anything from a data dir. `hermes-infra restore TARGET
 from __future__ import annotations
 
 import shlex
+from typing import TYPE_CHECKING
 
 from pyinfra import host
 from pyinfra.api import operation
 
 from hermes_infra import compose, safeio
 from hermes_infra.settings import HostSettings
+
+if TYPE_CHECKING:
+    from hermes_infra.plan import BackupTimerPlan
 
 SCRIPT = "/usr/local/sbin/hermes-infra-backup"
 SERVICE = "/etc/systemd/system/hermes-infra-backup.service"
@@ -69,18 +73,18 @@ def units(calendar: str) -> dict[str, str]:
 
 
 @operation()
-def timer_running(calendar: str | None, present: tuple[str, ...], enabled: bool, active: bool,
-                  files_changed: bool):
+def timer_running(plan: "BackupTimerPlan"):
     """The backup timer enabled and waiting when a schedule is set; gone (archives kept) when
     the setting is unset."""
+    calendar = plan.calendar
     if calendar is None:
-        if not present and not enabled:
+        if not plan.present and not plan.enabled:
             host.noop("no backup schedule is set")
             return
         yield f"systemctl disable --now {TIMER_UNIT} 2>/dev/null || true"
         yield f"rm -f {' '.join(PATHS)} && systemctl daemon-reload"
         return
-    if enabled and active and not files_changed:
+    if plan.enabled and plan.active and not plan.files_changed:
         host.noop(f"backups run {calendar}")
         return
     # The calendar is checked by systemd itself before the timer is (re)started with it.

@@ -74,6 +74,4 @@ def hermes_host(settings: HostSettings | None = None):
     timer = plan.backup_timer
     for file in timer.files:
         root_file(name=f"Scheduled backups: {file.path}", file=file, writer=writer)
-    backup_timer.timer_running(name=f"Scheduled backups: {timer.calendar or 'none'}", calendar=timer.calendar,
-                               present=timer.present, enabled=timer.enabled, active=timer.active,
-                               files_changed=timer.files_changed)
+    backup_timer.timer_running(name=f"Scheduled backups: {timer.calendar or 'none'}", plan=timer)

@@ -19,9 +19,7 @@ DAILY = {"scheduled_backups": {"schedule": "daily", "keep": 4}}
 
 
 def timer_op(plan):
-    timer = plan.backup_timer
-    return run_op(backup_timer.timer_running, timer.calendar, timer.present, timer.enabled, timer.active,
-                  timer.files_changed)
+    return run_op(backup_timer.timer_running, plan.backup_timer)
 
 
 def test_script_archives_every_profile_as_its_owner_and_keeps_n(tmp_path):
