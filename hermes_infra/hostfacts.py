@@ -12,8 +12,11 @@ absence, it never fails on it, so a dry run on a fresh VPS works.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import shlex
+import tarfile
+from urllib.parse import quote
 from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
@@ -77,10 +80,10 @@ def key_header_script(data_dir: DataDirRequest) -> str:
     """
     read = (f"( {safeio.enter(data_dir.directory)} && {safeio.as_owner(data_dir.uid, data_dir.gid)} "
             f"dd if=.env iflag=nofollow,nonblock bs=65536 status=none 2>/dev/null )")
-    return f"{read} | sed -n 's/^API_SERVER_KEY=//p' | tail -n 1 | sed 's/^/Authorization: Bearer /'"
+    return f"{read} | sed -n 's/^API_SERVER_KEY=/Authorization: Bearer /p' | tail -n 1"
 
 
-CURL = "curl -s -o /dev/null -w '%{http_code}\\n' --max-time 5"
+CURL_OPTIONS = "-s -w '%{http_code}\\n' --max-time 5"
 
 
 def _section(name: str) -> str:
@@ -91,64 +94,87 @@ def _section(name: str) -> str:
 PYINFRA_FACTS = {"os_release": OsRelease, "memory": Memory, "cpus": Cpus}
 
 
-# Sections without secrets whose commands are slow on a small VPS (each docker CLI call starts
-# a Go binary): run side by side while the data-dir reads and probes run in the foreground.
-BACKGROUND = ("pyinfra", "service", "aptlists", "image", "packages", "aptlock", "docker")
+# Sections without secrets, run side by side (each docker CLI call starts a Go binary; under
+# emulation every process start counts) while the reads that print secrets (.env, companion env
+# files) run in the foreground and never touch a temp file. The probes hand the API key to curl
+# through a pipe and print only status codes; a data dir's metadata is types, owners and modes.
+BACKGROUND = ("pyinfra", "services", "aptlists", "image", "packages", "aptlock", "docker", "probe", "dirmeta")
 
 
 def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
-    sections = [("whoami", ['echo "${SUDO_USER:-$(id -un)}"', 'getent passwd "${SUDO_USER:-$(id -un)}" | cut -d: -f6',
-                            "uname -m"])]
+    # The SSH login's user and home: sshd sets LOGNAME and HOME; under sudo they are root's and
+    # SUDO_USER names the login. Builtins where they do (see `_run_section`).
+    sections = [("whoami", ['if [ -n "${SUDO_USER:-}" ]; then echo "$SUDO_USER"; getent passwd "$SUDO_USER" '
+                            '| { IFS=: read -r _ _ _ _ _ home _; echo "$home"; }; '
+                            'else echo "${LOGNAME:-$(id -un)}"; echo "$HOME"; fi', "uname -m"])]
     for name, fact in PYINFRA_FACTS.items():
         sections.append((f"pyinfra {name}", [f"{fact().command()} 2>/dev/null"]))
-    sections += [("service docker", ["systemctl is-enabled docker 2>/dev/null || true",
-                                     "systemctl is-active docker 2>/dev/null || true"]),
-                 ("service backup-timer", ["systemctl is-enabled hermes-infra-backup.timer 2>/dev/null || true",
-                                           "systemctl is-active hermes-infra-backup.timer 2>/dev/null || true"]),
+    sections += [("services", [f"systemctl show -p Id,UnitFileState,ActiveState {' '.join(SERVICES)} 2>/dev/null || true"]),
                  ("aptlists", ["date +%s; stat -c %Y /var/lib/apt/periodic/update-success-stamp "
-                               "/var/lib/apt/lists/partial 2>/dev/null | sort -n | tail -n 1"])]
+                               "/var/lib/apt/lists/partial 2>/dev/null"])]
     if request.image_ref:
-        sections.append(("image", ["command -v docker >/dev/null 2>&1 && "
-                                   f"docker image inspect {shlex.quote(request.image_ref)} 2>/dev/null || true"]))
+        sections.append(("image", [_engine_get(f"/images/{request.image_ref}/json",
+                                               f"docker image inspect {shlex.quote(request.image_ref)}")]))
     for item in request.data_dirs:
         quoted = shlex.quote(item.directory)
         parent = shlex.quote(item.directory.rsplit("/", 1)[0] or "/")
-        sections.append((f"datadir {item.label}", [
+        sections.append((f"dirmeta {item.label}", [
             f"LC_ALL=C stat -c '%F|%u|%g|%a' -- {quoted} 2>/dev/null || echo 'missing|0|0|0'",
             f"LC_ALL=C stat -c '%F|%u|%g|%a' -- {parent} 2>/dev/null || echo 'missing|0|0|0'",
-            f"[ -d {quoted} ] && [ ! -L {quoted} ] && find {quoted} -xdev \\( ! -uid {item.uid} -o ! -gid {item.gid} \\) "
-            "-print -quit 2>/dev/null | grep -q . && echo foreign || echo clean",
-            safeio.read_script(item.directory, [".env", "config.yaml"], item.uid, item.gid, item.label),
-        ]))
-    for path in request.root_files:
-        quoted = shlex.quote(path)
-        sections.append((f"file {path}", [
-            f"if [ -f {quoted} ] && [ ! -L {quoted} ]; then stat -c '%u|%g|%a' {quoted}; base64 -w0 {quoted}; echo; "
-            "else echo missing; fi"]))
+            f"[ -d {quoted} ] && [ ! -L {quoted} ] && [ -n \"$(find {quoted} -xdev \\( ! -uid {item.uid} -o ! -gid {item.gid} \\) "
+            "-print -quit 2>/dev/null)\" ] && echo foreign || echo clean"]))
+        sections.append((f"datadir {item.label}", [
+            safeio.read_script(item.directory, [".env", "config.yaml"], item.uid, item.gid, item.label)]))
+    if request.root_files:
+        # One tar for every root file (two processes, not two per file; under emulation each
+        # process start costs tens of milliseconds). -P keeps the names as asked; tar stores a
+        # link as a link and never follows it; a missing file is left out.
+        names = " ".join(shlex.quote(path) for path in request.root_files)
+        sections.append(("rootfiles", [f"tar -c -P --no-recursion -f - -- {names} 2>/dev/null | base64 -w0; echo"]))
     sections.append(("swap", [
         f"stat -c %s {shlex.quote(request.swap_path)} 2>/dev/null || echo -1",
-        f"awk 'NR>1 {{print $1}}' /proc/swaps | grep -qxF {shlex.quote(request.swap_path)} && echo active || echo inactive",
-        f"awk -v p={shlex.quote(request.swap_path)} '$1 == p && $3 == \"swap\"' /etc/fstab | grep -q . && echo fstab || echo nofstab",
-        "cat /proc/sys/vm/swappiness"]))
+        f"awk -v p={shlex.quote(request.swap_path)} 'FILENAME == \"/proc/swaps\" && FNR > 1 && $1 == p {{on = 1}} "
+        "FILENAME == \"/etc/fstab\" && $1 == p && $3 == \"swap\" {{listed = 1}} FILENAME ~ /swappiness$/ {{s = $1}} "
+        "END {{print (on ? \"active\" : \"inactive\"); print (listed ? \"fstab\" : \"nofstab\"); print s}}' "
+        "/proc/swaps /etc/fstab /proc/sys/vm/swappiness"]))
     if request.packages:
         names = " ".join(shlex.quote(name) for name in request.packages)
         sections.append(("packages", [f"dpkg-query -W -f '${{Package}} ${{db:Status-Status}}\\n' {names} 2>/dev/null || true"]))
+    # Who holds one of apt's locks: their inodes (one stat), matched in /proc/locks (one awk).
     sections.append(("aptlock", [
-        "for f in /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock /var/cache/apt/archives/lock; do "
-        "[ -e \"$f\" ] || continue; i=$(stat -c %i \"$f\"); "
-        "awk -v i=\":$i\" '$2 == \"POSIX\" && substr($6, length($6) - length(i) + 1) == i {print $5}' /proc/locks; "
-        "done | head -n 1 | while read -r pid; do echo \"$pid $(cat /proc/$pid/comm 2>/dev/null)\"; done"]))
+        f"stat -c %i {' '.join(APT_LOCKS)} 2>/dev/null | awk 'NR == FNR {{want[\":\" $1] = 1; next}} "
+        "$2 == \"POSIX\" {n = split($6, part, \":\"); if ((\":\" part[n]) in want) {print $5; exit}}' - /proc/locks "
+        "| while read -r pid; do echo \"$pid $(cat /proc/$pid/comm 2>/dev/null)\"; done"]))
     sections.append(("docker", ["command -v docker >/dev/null 2>&1 && echo installed || echo missing",
-                                "command -v docker >/dev/null 2>&1 && docker ps -a --filter label=com.docker.compose.project "
-                                "--format '{{json .}}' 2>/dev/null || true"]))
+                                _engine_get(f"/containers/json?all=1&filters={quote(COMPOSE_FILTER)}",
+                                            "docker ps -a --no-trunc --filter label=com.docker.compose.project "
+                                            "--format '{{json .}}'")]))
     for probe in request.probes:
+        # One curl for the three requests (each curl start counts under emulation); the key
+        # reaches the third through stdin (`-H @-`), never an argument.
         sections.append((f"probe {probe.label}", [
             "if command -v curl >/dev/null 2>&1; then "
-            f"{CURL} {shlex.quote(probe.url + '/health')} || true; "
-            f"{CURL} {shlex.quote(probe.url + '/v1/models')} || true; "
-            f"{key_header_script(probe.data_dir)} | {CURL} -H @- {shlex.quote(probe.url + '/v1/models')} || true; "
+            f"{key_header_script(probe.data_dir)} | curl {CURL_OPTIONS} -o /dev/null {shlex.quote(probe.url + '/health')} "
+            f"-o /dev/null {shlex.quote(probe.url + '/v1/models')} --next {CURL_OPTIONS} -o /dev/null -H @- "
+            f"{shlex.quote(probe.url + '/v1/models')} || true; "
             "else echo 000; echo 000; echo 000; fi"]))
     return sections
+
+
+SERVICES = ("docker.service", "hermes-infra-backup.timer")
+APT_LOCKS = ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/lists/lock",
+             "/var/cache/apt/archives/lock")
+COMPOSE_FILTER = json.dumps({"label": ["com.docker.compose.project"]}, separators=(",", ":"))
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+def _engine_get(path: str, cli: str) -> str:
+    """GET from the Docker engine's API: curl on its socket when there is curl, else the docker
+    CLI (a Go program: about half a second per start on a small emulated VM, curl a tenth of it).
+    Prints nothing when there is no engine."""
+    return (f"if [ -S {DOCKER_SOCKET} ] && command -v curl >/dev/null 2>&1; then "
+            f"curl -sf --max-time 20 --unix-socket {DOCKER_SOCKET} {shlex.quote('http://docker' + path)}; echo; "
+            f"elif command -v docker >/dev/null 2>&1; then {cli} 2>/dev/null || true; fi")
 
 
 def _run_section(name: str, commands: list[str]) -> str:
@@ -198,10 +224,43 @@ class HostState:
         return f"<HostState: {len(self.data_dirs)} data dirs, {len(self.root_files)} files, contents not shown>"
 
 
+def _json_records(lines: list[str]) -> list[dict]:
+    """Containers from the engine API (one JSON array) or from `docker ps` (a JSON object a line)."""
+    records: list[dict] = []
+    for line in lines:
+        line = line.strip()
+        if not line.startswith(("[", "{")):
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        records += [item for item in (value if isinstance(value, list) else [value]) if isinstance(item, dict)]
+    return records
+
+
+def _unit_states(lines: list[str]) -> dict[str, dict[str, str]]:
+    """`systemctl show -p Id,...` blocks (a blank line between units), by unit name."""
+    units: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for line in lines + [""]:
+        key, equals, value = line.strip().partition("=")
+        if equals:
+            current[key] = value
+        elif current:
+            units[current.get("Id", "")] = current
+            current = {}
+    return units
+
+
 def _container(record: dict) -> tuple[str, dict]:
-    labels = dict(item.split("=", 1) for item in record.get("Labels", "").split(",") if "=" in item)
-    name = record.get("Names", "")
-    return name, {"id": record.get("ID"), "state": record.get("State"), "name": name,
+    """One container, from the API (Names a list, Labels a dict) or `docker ps` (strings)."""
+    labels = record.get("Labels") or {}
+    if isinstance(labels, str):
+        labels = dict(item.split("=", 1) for item in labels.split(",") if "=" in item)
+    names = record.get("Names") or ""
+    name = (names[0] if isinstance(names, list) and names else names if isinstance(names, str) else "").lstrip("/")
+    return name, {"id": record.get("Id") or record.get("ID"), "state": record.get("State"), "name": name,
                   "status": record.get("Status", ""),
                   "project": labels.get("com.docker.compose.project"),
                   "service": labels.get("com.docker.compose.service", name),
@@ -223,20 +282,15 @@ def parse_state(lines: list[str]) -> HostState:
     state.ssh_user, state.ssh_home, state.machine = who[0] or "root", who[1] or "/root", who[2]
     for name, body in sections.items():
         kind, _, rest = name.partition(" ")
-        if kind == "datadir":
+        if kind == "dirmeta":
             meta = [_meta4(line) for line in body[:2]] + [_meta4("missing|0|0|0")] * 2
-            reads = safeio.parse_reads(body[3:]).get(rest, {"dir": "missing", "files": {}})
-            state.data_dirs[rest] = {"meta": meta[0], "parent": meta[1],
-                                     "foreign": (body[2:3] or ["clean"])[0].strip() == "foreign",
-                                     "dir": reads["dir"], "files": reads["files"]}
-        elif kind == "file":
-            if not body or body[0].strip() == "missing":
-                state.root_files[rest] = None
-            else:
-                uid, gid, mode = body[0].strip().split("|")
-                text = base64.b64decode("".join(body[1:]).strip()).decode("utf-8", errors="surrogateescape")
-                state.root_files[rest] = {"uid": int(uid), "gid": int(gid), "mode": mode.rjust(4, "0"),
-                                          "text": RootFile(text)}
+            state.data_dirs.setdefault(rest, _no_data_dir()).update(
+                meta=meta[0], parent=meta[1], foreign=(body[2:3] or ["clean"])[0].strip() == "foreign")
+        elif kind == "datadir":
+            reads = safeio.parse_reads(body).get(rest, {"dir": "missing", "files": {}})
+            state.data_dirs.setdefault(rest, _no_data_dir()).update(dir=reads["dir"], files=reads["files"])
+        elif kind == "rootfiles":
+            state.root_files.update(_root_files("".join(body).strip()))
         elif kind == "swap":
             values = [line.strip() for line in body] + ["-1", "inactive", "nofstab", "60"]
             state.swap = {"size_bytes": int(values[0] or -1), "active": values[1] == "active",
@@ -251,11 +305,9 @@ def parse_state(lines: list[str]) -> HostState:
             state.apt_lock_holder = holder or None
         elif kind == "docker":
             state.docker_installed = bool(body) and body[0].strip() == "installed"
-            for line in body[1:]:
-                line = line.strip()
-                if line.startswith("{"):
-                    name, info = _container(json.loads(line))
-                    state.containers[name] = info
+            for record in _json_records(body[1:]):
+                name, info = _container(record)
+                state.containers[name] = info
         elif kind == "pyinfra":
             value = PYINFRA_FACTS[rest]().process([line for line in body if line.strip()]) if any(body) else None
             if rest == "os_release":
@@ -264,27 +316,56 @@ def parse_state(lines: list[str]) -> HostState:
                 state.memory_mb = int(value or 0)
             else:
                 state.cpus = int(value or 1)
-        elif kind == "service":
-            values = [line.strip() for line in body] + ["", ""]
-            enabled, active = values[0] == "enabled", values[1] == "active"
-            if rest == "backup-timer":
-                state.backup_timer_enabled, state.backup_timer_active = enabled, active
-            else:
-                state.docker_enabled, state.docker_active = enabled, active
+        elif kind == "services":
+            units = _unit_states(body)
+            docker, timer = (units.get(name, {}) for name in SERVICES)
+            state.docker_enabled, state.docker_active = docker.get("UnitFileState") == "enabled", \
+                docker.get("ActiveState") == "active"
+            state.backup_timer_enabled, state.backup_timer_active = timer.get("UnitFileState") == "enabled", \
+                timer.get("ActiveState") == "active"
         elif kind == "aptlists":
-            values = [line.strip() for line in body if line.strip()]
+            values = [int(line) for line in (line.strip() for line in body) if line.lstrip("-").isdigit()]
             if len(values) >= 2:
-                state.apt_lists_age = int(values[0]) - int(values[1])
+                state.apt_lists_age = values[0] - max(values[1:])
         elif kind == "image":
             text = "".join(body).strip()
             try:
-                state.image_inspect = json.loads(text) if text else None
+                found = json.loads(text) if text else None
             except json.JSONDecodeError:
-                state.image_inspect = None
+                found = None
+            # The API answers one object, `docker image inspect` a list of them.
+            state.image_inspect = [found] if isinstance(found, dict) else found or None
         elif kind == "probe":
             codes = [line.strip() or "000" for line in body] + ["000"] * 3
             state.probes[rest] = {"health": codes[0], "anonymous": codes[1], "models": codes[2]}
     return state
+
+
+def _root_files(encoded: str) -> dict[str, dict]:
+    """The regular files in the tar stream; links, directories and the like count as missing
+    (the plan writes a regular file over them)."""
+    found: dict[str, dict] = {}
+    if not encoded:
+        return found
+    try:
+        archive = tarfile.open(fileobj=io.BytesIO(base64.b64decode(encoded, validate=True)), mode="r:")
+        for member in archive:
+            content = archive.extractfile(member) if member.isreg() or member.islnk() else None
+            if content is None:
+                continue
+            text = content.read().decode("utf-8", errors="surrogateescape")
+            found[member.name] = {"uid": member.uid, "gid": member.gid, "mode": f"{member.mode & 0o7777:04o}",
+                                  "text": RootFile(text)}
+    except (tarfile.TarError, ValueError, KeyError) as error:
+        # Never plan from half a read: every file would look missing and be rewritten.
+        raise ValueError(f"the host's root-owned files came back unreadable ({type(error).__name__}); "
+                         "nothing was changed. Fix: re-run; if it persists, check the host's disk and tar") from None
+    return found
+
+
+def _no_data_dir() -> dict:
+    missing = _meta4("missing|0|0|0")
+    return {"meta": missing, "parent": missing, "foreign": False, "dir": "missing", "files": {}}
 
 
 def _meta4(line: str) -> dict:

@@ -2,20 +2,75 @@
 facts (OS release, memory, CPUs) come back through their own parsers."""
 from __future__ import annotations
 
+import base64
+import os
 import subprocess
 
-from hermes_infra.hostfacts import DataDirRequest, StateRequest, parse_state, state_command
+import pytest
+
+from hermes_infra.hostfacts import (BACKGROUND, DataDirRequest, ProbeRequest, StateRequest, parse_state,
+                                    state_command, state_sections)
+
+
+def read(request: StateRequest):
+    result = subprocess.run(["sh", "-c", state_command(request)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return parse_state(result.stdout.splitlines())
 
 
 def test_batched_read_parses_on_a_real_machine(tmp_path):
-    request = StateRequest(data_dirs=(DataDirRequest("hermes", str(tmp_path / "missing"), 10000, 10000),),
-                           root_files=(str(tmp_path / "nope"),), packages=("bash",), image_ref="x:1")
-    result = subprocess.run(["sh", "-c", state_command(request)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    state = parse_state(result.stdout.splitlines())
+    state = read(StateRequest(data_dirs=(DataDirRequest("hermes", str(tmp_path / "missing"), 10000, 10000),),
+                              root_files=(str(tmp_path / "nope"),), packages=("bash",), image_ref="x:1"))
     assert state.os_release.get("id") == "debian"
     assert state.memory_mb > 256 and state.cpus >= 1
     assert state.packages.get("bash") == "installed"
-    assert state.root_files[str(tmp_path / "nope")] is None
+    assert state.root_files.get(str(tmp_path / "nope")) is None
     assert state.data_dirs["hermes"]["dir"] == "missing"
+    assert state.data_dirs["hermes"]["meta"]["kind"] == "missing"
     assert state.swap["swappiness"] >= 0
+
+
+def test_root_files_come_back_with_owner_mode_and_exact_bytes_and_links_count_as_missing(tmp_path):
+    regular = tmp_path / "compose.yaml"
+    regular.write_bytes(b"services: {}\nno newline at the end")
+    regular.chmod(0o600)
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    (tmp_path / "link").symlink_to(regular)
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    os.link(regular, tmp_path / "second-name")
+    names = ["compose.yaml", "empty", "link", "dir", "fifo", "second-name", "missing"]
+    state = read(StateRequest(root_files=tuple(str(tmp_path / name) for name in names)))
+    found = state.root_files
+    assert found[str(regular)]["text"].text == "services: {}\nno newline at the end"
+    assert (found[str(regular)]["uid"], found[str(regular)]["mode"]) == (os.getuid(), "0600")
+    assert found[str(empty)]["text"].text == "" and found[str(empty)]["mode"] == "0644"
+    # A second name for the same file is still that file's content (tar stores a hard link).
+    assert found[str(tmp_path / "second-name")]["text"].text == found[str(regular)]["text"].text
+    for name in ("link", "dir", "fifo", "missing"):
+        assert found.get(str(tmp_path / name)) is None, name
+    assert "no newline" not in repr(found[str(regular)]["text"])
+
+
+def test_a_truncated_root_file_stream_is_an_error_not_a_host_without_files(tmp_path):
+    (tmp_path / "a").write_text("x" * 5000)
+    command = state_command(StateRequest(root_files=(str(tmp_path / "a"),)))
+    lines = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60).stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.endswith(" rootfiles")) + 1
+    lines[at] = base64.b64encode(base64.b64decode(lines[at])[:700]).decode()
+    with pytest.raises(ValueError, match="unreadable.*nothing was changed"):
+        parse_state(lines)
+
+
+def test_sections_that_print_secrets_stay_in_the_foreground():
+    request = StateRequest(data_dirs=(DataDirRequest("hermes", "/root/.hermes", 10000, 10000),),
+                           root_files=("/opt/hermes/wechat.env",),
+                           probes=(ProbeRequest("hermes", "http://127.0.0.1:8642",
+                                                DataDirRequest("hermes", "/root/.hermes", 10000, 10000)),))
+    kinds = {name.split(" ", 1)[0] for name, _ in state_sections(request)}
+    assert {"datadir", "rootfiles", "probe", "dirmeta"} <= kinds
+    assert "datadir" not in BACKGROUND and "rootfiles" not in BACKGROUND
+    # The probe runs in the background: the key goes to curl through a pipe, never into its output.
+    probe = next(body for name, body in state_sections(request) if name.startswith("probe"))
+    assert "-H @-" in probe[0]
