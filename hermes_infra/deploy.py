@@ -13,7 +13,7 @@ from hermes_infra.hostfacts import HermesHostState
 from hermes_infra.loading import settings_for_host
 from hermes_infra.ops import root_file
 from hermes_infra.plan import Facts, HostPlan, fact_request, make_plan
-from hermes_infra.release import results, upgrade
+from hermes_infra.release import gate, results, upgrade
 from hermes_infra.settings import HostSettings
 
 
@@ -33,6 +33,8 @@ def gather(settings: HostSettings) -> Facts:
 
 
 def host_plan(settings: HostSettings | None = None) -> HostPlan:
+    # `up` and `rollout` start pyinfra before their locks are held: nothing is read before this.
+    gate.wait_at_gate()
     settings = settings or settings_for_host(host)
     try:
         plan = make_plan(settings, gather(settings), host.name)

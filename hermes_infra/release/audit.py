@@ -2,11 +2,10 @@
 
 Directory 0700 and file 0600, root's; append-only by convention (`>>`, never rewritten). A
 record holds time, who, command, revision, image, result, the operations that changed
-something, seconds and a message; never a secret (the line travels base64 in the command).
+something, seconds and a message; never a secret (the line travels in the command).
 """
 from __future__ import annotations
 
-import base64
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -44,11 +43,12 @@ class AuditRecord:
 
 
 def append_command(record: AuditRecord, path: str = AUDIT_PATH) -> str:
+    # printf is a shell builtin and the line is ASCII JSON (no control character, every quote
+    # escaped), so it travels as one quoted word; chmod puts back modes someone widened.
     directory = shlex.quote(path.rsplit("/", 1)[0] or "/")
     quoted = shlex.quote(path)
-    encoded = base64.b64encode(record.line().encode()).decode()
-    return (f"umask 077; install -d -m 0700 -o 0 -g 0 {directory} && chmod 0700 {directory} && "
-            f"printf %s {encoded} | base64 -d >> {quoted} && chmod 0600 {quoted}")
+    return (f"umask 077; {{ [ -d {directory} ] || install -d -m 0700 -o 0 -g 0 {directory}; }} && "
+            f"printf %s {shlex.quote(record.line())} >> {quoted} && chmod go-rwx {directory} {quoted}")
 
 
 def tail_command(lines: int, path: str = AUDIT_PATH) -> str:

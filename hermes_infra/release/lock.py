@@ -10,7 +10,6 @@ silently, since a person may still be looking at that host.
 """
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import getpass
 import json
@@ -21,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -69,22 +69,27 @@ class Holder:
                 "heartbeat": None if self.manual else now_iso()}
 
 
-def _encoded(info: dict) -> str:
-    return base64.b64encode((json.dumps(info, sort_keys=True) + "\n").encode()).decode()
-
-
 def _owned_test(holder: Holder, lock_dir: str) -> str:
-    """Shell test: the lock is there and `holder` holds it (pid and machine in info.json)."""
+    """Shell test: the lock is there and `holder` holds it (pid and machine in info.json).
+    Shell builtins only: every program started costs a small emulated VM tens of milliseconds."""
     info = shlex.quote(f"{lock_dir}/info.json")
     pid = shlex.quote(f'"pid": {int(holder.pid)},')
     machine = shlex.quote(f'"machine": {json.dumps(holder.machine)},')
-    return f"[ -d {shlex.quote(lock_dir)} ] && grep -qF -- {pid} {info} && grep -qF -- {machine} {info}"
+    return (f"[ -d {shlex.quote(lock_dir)} ] && IFS= read -r info < {info} && "
+            f"case \"$info\" in *{pid}*) true ;; *) false ;; esac && "
+            f"case \"$info\" in *{machine}*) true ;; *) false ;; esac")
 
 
 def _write_info(info: dict, lock_dir: str) -> str:
+    """Replace info.json at once (write a new file, rename it over): a reader never sees half."""
     target = shlex.quote(f"{lock_dir}/info.json")
     new = shlex.quote(f"{lock_dir}/info.json.new")
-    return f"printf %s {_encoded(info)} | base64 -d > {new} && mv -fT {new} {target}"
+    return f"printf %s {shlex.quote(_line(info))} > {new} && mv -fT {new} {target}"
+
+
+def _line(info: dict) -> str:
+    # ASCII JSON: no control character or quote can end the shell word it travels in.
+    return json.dumps(info, sort_keys=True) + "\n"
 
 
 def _describe(lock_dir: str) -> str:
@@ -94,14 +99,17 @@ def _describe(lock_dir: str) -> str:
 
 def acquire_command(holder: Holder, lock_dir: str = LOCK_DIR) -> str:
     parent = shlex.quote(lock_dir.rsplit("/", 1)[0] or "/")
-    return (f"umask 077; install -d -m 0700 {parent} && if mkdir -m 0700 {shlex.quote(lock_dir)} 2>/dev/null; then "
-            f"{_write_info(holder.info(), lock_dir)} && echo acquired; else echo held; {_describe(lock_dir)}; fi")
+    info = shlex.quote(f"{lock_dir}/info.json")
+    # mkdir is the lock (atomic); the new dir is ours alone, so info.json is written in place.
+    return (f"umask 077; {{ [ -d {parent} ] || install -d -m 0700 {parent}; }} && "
+            f"if mkdir -m 0700 {shlex.quote(lock_dir)} 2>/dev/null; then "
+            f"printf %s {shlex.quote(_line(holder.info()))} > {info} && echo acquired; "
+            f"else echo held; {_describe(lock_dir)}; fi")
 
 
 def release_command(holder: Holder, lock_dir: str = LOCK_DIR) -> str:
     quoted = shlex.quote(lock_dir)
-    return (f"if {_owned_test(holder, lock_dir)}; then rm -f {quoted}/info.json {quoted}/info.json.new && "
-            f"rmdir {quoted} && echo released; else echo notours; fi")
+    return f"if {_owned_test(holder, lock_dir)}; then rm -rf -- {quoted} && echo released; else echo notours; fi"
 
 
 def force_release_command(lock_dir: str = LOCK_DIR) -> str:
@@ -194,6 +202,7 @@ class DeployLock:
         self.lock_dir = lock_dir or LOCK_DIR
         self.held = False
         self.lost = False
+        self.first_ok = False
 
     def try_acquire(self) -> LockState | None:
         """Take the lock; None when taken, else what holds it."""
@@ -214,12 +223,37 @@ class DeployLock:
             self.lost = True
         return not self.lost
 
-    def release(self) -> bool:
+    def release(self, first: str | None = None) -> bool:
+        """Release the lock. `first`, a command that must run while the lock is still held (the
+        audit record), goes in the same round trip; `first_ok` tells whether it succeeded."""
+        self.first_ok = False
         if not self.held:
             return False
-        result = self.remote.run(release_command(self.holder, self.lock_dir), timeout=60)
+        command = release_command(self.holder, self.lock_dir)
+        if first:
+            command = f"if ( {first} ) >/dev/null 2>&1; then echo first-ok; fi; {command}"
+        result = self.remote.run(command, timeout=60)
         self.held = False
-        return result.rc == 0 and result.stdout.startswith("released")
+        lines = result.stdout.split()
+        self.first_ok = "first-ok" in lines
+        return result.rc == 0 and "released" in lines
+
+
+def _each_host(items: dict, work: Callable) -> dict:
+    """`work(name, item)` for every host at once; a failure is that host's None (the caller's
+    next step on it reports the error)."""
+    if len(items) <= 1:
+        return {name: _quietly(work, name, item) for name, item in items.items()}
+    with ThreadPoolExecutor(max_workers=min(16, len(items)), thread_name_prefix="hermes-infra-host") as pool:
+        futures = {name: pool.submit(_quietly, work, name, item) for name, item in items.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _quietly(work: Callable, name: str, item):
+    try:
+        return work(name, item)
+    except Exception:  # noqa: BLE001 - see _each_host
+        return None
 
 
 def held_message(host: str, state: LockState, release_hint: str, stale: str | None, waited: float = 0) -> str:
@@ -255,6 +289,8 @@ class HostLocks:
 
     def acquire(self) -> None:
         started = self.clock()
+        # One SSH handshake per host, side by side: on a fleet they would otherwise add up.
+        _each_host(self.locks, lambda name, lock: getattr(lock.remote, "connect", lambda: None)())
         try:
             for name, lock in self.locks.items():
                 announced = False
@@ -286,19 +322,29 @@ class HostLocks:
                 except Exception:  # a missed heartbeat is not fatal; the next one retries
                     pass
 
-    def release(self) -> list[str]:
+    def release(self, first: dict[str, str] | None = None,
+                first_failed: Callable[[str], None] | None = None) -> list[str]:
+        """Release every lock held, all hosts at once; `first[host]` runs on a host just before
+        its release, in the same round trip (`DeployLock.release`)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        released = []
-        for name, lock in self.locks.items():
+        first = first or {}
+
+        def release_one(name: str, lock: DeployLock) -> bool:
             try:
-                if lock.release():
-                    released.append(name)
+                released = lock.release(first.get(name))
             except Exception as error:  # noqa: BLE001 - report, keep releasing the others
                 self.log(f"{name}: could not release the deploy lock ({error}); release it with "
                          f"`{self._hint(name)}`")
-        return released
+                return False
+            if first.get(name) and not lock.first_ok and first_failed is not None:
+                first_failed(name)
+            return released
+
+        held = {name: lock for name, lock in self.locks.items() if lock.held}
+        done = _each_host(held, release_one)
+        return [name for name in held if done.get(name)]
 
     def __enter__(self) -> HostLocks:
         self.acquire()

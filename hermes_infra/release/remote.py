@@ -44,6 +44,11 @@ class SSHRemote:
                 self._backend = HermesParamikoBackend(self.connection)
             return self._backend.client
 
+    def connect(self) -> None:
+        """Open the SSH connection now (the first `run` would otherwise)."""
+        if not self.connection.local:
+            self._client()
+
     def run(self, command: str, timeout: float = 120) -> Result:
         if self.connection.local:
             import subprocess

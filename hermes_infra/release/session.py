@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -17,11 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hermes_infra.release import audit
+from hermes_infra.release.gate import GatedChild
 from hermes_infra.release.lock import Holder, HostLocks, LockError, interruptible
 from hermes_infra.release.remote import limit_from_args, remotes_for
 from hermes_infra.release.results import ENV, HostOutcome, read
 
-INTERRUPT_GRACE_SECONDS = 20
+start_child = GatedChild
 
 
 @dataclass
@@ -33,23 +33,6 @@ class DeployReport:
 
 def release_hint(target) -> str:
     return shlex.join(["hermes-infra", "lock", "release", *target.cli_args()]) + " --limit HOST"
-
-
-def run_child(argv: list[str], *, cwd: str, env: dict[str, str], stdout=None) -> tuple[int, bool]:
-    """Run pyinfra; on Ctrl-C or SIGTERM give it SIGINT and a grace period to stop between
-    commands, then kill it. Returns (exit code, interrupted)."""
-    child = subprocess.Popen(argv, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.STDOUT if stdout else None)
-    try:
-        return child.wait(), False
-    except KeyboardInterrupt:
-        if child.poll() is None:
-            child.send_signal(signal.SIGINT)
-            try:
-                child.wait(INTERRUPT_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        return child.returncode if child.returncode is not None else 130, True
 
 
 def locked_deploy(target, *, command: str = "up", extra: list[str] | None = None, limit: list[str] | None = None,
@@ -74,12 +57,19 @@ def locked_deploy(target, *, command: str = "up", extra: list[str] | None = None
     try:
         with interruptible():
             try:
-                locks.acquire()
-                log(f"deploy lock taken on {', '.join(hosts)}")
                 env = commands._pyinfra_env()
                 env[ENV] = results_path
                 argv = commands.pyinfra_command(target, extra=[*rest, *(a for h in hosts for a in ("--limit", h))])
-                code, interrupted = run_child(argv, cwd=target.cwd, env=env, stdout=stdout)
+                # pyinfra loads and connects while the locks are taken; it waits at the gate.
+                child = start_child(argv, cwd=target.cwd, env=env, stdout=stdout)
+                try:
+                    locks.acquire()
+                except BaseException:
+                    child.give_up()
+                    raise
+                log(f"deploy lock taken on {', '.join(hosts)}")
+                child.open()
+                code, interrupted = child.wait()
             except KeyboardInterrupt:
                 interrupted = True
                 code = 130
@@ -88,10 +78,11 @@ def locked_deploy(target, *, command: str = "up", extra: list[str] | None = None
                 previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
                 outcomes = read(results_path, hosts, exit_code=code, interrupted=interrupted,
                                 seconds=time.monotonic() - started)
-                if locks.locks and any(lock.held for lock in locks.locks.values()):
-                    for name, outcome in outcomes.items():
-                        _audit(remotes[name], command, outcome, message, log)
-                released = locks.release()
+                records = {name: _record(command, outcome, message) for name, outcome in outcomes.items()}
+                released = locks.release(first={name: audit.append_command(record, audit.AUDIT_PATH)
+                                                for name, record in records.items()},
+                                         first_failed=lambda name: log(f"{name}: WARNING: could not append to "
+                                                                       f"{audit.AUDIT_PATH}"))
                 if released:
                     log(f"deploy lock released on {', '.join(released)}")
                 signal.signal(signal.SIGINT, previous)
@@ -104,16 +95,11 @@ def locked_deploy(target, *, command: str = "up", extra: list[str] | None = None
     return DeployReport(code, outcomes, interrupted)
 
 
-def _audit(remote, command: str, outcome: HostOutcome, message: str | None, log) -> None:
+def _record(command: str, outcome: HostOutcome, message: str | None) -> audit.AuditRecord:
     text = outcome.message if outcome.result != "success" else message
-    record = audit.AuditRecord(command=command, result=outcome.result, revision=outcome.revision,
-                               image=outcome.image, changed=tuple(outcome.changed),
-                               seconds=outcome.seconds, message=text)
-    try:
-        if not audit.write(remote, record):
-            log(f"{remote.name}: WARNING: could not append to {audit.AUDIT_PATH}")
-    except Exception as error:  # noqa: BLE001 - the audit must not hide the deploy's own result
-        log(f"{remote.name}: WARNING: could not append to {audit.AUDIT_PATH}: {error}")
+    return audit.AuditRecord(command=command, result=outcome.result, revision=outcome.revision,
+                             image=outcome.image, changed=tuple(outcome.changed),
+                             seconds=outcome.seconds, message=text)
 
 
-__all__ = ["DeployReport", "LockError", "locked_deploy", "release_hint", "run_child"]
+__all__ = ["DeployReport", "LockError", "locked_deploy", "release_hint", "start_child"]

@@ -89,28 +89,48 @@ def test_up_locks_audits_and_releases_even_when_the_deploy_fails(tmp_path, monke
     monkeypatch.setattr(session, "remotes_for", lambda target, limit=None: {"web-1": remote})
     seen = {}
 
-    def fake_child(argv, *, cwd, env, stdout=None):
-        seen["locked"] = lock.parse_state(remote.run(lock.status_command(lock_dir)).stdout).held
-        seen["argv"] = argv
-        with open(env[results.ENV], "a") as handle:
-            handle.write(json.dumps({"event": "plan", "host": "web-1", "revision": "r1", "image": "i"}) + "\n")
-            handle.write(json.dumps({"event": "op", "host": "web-1", "name": "Health gate", "ok": False,
-                                     "changed": False}) + "\n")
-            handle.write(json.dumps({"event": "end", "host": "web-1", "failed": True}) + "\n")
-        return 1, False
+    class FakeChild:
+        """pyinfra replaced: it must be started before the lock and run only after it."""
 
-    monkeypatch.setattr(session, "run_child", fake_child)
+        def __init__(self, argv, *, cwd, env, stdout=None):
+            seen["locked_at_start"] = lock.parse_state(remote.run(lock.status_command(lock_dir)).stdout).held
+            seen["argv"], self.env = argv, env
+
+        def open(self):
+            seen["locked"] = lock.parse_state(remote.run(lock.status_command(lock_dir)).stdout).held
+
+        def give_up(self):
+            seen["given_up"] = True
+
+        def wait(self):
+            with open(self.env[results.ENV], "a") as handle:
+                handle.write(json.dumps({"event": "plan", "host": "web-1", "revision": "r1", "image": "i"}) + "\n")
+                handle.write(json.dumps({"event": "op", "host": "web-1", "name": "Health gate", "ok": False,
+                                         "changed": False}) + "\n")
+                handle.write(json.dumps({"event": "end", "host": "web-1", "failed": True}) + "\n")
+            return 1, False
+
+    monkeypatch.setattr(session, "start_child", FakeChild)
     code = commands.up(commands.Target(inventory="web-1"), message="try v2")
-    assert code == 1 and seen["locked"]
+    assert code == 1 and seen["locked"] and not seen["locked_at_start"] and "given_up" not in seen
     assert seen["argv"][-2:] == ["--limit", "web-1"]
     assert not lock.parse_state(remote.run(lock.status_command(lock_dir)).stdout).held
     record = audit.tail(remote, 1, audit_path)[0]
     assert record["result"] == "failed" and record["revision"] == "r1" and record["command"] == "up"
 
-    def interrupted_child(argv, *, cwd, env, stdout=None):
-        raise KeyboardInterrupt
+    class InterruptedChild(FakeChild):
+        def wait(self):
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(session, "run_child", interrupted_child)
+    monkeypatch.setattr(session, "start_child", InterruptedChild)
     assert commands.up(commands.Target(inventory="web-1")) == 130
     assert not lock.parse_state(remote.run(lock.status_command(lock_dir)).stdout).held
     assert audit.tail(remote, 1, audit_path)[0]["result"] == "interrupted"
+
+    # Someone else holds the lock: pyinfra, already started, is given up; no audit record.
+    remote.run(lock.acquire_command(lock.Holder(command="up", pid=1, machine="elsewhere"), lock_dir))
+    seen.clear()
+    records_before = len(audit.tail(remote, 50, audit_path))
+    assert commands.up(commands.Target(inventory="web-1")) == 3
+    assert seen["given_up"] and "locked" not in seen
+    assert len(audit.tail(remote, 50, audit_path)) == records_before

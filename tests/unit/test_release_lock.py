@@ -168,3 +168,37 @@ def test_lock_commands_hold_no_secret_and_sigterm_becomes_keyboard_interrupt():
         with lock.interruptible():
             os.kill(os.getpid(), signal.SIGTERM)
             signal.pause() if hasattr(signal, "pause") else None
+
+
+HOSTILE = "v2'; touch pwned; echo '$(touch pwned2)`touch pwned3`\n\\\"ünïcode\t"
+
+
+def test_a_hostile_message_is_stored_exactly_and_runs_nothing(lock_dir, tmp_path, monkeypatch):
+    from hermes_infra.release import audit
+
+    monkeypatch.chdir(tmp_path)
+    remote = ShellRemote()
+    mine = lock.DeployLock(remote, holder(message=HOSTILE, machine="lap'top"), lock_dir)
+    assert mine.try_acquire() is None
+    assert json.loads(open(f"{lock_dir}/info.json").read())["message"] == HOSTILE
+    assert mine.heartbeat()
+    path = str(tmp_path / "log" / "audit.jsonl")
+    record = audit.AuditRecord(command="up", result="success", message=HOSTILE)
+    assert mine.release(first=audit.append_command(record, path)) and mine.first_ok
+    assert audit.tail(remote, 1, path)[0]["message"] == HOSTILE
+    assert not list(tmp_path.glob("pwned*"))
+    import os
+    import stat
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+
+
+def test_release_reports_when_the_command_before_it_fails(lock_dir):
+    remote = ShellRemote()
+    mine = lock.DeployLock(remote, holder(), lock_dir)
+    assert mine.try_acquire() is None
+    assert mine.release(first="false") and not mine.first_ok
+    locks = lock.HostLocks({"a": ShellRemote("a")}, holder(), lock_dir=lock_dir)
+    locks.acquire()
+    failed = []
+    assert locks.release(first={"a": "exit 1"}, first_failed=failed.append) == ["a"] and failed == ["a"]

@@ -1,0 +1,184 @@
+"""pyinfra starts while the locks are being taken, and waits at a gate.
+
+Starting Python, loading the deploy and opening SSH cost a locked deploy as much as taking the
+locks does (about a second each on a small VM). `GatedChild` starts pyinfra at once; pyinfra
+loads and connects (which reads and changes nothing on a host) and then stops at
+`wait_at_gate`, the first thing the deploy does for a host, until the parent holds every lock.
+Its output is held back until then and dropped if the parent gives up, so a refused lock
+prints the refusal and nothing of pyinfra's.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import termios
+import threading
+
+GATE_ENV = "HERMES_INFRA_GATE_FD"
+OPEN = b"go\n"
+GIVE_UP_EXIT = 3
+INTERRUPT_GRACE_SECONDS = 20
+DRAIN_SECONDS = 5
+
+_passed = False
+
+
+def wait_at_gate() -> None:
+    """In the deploy (the pyinfra child): block until the parent says go; exit at once, quietly,
+    if it gives up or is gone. Without the gate (`--dry`, plain `pyinfra`) this returns at once."""
+    global _passed
+    fd_text = os.environ.pop(GATE_ENV, None)
+    if _passed or not fd_text:
+        return
+    fd = int(fd_text)
+    received = b""
+    try:
+        while len(received) < len(OPEN):
+            # select is gevent's once pyinfra has patched it: SSH keeps being served while we wait.
+            select.select([fd], [], [])
+            chunk = os.read(fd, len(OPEN) - len(received))
+            if not chunk:
+                break
+            received += chunk
+    finally:
+        os.close(fd)
+    if received != OPEN:
+        os._exit(GIVE_UP_EXIT)
+    _passed = True
+
+
+class HeldStream:
+    """Copies what the child writes on one stream to `target` (an fd), holding it back until
+    `release()`; `drop()` throws it away."""
+
+    def __init__(self, target: int):
+        self.target = target
+        self._lock = threading.Lock()
+        self._held: list[bytes] | None = []
+        self._dropped = False
+        if os.isatty(target):
+            # A terminal stays a terminal for the child: pyinfra keeps its colours and spinner.
+            self.read_end, self.child_end = pty.openpty()
+            try:
+                size = fcntl.ioctl(target, termios.TIOCGWINSZ, b"\0" * 8)
+                fcntl.ioctl(self.child_end, termios.TIOCSWINSZ, size)
+            except OSError:
+                pass
+        else:
+            self.read_end, self.child_end = os.pipe()
+        self._thread = threading.Thread(target=self._pump, name="hermes-infra-child-output", daemon=True)
+
+    def start(self) -> None:
+        os.close(self.child_end)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        while True:
+            try:
+                # select first: once pyinfra_cli is imported (inventories), gevent has patched
+                # threads into greenlets and select, and a bare read would stall them all.
+                select.select([self.read_end], [], [])
+                chunk = os.read(self.read_end, 65536)
+            except OSError:  # a pty whose last writer is gone
+                chunk = b""
+            if not chunk:
+                break
+            with self._lock:
+                if self._held is not None:
+                    self._held.append(chunk)
+                elif not self._dropped:
+                    self._write(chunk)
+        os.close(self.read_end)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self.target, view)
+            except BlockingIOError:
+                select.select([], [self.target], [])
+                continue
+            view = view[written:]
+
+    def release(self) -> None:
+        with self._lock:
+            held, self._held = self._held or [], None
+            if not self._dropped:
+                for chunk in held:
+                    self._write(chunk)
+
+    def drop(self) -> None:
+        with self._lock:
+            self._held, self._dropped = None, True
+
+    def join(self) -> None:
+        self._thread.join(DRAIN_SECONDS)
+
+
+class GatedChild:
+    """pyinfra, started now, held at the gate until `open()`; `give_up()` ends it unheard."""
+
+    def __init__(self, argv: list[str], *, cwd: str, env: dict[str, str], stdout=None):
+        if stdout is not None:
+            stdout.flush()
+            targets = (stdout.fileno(), stdout.fileno())
+        else:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            targets = (sys.stdout.fileno(), sys.stderr.fileno())
+        self.streams = [HeldStream(target) for target in targets]
+        gate_read, self._gate = os.pipe()
+        env = {**env, GATE_ENV: str(gate_read)}
+        try:
+            self.process = subprocess.Popen(argv, cwd=cwd, env=env, pass_fds=(gate_read,),
+                                            stdout=self.streams[0].child_end, stderr=self.streams[1].child_end)
+        finally:
+            os.close(gate_read)
+        for stream in self.streams:
+            stream.start()
+
+    def open(self) -> None:
+        try:
+            os.write(self._gate, OPEN)
+        except BrokenPipeError:  # it ended before the gate (a connection failure): its output says why
+            pass
+        finally:
+            os.close(self._gate)
+            self._gate = -1
+        for stream in self.streams:
+            stream.release()
+
+    def give_up(self) -> None:
+        for stream in self.streams:
+            stream.drop()
+        if self._gate >= 0:
+            os.close(self._gate)
+            self._gate = -1
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for stream in self.streams:
+            stream.join()
+
+    def wait(self) -> tuple[int, bool]:
+        """Wait for pyinfra; on Ctrl-C or SIGTERM give it SIGINT and a grace period to stop
+        between commands, then kill it. Returns (exit code, interrupted)."""
+        try:
+            return self.process.wait(), False
+        except KeyboardInterrupt:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGINT)
+                try:
+                    self.process.wait(INTERRUPT_GRACE_SECONDS)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            return self.process.returncode if self.process.returncode is not None else 130, True
+        finally:
+            for stream in self.streams:
+                stream.join()

@@ -1,0 +1,84 @@
+"""The gate between a locked deploy and its pyinfra child, with a real child process: the child
+starts before the locks are held, prints only once the gate opens, and is ended unheard when the
+parent gives up."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+
+from hermes_infra.release.gate import GIVE_UP_EXIT, GatedChild
+
+# Stands in for pyinfra: it "connects" (prints), waits at the gate, then "deploys" (touches a file).
+CHILD = """
+import os, sys
+sys.path.insert(0, {root!r})
+from hermes_infra.release.gate import wait_at_gate
+print("Connecting", flush=True)
+print("to stderr", file=sys.stderr, flush=True)
+wait_at_gate()
+wait_at_gate()  # a second host's deploy: already through
+assert "HERMES_INFRA_GATE_FD" not in os.environ
+open({marker!r}, "w").close()
+print("deployed", flush=True)
+"""
+
+
+def start(tmp_path, output):
+    marker = tmp_path / "deployed"
+    script = CHILD.format(root=os.getcwd(), marker=str(marker))
+    child = GatedChild([sys.executable, "-c", script], cwd=str(tmp_path), env=dict(os.environ), stdout=output)
+    return child, marker
+
+
+def wait_for(predicate, seconds=20):
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_the_child_waits_at_the_gate_with_its_output_held_then_runs(tmp_path):
+    with tempfile.TemporaryFile() as output:
+        child, marker = start(tmp_path, output)
+        time.sleep(1.0)  # long enough for the child to reach the gate
+        assert not marker.exists() and child.process.poll() is None
+        output.seek(0)
+        assert output.read() == b""
+        child.open()
+        assert child.wait() == (0, False)
+        output.seek(0)
+        text = output.read().decode()
+    assert marker.exists()
+    assert "Connecting" in text and "to stderr" in text and text.index("Connecting") < text.index("deployed")
+
+
+def test_giving_up_ends_the_child_before_it_does_anything_and_drops_its_output(tmp_path):
+    with tempfile.TemporaryFile() as output:
+        child, marker = start(tmp_path, output)
+        wait_for(lambda: False, 0.5)
+        child.give_up()
+        assert child.process.returncode is not None
+        output.seek(0)
+        assert output.read() == b""
+    assert not marker.exists()
+
+
+def test_the_child_leaves_quietly_when_its_parent_is_gone(tmp_path):
+    with tempfile.TemporaryFile() as output:
+        child, marker = start(tmp_path, output)
+        os.close(child._gate)  # what the parent's death does to the gate
+        child._gate = -1
+        assert child.process.wait(30) == GIVE_UP_EXIT
+    assert not marker.exists()
+
+
+def test_without_a_gate_the_deploy_does_not_wait(monkeypatch):
+    from hermes_infra.release import gate
+
+    monkeypatch.delenv(gate.GATE_ENV, raising=False)
+    monkeypatch.setattr(gate, "_passed", False)
+    started = time.monotonic()
+    gate.wait_at_gate()
+    assert time.monotonic() - started < 1
