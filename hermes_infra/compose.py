@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import shlex
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pyinfra import host
 from pyinfra.api import operation
@@ -18,6 +19,9 @@ from hermes_infra.hardening import GATEWAY_HEALTHCHECK
 from hermes_infra.render import render_template
 from hermes_infra.settings import CompanionSettings, HostSettings
 from hermes_infra.sizes import parse_size
+
+if TYPE_CHECKING:  # the plan imports this module
+    from hermes_infra.plan import ProjectPlan
 
 MAIN_PROJECT = "hermes"
 LABEL_INPUTS = "io.hermes-infra.inputs"

@@ -1,7 +1,6 @@
 """Day-two commands: CLI wiring, the Hermes passthrough, logs and restart commands."""
 from __future__ import annotations
 
-import re
 
 import pytest
 

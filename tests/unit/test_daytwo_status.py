@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from hermes_infra.daytwo import status
-from hermes_infra.daytwo.remote import RunResult, clean
+from hermes_infra.daytwo.remote import clean
 
 from tests.unit.daytwo_fakes import FakeRemote, host
 
