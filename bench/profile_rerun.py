@@ -32,7 +32,7 @@ from hermes_infra.localvm import ensure_vm  # noqa: E402
 
 # (phase, the first output line that ends it)
 MARKS = (("python start, settings validated, lock taken", "deploy lock taken"),
-         ("pyinfra start and SSH connection", "Connected"),
+         ("pyinfra start and SSH connection, beyond the lock", "Connected"),
          ("batched read, plan, operations prepared", "Beginning operation run"),
          ("operations (all no-ops)", "Disconnecting from hosts"),
          ("audit record, lock released", "deploy lock released"))

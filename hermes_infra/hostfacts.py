@@ -98,7 +98,8 @@ PYINFRA_FACTS = {"os_release": OsRelease, "memory": Memory, "cpus": Cpus}
 # emulation every process start counts) while the reads that print secrets (.env, companion env
 # files) run in the foreground and never touch a temp file. The probes hand the API key to curl
 # through a pipe and print only status codes; a data dir's metadata is types, owners and modes.
-BACKGROUND = ("pyinfra", "services", "aptlists", "image", "packages", "aptlock", "docker", "probe", "dirmeta")
+BACKGROUND = ("whoami", "pyinfra", "services", "aptlists", "image", "packages", "aptlock", "docker", "probe",
+              "dirmeta", "swap")
 
 
 def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
