@@ -455,7 +455,7 @@ def _image(settings: HostSettings, facts: Facts) -> ImagePlan:
 
 
 def compose_archive(location: str):
-    from hermes_infra.image import ImageArchiveError, inspect_archive
+    from hermes_infra.archive import ImageArchiveError, inspect_archive
 
     try:
         return inspect_archive(location)
