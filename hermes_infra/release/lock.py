@@ -292,7 +292,11 @@ class HostLocks:
         # One SSH handshake per host, side by side: on a fleet they would otherwise add up.
         _each_host(self.locks, lambda name, lock: getattr(lock.remote, "connect", lambda: None)())
         try:
+            if self.wait <= 0 and len(self.locks) > 1:
+                self._acquire_all_at_once()
             for name, lock in self.locks.items():
+                if lock.held:
+                    continue
                 announced = False
                 while True:
                     state = lock.try_acquire()
@@ -312,6 +316,22 @@ class HostLocks:
             raise
         self._thread = threading.Thread(target=self._beat, name="hermes-infra-lock-heartbeat", daemon=True)
         self._thread.start()
+
+    def _acquire_all_at_once(self) -> None:
+        """Without waiting, the order cannot deadlock two fleets' deploys: take every lock side
+        by side; any refusal fails the whole (the caller releases what was taken)."""
+        def attempt(name: str, lock: DeployLock):
+            try:
+                return lock.try_acquire(), None
+            except Exception as error:  # noqa: BLE001 - raised below, in inventory order
+                return None, error
+
+        answers = _each_host(self.locks, attempt)
+        for name, (state, error) in answers.items():
+            if error is not None:
+                raise error
+            if state is not None:
+                raise LockError(held_message(name, state, self._hint(name), state.staleness(self.this_machine, self.alive)))
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_seconds):

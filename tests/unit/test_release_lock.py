@@ -202,3 +202,33 @@ def test_release_reports_when_the_command_before_it_fails(lock_dir):
     locks.acquire()
     failed = []
     assert locks.release(first={"a": "exit 1"}, first_failed=failed.append) == ["a"] and failed == ["a"]
+
+
+def test_a_fleet_connects_and_locks_side_by_side_and_releases_side_by_side(tmp_path):
+    """Without --lock-wait, every host's connect, lock and release run at the same time (their
+    intervals overlap) instead of one host after the other."""
+    import time
+
+    intervals: dict[str, list[tuple[float, float]]] = {}
+
+    class SlowRemote(ShellRemote):
+        def connect(self):
+            self.run("true")
+
+        def run(self, command, timeout=120):
+            started = time.monotonic()
+            time.sleep(0.3)
+            result = super().run(command, timeout)
+            intervals.setdefault(self.name, []).append((started, time.monotonic()))
+            return result
+
+    remotes = {name: SlowRemote(name) for name in "abc"}
+    locks = lock.HostLocks(remotes, holder(), heartbeat_seconds=3600)
+    for name, deploy_lock in locks.locks.items():
+        deploy_lock.lock_dir = str(tmp_path / name / "lock")
+    locks.acquire()
+    assert all(deploy_lock.held for deploy_lock in locks.locks.values())
+    assert sorted(locks.release()) == ["a", "b", "c"]
+    for step in range(3):  # connect, acquire, release
+        spans = [intervals[name][step] for name in "abc"]
+        assert max(start for start, _ in spans) < min(end for _, end in spans), f"step {step} ran host by host"
