@@ -45,8 +45,10 @@ ENV_KEYS=(API_SERVER_ENABLED=true API_SERVER_HOST=0.0.0.0 API_SERVER_PORT=8642
 PACKAGES=(docker.io docker-cli docker-compose)
 
 limits() {  # MEMORY (compose value), MEMORY_BYTES, CPUS, NANO_CPUS: like hermes-infra's defaults
+  # Shell arithmetic and builtins only: under emulation every program started costs 40+ ms.
   if [ -z "$MEMORY" ]; then
-    local mb; mb=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)
+    local key value mb=0
+    while read -r key value _; do [ "$key" = MemTotal: ] && { mb=$(( value / 1024 )); break; }; done </proc/meminfo
     MEMORY=$(( mb * 7 / 8 < mb - 512 ? mb * 7 / 8 : mb - 512 ))m
   fi
   local number=${MEMORY%[bkmgBKMG]} unit=${MEMORY: -1}
@@ -56,8 +58,14 @@ limits() {  # MEMORY (compose value), MEMORY_BYTES, CPUS, NANO_CPUS: like hermes
     k|K) MEMORY_BYTES=$(( number * 1024 )) ;;
     *) MEMORY_BYTES=$number ;;
   esac
-  CPUS=$(nproc | awk '{v = int($1 * 5 / 8 * 100 + 0.5) / 100; if (v < 0.5) v = 0.5; printf "%g", v}')
-  NANO_CPUS=$(awk -v c="$CPUS" 'BEGIN {printf "%d", c * 1e9}')
+  local cpus=0 line hundredths
+  while read -r line; do [[ $line == processor* ]] && cpus=$(( cpus + 1 )); done </proc/cpuinfo
+  hundredths=$(( (cpus * 625 + 5) / 10 ))  # 5/8 of the CPUs, to two decimals, at least 0.5
+  [ $hundredths -ge 50 ] || hundredths=50
+  if [ $(( hundredths % 100 )) -eq 0 ]; then CPUS=$(( hundredths / 100 ))
+  elif [ $(( hundredths % 10 )) -eq 0 ]; then CPUS=$(( hundredths / 100 )).$(( hundredths % 100 / 10 ))
+  else CPUS=$(printf '%d.%02d' $(( hundredths / 100 )) $(( hundredths % 100 ))); fi
+  NANO_CPUS=$(( hundredths * 10000000 ))
 }
 
 daemon_text() {
@@ -125,48 +133,65 @@ services:
 EOF
 }
 
-api_key() { { sed -n 's/^API_SERVER_KEY=//p' "$DATA/.env" 2>/dev/null || true; } | head -n1; }
+api_key() {  # the first API_SERVER_KEY= line's value, or nothing
+  local line key=""
+  if [ -r "$DATA/.env" ]; then
+    while IFS= read -r line; do [[ $line == API_SERVER_KEY=* ]] && { key=${line#API_SERVER_KEY=}; break; }; done <"$DATA/.env"
+  fi
+  printf '%s' "$key"
+}
 
-probe() {  # /health, /v1/models without the key, with the key (through a pipe, never argv)
-  local url=http://127.0.0.1:8642
-  printf '%s %s %s' \
-    "$(curl -s -m 5 -o /dev/null -w '%{http_code}' $url/health)" \
-    "$(curl -s -m 5 -o /dev/null -w '%{http_code}' $url/v1/models)" \
-    "$(printf 'Authorization: Bearer %s\n' "$(api_key)" | curl -s -m 5 -o /dev/null -w '%{http_code}' -H @- $url/v1/models)"
+ENGINE=(curl -sf -m 20 --unix-socket /var/run/docker.sock)  # the Docker engine's API: no Go CLI start
+
+probe() {  # /health, /v1/models without the key, with the key (through stdin, never argv); one curl
+  local url=http://127.0.0.1:8642 options=(-s -m 5 -o /dev/null -w '%{http_code} ')
+  printf 'Authorization: Bearer %s\n' "$(api_key)" |
+    curl "${options[@]}" $url/health -o /dev/null $url/v1/models --next "${options[@]}" -H @- $url/v1/models
+}
+
+has_lines() {  # has_lines TEXT LINE...: every LINE is a whole line of TEXT
+  local text=$'\n'$1$'\n' line
+  shift
+  for line; do [[ $text == *$'\n'"$line"$'\n'* ]] || return 1; done
 }
 
 config_ok() {
-  local line
   [ -f "$DATA/config.yaml" ] || return 1
-  while IFS= read -r line; do grep -qxF -- "$line" "$DATA/config.yaml" || return 1; done < <(config_text)
+  local wanted=()
+  mapfile -t wanted < <(config_text)
+  has_lines "$(< "$DATA/config.yaml")" "${wanted[@]}"
 }
 
 env_ok() {
-  local kv key
+  local key
   [ "$(stat -c %u:%g:%a "$DATA/.env" 2>/dev/null)" = "$UID_GID:$UID_GID:600" ] || return 1
-  for kv in "${ENV_KEYS[@]}"; do grep -qxF -- "$kv" "$DATA/.env" || return 1; done
+  has_lines "$(< "$DATA/.env")" "${ENV_KEYS[@]}" || return 1
   key=$(api_key); [ ${#key} -ge 16 ]
 }
 
 floor_check() {  # read-only; prints "need: ..." and exits 10 when something is off
   limits
-  local need=() installed
-  installed=$(dpkg-query -W -f='${db:Status-Abbrev}\n' "${PACKAGES[@]}" 2>/dev/null | grep -c '^ii' || true)
-  [ "$installed" = "${#PACKAGES[@]}" ] || need+=(packages)
-  [ "$(cat /etc/docker/daemon.json 2>/dev/null)" = "$(daemon_text)" ] || need+=(daemon.json)
-  systemctl is-active -q docker 2>/dev/null || need+=(docker-service)
-  { [ "$(stat -c %s $SWAP 2>/dev/null)" = $SWAP_BYTES ] && swapon --show=NAME --noheadings | grep -qxF $SWAP; } || need+=(swap)
-  grep -qE "^$SWAP[[:space:]]+none[[:space:]]+swap" /etc/fstab || need+=(fstab)
-  { [ "$(cat /etc/sysctl.d/60-swappiness.conf 2>/dev/null)" = "vm.swappiness = $SWAPPINESS" ] &&
-    [ "$(cat /proc/sys/vm/swappiness)" = $SWAPPINESS ]; } || need+=(swappiness)
-  docker image inspect "$REF" >/dev/null 2>&1 || need+=(image)
+  local need=() packages container line swap_active=0 fstab=0
+  packages=$(dpkg-query -W -f='${db:Status-Abbrev}\n' "${PACKAGES[@]}" 2>/dev/null)
+  [ "$(printf '%s\n' "$packages" | { n=0; while read -r s; do [[ $s == ii* ]] && n=$((n + 1)); done; echo $n; })" \
+    = "${#PACKAGES[@]}" ] || need+=(packages)
+  { [ "$(< /etc/docker/daemon.json)" = "$(daemon_text)" ]; } 2>/dev/null || need+=(daemon.json)
+  [ -S /var/run/docker.sock ] && "${ENGINE[@]}" http://d/_ping >/dev/null 2>&1 || need+=(docker-service)
+  while read -r line _; do [ "$line" = $SWAP ] && swap_active=1; done </proc/swaps
+  { [ "$(stat -c %s $SWAP 2>/dev/null)" = $SWAP_BYTES ] && [ $swap_active = 1 ]; } || need+=(swap)
+  while read -r line; do [[ $line =~ ^$SWAP[[:space:]]+none[[:space:]]+swap ]] && fstab=1; done </etc/fstab
+  [ $fstab = 1 ] || need+=(fstab)
+  { [ "$(< /etc/sysctl.d/60-swappiness.conf)" = "vm.swappiness = $SWAPPINESS" ] &&
+    [ "$(< /proc/sys/vm/swappiness)" = $SWAPPINESS ]; } 2>/dev/null || need+=(swappiness)
+  "${ENGINE[@]}" "http://d/images/$REF/json" >/dev/null 2>&1 || need+=(image)
   [ "$(stat -c %u:%g:%a $DATA 2>/dev/null)" = "$UID_GID:$UID_GID:700" ] || need+=(data-dir)
   env_ok || need+=(.env)
   config_ok || need+=(config.yaml)
-  [ "$(cat $PROJECT/compose.yaml 2>/dev/null)" = "$(compose_text)" ] || need+=(compose.yaml)
-  [ "$(docker inspect -f '{{.State.Running}} {{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}}' hermes 2>/dev/null)" \
-    = "true $MEMORY_BYTES $NANO_CPUS 1024" ] || need+=(container)
-  [ "$(probe)" = "200 401 200" ] || need+=(health)
+  { [ "$(< $PROJECT/compose.yaml)" = "$(compose_text)" ]; } 2>/dev/null || need+=(compose.yaml)
+  container=$("${ENGINE[@]}" http://d/containers/hermes/json 2>/dev/null)
+  [[ $container == *'"Running":true'* && $container == *"\"Memory\":$MEMORY_BYTES,"* &&
+     $container == *"\"NanoCpus\":$NANO_CPUS,"* && $container == *'"PidsLimit":1024'[,}]* ]] || need+=(container)
+  [ "$(probe)" = "200 401 200 " ] || need+=(health)
   if [ ${#need[@]} -eq 0 ]; then echo "converged"; return 0; fi
   echo "need: ${need[*]}"
   return 10
@@ -239,14 +264,15 @@ floor_apply() {  # stdin: the image archive when the image is missing, else empt
     sleep 1
   done
   answer=$(probe)
+  answer=${answer% }
   step "health gate: $answer"
   [ "$answer" = "200 401 200" ] || { echo "floor.sh: health gate failed ($answer; want 200 401 200)" >&2; return 1; }
   echo "applied"
 }
 
 remote_script() {  # the variables and functions above, then one call
-  declare -p DATA PROJECT SWAP SWAP_BYTES SWAPPINESS UID_GID ENV_KEYS PACKAGES REF MEMORY
-  declare -f limits daemon_text config_text compose_text api_key probe config_ok env_ok floor_check step floor_apply
+  declare -p DATA PROJECT SWAP SWAP_BYTES SWAPPINESS UID_GID ENV_KEYS PACKAGES REF MEMORY ENGINE
+  declare -f limits daemon_text config_text compose_text api_key probe has_lines config_ok env_ok floor_check step floor_apply
   echo "$1"
 }
 
@@ -258,9 +284,10 @@ ssh_options=(-F /dev/null -p "$PORT" -o BatchMode=yes -o ConnectTimeout=30 -o Lo
 if [ -n "$KNOWN_HOSTS" ]; then
   ssh_options+=(-o StrictHostKeyChecking=yes -o UserKnownHostsFile="$KNOWN_HOSTS")
 fi
-# The master logs to a file (shown when a session fails): a session only sees "exit 255".
-ssh "${ssh_options[@]}" -o ControlMaster=yes -o ControlPersist=no -o LogLevel=VERBOSE -E "$control_dir/master.log" \
-  -f -N "$USER_NAME@$HOST"
+# The first session opens the connection and keeps it (ControlPersist) for the apply session: a
+# converged host costs one ssh process and one connection. The log (shown when a session
+# fails: a session only sees "exit 255") is the master's.
+ssh_options+=(-o ControlMaster=auto -o ControlPersist=yes -E "$control_dir/master.log")
 cleanup() {
   ssh "${ssh_options[@]}" -O exit "$USER_NAME@$HOST" 2>/dev/null || true
   rm -rf "$control_dir"
@@ -268,7 +295,7 @@ cleanup() {
 trap cleanup EXIT
 on_host() {  # run a bash script on the host as a session of the master connection
   local rc=0
-  ssh "${ssh_options[@]}" -o ControlMaster=no "$USER_NAME@$HOST" "bash -c $(printf '%q' "$1")" || rc=$?
+  ssh "${ssh_options[@]}" "$USER_NAME@$HOST" "bash -c $(printf '%q' "$1")" || rc=$?
   if [ $rc -eq 255 ]; then
     echo "floor.sh: the SSH session failed (exit 255); the connection's log ends with:" >&2
     tail -n 15 "$control_dir/master.log" >&2

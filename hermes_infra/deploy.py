@@ -5,10 +5,8 @@ and each operation below only compares its part of the plan with the host and ap
 """
 from __future__ import annotations
 
-import gevent
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.context import ctx_host
 
 from hermes_infra import backup_timer, compose, datadir, docker_engine, health, image, profiles, swap
 from hermes_infra.hostfacts import HermesHostState
@@ -19,46 +17,19 @@ from hermes_infra.release import gate, results, upgrade
 from hermes_infra.settings import HostSettings
 
 
-_read_ahead: dict[str, gevent.Greenlet] = {}
-_read_ahead_started = False
-
-
 def gather(settings: HostSettings) -> Facts:
     """Read what the plan needs in one command (pyinfra's OS, memory and CPU facts run inside
-    it and parse their own output: pyinfra does not cache facts, and each is a round trip).
-
-    pyinfra runs this deploy one host after the other; the first host's read also starts every
-    other host's, side by side, so a fleet's reads cost about one host's."""
-    global _read_ahead_started
+    it and parse their own output: pyinfra does not cache facts, and each is a round trip)."""
     state = host.state
     shown = state.print_fact_output
     # `-vvv` prints every fact's raw output; the batched read holds base64 of `.env` files.
     state.print_fact_output = False
     try:
-        if not _read_ahead_started:
-            _read_ahead_started = True
-            _read_ahead.update(_start_reads([h for h in state.inventory.get_active_hosts() if h is not host]))
-        batched = None
-        ahead = _read_ahead.pop(host.name, None)
-        if ahead is not None:
-            ahead.join()
-            batched = ahead.value if ahead.successful() else None
-        if batched is None:  # not read ahead, or that read failed: read here, errors and all
-            batched = host.get_fact(HermesHostState, request=fact_request(settings))
+        batched = host.get_fact(HermesHostState, request=fact_request(settings))
     finally:
-        # No read may still run once fact output is shown again.
-        gevent.joinall(list(_read_ahead.values()))
         state.print_fact_output = shown
     return Facts(os_release=batched.os_release, memory_mb=batched.memory_mb, cpus=batched.cpus,
                  image_inspect=batched.image_inspect, state=batched)
-
-
-def _start_reads(hosts) -> dict[str, gevent.Greenlet]:
-    def read(other):
-        with ctx_host.use(other):
-            return other.get_fact(HermesHostState, request=fact_request(settings_for_host(other)))
-
-    return {other.name: host.state.pool.spawn(read, other) for other in hosts}
 
 
 def host_plan(settings: HostSettings | None = None) -> HostPlan:

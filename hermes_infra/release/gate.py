@@ -26,14 +26,25 @@ INTERRUPT_GRACE_SECONDS = 20
 DRAIN_SECONDS = 5
 
 _passed = False
+# pyinfra runs the deploy code of every host at once (greenlets): the first reads the gate, the
+# others wait on this lock (gevent's once pyinfra has patched threading) until it has.
+_gate_lock = threading.Lock()
 
 
 def wait_at_gate() -> None:
     """In the deploy (the pyinfra child): block until the parent says go; exit at once, quietly,
     if it gives up or is gone. Without the gate (`--dry`, plain `pyinfra`) this returns at once."""
+    with _gate_lock:
+        _wait_at_gate()
+
+
+def _wait_at_gate() -> None:
     global _passed
+    if _passed:
+        return
     fd_text = os.environ.pop(GATE_ENV, None)
-    if _passed or not fd_text:
+    if not fd_text:
+        _passed = True
         return
     fd = int(fd_text)
     received = b""

@@ -82,3 +82,34 @@ def test_without_a_gate_the_deploy_does_not_wait(monkeypatch):
     started = time.monotonic()
     gate.wait_at_gate()
     assert time.monotonic() - started < 1
+
+
+# pyinfra loads every host's deploy code at once, in greenlets: none may pass the gate early.
+GREENLETS = """
+from gevent import monkey
+monkey.patch_all()
+import gevent, sys
+sys.path.insert(0, {root!r})
+from hermes_infra.release.gate import wait_at_gate
+
+def host(number):
+    wait_at_gate()
+    open({marker!r} + str(number), "w").close()
+
+print("Connected", flush=True)
+gevent.joinall([gevent.spawn(host, number) for number in range(3)], raise_error=True)
+"""
+
+
+def test_no_host_of_a_fleet_passes_the_gate_before_it_opens(tmp_path):
+    marker = str(tmp_path / "host-")
+    script = GREENLETS.format(root=os.getcwd(), marker=marker)
+    with tempfile.TemporaryFile() as output:
+        child = GatedChild([sys.executable, "-c", script], cwd=str(tmp_path), env=dict(os.environ), stdout=output)
+        time.sleep(1.5)
+        assert child.process.poll() is None and not list(tmp_path.glob("host-*"))
+        child.open()
+        assert child.wait() == (0, False)
+        output.seek(0)
+        assert b"Connected" in output.read()
+    assert sorted(p.name for p in tmp_path.glob("host-*")) == ["host-0", "host-1", "host-2"]
