@@ -113,3 +113,38 @@ def test_no_host_of_a_fleet_passes_the_gate_before_it_opens(tmp_path):
         output.seek(0)
         assert b"Connected" in output.read()
     assert sorted(p.name for p in tmp_path.glob("host-*")) == ["host-0", "host-1", "host-2"]
+
+
+def test_on_a_terminal_the_child_writes_to_a_terminal_of_its_own(tmp_path):
+    """pyinfra keeps its colours and progress on a terminal: the child's stdout is a pty whose
+    output reaches ours, held until the gate opens, with our window size."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    from hermes_infra.release.gate import HeldStream
+
+    ours_master, ours = pty.openpty()  # "our terminal": we read what reaches it on ours_master
+    fcntl.ioctl(ours, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 132, 0, 0))
+    script = ("import os, sys, fcntl, termios, struct; "
+              "rows, cols, _, _ = struct.unpack('HHHH', fcntl.ioctl(1, termios.TIOCGWINSZ, b'\\0' * 8)); "
+              "print('tty' if os.isatty(1) else 'notty', rows, cols, flush=True)")
+    stream = HeldStream(ours)
+    import subprocess
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=stream.child_end)
+    stream.start()
+    assert child.wait(30) == 0
+    time.sleep(0.2)
+    assert not select.select([ours_master], [], [], 0.2)[0], "output reached the terminal before release()"
+    stream.release()
+    stream.join()
+    received = b""
+    while select.select([ours_master], [], [], 1)[0]:
+        received += os.read(ours_master, 1024)
+        if b"\n" in received:
+            break
+    os.close(ours_master)
+    os.close(ours)
+    assert received.split() == [b"tty", b"40", b"132"]
