@@ -104,7 +104,7 @@ BACKGROUND = ("whoami", "pyinfra", "services", "aptlists", "image", "packages", 
 
 def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
     # The SSH login's user and home: sshd sets LOGNAME and HOME; under sudo they are root's and
-    # SUDO_USER names the login. Builtins where they do (see `_run_section`).
+    # SUDO_USER names the login. Read from the environment: no program started for them.
     sections = [("whoami", ['if [ -n "${SUDO_USER:-}" ]; then echo "$SUDO_USER"; getent passwd "$SUDO_USER" '
                             '| { IFS=: read -r _ _ _ _ _ home _; echo "$home"; }; '
                             'else echo "${LOGNAME:-$(id -un)}"; echo "$HOME"; fi', "uname -m"])]
@@ -260,7 +260,9 @@ def _container(record: dict) -> tuple[str, dict]:
     if isinstance(labels, str):
         labels = dict(item.split("=", 1) for item in labels.split(",") if "=" in item)
     names = record.get("Names") or ""
-    name = (names[0] if isinstance(names, list) and names else names if isinstance(names, str) else "").lstrip("/")
+    if isinstance(names, list):  # the API: ["/hermes"]; `docker ps`: "hermes"
+        names = names[0] if names else ""
+    name = names.lstrip("/")
     return name, {"id": record.get("Id") or record.get("ID"), "state": record.get("State"), "name": name,
                   "status": record.get("Status", ""),
                   "project": labels.get("com.docker.compose.project"),
