@@ -11,8 +11,6 @@ the `ssh` binary with the same options instead: paramiko has no terminal to hand
 from __future__ import annotations
 
 import shlex
-import threading
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,20 +19,9 @@ from typing import BinaryIO, Protocol
 from hermes_infra import commands
 from hermes_infra.checks import connect
 from hermes_infra.settings import GatewaySettings, HostSettings
+from hermes_infra.sshchannel import RunResult, exchange
 
 MAX_PARALLEL_HOSTS = 8
-CHUNK = 1 << 16
-
-
-@dataclass(frozen=True)
-class RunResult:
-    rc: int
-    stdout: bytes
-    stderr: str
-
-    @property
-    def text(self) -> str:
-        return self.stdout.decode("utf-8", errors="replace")
 
 
 class Remote(Protocol):
@@ -101,50 +88,8 @@ class SSHRemote:
 
     def run(self, command: str, *, stdin: bytes | BinaryIO | None = None,
             on_stdout: Callable[[bytes], None] | None = None, timeout: float | None = None) -> RunResult:
-        transport = self._backend.client.get_transport()
-        channel = transport.open_session()
-        channel.exec_command(wrap(command, self.connection.sudo))
-        feeder = None
-        if stdin is None:
-            channel.shutdown_write()
-        else:
-            def feed() -> None:
-                try:
-                    if isinstance(stdin, bytes):
-                        channel.sendall(stdin)
-                    else:
-                        while chunk := stdin.read(CHUNK):
-                            channel.sendall(chunk)
-                finally:
-                    channel.shutdown_write()
-            feeder = threading.Thread(target=feed, daemon=True)
-            feeder.start()
-        out, err = bytearray(), bytearray()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            busy = False
-            if channel.recv_ready():
-                data = channel.recv(CHUNK)
-                busy = True
-                if on_stdout is not None:
-                    on_stdout(data)
-                else:
-                    out += data
-            if channel.recv_stderr_ready():
-                err += channel.recv_stderr(CHUNK)
-                busy = True
-            if not busy:
-                if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    channel.close()
-                    return RunResult(124, bytes(out), err.decode(errors="replace") + f"\ntimed out after {timeout}s")
-                time.sleep(0.005)
-        rc = channel.recv_exit_status()
-        channel.close()
-        if feeder is not None:
-            feeder.join(timeout=5)
-        return RunResult(rc, bytes(out), err.decode("utf-8", errors="replace"))
+        return exchange(self._backend.client.get_transport(), wrap(command, self.connection.sudo),
+                        stdin=stdin, on_stdout=on_stdout, timeout=timeout)
 
     def close(self) -> None:
         self._backend.close()
