@@ -576,8 +576,9 @@ class ImageSettings(Settings):
 
     source: Literal["pull", "archive"] = "pull"
     """How the image reaches the host: `pull` from its registry (or `pull_mirror`);
-    `archive` uploads `archive` from the control machine and `docker load`s it (for hosts
-    that cannot reach Docker Hub; build one with `hermes-infra image build`)."""
+    `archive` streams `archive` from the control machine into `docker load` over the deploy's
+    SSH connection (for hosts that cannot reach Docker Hub; build one with `hermes-infra image
+    build`)."""
 
     archive: str | None = None
     """With `source: archive`: path on the control machine to a `docker save` archive, or to
@@ -592,7 +593,9 @@ class ImageSettings(Settings):
     tagged `latest`, `stable` or `main`): not recommended."""
 
     remote_cache_dir: str = "/var/cache/hermes-infra/images"
-    """Where uploaded image archives are kept on the host (absolute; stored normalized)."""
+    """Where an archive is uploaded before `docker load` on hosts reached without SSH (`@local`,
+    `@docker`); over SSH nothing is kept on disk, and `*.tar` archives left here by earlier
+    versions are removed on the next load (absolute; stored normalized)."""
 
     @field_validator("ref")
     @classmethod

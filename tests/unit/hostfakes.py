@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 from typing import Any
 
-from pyinfra.api import FileUploadCommand
+from pyinfra.api import FileUploadCommand, FunctionCommand
 from pyinfra.context import ctx_host, ctx_state
 
 from hermes_infra.hostfacts import HostState, RootFile
@@ -79,6 +79,7 @@ class FakeHost:
     name = "test"
     print_prefix = "[test] "
     current_op_global_arguments = None
+    connector = None
 
     def __init__(self, facts: dict | None = None):
         self.noops: list[str] = []
@@ -100,24 +101,30 @@ class OpResult:
     commands: list[str]
     uploads: list[FileUploadCommand]
     noops: list[str]
+    functions: list[FunctionCommand] = dataclasses.field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        return bool(self.commands or self.uploads)
+        return bool(self.commands or self.uploads or self.functions)
 
     def text(self) -> str:
         return "\n".join(self.commands)
 
 
-def run_op(operation, *args: Any, facts: dict | None = None, **kwargs: Any) -> OpResult:
-    """What an operation yields for these arguments, the way pyinfra's own op tests look."""
+def run_op(operation, *args: Any, facts: dict | None = None, connector: Any = None,
+           global_arguments: dict | None = None, **kwargs: Any) -> OpResult:
+    """What an operation yields for these arguments, the way pyinfra's own op tests look
+    (`connector` and `global_arguments`: what pyinfra's host has while the operation runs)."""
     fake = FakeHost(facts)
-    commands, uploads = [], []
+    fake.connector, fake.current_op_global_arguments = connector, global_arguments
+    commands, uploads, functions = [], [], []
     fake_state = type("FakeState", (), {"config": type("FakeConfig", (), {"DIFF": False})(), "cwd": None})()
     with ctx_host.use(fake), ctx_state.use(fake_state), contextlib.suppress(StopIteration):
         for command in operation._inner(*args, **kwargs):
             if isinstance(command, FileUploadCommand):
                 uploads.append(command)
+            elif isinstance(command, FunctionCommand):
+                functions.append(command)
             else:
                 commands.append(str(command) if isinstance(command, str) else command.get_raw_value())
-    return OpResult(commands, uploads, fake.noops)
+    return OpResult(commands, uploads, fake.noops, functions)
