@@ -44,14 +44,22 @@ def staged_path(writer: Writer, path: str) -> str:
     return f"{writer.stage_dir}/{hashlib.sha256(path.encode()).hexdigest()[:16]}"
 
 
-def upload(writer: Writer, content: str, path: str):
-    """Commands that leave `content` in a root-only staging file; yields, returns its path."""
+def backed_up(writer: Writer, path: str, copy: str) -> str:
+    """One command: the backup dir, `copy` (which writes `backup_target`), old copies rotated."""
+    return f"{backup_dir_command(writer)} && {copy} && ( {rotate_command(path, writer)} )"
+
+
+def upload(writer: Writer, content: str, path: str, first: str | None = None):
+    """Commands that leave `content` in a root-only staging file; yields, returns its path.
+    `first` runs before, in the same round trip (every command costs one on the host)."""
     staged = staged_path(writer, path)
     upload_dir = shlex.quote(writer.upload_dir)
-    yield f"install -d -m 0700 {shlex.quote(writer.stage_dir)} && chmod 0700 {shlex.quote(writer.stage_dir)}"
+    stage_dir = shlex.quote(writer.stage_dir)
     # With --sudo pyinfra uploads as the SSH user to remote_temp_filename, then copies as root:
     # that file must sit in a directory only the SSH user can enter.
-    yield (f"install -d -m 0700 -o {shlex.quote(writer.upload_user)} {upload_dir} && chmod 0700 {upload_dir}")
+    yield " && ".join(filter(None, (
+        first, f"install -d -m 0700 {stage_dir} && chmod 0700 {stage_dir}",
+        f"install -d -m 0700 -o {shlex.quote(writer.upload_user)} {upload_dir} && chmod 0700 {upload_dir}")))
     temp = f"{writer.upload_dir}/{staged.rsplit('/', 1)[1]}"
     yield FileUploadCommand(BytesIO(content.encode("utf-8", errors="surrogateescape")), staged,
                             remote_temp_filename=temp)
@@ -67,12 +75,11 @@ def root_file(file: RootFilePlan, writer: Writer, on_change: str | None = None):
     quoted = shlex.quote(file.path)
     if file.content_changed:
         directory = file.path.rsplit("/", 1)[0] or "/"
-        yield f"mkdir -p {shlex.quote(directory)}"
+        first = f"mkdir -p {shlex.quote(directory)}"
         if file.current is not None:
-            yield backup_dir_command(writer)
-            yield f"cp -a {quoted} {shlex.quote(backup_target(file.path, writer))}"
-            yield rotate_command(file.path, writer)
-        staged = yield from upload(writer, file.content, file.path)
+            copy = f"cp -a {quoted} {shlex.quote(backup_target(file.path, writer))}"
+            first += " && " + backed_up(writer, file.path, copy)
+        staged = yield from upload(writer, file.content, file.path, first=first)
         temp = shlex.quote(f"{file.path}.hermes-infra.new")
         yield (f"install -m {file.mode} -o 0 -g 0 -T {shlex.quote(staged)} {temp} && mv -fT {temp} {quoted} "
                f"&& rm -f {shlex.quote(staged)}")
@@ -94,12 +101,12 @@ def data_file(file: DataFilePlan, writer: Writer):
     if not file.content_changed and not file.meta_changed:
         host.noop(f"{file.path} is up to date")
         return
+    first = None
     if file.exists:
-        yield backup_dir_command(writer)
-        yield safeio.backup_script(file.directory, file.name, file.uid, file.gid, backup_target(file.path, writer))
-        yield rotate_command(file.path, writer)
+        copy = safeio.backup_script(file.directory, file.name, file.uid, file.gid, backup_target(file.path, writer))
+        first = backed_up(writer, file.path, copy)
     # The mode is the owner's to set on its own file, so a wrong mode is fixed by rewriting.
-    staged = yield from upload(writer, file.content, file.path)
+    staged = yield from upload(writer, file.content, file.path, first=first)
     yield (f"{safeio.write_script(file.directory, file.name, staged, file.uid, file.gid, file.mode)} "
            f"&& rm -f {shlex.quote(staged)}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 
 from hermes_infra import (
     compose,
@@ -16,6 +17,8 @@ from hermes_infra import (
     profiles,
     swap,
 )
+from pyinfra.connectors.ssh import SSHConnector
+
 from hermes_infra.plan import ImagePlan, RetirePlan
 from tests.unit.hostfakes import converged, fresh, plan_for, run_op, settings
 
@@ -50,6 +53,8 @@ def test_root_file_on_a_fresh_host_is_staged_then_renamed():
     # with --sudo the SSH user's upload lands in its own 0700 directory, never in /tmp
     assert result.uploads[0].remote_temp_filename.startswith("/root/.hermes-infra-upload/")
     assert "cp -a" not in text  # nothing to back up
+    # every command is a round trip: the directories in one, the upload, the rename, the hook
+    assert len(result.commands) == 3 and len(result.uploads) == 1
 
 
 def test_root_file_backs_up_and_rotates_before_replacing():
@@ -57,7 +62,11 @@ def test_root_file_backs_up_and_rotates_before_replacing():
     facts = converged(host)
     facts.state.root_files["/etc/docker/daemon.json"]["text"].text = "{}\n"
     plan = plan_for(settings(backup_keep=3), facts)
-    text = run_op(ops.root_file, plan.docker.daemon_json, plan.writer).text()
+    result = run_op(ops.root_file, plan.docker.daemon_json, plan.writer)
+    text = result.text()
+    # the copy is taken in the first command, before anything is uploaded or renamed
+    first = result.commands[0]
+    assert first.index("cp -a") < first.index("install -d -m 0700 /var/lib/hermes-infra/stage")
     assert "install -d -m 0700 /var/backups/hermes-infra && chmod 0700 /var/backups/hermes-infra" in text
     assert "cp -a /etc/docker/daemon.json /var/backups/hermes-infra/etc__docker__daemon.json." in text
     assert "tail -n +4" in text  # keeps 3
@@ -180,6 +189,72 @@ def test_archive_is_uploaded_loaded_and_retagged():
     assert result.uploads
 
 
+def test_archive_is_streamed_into_docker_load_over_ssh():
+    plan = fresh_plan()
+    archive = ImagePlan(ref="hermes-agent:0.19.0-local", source="archive", present=False,
+                        archive_path=__file__, archive_sha256="f" * 64, remote_archive="/var/cache/hermes-infra/images/ff.tar",
+                        archive_ref="hermes-agent:0.19.0-built", cache_dir="/var/cache/hermes-infra/images")
+    result = run_op(image.image_present, archive, plan.writer, connector=SSHConnector.__new__(SSHConnector),
+                    global_arguments={"_sudo": True, "_sudo_password": "s3cret-sudo", "_timeout": 5})
+    streamed = [c for c in result.functions if c.function is image.load_streamed]
+    assert len(streamed) == 1 and not result.uploads
+    target = streamed[0].args[0]
+    assert target.path == __file__
+    # sudo reaches the remote command; pyinfra's runner arguments do not; the password is not shown.
+    assert target.arguments == {"_sudo": True, "_sudo_password": "s3cret-sudo"}
+    assert "s3cret-sudo" not in repr(streamed[0])
+    # Nothing is left on disk: no upload, and archives earlier versions kept are removed.
+    assert result.commands == [
+        "docker tag hermes-agent:0.19.0-built hermes-agent:0.19.0-local",
+        "if [ -d /var/cache/hermes-infra/images ]; then "
+        "find /var/cache/hermes-infra/images -maxdepth 1 -type f -name '*.tar' -delete; fi"]
+
+
+def test_streamed_load_sends_every_byte_and_reports_failure(tmp_path):
+    archive_file = tmp_path / "image.tar.gz"
+    archive_file.write_bytes(bytes(range(256)) * 4099)
+    received, commands = bytearray(), []
+
+    class Channel:
+        """Reads stdin until EOF, like `docker load`, then exits with `rc`."""
+        rc = 0
+
+        def __init__(self):
+            self.eof = threading.Event()
+
+        def exec_command(self, command):
+            commands.append(command)
+
+        def sendall(self, data):
+            received.extend(data)
+
+        def shutdown_write(self):
+            self.eof.set()
+
+        def recv(self, size):
+            self.eof.wait(5)
+            return b""
+
+        recv_stderr = recv
+
+        def recv_exit_status(self):
+            return self.rc
+
+        def close(self):
+            pass
+
+    channel = Channel()
+    transport = type("Transport", (), {"open_session": lambda self: channel})()
+    fake_host = type("Host", (), {"print_prefix": "[test] ", "connector_data": {}, "connector": type(
+        "Connector", (), {"client": type("Client", (), {"get_transport": lambda self: transport})()})()})()
+    target = image.StreamedArchive(str(archive_file), {})
+    assert image.load_streamed(None, fake_host, target) is True
+    assert bytes(received) == archive_file.read_bytes()
+    assert commands == ["sh -c 'docker load -q'"]
+    channel.rc, channel.eof, received[:] = 1, threading.Event(), b""
+    assert image.load_streamed(None, fake_host, target) is False
+
+
 # --- compose, retirement, health --------------------------------------------------------------
 
 def test_compose_up_only_with_a_reason():
@@ -270,8 +345,15 @@ def test_conflicting_packages_are_removed_when_installed():
 
 
 def test_docker_service_enabled_and_started():
-    assert run_op(docker_engine.docker_service, fresh_plan().docker, True).commands == ["systemctl enable --now docker"]
-    assert not run_op(docker_engine.docker_service, converged_plan().docker, False).changed
+    # Just installed: the package usually started it; `enable` (slow: SysV sync) only if not.
+    assert run_op(docker_engine.docker_service, fresh_plan().docker, True).commands == [
+        "systemctl is-enabled -q docker && systemctl is-active -q docker || systemctl enable --now docker"]
+    converged_docker = converged_plan().docker
+    assert not run_op(docker_engine.docker_service, converged_docker, False).changed
+    disabled = dataclasses.replace(converged_docker, service_enabled=False, service_active=False)
+    assert run_op(docker_engine.docker_service, disabled, False).commands == ["systemctl enable --now docker"]
+    stopped = dataclasses.replace(converged_docker, service_active=False)
+    assert run_op(docker_engine.docker_service, stopped, False).commands == ["systemctl start docker"]
 
 
 def test_swappiness_applied_now_and_persisted():
