@@ -9,6 +9,7 @@ prints the refusal and nothing of pyinfra's.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import pty
@@ -18,12 +19,14 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 
 GATE_ENV = "HERMES_INFRA_GATE_FD"
 OPEN = b"go\n"
 GIVE_UP_EXIT = 3
 INTERRUPT_GRACE_SECONDS = 20
 DRAIN_SECONDS = 5
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 _passed = False
 # pyinfra runs the deploy code of every host at once (greenlets): the first reads the gate, the
@@ -177,19 +180,40 @@ class GatedChild:
             stream.join()
 
     def wait(self) -> tuple[int, bool]:
-        """Wait for pyinfra; on Ctrl-C or SIGTERM give it SIGINT and a grace period to stop
-        between commands, then kill it. Returns (exit code, interrupted)."""
-        try:
-            return self.process.wait(), False
-        except KeyboardInterrupt:
-            if self.process.poll() is None:
+        """Wait for pyinfra; on Ctrl-C, SIGTERM or SIGHUP give it SIGINT and a grace period to
+        stop between commands, then kill it. Returns (exit code, interrupted).
+
+        The signals go to a handler that only notes them and passes SIGINT on. A KeyboardInterrupt
+        would not do: once gevent is patched in (importing pyinfra_cli does it), it is raised in
+        whichever greenlet runs at that moment, and when that is a thread's (an SSH transport,
+        an output pump, the lock heartbeat) the thread swallows it and the deploy runs on."""
+        interrupted_at: list[float] = []
+
+        def on_signal(signum, frame) -> None:
+            if not interrupted_at:
+                interrupted_at.append(time.monotonic())
+            with contextlib.suppress(OSError):
                 self.process.send_signal(signal.SIGINT)
+
+        previous = {}
+        try:
+            for signum in INTERRUPT_SIGNALS:
+                previous[signum] = signal.signal(signum, on_signal)
+        except ValueError:  # not the main thread: signals are the main thread's to take
+            pass
+        try:
+            while True:
                 try:
-                    self.process.wait(INTERRUPT_GRACE_SECONDS)
+                    code = self.process.wait(timeout=0.25)
+                    break
                 except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-            return self.process.returncode if self.process.returncode is not None else 130, True
+                    if interrupted_at and time.monotonic() - interrupted_at[0] > INTERRUPT_GRACE_SECONDS:
+                        self.process.kill()
+                except KeyboardInterrupt:  # raised before the handler was in place
+                    on_signal(signal.SIGINT, None)
         finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             for stream in self.streams:
                 stream.join()
+        return code, bool(interrupted_at)

@@ -148,3 +148,49 @@ def test_on_a_terminal_the_child_writes_to_a_terminal_of_its_own(tmp_path):
     os.close(ours_master)
     os.close(ours)
     assert received.split() == [b"tty", b"40", b"132"]
+
+
+# The parent as `hermes-infra up` runs it: gevent patched in (pyinfra_cli's import does it) and
+# a thread busy in Python (an SSH transport, an output pump). Ctrl-C must still reach pyinfra.
+INTERRUPTED_PARENT = """
+from gevent import monkey
+monkey.patch_all()
+import os, signal, sys, threading, time
+sys.path.insert(0, {root!r})
+from hermes_infra.release.gate import GatedChild
+
+child_script = '''
+import signal, sys, time
+sys.path.insert(0, {root!r})
+from hermes_infra.release.gate import wait_at_gate
+wait_at_gate()
+signal.signal(signal.SIGINT, lambda *a: (print("child got SIGINT", flush=True), sys.exit(0)))
+time.sleep(60)
+print("child ran to the end", flush=True)
+'''
+
+def busy():
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for _ in range(20000):
+            pass
+        time.sleep(0)
+
+child = GatedChild([sys.executable, "-c", child_script], cwd={root!r}, env=dict(os.environ))
+child.open()
+for _ in range(3):
+    threading.Thread(target=busy, daemon=True).start()
+threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+started = time.monotonic()
+print("wait:", child.wait(), round(time.monotonic() - started), flush=True)
+"""
+
+
+def test_ctrl_c_reaches_pyinfra_whichever_greenlet_it_lands_in(tmp_path):
+    script = INTERRUPTED_PARENT.format(root=os.getcwd())
+    import subprocess
+
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90)
+    assert "child got SIGINT" in run.stdout, run.stdout + run.stderr
+    assert "child ran to the end" not in run.stdout
+    assert "wait: (0, True)" in run.stdout, run.stdout + run.stderr
