@@ -414,7 +414,7 @@ def table(results: dict[str, ToolResult]) -> tuple[str, dict]:
             ratios.setdefault(label, {})[phase] = value
             row += f"{value:12.2f}" if value is not None else f"{'-':>12s}"
         lines.append(row)
-    lines.append(f"{'re-runs (s)':34s}" + "".join(f"{' '.join(f'{s:.1f}' for s in results[n].rerun):>14s}" for n in names))
+    lines.append(f"{'re-runs (s)':34s}" + "".join(" " + f"{' '.join(f'{s:.1f}' for s in results[n].rerun):>13s}" for n in names))
     lines.append(f"{'re-runs that changed something':34s}" + "".join(
         f"{','.join('?' if c is None else str(c) for c in results[n].rerun_changed) or '-':>14s}" for n in names))
     lines.append(f"{'VM boot to settled (untimed)':34s}" + "".join(
