@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 from typing import Any
 
 from pyinfra.api import FileUploadCommand, FunctionCommand
@@ -128,3 +129,57 @@ def run_op(operation, *args: Any, facts: dict | None = None, connector: Any = No
             else:
                 commands.append(str(command) if isinstance(command, str) else command.get_raw_value())
     return OpResult(commands, uploads, fake.noops, functions)
+
+
+class FakeCommand:
+    """A remote command: counts stdin until EOF (or `hang`s), writes stdout and stderr, exits."""
+
+    def __init__(self, stdout=b"", stderr=b"", rc=0, hang=False):
+        self.stdout, self.stderr, self.rc, self.hang = stdout, stderr, rc, hang
+        self.stdin = bytearray()
+        self.largest_send = 0
+        self.command = None
+        self.eof = threading.Event()
+        self.closed = threading.Event()
+
+    # paramiko Channel
+    def exec_command(self, command):
+        self.command = command
+
+    def sendall(self, data):
+        self.largest_send = max(self.largest_send, len(data))
+        self.stdin.extend(data)
+
+    def shutdown_write(self):
+        self.eof.set()
+
+    def _finished(self):
+        if self.hang:
+            self.closed.wait(10)
+        else:
+            self.eof.wait(10)
+
+    def recv(self, size):
+        self._finished()
+        data, self.stdout = self.stdout[:size], self.stdout[size:]
+        return data
+
+    def recv_stderr(self, size):
+        self._finished()
+        data, self.stderr = self.stderr[:size], self.stderr[size:]
+        return data
+
+    def recv_exit_status(self):
+        return -1 if self.closed.is_set() else self.rc
+
+    def close(self):
+        self.closed.set()
+
+    def transport(self):
+        return type("Transport", (), {"open_session": lambda _: self})()
+
+    def host(self):
+        """A pyinfra host whose SSH connection opens this command's channel."""
+        client = type("Client", (), {"get_transport": lambda _: self.transport()})()
+        return type("Host", (), {"print_prefix": "[test] ", "connector_data": {},
+                                 "connector": type("Connector", (), {"client": client})()})()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import threading
+
+from pyinfra.connectors.ssh import SSHConnector
 
 from hermes_infra import (
     compose,
@@ -17,10 +18,15 @@ from hermes_infra import (
     profiles,
     swap,
 )
-from pyinfra.connectors.ssh import SSHConnector
-
 from hermes_infra.plan import ImagePlan, RetirePlan
-from tests.unit.hostfakes import converged, fresh, plan_for, run_op, settings
+from tests.unit.hostfakes import (
+    FakeCommand,
+    converged,
+    fresh,
+    plan_for,
+    run_op,
+    settings,
+)
 
 KEY = "k3y-Qw8vT2mZp9Lx4Rn7"
 HUB = {"name": "hub", "image": "example/hub:1.2", "secret_env": {"HUB_TOKEN": "hub-secret-value-123"}}
@@ -213,46 +219,13 @@ def test_archive_is_streamed_into_docker_load_over_ssh():
 def test_streamed_load_sends_every_byte_and_reports_failure(tmp_path):
     archive_file = tmp_path / "image.tar.gz"
     archive_file.write_bytes(bytes(range(256)) * 4099)
-    received, commands = bytearray(), []
-
-    class Channel:
-        """Reads stdin until EOF, like `docker load`, then exits with `rc`."""
-        rc = 0
-
-        def __init__(self):
-            self.eof = threading.Event()
-
-        def exec_command(self, command):
-            commands.append(command)
-
-        def sendall(self, data):
-            received.extend(data)
-
-        def shutdown_write(self):
-            self.eof.set()
-
-        def recv(self, size):
-            self.eof.wait(5)
-            return b""
-
-        recv_stderr = recv
-
-        def recv_exit_status(self):
-            return self.rc
-
-        def close(self):
-            pass
-
-    channel = Channel()
-    transport = type("Transport", (), {"open_session": lambda self: channel})()
-    fake_host = type("Host", (), {"print_prefix": "[test] ", "connector_data": {}, "connector": type(
-        "Connector", (), {"client": type("Client", (), {"get_transport": lambda self: transport})()})()})()
     target = image.StreamedArchive(str(archive_file), {})
-    assert image.load_streamed(None, fake_host, target) is True
-    assert bytes(received) == archive_file.read_bytes()
-    assert commands == ["sh -c 'docker load -q'"]
-    channel.rc, channel.eof, received[:] = 1, threading.Event(), b""
-    assert image.load_streamed(None, fake_host, target) is False
+    loading = FakeCommand()
+    assert image.load_streamed(None, loading.host(), target) is True
+    assert bytes(loading.stdin) == archive_file.read_bytes()
+    assert loading.command == "sh -c 'docker load -q'"
+    failing = FakeCommand(stderr=b"no space left on device", rc=1)
+    assert image.load_streamed(None, failing.host(), target) is False
 
 
 # --- compose, retirement, health --------------------------------------------------------------
