@@ -1,0 +1,89 @@
+"""Suite-wide plugin: where the time goes, and nothing skipped under CI.
+
+Every test phase and every fixture's setup and teardown is timed and written to
+`reports/durations.json` (or `$HERMES_INFRA_DURATIONS`); the 40 slowest are printed at the end,
+fixtures (VM boots, bootstraps, image builds) apart from tests, so a session-scoped VM shows as
+itself and not as part of whichever test happened to need it first.
+
+Under `CI=true` a skipped test fails instead: a skip there means the machine lacks something the
+suite needs (the reason names the install line), and "the tests passed" would not mean what it
+says.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+SLOWEST = 40
+_records: list[dict] = []
+_teardown_started: dict[int, float] = {}
+
+
+def durations_path(rootdir: Path) -> Path:
+    return Path(os.environ.get("HERMES_INFRA_DURATIONS") or rootdir / "reports" / "durations.json")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    started = time.monotonic()
+    yield
+    seconds = time.monotonic() - started
+    # Fixtures that took no time (most of them) would only bury the ones that matter.
+    if seconds >= 0.05:
+        _records.append({"kind": "fixture setup", "name": fixturedef.argname, "scope": fixturedef.scope,
+                         "first_user": request.node.nodeid, "seconds": round(seconds, 3)})
+    # Registered after the fixture's own finalizer, so it runs first (finalizers run last in,
+    # first out): the start of this fixture's teardown.
+    fixturedef.addfinalizer(lambda: _teardown_started.__setitem__(id(fixturedef), time.monotonic()))
+
+
+def pytest_fixture_post_finalizer(fixturedef, request):
+    started = _teardown_started.pop(id(fixturedef), None)
+    if started is not None and time.monotonic() - started >= 0.05:
+        _records.append({"kind": "fixture teardown", "name": fixturedef.argname, "scope": fixturedef.scope,
+                         "seconds": round(time.monotonic() - started, 3)})
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and in_ci() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = (f"skipped under CI=true, which must run every test: {reason}\n"
+                           "install what it needs in setup.sh (see its apt-get line)")
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" or report.duration >= 0.05:
+        _records.append({"kind": f"test {report.when}", "name": report.nodeid, "outcome": report.outcome,
+                         "seconds": round(report.duration, 3)})
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _records:
+        return
+    path = durations_path(Path(config.rootpath))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    total = sum(r["seconds"] for r in _records if r["kind"].startswith("test "))
+    path.write_text(json.dumps({"session_seconds": round(time.monotonic() - _started, 1),
+                                "records": _records}, indent=1) + "\n")
+    write = terminalreporter.write_line
+    terminalreporter.section(f"the {SLOWEST} slowest fixtures and test phases")
+    write(f"{'seconds':>9}  {'what':<17} name")
+    for record in sorted(_records, key=lambda r: r["seconds"], reverse=True)[:SLOWEST]:
+        name = record["name"] + (f" [{record['scope']}]" if "scope" in record else "")
+        write(f"{record['seconds']:>9.1f}  {record['kind']:<17} {name}")
+    write(f"every duration: {path} (test phases add up to {total:.0f} s; fixture setups are part of them)")
+
+
+_started = time.monotonic()
