@@ -112,11 +112,14 @@ def disposable_vm(
     forwards: Iterable[int] = (),
     accel: Accel | None = None,
     ssh_timeout: float = DEFAULT_SSH_TIMEOUT,
+    disk: Path | None = None,
 ) -> Iterator[LocalVM]:
-    """Boot a fresh VM (unique name `<prefix>-<pid>-<random>`), yield it SSH-ready, always destroy it."""
+    """Boot a fresh VM (unique name `<prefix>-<pid>-<random>`), yield it SSH-ready, always destroy it.
+
+    `disk`: start from a disk saved by `LocalVM.save_disk` instead of the bare base image."""
     image = image or ensure_image(recipe)
     name = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    vm = LocalVM.boot(name, image, memory_mb=memory_mb, cpus=cpus, forwards=forwards, accel=accel)
+    vm = LocalVM.boot(name, image, memory_mb=memory_mb, cpus=cpus, forwards=forwards, accel=accel, disk=disk)
     _track(vm)
     try:
         vm.wait_for_ssh(ssh_timeout)

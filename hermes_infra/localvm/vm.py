@@ -108,11 +108,14 @@ class LocalVM:
         forwards: Iterable[int] = (),
         accel: Accel | None = None,
         replace: bool = False,
+        disk: Path | None = None,
     ) -> LocalVM:
         """Start QEMU for a new VM `name` (does not wait for SSH: see wait_for_ssh).
 
         `forwards` are guest TCP ports, each reachable on its own free 127.0.0.1 port.
         An existing VM of that name is an error unless `replace`, which destroys it.
+        `disk` starts the VM from a disk saved by `save_disk` (itself an overlay of `image`)
+        instead of the bare base image: a host already provisioned, in seconds.
         """
         guest_ports = sorted({int(p) for p in forwards} - {22})
         directory = vm_dir(name)
@@ -128,7 +131,7 @@ class LocalVM:
             directory.mkdir(parents=True)
             try:
                 accel = accel or detect_accel(image.kernel)
-                return cls._start(name, directory, image, memory_mb, cpus, guest_ports, accel)
+                return cls._start(name, directory, image, memory_mb, cpus, guest_ports, accel, disk)
             except BaseException:
                 # Includes KeyboardInterrupt after QEMU daemonized: never leave it running.
                 _kill_by_pidfile(directory)
@@ -137,9 +140,9 @@ class LocalVM:
 
     @classmethod
     def _start(cls, name: str, directory: Path, image: BaseImage, memory_mb: int, cpus: int,
-               guest_ports: list[int], accel: Accel) -> LocalVM:
+               guest_ports: list[int], accel: Accel, disk: Path | None = None) -> LocalVM:
         overlay = directory / "vm.qcow2"
-        create_overlay(image.qcow2, overlay)
+        create_overlay(disk or image.qcow2, overlay)
         monitor = directory / "monitor.sock"
         stderr = ""
         for attempt in range(1, _BOOT_ATTEMPTS + 1):
@@ -167,7 +170,7 @@ class LocalVM:
         state = VMState(
             name=name, pid=pid, ssh_port=spec.ssh_port, forwards=dict(spec.forwards),
             key_path=image.ssh_key, overlay=overlay, known_hosts=known_hosts,
-            kernel=image.kernel, initrd=image.initrd, base_image=image.qcow2,
+            kernel=image.kernel, initrd=image.initrd, base_image=disk or image.qcow2,
             recipe_hash=image.recipe_hash, memory_mb=memory_mb, cpus=cpus, accel=accel,
             started_at=time.time(),
         )
@@ -303,6 +306,60 @@ class LocalVM:
                     save_state(self.directory, self.state)
                     return host_port
             raise LocalVMError(f"QEMU refused to forward guest port {guest_port}: {reply}")
+
+    def save_disk(self, target: Path, timeout: float = 900.0) -> Path:
+        """A point-in-time copy of the running VM's disk as a qcow2 overlay of the same base
+        image (QEMU's `drive_backup`, sync=top: only what this VM wrote), for `boot(disk=...)`.
+
+        The guest's page cache is flushed first, so the copy holds everything written until
+        now; it is crash-consistent (ext4 replays its journal on the next boot), which is what
+        a provisioned host needs. QEMU keeps running and the guest is not paused.
+        """
+        monitor = self.directory / "monitor.sock"
+        if not self.is_running() or not monitor.exists():
+            raise LocalVMError(f"cannot save the disk of VM {self.name!r}: not running or no monitor")
+        if target.exists():
+            raise LocalVMError(f"{target} exists; a saved disk is never overwritten")
+        self.ssh("sync", timeout=300, check=True)
+        reply = monitor_command(monitor, f"drive_backup virtio0 {target} qcow2")
+        if reply:
+            raise LocalVMError(f"QEMU refused to save the disk of VM {self.name!r}: {reply}")
+        deadline = time.monotonic() + timeout
+        while "No active jobs" not in (jobs := monitor_command(monitor, "info block-jobs")):
+            if time.monotonic() >= deadline or not self.is_running():
+                raise LocalVMError(f"saving the disk of VM {self.name!r} did not finish: {jobs}")
+            time.sleep(0.5)
+        if not target.is_file():
+            raise LocalVMError(f"QEMU finished saving the disk of VM {self.name!r} but {target} is missing")
+        target.chmod(0o600)  # it holds the guest's secrets (API keys in .env)
+        return target
+
+    def save_state(self, tag: str) -> None:
+        """Save the whole running VM (memory, devices and disk) under `tag`, inside its own
+        overlay (QEMU's `savevm`); `restore_state(tag)` brings it back in about a second.
+        Under TCG that is what makes "start from a deployed, settled host" cheap: a snapshot
+        restore instead of a redeploy and a gateway start."""
+        self._snapshot_command("savevm", tag)
+
+    def restore_state(self, tag: str, timeout: float = 120.0) -> None:
+        """Go back to the state saved as `tag`: every process, file and container as it was.
+
+        The guest clock is then set from this machine's: the guest resumes at its saved time,
+        and timestamps (audit records, lock ages, timers) must keep moving forward."""
+        self._snapshot_command("loadvm", tag)
+        self.wait_for_ssh(timeout)
+        self.ssh(f"date -u -s @{int(time.time())} >/dev/null", timeout=60, check=True)
+
+    def _snapshot_command(self, verb: str, tag: str) -> None:
+        if not _NAME_RE.match(tag):
+            raise ValueError(f"invalid snapshot tag {tag!r}: use letters, digits, '.', '_', '-'")
+        monitor = self.directory / "monitor.sock"
+        if not self.is_running() or not monitor.exists():
+            raise LocalVMError(f"cannot {verb} VM {self.name!r}: not running or no monitor")
+        # A savevm of a VM with docker's memory in use takes seconds; the monitor answers after.
+        reply = monitor_command(monitor, f"{verb} {tag}", timeout=600)
+        if reply:
+            raise LocalVMError(f"QEMU's {verb} {tag} failed for VM {self.name!r}: {reply}")
 
     # -------------------------------------------------------------------- stopping
     def shutdown(self, timeout: float = 180.0) -> None:

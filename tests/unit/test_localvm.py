@@ -13,7 +13,7 @@ import pytest
 from hermes_infra.localvm import accel as accel_mod
 from hermes_infra.localvm import image as image_mod
 from hermes_infra.localvm import lifecycle
-from hermes_infra.localvm.errors import ImageBuildError, VMNotFound
+from hermes_infra.localvm.errors import ImageBuildError, LocalVMError, VMNotFound
 from hermes_infra.localvm.image import ensure_image, find_image
 from hermes_infra.localvm.ports import free_port, free_ports, port_is_free
 from hermes_infra.localvm.qemu import QemuSpec, is_vm_process, pid_alive, qemu_command, terminate
@@ -357,3 +357,79 @@ def test_prune_keeps_current_and_in_use_images(monkeypatch, tmp_path):
     removed = lifecycle.prune_images()
     assert removed == [old.directory]
     assert current.is_complete() and in_use.is_complete() and not old.directory.exists()
+
+
+# ------------------------------------------------------------------------- saved disks
+class _FakeMonitor:
+    """QEMU's HMP as `save_disk` sees it: a backup job that runs for `polls` queries."""
+
+    def __init__(self, polls: int = 2, refuse: str = ""):
+        self.commands: list[str] = []
+        self.polls, self.refuse = polls, refuse
+
+    def __call__(self, sock, command, timeout=5.0):
+        self.commands.append(command)
+        if command.startswith("drive_backup"):
+            if not self.refuse:
+                Path(command.split()[2]).write_bytes(b"QFI\xfb")
+            return self.refuse
+        self.polls -= 1
+        return "Type backup, device virtio0: Completed 1 of 2 bytes" if self.polls > 0 else "No active jobs"
+
+
+def _running_vm(tmp_path, monkeypatch, monitor):
+    directory = vm_dir("saver")
+    directory.mkdir(parents=True)
+    (directory / "monitor.sock").touch()
+    save_state(directory, _state(tmp_path))
+    vm = LocalVM.load("saver")
+    ran = []
+    monkeypatch.setattr(LocalVM, "is_running", lambda self: True)
+    monkeypatch.setattr(LocalVM, "ssh", lambda self, command, **kw: ran.append(command) or None)
+    monkeypatch.setattr("hermes_infra.localvm.vm.monitor_command", monitor)
+    return vm, ran
+
+
+def test_save_disk_flushes_the_guest_then_waits_for_the_backup_job(tmp_path, monkeypatch):
+    monitor = _FakeMonitor(polls=3)
+    vm, ran = _running_vm(tmp_path, monkeypatch, monitor)
+    target = tmp_path / "saved.qcow2"
+    assert vm.save_disk(target) == target
+    assert ran == ["sync"]  # before the copy starts, or the copy misses the guest's page cache
+    assert monitor.commands == [f"drive_backup virtio0 {target} qcow2"] + ["info block-jobs"] * 3
+    assert oct(target.stat().st_mode & 0o777) == "0o600"  # it holds the guest's API keys
+
+
+def test_save_disk_never_overwrites_and_reports_what_qemu_refused(tmp_path, monkeypatch):
+    vm, _ = _running_vm(tmp_path, monkeypatch, _FakeMonitor(refuse="Could not create image: Permission denied"))
+    existing = tmp_path / "existing.qcow2"
+    existing.write_bytes(b"keep")
+    with pytest.raises(LocalVMError, match="never overwritten"):
+        vm.save_disk(existing)
+    assert existing.read_bytes() == b"keep"
+    with pytest.raises(LocalVMError, match="Permission denied"):
+        vm.save_disk(tmp_path / "new.qcow2")
+
+
+def test_saved_state_is_restored_and_the_guest_clock_set_from_this_machine(tmp_path, monkeypatch):
+    sent = []
+    vm, ran = _running_vm(tmp_path, monkeypatch, lambda sock, command, timeout=5.0: sent.append(command) or "")
+    monkeypatch.setattr(LocalVM, "wait_for_ssh", lambda self, timeout=0: 0.0)
+    monkeypatch.setattr("hermes_infra.localvm.vm.time.time", lambda: 1796150000.7)
+    vm.save_state("pristine")
+    vm.restore_state("pristine")
+    assert sent == ["savevm pristine", "loadvm pristine"]
+    assert ran == ["date -u -s @1796150000 >/dev/null"]  # the guest resumes at its saved time otherwise
+
+
+@pytest.mark.parametrize("tag", ["", "a b", "x;quit", "-x"])
+def test_snapshot_tags_are_validated_before_reaching_the_monitor(tmp_path, monkeypatch, tag):
+    vm, _ = _running_vm(tmp_path, monkeypatch, lambda *a, **k: pytest.fail("reached the monitor"))
+    with pytest.raises(ValueError):
+        vm.save_state(tag)
+
+
+def test_a_failed_loadvm_is_an_error_not_a_silent_old_state(tmp_path, monkeypatch):
+    vm, _ = _running_vm(tmp_path, monkeypatch, lambda sock, command, timeout=5.0: "Snapshot 'x' does not exist")
+    with pytest.raises(LocalVMError, match="does not exist"):
+        vm.restore_state("x")
