@@ -60,6 +60,10 @@ def hermes_host(settings: HostSettings | None = None):
         upgrade.prepared(name="Upgrade: keep the previous image, snapshot the data dirs", plan=plan.upgrade)
     for gateway in plan.gateways:
         datadir.data_dir(gateway, writer)
+    # After the data files: a run that fails before this keeps the old record, and the keys it
+    # lists are still found (and removed) next time.
+    root_file(name="Record the .env and config.yaml keys hermes-infra manages", file=plan.managed_keys,
+              writer=writer)
     for env_file in plan.companion_env_files:
         root_file(name=f"Companion env file {env_file.path} (0600, values not shown)", file=env_file, writer=writer)
     root_file(name="Record the profiles this host runs", file=plan.manifest, writer=writer)
