@@ -109,11 +109,16 @@ class Target:
             args += ["--data", f"{key}={redact_data_value(key, value) if redacted else value}"]
         return args
 
-    def cli_args(self, *, redacted: bool = True) -> list[str]:
-        """The same target as `hermes-infra` command line arguments: for a command shown to the
-        operator (a lock's release hint), so secrets in `--data` are redacted unless asked."""
+    def cli_args(self, *, redacted: bool = False) -> list[str]:
+        """The same target as `hermes-infra` command line arguments (to run; `shown_cli_args` to
+        print)."""
         inventory = self.inventory if not self.user or Path(self.inventory).exists() else f"{self.user}@{self.inventory}"
         return [inventory, *self._args("--port", "--key"), *self.data_args(redacted=redacted)]
+
+    def shown_cli_args(self) -> list[str]:
+        """`cli_args` for a command shown to the operator (a refusal's suggested command, a log):
+        every secret in `--data` redacted."""
+        return self.cli_args(redacted=True)
 
     def pyinfra_args(self) -> list[str]:
         """pyinfra's arguments without `--data` (see `child_data_file`): a process's arguments

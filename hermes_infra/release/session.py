@@ -35,9 +35,9 @@ class DeployReport:
 
 
 def release_hint(target) -> str:
-    """The command that releases a held lock, as shown to the operator: `cli_args` redacts the
-    secrets in `--data` (a refusal is printed, logged, pasted into chats)."""
-    return shlex.join(["hermes-infra", "lock", "release", *target.cli_args(redacted=True)]) + " --limit HOST"
+    """The command that releases a held lock, as shown to the operator: the secrets in `--data`
+    redacted (a refusal is printed, logged, pasted into chats)."""
+    return shlex.join(["hermes-infra", "lock", "release", *target.shown_cli_args()]) + " --limit HOST"
 
 
 def locked_deploy(target, *, command: str = "up", extra: list[str] | None = None, limit: list[str] | None = None,
