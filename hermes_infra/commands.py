@@ -5,10 +5,14 @@ the packaged deploy file: the same deploy that `pyinfra inventory/<env>.py deplo
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +21,42 @@ from hermes_infra.loading import SettingsError, collect, host_data_layers, setti
 
 PACKAGE_DIR = Path(__file__).parent
 DEPLOY_FILE = PACKAGE_DIR / "deploy_file.py"
+SHOW_DIFF_ENV = "HERMES_INFRA_SHOW_DIFF"
+"""Set for `up --dry`: the deploy prints what each managed file would become (masked)."""
+DATA_FILE_ENV = "HERMES_INFRA_DATA_FILE"
+"""The pyinfra child reads the `--data` values from this 0600 file, not from its argv (`ps`)."""
+REDACTED = "<redacted>"
+# A value is secret by the name of its setting: api.key, weixin.token, model.api_key,
+# dashboard.basic_auth_password_hash, ssh_password, FOO_TOKEN, ... Over-redacting costs nothing
+# in an echoed command; a secret on the terminal costs the secret.
+SECRET_NAME = re.compile(r"(?i)(key|token|secret|passw(or)?d|passphrase|hash|credentials?|auth|cookie|private)")
+SECRET_MAPS = ("env", "secret_env")
+"""Settings whose every value is a secret (`Annotated[dict[str, SecretStr], ...]`)."""
+
+
+def _redacted_tree(value: object) -> object:
+    if isinstance(value, dict):
+        return {key: (REDACTED if isinstance(key, str) and SECRET_NAME.search(key)
+                      else {k: REDACTED for k in item} if key in SECRET_MAPS and isinstance(item, dict)
+                      else _redacted_tree(item))
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted_tree(item) for item in value]
+    return value
+
+
+def redact_data_value(key: str, value: str) -> str:
+    """A `--data KEY=VALUE` value fit to print: every secret in it replaced by `<redacted>`.
+    The one function every echoed command goes through (`Target.cli_args`)."""
+    from pyinfra_cli.util import parse_cli_arg
+
+    if SECRET_NAME.search(key) or key in SECRET_MAPS:
+        return REDACTED
+    parsed = parse_cli_arg(value)
+    if isinstance(parsed, (dict, list)):
+        redacted = _redacted_tree(parsed)
+        return value if redacted == parsed else json.dumps(redacted, separators=(",", ":"))
+    return value
 
 
 @dataclass
@@ -59,18 +99,30 @@ class Target:
             args += [key_flag, self.key]
         if self.sudo:
             args.append("--sudo")
-        for key, value in self.data.items():
-            args += ["--data", f"{key}={value}"]
         for directory in self.group_data:
             args += ["--group-data", directory]
         return args
 
-    def cli_args(self) -> list[str]:
-        """The same target as `hermes-infra` command line arguments."""
+    def data_args(self, *, redacted: bool) -> list[str]:
+        args = []
+        for key, value in self.data.items():
+            args += ["--data", f"{key}={redact_data_value(key, value) if redacted else value}"]
+        return args
+
+    def cli_args(self, *, redacted: bool = False) -> list[str]:
+        """The same target as `hermes-infra` command line arguments (to run; `shown_cli_args` to
+        print)."""
         inventory = self.inventory if not self.user or Path(self.inventory).exists() else f"{self.user}@{self.inventory}"
-        return [inventory, *self._args("--port", "--key")]
+        return [inventory, *self._args("--port", "--key"), *self.data_args(redacted=redacted)]
+
+    def shown_cli_args(self) -> list[str]:
+        """`cli_args` for a command shown to the operator (a refusal's suggested command, a log):
+        every secret in `--data` redacted."""
+        return self.cli_args(redacted=True)
 
     def pyinfra_args(self) -> list[str]:
+        """pyinfra's arguments without `--data` (see `child_data_file`): a process's arguments
+        are visible to every user of the machine."""
         user = ["--ssh-user", self.user] if self.user else []
         return [self.inventory, *user, *self._args("--ssh-port", "--ssh-key")]
 
@@ -107,13 +159,35 @@ def validate(target: Target) -> dict[str, object]:
 
 
 def pyinfra_command(target: Target, *, dry: bool = False, extra: list[str] | None = None) -> list[str]:
-    command = [sys.executable, "-m", "pyinfra", *target.pyinfra_args(), str(DEPLOY_FILE)]
+    """pyinfra through `hermes_infra.pyinfra_child`, which adds the `--data` values from the
+    file `child_data_file` wrote (inside the process: they never become arguments)."""
+    command = [sys.executable, "-m", "hermes_infra.pyinfra_child", *target.pyinfra_args(), str(DEPLOY_FILE)]
     command.append("--dry" if dry else "-y")
     return command + list(extra or [])
 
 
+@contextlib.contextmanager
+def child_data_file(target: Target) -> Iterator[dict[str, str]]:
+    """The environment for the pyinfra child: the `--data` values in a 0600 file (mkstemp)
+    that it reads and removes at start; removed here too once the child is done."""
+    env = _pyinfra_env()
+    if not target.data:
+        yield env
+        return
+    handle, path = tempfile.mkstemp(prefix="hermes-infra-data-", suffix=".json")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            json.dump(target.data, file)
+        env[DATA_FILE_ENV] = path
+        yield env
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
 def _pyinfra_env() -> dict[str, str]:
     env = dict(os.environ)
+    env.pop(DATA_FILE_ENV, None)
     # The deploy file imports hermes_infra; make that work from a source checkout too.
     env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_DIR.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
@@ -129,7 +203,9 @@ def up(target: Target, *, dry: bool = False, extra: list[str] | None = None, loc
     """
     if dry:
         validate(target)
-        return subprocess.call(pyinfra_command(target, dry=dry, extra=extra), cwd=target.cwd, env=_pyinfra_env())
+        with child_data_file(target) as env:
+            env[SHOW_DIFF_ENV] = "1"
+            return subprocess.call(pyinfra_command(target, dry=dry, extra=extra), cwd=target.cwd, env=env)
     from hermes_infra.release.lock import LockError
     from hermes_infra.release.session import locked_deploy
 
@@ -148,8 +224,11 @@ def up(target: Target, *, dry: bool = False, extra: list[str] | None = None, loc
 def up_captured(target: Target, *, dry: bool = False, extra: list[str] | None = None) -> subprocess.CompletedProcess:
     """`up` with stdout and stderr captured together (tests, benchmarks)."""
     validate(target)
-    return subprocess.run(pyinfra_command(target, dry=dry, extra=extra), cwd=target.cwd, env=_pyinfra_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    with child_data_file(target) as env:
+        if dry:
+            env[SHOW_DIFF_ENV] = "1"
+        return subprocess.run(pyinfra_command(target, dry=dry, extra=extra), cwd=target.cwd, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
 
 
 def local_vm_data(image_dir: str) -> dict[str, str]:

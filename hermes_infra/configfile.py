@@ -34,21 +34,38 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _delete(tree: dict, dotted: str) -> None:
+    """Remove the key at a dotted path, and the mappings above it that only held it (an empty
+    `display: {}` left behind would say nothing but still look like someone's setting)."""
+    parts = dotted.split(".")
+    trail = [tree]
+    for part in parts[:-1]:
+        trail.append(trail[-1][part])
+    del trail[-1][parts[-1]]
+    for node, part in zip(reversed(trail[:-1]), reversed(parts[:-1])):
+        if node[part]:
+            break
+        del node[part]
+
+
 @dataclass(frozen=True)
 class ConfigMerge:
     text: str
     changed_keys: tuple[str, ...]
+    removed_keys: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
-        return bool(self.changed_keys)
+        return bool(self.changed_keys or self.removed_keys)
 
 
 class ConfigYamlError(ValueError):
     pass
 
 
-def merge(existing: str | None, managed: dict[str, Any], path: str = "config.yaml") -> ConfigMerge:
+def load(existing: str | None, path: str = "config.yaml") -> dict:
+    """The parsed file (a mapping), or ConfigYamlError: a file hermes-infra cannot read is
+    never overwritten."""
     try:
         tree = yaml.safe_load(existing) if existing else {}
     except yaml.YAMLError as error:
@@ -60,10 +77,22 @@ def merge(existing: str | None, managed: dict[str, Any], path: str = "config.yam
         tree = {}
     if not isinstance(tree, dict):
         raise ConfigYamlError(f"{path} on the host is not a mapping. Fix: repair or move the file, then deploy again")
+    return tree
+
+
+def merge(existing: str | None, managed: dict[str, Any], path: str = "config.yaml",
+          remove: tuple[str, ...] = ()) -> ConfigMerge:
+    """The file with `managed` set and the dotted keys in `remove` gone (the plan decides which:
+    only keys hermes-infra wrote); every other key is kept."""
+    tree = load(existing, path)
     changed = tuple(key for key, value in managed.items() if _get(tree, key) != value)
-    if not changed:
+    removed = tuple(key for key in remove if key not in managed and _get(tree, key) is not _MISSING)
+    if not changed and not removed:
         return ConfigMerge(existing or "", ())
     merged = copy.deepcopy(tree)
+    for key in removed:
+        _delete(merged, key)
     for key in changed:
         _set(merged, key, managed[key])
-    return ConfigMerge(yaml.safe_dump(merged, sort_keys=False, default_flow_style=False, allow_unicode=True), changed)
+    return ConfigMerge(yaml.safe_dump(merged, sort_keys=False, default_flow_style=False, allow_unicode=True),
+                       changed, removed)

@@ -5,10 +5,13 @@ and each operation below only compares its part of the plan with the host and ap
 """
 from __future__ import annotations
 
-from pyinfra import host
+import os
+
+from pyinfra import host, logger
 from pyinfra.api import deploy
 
-from hermes_infra import backup_timer, compose, datadir, docker_engine, health, image, profiles, swap
+from hermes_infra import backup_timer, compose, datadir, docker_engine, health, image, plandiff, profiles, swap
+from hermes_infra.commands import SHOW_DIFF_ENV
 from hermes_infra.hostfacts import HermesHostState
 from hermes_infra.loading import settings_for_host
 from hermes_infra.ops import root_file
@@ -44,7 +47,22 @@ def host_plan(settings: HostSettings | None = None) -> HostPlan:
     # For `hermes-infra up`/`rollout`: the revision, image and each operation's outcome go to
     # the audit log and the rollout table (nothing is recorded without HERMES_INFRA_RESULTS).
     results.record_plan(host, plan)
+    if show_diff():
+        print_diff(plan)
     return plan
+
+
+def show_diff() -> bool:
+    """`up --dry` (which sets SHOW_DIFF_ENV for the child) or pyinfra's own `--diff`."""
+    return bool(os.environ.get(SHOW_DIFF_ENV)) or bool(getattr(host.state.config, "DIFF", False))
+
+
+def print_diff(plan: HostPlan) -> None:
+    """The plan's file changes, secrets masked, in one block per host (hosts plan side by side,
+    so line by line they would interleave)."""
+    lines = plandiff.plan_diff(plan)
+    heading = f"--> [{plan.host}] changes to managed files" + ("" if lines else ": none")
+    logger.info("\n".join([heading, *("    " + line for line in lines)]))
 
 
 @deploy("Hermes gateway host")
@@ -60,6 +78,10 @@ def hermes_host(settings: HostSettings | None = None):
         upgrade.prepared(name="Upgrade: keep the previous image, snapshot the data dirs", plan=plan.upgrade)
     for gateway in plan.gateways:
         datadir.data_dir(gateway, writer)
+    # After the data files: a run that fails before this keeps the old record, and the keys it
+    # lists are still found (and removed) next time.
+    root_file(name="Record the .env and config.yaml keys hermes-infra manages", file=plan.managed_keys,
+              writer=writer)
     for env_file in plan.companion_env_files:
         root_file(name=f"Companion env file {env_file.path} (0600, values not shown)", file=env_file, writer=writer)
     root_file(name="Record the profiles this host runs", file=plan.manifest, writer=writer)

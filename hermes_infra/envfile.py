@@ -46,10 +46,12 @@ class EnvMerge:
     text: str = field(repr=False)
     changed_keys: tuple[str, ...]
     """Managed keys whose value changed or that were added (names only: values are secret)."""
+    removed_keys: tuple[str, ...] = ()
+    """Keys hermes-infra wrote before that left the settings: every assignment of them is gone."""
 
     @property
     def changed(self) -> bool:
-        return bool(self.changed_keys)
+        return bool(self.changed_keys or self.removed_keys)
 
 
 def _last_lines(lines: list[str]) -> dict[str, str]:
@@ -61,8 +63,9 @@ def _last_lines(lines: list[str]) -> dict[str, str]:
     return last
 
 
-def merge(existing: str | None, managed: dict[str, str]) -> EnvMerge:
-    """The file with `managed` applied. Unknown keys, comments and order are preserved.
+def merge(existing: str | None, managed: dict[str, str], remove: tuple[str, ...] = ()) -> EnvMerge:
+    """The file with `managed` applied and the keys in `remove` gone (the plan decides which:
+    only keys hermes-infra wrote). Unknown keys, comments and order are preserved.
 
     A managed key whose line is not in canonical form (`KEY=value`, quoted only where needed;
     not `export KEY=`, not a duplicate) is rewritten even when its value is right, so every
@@ -78,7 +81,8 @@ def merge(existing: str | None, managed: dict[str, str]) -> EnvMerge:
             counts[match.group(1)] = counts.get(match.group(1), 0) + 1
     changed = [key for key, value in managed.items()
                if current.get(key) != value or last.get(key) != f"{key}={_quote(value)}" or counts.get(key, 0) > 1]
-    if not changed:
+    removed = tuple(key for key in remove if key in counts and key not in managed)
+    if not changed and not removed:
         return EnvMerge(existing or "", ())
     pending = dict((key, managed[key]) for key in changed)
     # Replace the last assignment of a changed key (that is the one that counts) and drop
@@ -96,6 +100,8 @@ def merge(existing: str | None, managed: dict[str, str]) -> EnvMerge:
             if last_index[key] == index:
                 out.append(f"{key}={_quote(pending[key])}")
             continue
+        if key in removed:
+            continue
         out.append(line)
     missing = [key for key in changed if key not in last_index]
     if missing:
@@ -104,7 +110,7 @@ def merge(existing: str | None, managed: dict[str, str]) -> EnvMerge:
                 out.append("")
             out.append(MANAGED_HEADER)
         out.extend(f"{key}={_quote(pending[key])}" for key in missing)
-    return EnvMerge("\n".join(out) + "\n", tuple(changed))
+    return EnvMerge("\n".join(out) + "\n" if out else "", tuple(changed), removed)
 
 
 def render(values: dict[str, str]) -> str:

@@ -24,6 +24,7 @@ from hermes_infra import (
     envfile,
     gatewayenv,
     imageid,
+    managedkeys,
     safeio,
     topology,
 )
@@ -110,7 +111,11 @@ class DataFilePlan:
     content_changed: bool = False
     owner: tuple[int, int, str] | None = None
     changed_keys: tuple[str, ...] = ()
+    removed_keys: tuple[str, ...] = ()
+    """Keys hermes-infra wrote before that left the settings (names only)."""
     mode: str = "0600"
+    current: str | None = field(default=None, repr=False)
+    """The file's text on the host (checked regular), for the dry run's masked diff."""
 
     @property
     def path(self) -> str:
@@ -152,6 +157,8 @@ class GatewayPlan:
     limits: EffectiveLimits
     api_key: str = field(repr=False)
     inputs_digest: str = ""
+    managed_entry: dict = field(default_factory=dict, repr=False)
+    """This profile's part of the managed-keys record (names and salted digests)."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +250,8 @@ class HostPlan:
     gateways: tuple[GatewayPlan, ...]
     companion_env_files: tuple[RootFilePlan, ...]
     manifest: RootFilePlan
+    managed_keys: RootFilePlan
+    """Which `.env`/`config.yaml` keys hermes-infra wrote into each data dir (managedkeys.py)."""
     projects: tuple[ProjectPlan, ...]
     health: tuple[HealthPlan, ...]
     revision: str
@@ -312,9 +321,15 @@ def deployed_path(settings: HostSettings) -> str:
     return f"{settings.project_dir}/{DEPLOYED_NAME}"
 
 
+def managed_keys_path(settings: HostSettings) -> str:
+    return managedkeys.record_path(settings.project_dir)
+
+
 def fact_request(settings: HostSettings) -> StateRequest:
     """What to read from the host, from settings alone (so it can run before any plan)."""
-    files = [DAEMON_JSON, APT_CONF, SYSCTL_FILE, manifest_path(settings), deployed_path(settings), *backup_timer.PATHS]
+    # The managed-keys record comes with the root files (one tar, links never followed).
+    files = [DAEMON_JSON, APT_CONF, SYSCTL_FILE, manifest_path(settings), deployed_path(settings),
+             managed_keys_path(settings), *backup_timer.PATHS]
     if settings.docker.install_source == "official":
         files.append(DOCKER_SOURCES)
     projects = [(compose.MAIN_PROJECT, settings.project_dir)]
@@ -387,7 +402,7 @@ def decide_api_key(gateway: GatewaySettings, current_env: str | None, path: str)
 
 
 def _gateway(settings: HostSettings, gateway: GatewaySettings, state: HostState,
-             limits: EffectiveLimits) -> GatewayPlan:
+             limits: EffectiveLimits, record: managedkeys.Record | None, salt: str) -> GatewayPlan:
     directory = gateway.host_data_dir
     found = state.data_dirs.get(gateway.name, {"meta": {"kind": "missing"}, "parent": {"kind": "missing"},
                                                "dir": "missing", "files": {}, "foreign": False})
@@ -409,19 +424,29 @@ def _gateway(settings: HostSettings, gateway: GatewaySettings, state: HostState,
     key = decide_api_key(gateway, current_env, env_path)
     env_values = gatewayenv.managed_env(gateway)
     env_values["API_SERVER_KEY"] = key
-    env_merge = envfile.merge(current_env, env_values)
+    config_values = gateway.config.managed()
     try:
-        config_merge = configfile.merge(current_config, gateway.config.managed(), config_path)
+        config_tree = configfile.load(current_config, config_path)
     except configfile.ConfigYamlError as error:
         raise PlanError(str(error)) from None
-    digest = hashlib.sha256(json.dumps([env_values, gateway.config.managed()], sort_keys=True,
+    previous = managedkeys.previous_for(record, gateway.name, directory)
+    env_merge = envfile.merge(current_env, env_values, remove=managedkeys.env_removals(
+        previous, salt, env_values, envfile.parse(current_env or "")))
+    config_merge = configfile.merge(current_config, config_values, config_path, remove=managedkeys.config_removals(
+        previous, salt, config_values, config_tree))
+    # What the gateway runs with once the removals are done: the managed keys and their values
+    # (a removed key is no longer among them). Keys the operator or Hermes own stay out, so
+    # Hermes writing its own keys does not recreate the container on the next deploy.
+    digest = hashlib.sha256(json.dumps([env_values, config_values], sort_keys=True,
                                        default=str).encode()).hexdigest()[:16]
 
-    def data_file(name: str, read: safeio.FileRead | None, text: str, changed: tuple[str, ...]) -> DataFilePlan:
+    def data_file(name: str, read: safeio.FileRead | None, current: str | None,
+                  merge: envfile.EnvMerge | configfile.ConfigMerge) -> DataFilePlan:
         exists = read is not None and read.kind == "regular"
-        return DataFilePlan(directory=directory, name=name, uid=gateway.uid, gid=gateway.gid, content=text,
-                            exists=exists, content_changed=not exists or bool(changed), changed_keys=changed,
-                            owner=read.owner if exists else None)
+        return DataFilePlan(directory=directory, name=name, uid=gateway.uid, gid=gateway.gid, content=merge.text,
+                            exists=exists, content_changed=not exists or merge.changed,
+                            changed_keys=merge.changed_keys, removed_keys=merge.removed_keys,
+                            owner=read.owner if exists else None, current=current)
 
     wanted_dir = (gateway.uid, gateway.gid, "0700")
     return GatewayPlan(
@@ -429,9 +454,10 @@ def _gateway(settings: HostSettings, gateway: GatewaySettings, state: HostState,
         data_dir=DataDirPlan(directory=directory, uid=gateway.uid, gid=gateway.gid, exists=meta["kind"] == "directory",
                              meta_changed=meta["kind"] == "directory" and (meta["uid"], meta["gid"], meta["mode"]) != wanted_dir,
                              foreign_files=bool(found["foreign"])),
-        env=data_file(".env", env_read, env_merge.text, env_merge.changed_keys),
-        config=data_file("config.yaml", config_read, config_merge.text, config_merge.changed_keys),
+        env=data_file(".env", env_read, current_env, env_merge),
+        config=data_file("config.yaml", config_read, current_config, config_merge),
         limits=limits, api_key=key, inputs_digest=digest,
+        managed_entry=managedkeys.profile_entry(directory, salt, env_values, config_values),
     )
 
 
@@ -537,7 +563,10 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
         limits = derive_limits(settings, HostResources(memory_bytes=facts.memory_mb * 1024 * 1024, cpus=facts.cpus))
     except ValueError as error:
         raise PlanError(str(error)) from None
-    gateways = [_gateway(settings, g, state, limits[g.name]) for g in settings.gateways]
+    record_file = state.root_files.get(managed_keys_path(settings))
+    record = managedkeys.parse(record_file["text"].text if record_file else None)
+    salt = record.salt if record is not None else managedkeys.new_salt()
+    gateways = [_gateway(settings, g, state, limits[g.name], record, salt) for g in settings.gateways]
     by_name = {g.name: g for g in gateways}
     image = _image(settings, facts)
 
@@ -606,6 +635,8 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
             or not image.present))
 
     manifest = _root_file(state, manifest_path(settings), manifest_text(settings))
+    managed_keys = _root_file(state, managed_keys_path(settings),
+                              managedkeys.render(salt, {g.name: g.managed_entry for g in gateways}), mode="0600")
     writer = Writer(upload_dir=f"{state.ssh_home.rstrip('/') or ''}/.hermes-infra-upload", upload_user=state.ssh_user,
                     backup_dir=settings.backup_dir, backup_keep=settings.backup_keep)
     revision = revision_of(docker_plan, image, gateways, projects)
@@ -627,7 +658,8 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
                       swappiness=settings.swap.swappiness, current=state.swap,
                       sysctl_file=_root_file(state, SYSCTL_FILE, f"vm.swappiness = {settings.swap.swappiness}\n")),
         image=image, retire=_retire(settings, state, list(settings.gateways)), gateways=tuple(gateways),
-        companion_env_files=companion_files, manifest=manifest, projects=tuple(projects), health=tuple(health),
+        companion_env_files=companion_files, manifest=manifest, managed_keys=managed_keys,
+        projects=tuple(projects), health=tuple(health),
         revision=revision, deployed=_root_file(state, deployed_path(settings), revision + "\n"),
         backup_timer=_backup_timer(settings, state), upgrade=upgrade,
     )

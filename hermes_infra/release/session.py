@@ -35,7 +35,9 @@ class DeployReport:
 
 
 def release_hint(target) -> str:
-    return shlex.join(["hermes-infra", "lock", "release", *target.cli_args()]) + " --limit HOST"
+    """The command that releases a held lock, as shown to the operator: the secrets in `--data`
+    redacted (a refusal is printed, logged, pasted into chats)."""
+    return shlex.join(["hermes-infra", "lock", "release", *target.shown_cli_args()]) + " --limit HOST"
 
 
 def locked_deploy(target, *, command: str = "up", extra: list[str] | None = None, limit: list[str] | None = None,
@@ -60,19 +62,20 @@ def locked_deploy(target, *, command: str = "up", extra: list[str] | None = None
     try:
         with interruptible():
             try:
-                env = commands._pyinfra_env()
-                env[ENV] = results_path
-                argv = commands.pyinfra_command(target, extra=[*rest, *(a for h in hosts for a in ("--limit", h))])
-                # pyinfra loads and connects while the locks are taken; it waits at the gate.
-                child = start_child(argv, cwd=target.cwd, env=env, stdout=stdout)
-                try:
-                    locks.acquire()
-                except BaseException:
-                    child.give_up()
-                    raise
-                log(f"deploy lock taken on {', '.join(hosts)}")
-                child.open()
-                code, interrupted = child.wait()
+                # The settings reach pyinfra through a 0600 file, not its arguments (`ps`).
+                with commands.child_data_file(target) as env:
+                    env[ENV] = results_path
+                    argv = commands.pyinfra_command(target, extra=[*rest, *(a for h in hosts for a in ("--limit", h))])
+                    # pyinfra loads and connects while the locks are taken; it waits at the gate.
+                    child = start_child(argv, cwd=target.cwd, env=env, stdout=stdout)
+                    try:
+                        locks.acquire()
+                    except BaseException:
+                        child.give_up()
+                        raise
+                    log(f"deploy lock taken on {', '.join(hosts)}")
+                    child.open()
+                    code, interrupted = child.wait()
             except KeyboardInterrupt:
                 interrupted = True
                 code = 130

@@ -39,7 +39,8 @@ def converged(host_settings, memory_mb: int = 3915, cpus: int = 2) -> Facts:
     plan = make_plan(host_settings, fresh(memory_mb, cpus), "test")
     state = HostState(machine="x86_64", docker_installed=True, docker_enabled=True, docker_active=True,
                       apt_lists_age=600)
-    files = [plan.docker.daemon_json, plan.docker.apt_conf, plan.manifest, plan.deployed, plan.swap.sysctl_file,
+    files = [plan.docker.daemon_json, plan.docker.apt_conf, plan.manifest, plan.managed_keys, plan.deployed,
+             plan.swap.sysctl_file,
              *plan.companion_env_files, *(p.file for p in plan.projects)]
     if plan.docker.sources is not None:
         files.append(plan.docker.sources)

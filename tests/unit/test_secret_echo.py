@@ -1,0 +1,149 @@
+"""Secrets never echoed: a refused `up` shows its suggested commands with `--data` secrets
+redacted, and the pyinfra child gets the settings from a 0600 file, never its argv."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import typing
+
+import pytest
+from pydantic import BaseModel, SecretStr
+
+from hermes_infra import commands, pyinfra_child
+from hermes_infra.settings import HostSettings
+
+SECRETS = [f"secret-value-{n}-Qw8vT2mZp9Lx4Rn7" for n in range(10)]
+DATA = {
+    "gateways": json.dumps([{
+        "name": "hermes", "api": {"key": SECRETS[0], "port": 8642},
+        "env": {"OPENAI_API_KEY": SECRETS[1], "PLAIN_LOOKING": SECRETS[2]},
+        "weixin": {"token": SECRETS[3], "dm_policy": "pairing"},
+        "dashboard": {"basic_auth_password_hash": SECRETS[4]},
+        "config": {"model": {"provider": "custom", "api_key": SECRETS[5]},
+                   "extra": {"providers.x.key": SECRETS[6], "display.tool_progress": False}},
+    }]),
+    "companions": json.dumps([{"name": "hub", "secret_env": {"HUB_ANYTHING": SECRETS[7]}}]),
+    "ssh_password": SECRETS[8],
+    "API_TOKEN": SECRETS[9],
+    "swap": json.dumps({"size": "4G"}),
+}
+
+
+def _secret_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every SecretStr setting of the schema, as `section.field` names."""
+    found = []
+    for name, info in model.model_fields.items():
+        for kind in [info.annotation, *typing.get_args(info.annotation)]:
+            inner = [kind, *typing.get_args(kind)]
+            if SecretStr in inner or any(SecretStr in typing.get_args(a) for a in inner):
+                found.append(prefix + name)
+            elif isinstance(kind, type) and issubclass(kind, BaseModel):
+                found += _secret_paths(kind, f"{prefix}{name}.")
+    return found
+
+
+def test_every_secret_setting_of_the_schema_is_redacted_by_its_name():
+    paths = set(_secret_paths(HostSettings))
+    assert {"gateways.api.key", "gateways.env", "gateways.weixin.token", "companions.secret_env"} <= paths
+    for path in paths:
+        name = path.rsplit(".", 1)[-1]
+        assert commands.SECRET_NAME.search(name) or name in commands.SECRET_MAPS, path
+
+
+def test_echoed_command_redacts_every_secret_and_keeps_the_rest():
+    target = commands.Target("root@203.0.113.7", port=2222, data=dict(DATA))
+    shown = " ".join(target.shown_cli_args())
+    for secret in SECRETS:
+        assert secret not in shown
+    assert "<redacted>" in shown and '"size": "4G"' in shown and "pairing" in shown and "custom" in shown
+    assert "OPENAI_API_KEY" in shown, "names stay, so the operator knows what to give again"
+    assert any(SECRETS[0] in arg for arg in target.cli_args()), "the arguments to run keep their values"
+    from hermes_infra.release.session import release_hint
+
+    hint = release_hint(target)
+    assert hint.startswith("hermes-infra lock release root@203.0.113.7") and "--limit HOST" in hint
+    assert not any(secret in hint for secret in SECRETS)
+
+
+def test_a_refused_up_prints_no_secret(tmp_path, monkeypatch, capsys):
+    from hermes_infra.release import audit, lock, session
+    from tests.unit.test_release_lock import ShellRemote
+
+    remote = ShellRemote("web-1")
+    lock_dir = str(tmp_path / "lock")
+    monkeypatch.setattr(lock, "LOCK_DIR", lock_dir)
+    monkeypatch.setattr(audit, "AUDIT_PATH", str(tmp_path / "audit.jsonl"))
+    monkeypatch.setattr(commands, "validate", lambda target: {"web-1": None})
+    monkeypatch.setattr(session, "remotes_for", lambda target, limit=None: {"web-1": remote})
+
+    class Child:
+        def __init__(self, argv, *, cwd, env, stdout=None):
+            pass
+
+        def give_up(self):
+            pass
+
+    monkeypatch.setattr(session, "start_child", Child)
+    remote.run(lock.acquire_command(lock.Holder(command="up", pid=1, machine="elsewhere"), lock_dir))
+    assert commands.up(commands.Target("web-1", data=dict(DATA))) == 3
+    err = capsys.readouterr().err
+    assert "--lock-wait" in err and "hermes-infra lock" in err and "<redacted>" in err
+    assert not any(secret in err for secret in SECRETS)
+
+
+def test_the_pyinfra_child_gets_the_settings_from_a_0600_file_not_its_argv(tmp_path, monkeypatch):
+    from hermes_infra.release import audit, lock, results, session
+    from tests.unit.test_release_lock import ShellRemote
+
+    remote = ShellRemote("web-1")
+    monkeypatch.setattr(lock, "LOCK_DIR", str(tmp_path / "lock"))
+    monkeypatch.setattr(audit, "AUDIT_PATH", str(tmp_path / "audit.jsonl"))
+    monkeypatch.setattr(commands, "validate", lambda target: {"web-1": None})
+    monkeypatch.setattr(session, "remotes_for", lambda target, limit=None: {"web-1": remote})
+    seen = {}
+
+    class Child:
+        def __init__(self, argv, *, cwd, env, stdout=None):
+            path = env[commands.DATA_FILE_ENV]
+            seen.update(argv=argv, env=env, path=path, mode=stat.S_IMODE(os.stat(path).st_mode))
+            # What the child does at its start: its argv gains the values, inside the process.
+            monkeypatch.setenv(commands.DATA_FILE_ENV, path)
+            seen["child_args"] = pyinfra_child.data_args()
+
+        def open(self):
+            pass
+
+        def wait(self):
+            with open(seen["env"][results.ENV], "a") as handle:
+                handle.write(json.dumps({"event": "end", "host": "web-1", "failed": False}) + "\n")
+            return 0, False
+
+    monkeypatch.setattr(session, "start_child", Child)
+    assert commands.up(commands.Target("web-1", data=dict(DATA))) == 0
+    argv = " ".join(seen["argv"])
+    assert "--data" not in argv and not any(secret in argv for secret in SECRETS)
+    assert seen["mode"] == 0o600 and not os.path.exists(seen["path"])
+    assert not any(secret in value for key, value in seen["env"].items() if key != commands.DATA_FILE_ENV
+                   for secret in SECRETS)
+    pairs = dict(arg.split("=", 1) for arg in seen["child_args"] if arg != "--data")
+    assert pairs == DATA, "the child's pyinfra gets exactly the --data the operator gave"
+
+
+def test_dry_run_child_argv_has_no_secret(monkeypatch):
+    seen = {}
+
+    def call(argv, *, cwd, env):
+        seen.update(argv=argv, data=json.load(open(env[commands.DATA_FILE_ENV])), diff=env.get(commands.SHOW_DIFF_ENV))
+        return 0
+
+    monkeypatch.setattr(commands, "validate", lambda target: {})
+    monkeypatch.setattr(commands.subprocess, "call", call)
+    assert commands.up(commands.Target("web-1", data=dict(DATA)), dry=True) == 0
+    assert not any(secret in " ".join(seen["argv"]) for secret in SECRETS)
+    assert seen["data"] == DATA and seen["diff"] == "1"
+
+
+@pytest.mark.parametrize("value, shown", [("plain", "plain"), ("4", "4"), ('{"size": "4G"}', '{"size": "4G"}')])
+def test_values_without_secrets_are_shown_as_given(value, shown):
+    assert commands.redact_data_value("swap", value) == shown
