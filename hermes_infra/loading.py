@@ -380,7 +380,7 @@ def format_errors(error: ValidationError, source: str) -> str:
         elif kind == "missing":
             message = "is required. Fix: set it"
         else:
-            if _may_echo(item, loc, annotation):
+            if _may_echo(item, loc, annotation) and "value not shown" not in message:
                 shown = repr(item["input"])
                 if len(shown) > 80:
                     shown = shown[:77] + "..."

@@ -573,6 +573,7 @@ def parse_port_spec(spec: str) -> PortSpec:
             f"companion port {spec!r} would be published on every interface. "
             "Fix: name the address, e.g. 127.0.0.1:3000:3000"
         )
+    classify_address(str(parsed), f"companion port {spec!r}: address")
     host_ports = _port_range(host, spec)
     container_ports = _port_range(container, spec)
     if len(container_ports) not in (1, len(host_ports)):
@@ -1021,7 +1022,7 @@ class ApiSettings(Settings):
             return value
         if not value:
             raise ValueError("api.publish_addresses is empty, so the API would be unreachable. Fix: leave it unset")
-        addresses = [str(parse_address(address, f"api.publish_addresses[{index}]"))
+        addresses = [classify_address(address, f"api.publish_addresses[{index}]").address
                      for index, address in enumerate(value)]
         if len(set(addresses)) != len(addresses):
             raise ValueError(f"api.publish_addresses lists an address twice ({addresses}): Docker would fail to bind "
@@ -1931,9 +1932,11 @@ class HostSettings(Settings):
                 hard = "data" in (kind, other_kind) and {"swap", "docker"} & {kind, other_kind}
                 if (path in overrides or other in overrides) and not hard:
                     continue
-                relation = "is" if path == other else "is inside" if is_within(path, other) else "contains"
+                inner, outer = ((setting, path), (other_setting, other)) if is_within(path, other) and path != other \
+                    else ((other_setting, other), (setting, path))
+                relation = "is" if path == other else "is inside"
                 problems.append(
-                    f"{setting} {path!r} {relation} {other_setting} {other!r}: whoever writes one could change or "
+                    f"{inner[0]} {inner[1]!r} {relation} {outer[0]} {outer[1]!r}: whoever writes one could change or "
                     f"remove what the other holds (a container's files are its agent's to rewrite). Fix: keep "
                     f"them apart, each in a directory of its own"
                 )
