@@ -373,14 +373,14 @@ def format_errors(error: ValidationError, source: str) -> str:
         kind = item.get("type")
         ctx = item.get("ctx") or {}
         annotation, parent = _resolve(loc)
-        where = _path(loc) + (ctx.get("item", "") if kind in ("control_character",) else "")
+        where = (_path(loc) + (ctx.get("item", "") if kind in ("control_character",) else "")).lstrip(".")
         message = item.get("msg", "").removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if kind == "extra_forbidden":
             message = _unknown_setting(loc, parent)
         elif kind == "missing":
             message = "is required. Fix: set it"
         else:
-            if _may_echo(item, loc, annotation):
+            if _may_echo(item, loc, annotation) and "value not shown" not in message:
                 shown = repr(item["input"])
                 if len(shown) > 80:
                     shown = shown[:77] + "..."

@@ -21,11 +21,16 @@ Validation rules that hold for every model here:
 """
 from __future__ import annotations
 
+import contextvars
+import datetime
 import difflib
 import functools
 import ipaddress
 import posixpath
 import re
+import shutil
+import subprocess
+import urllib.parse
 import zoneinfo
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, NamedTuple
@@ -43,7 +48,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from hermes_infra import gatewayenv, topology
-from hermes_infra.sizes import parse_size
+from hermes_infra.sizes import parse_size_setting
 
 GIB = 1024**3
 MIB = 1024**2
@@ -61,7 +66,6 @@ MIN_API_KEY_LENGTH = 16
 API_KEY_FORBIDDEN = frozenset("'\"#\\$`")
 SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,38}$")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-LOOPBACK_ADDRESSES = ("127.0.0.1", "::1", "localhost")
 PUBLIC_ADDRESSES = ("0.0.0.0", "::", "")
 PLATFORMS = (
     "TELEGRAM", "DISCORD", "WHATSAPP", "SLACK", "SIGNAL", "EMAIL", "SMS", "MATTERMOST", "MATRIX",
@@ -163,9 +167,65 @@ EnvName = Annotated[str, EnvNames]
 
 
 class Settings(BaseModel):
-    """Base: unknown keys are refused (a typo must not silently fall back to a default)."""
+    """Base: unknown keys are refused (a typo must not silently fall back to a default); values
+    are strict (`true` is not a port, `"8642"` is not a number, `1.0` is not a whole number, an
+    integer is not a text secret: pyinfra's `--data` already turns `8642` and `true` into
+    numbers and bools, and JSON into lists and dicts); floats are finite (`inf` and `nan` are
+    not limits or intervals); no text anywhere holds a control character."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True,
+                              strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _one_line_text(self) -> Any:
+        """Every text value of this model stays on one line: names end up in `.env` lines,
+        compose files, shell scripts, logs and terminals. (Sub-models check their own; a
+        field's own check, which says more, runs first.)"""
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, BaseModel) or (isinstance(value, list) and value and isinstance(value[0], BaseModel)):
+                continue
+            try:
+                _no_control_chars(value)
+            except PydanticCustomError as error:
+                context = dict(error.context or {})
+                context["item"] = f".{name}{context.get('item', '')}"
+                raise PydanticCustomError(error.type, error.message_template, context) from None
+        return self
+
+
+# Parts of a variable name that say its value is a credential.
+SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|SECRET|PASSWORD|PASSWD|PASS|PASSPHRASE|CREDENTIALS?|HASH)(_|$)")
+# Whole values that are somebody's example, not a credential (compared lowercased, stripped).
+PLACEHOLDER_VALUES = PLACEHOLDER_KEYS | frozenset(
+    {"todo", "tbd", "fixme", "token", "key", "api-key", "api_key", "mytoken", "my-token", "my_token",
+     "your-token", "your_token", "insert-token-here", "xxxx", "xxxxx", "...", "redacted", "hidden", "<hidden>",
+     "***", "sk-...", "0000", "1234", "12345", "123456", "abc", "abc123", "foo", "bar", "foobar", "default"})
+# Parts of a longer value that mark it as a template to fill in.
+PLACEHOLDER_PARTS = (*PLACEHOLDER_WORDS, "your-token", "your_token", "your-key", "your_key", "your-secret",
+                     "your_secret", "your-password", "your_password", "insert-", "insert_", "-here", "_here",
+                     "...", "xxxxxxxx", "<", ">", "${", "{{", "todo", "fixme", "redacted")
+
+
+def is_secret_name(name: str) -> bool:
+    """`OPENAI_API_KEY`, `TELEGRAM_BOT_TOKEN`, `DB_PASSWORD`, `APP_SECRET`: a credential variable."""
+    return bool(SECRET_NAME.search(name.upper()))
+
+
+def check_secret_value(value: str, setting: str) -> str:
+    """A credential that is an example value (`changeme`, `<your-token>`, `xxx...`, `${TOKEN}`) or
+    empty would be deployed and fail on the host, or worse, work as a guessable secret. The
+    message never repeats the value."""
+    lowered = value.strip().lower()
+    if not lowered:
+        raise ValueError(f"{setting} is empty. Fix: set the real value, or remove the key")
+    if (lowered in PLACEHOLDER_VALUES or any(part in lowered for part in PLACEHOLDER_PARTS)
+            or len(set(lowered)) <= 2):
+        raise ValueError(
+            f"{setting} is a placeholder value (value not shown), not a credential. "
+            "Fix: put the real secret there (from your secrets store), or remove the key"
+        )
+    return value
 
 
 def check_api_key(value: str, setting: str) -> str:
@@ -202,19 +262,67 @@ def check_api_key(value: str, setting: str) -> str:
 
 
 # ----------------------------------------------------------------------------- host paths
-# The directory and everything below it belongs to the kernel, the system or Docker.
-SYSTEM_TREES = ("/proc", "/sys", "/dev", "/run", "/boot", "/etc", "/usr", "/var/lib/docker")
-# System directories that may hold a directory of ours, but never be one.
-SYSTEM_DIRS = frozenset({
-    "/", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/var", "/home", "/root", "/opt", "/srv",
-    "/tmp", "/mnt", "/media", "/lost+found", "/var/lib", "/var/tmp", "/var/cache", "/var/log", "/var/backups",
-    "/var/spool", "/var/mail", "/var/opt", "/var/local", "/var/www",
-})
-# World-writable: another local user could plant files or links in a data dir below them.
-WORLD_WRITABLE_TREES = ("/tmp", "/var/tmp", "/dev/shm")
-SWAP_FORBIDDEN_TREES = ("/proc", "/sys", "/dev", "/run", "/tmp")
+# Host paths are decided by policy: each kind of path setting may live only below the roots
+# listed for it (where hermes-infra can own a directory without taking one over), never in a
+# place that controls the host (below), never overlapping another path setting, and never
+# with a character a shell, compose or Docker reads specially. An entry in `path_overrides`
+# (path + reason) lifts the root and sensitive-place rules for that exact path.
+PATH_CHARACTERS = re.compile(r"[A-Za-z0-9._/@+-]+")
+PATH_CHARACTERS_TEXT = "letters, digits and . _ / @ + -"
 
-PathKind = Literal["data", "dir", "swap"]
+PathKind = Literal["data", "swap", "project", "backup", "cache", "volume"]
+_HOME = r"(?:/root|/home/[A-Za-z0-9._-]+)"
+_BELOW = r"/[^/]+(?:/.*)?"
+PATH_ROOTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "data": ((rf"{_HOME}{_BELOW}", "/root/<dir>, /home/<user>/<dir>"), (rf"/(?:srv|opt){_BELOW}", "/srv/<dir>, /opt/<dir>"),
+             (r"/var/lib/hermes[^/]*(?:/.*)?", "/var/lib/hermes*")),
+    "project": ((rf"/(?:opt|srv){_BELOW}", "/opt/<dir>, /srv/<dir>"), (rf"/root{_BELOW}", "/root/<dir>"),
+                (r"/var/lib/hermes[^/]*(?:/.*)?", "/var/lib/hermes*")),
+    "backup": ((r"/var/backups/hermes[^/]*(?:/.*)?", "/var/backups/hermes*"),
+               (rf"(?:{_HOME}|/srv|/opt|/mnt){_BELOW}", "/root/<dir>, /home/<user>/<dir>, /srv/<dir>, /opt/<dir>, /mnt/<dir>"),
+               (r"/var/lib/hermes[^/]*(?:/.*)?", "/var/lib/hermes*")),
+    "cache": ((r"/var/cache/hermes[^/]*(?:/.*)?", "/var/cache/hermes*"), (r"/var/lib/hermes[^/]*(?:/.*)?", "/var/lib/hermes*"),
+              (rf"/(?:srv|opt){_BELOW}", "/srv/<dir>, /opt/<dir>")),
+    # The swap operation starts with `rm -f <path>`: only a file named for swap, in / or /var,
+    # or below a directory hermes-infra or the operator owns.
+    "swap": ((r"/(?:var/)?[^/]*swap[^/]*", "/swapfile, /swap.img, /var/swap"),
+             (r"/(?:srv|opt|mnt|var/lib/hermes[^/]*)(?:/[^/]+)*/[^/]*swap[^/]*", "/srv, /opt, /mnt or /var/lib/hermes* .../<name with 'swap'>")),
+    "volume": ((rf"(?:{_HOME}|/srv|/opt|/mnt){_BELOW}", "/root/<dir>, /home/<user>/<dir>, /srv/<dir>, /opt/<dir>, /mnt/<dir>"),
+               (r"/var/lib/hermes[^/]*(?:/.*)?", "/var/lib/hermes*")),
+}
+PATH_EXAMPLES = {"data": "/root/.hermes-<profile>", "swap": "/swapfile", "project": "/opt/hermes",
+                 "backup": "/var/backups/hermes-infra", "cache": "/var/cache/hermes-infra/images",
+                 "volume": "/srv/<companion>"}
+
+# Places that control the host: the system's configuration, anyone's SSH keys and login
+# scripts, Docker's socket and state (root on the host), the kernel's trees, the programs.
+SENSITIVE_TREES = (
+    ("/etc", "the system's configuration"),
+    ("/var/run", "runtime state and sockets (Docker's socket among them)"),
+    ("/run", "runtime state and sockets (Docker's and containerd's among them)"),
+    ("/var/lib/docker", "Docker's state (root on the host)"),
+    ("/var/lib/containerd", "containerd's state (root on the host)"),
+    ("/opt/containerd", "containerd's plugins"),
+    ("/proc", "the kernel's process tree"), ("/sys", "the kernel's device tree"), ("/dev", "device nodes"),
+    ("/boot", "the boot loader and kernels"), ("/lib/modules", "kernel modules"),
+    ("/usr", "the installed programs"), ("/bin", "the installed programs"), ("/sbin", "the installed programs"),
+    ("/tmp", "the world-writable /tmp (any user can plant links there, and it may be wiped at boot)"),
+    ("/var/tmp", "the world-writable /var/tmp (any user can plant links there)"),
+)
+SENSITIVE_LIB = re.compile(r"/lib[^/]*(?:/.*)?")
+# Entries of a home directory that run code or hold credentials when someone logs in.
+SENSITIVE_HOME_ENTRIES = frozenset({
+    ".ssh", ".gnupg", ".docker", ".aws", ".kube", ".config", ".local", ".bashrc", ".profile", ".bash_profile",
+    ".bash_login", ".bash_logout", ".zshrc", ".zprofile", ".pam_environment", ".forward", ".netrc",
+})
+
+
+class PathOverride(NamedTuple):
+    path: str
+    reason: str
+
+
+_PATH_OVERRIDES: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("path_overrides", default=frozenset())
 
 
 def is_within(path: str, directory: str) -> bool:
@@ -223,56 +331,92 @@ def is_within(path: str, directory: str) -> bool:
 
 
 def normalize_path(value: str) -> str:
-    """`/root/.hermes/`, `/root//.hermes` and `/root/x/../.hermes` all become `/root/.hermes`."""
-    return posixpath.normpath(re.sub(r"/+", "/", value))
+    """`/root/.hermes/`, `/root//.hermes` and `/root/./.hermes` all become `/root/.hermes`."""
+    return posixpath.normpath(re.sub(r"/+", "/", value)).replace("//", "/")
 
 
-def check_host_path(value: str, kind: PathKind, example: str) -> str:
-    """Validate and normalize a directory (`data`: a gateway data dir; `dir`: a directory
-    hermes-infra owns) or the swap file (`swap`) on the host. Returns the normalized path."""
-    if char := control_character(value):
-        raise ValueError(f"{value!r} contains {describe_character(char)}. Fix: an absolute path such as {example}")
+def sensitive_place(path: str) -> str | None:
+    """Why `path` (normalized) is a place that controls the host, or None."""
+    if path == "/":
+        return "the host's root directory"
+    for tree, why in SENSITIVE_TREES:
+        if is_within(path, tree):
+            return f"{'' if path == tree else 'under '}{tree}, {why}"
+    if SENSITIVE_LIB.fullmatch(path):
+        return f"under /{path.split('/')[1]}, the system's libraries"
+    parts = path.split("/")
+    home_entry = parts[2] if parts[1] == "root" and len(parts) > 2 else (
+        parts[3] if parts[1] == "home" and len(parts) > 3 else None)
+    if home_entry in SENSITIVE_HOME_ENTRIES or ".ssh" in parts:
+        return f"in a home directory's {home_entry if home_entry in SENSITIVE_HOME_ENTRIES else '.ssh'} (login " \
+               "scripts, keys or credentials: whoever writes there gets that user's access)"
+    return None
+
+
+def structural_path(value: str, setting: str, kind: PathKind) -> str:
+    """Absolute, without `..`, only safe characters: the normalized path. Policy comes later."""
+    example = PATH_EXAMPLES[kind]
     if not value.startswith("/"):
-        if kind == "data":
+        if kind in ("data", "volume"):
             raise ValueError(
-                f"{value!r} is a relative path: in the compose file a volume source without a leading '/' is a "
-                "Docker named volume, so the profile's state would live inside Docker, not in a host directory "
+                f"{setting} {value!r} is a relative path: in the compose file a volume source without a leading '/' "
+                "is a Docker named volume, so the state would live inside Docker, not in a host directory "
                 f"hermes-infra manages and backs up. Fix: an absolute path such as {example}"
             )
-        raise ValueError(f"{value!r} is not an absolute path. Fix: an absolute path such as {example}")
+        raise ValueError(f"{setting} {value!r} is not an absolute path. Fix: an absolute path such as {example}")
+    if ".." in value.split("/"):
+        raise ValueError(
+            f"{setting} {value!r} contains '..', which the kernel resolves after following links (not the same "
+            f"place as it reads). Fix: write the path without '..', e.g. {example}"
+        )
+    bad = next((char for char in value if not PATH_CHARACTERS.fullmatch(char)), None)
+    if bad is not None:
+        shown = describe_character(bad) if control_character(bad) else repr(bad)
+        raise ValueError(
+            f"{setting} {value!r} contains {shown}, which shells, compose volumes (':' and ',') or Docker read "
+            f"specially. Fix: a path of {PATH_CHARACTERS_TEXT} only, e.g. {example}"
+        )
     path = normalize_path(value)
-    if kind == "swap" and (value.endswith("/") or posixpath.basename(value) in (".", "..") or path in SYSTEM_DIRS
-                           or path in SYSTEM_TREES):
+    if kind == "swap" and (value.endswith("/") or value.endswith("/.") or path == "/"):
         raise ValueError(
-            f"{value!r} looks like a directory, but swap.path is the swap file itself. Fix: a file path such as {example}"
+            f"{setting} {value!r} looks like a directory, but it is the swap file itself. Fix: a file path such as "
+            f"{example}"
         )
+    return path
+
+
+def path_policy(path: str, setting: str, kind: PathKind, overrides: frozenset[str] | None = None) -> None:
+    """Refuse `path` (normalized) outside the roots of its kind or in a sensitive place,
+    unless `path_overrides` lists it. The host root is never accepted."""
+    example = PATH_EXAMPLES[kind]
     if path == "/":
-        raise ValueError(f"{value!r} is the root directory. Fix: a directory of its own such as {example}")
-    trees = SWAP_FORBIDDEN_TREES if kind == "swap" else SYSTEM_TREES
-    for tree in trees:
-        if is_within(path, tree):
-            where = "is" if path == tree else "is under"
-            raise ValueError(
-                f"{value!r} {where} {tree}, which belongs to the kernel, the system or Docker: hermes-infra would "
-                f"change its owner and mode. Fix: a path of its own such as {example}"
-            )
-    if path in SYSTEM_DIRS:
+        raise ValueError(f"{setting} '/' is the root directory. Fix: a directory of its own such as {example}")
+    overrides = _PATH_OVERRIDES.get() if overrides is None else overrides
+    if path in overrides:
+        return
+    escape = f"; or, if this is deliberate, add {{path: {path!r}, reason: '...'}} to path_overrides"
+    why = sensitive_place(path)
+    if why is not None:
         raise ValueError(
-            f"{value!r} is the system directory {path}, which hermes-infra would take over (owner, mode, "
-            f"archives). Fix: a directory of its own below it, such as {example}"
+            f"{setting} {path!r} is {why}: hermes-infra would change its owner and mode, write or delete there, "
+            f"or hand it to a container. Fix: a path of its own such as {example}{escape}"
         )
-    if kind == "data":
-        for tree in WORLD_WRITABLE_TREES:
-            if is_within(path, tree):
-                raise ValueError(
-                    f"{value!r} is under the world-writable {tree}: any local user could plant files or links in the "
-                    f"data dir, and it may be wiped at boot. Fix: a directory such as {example}"
-                )
-        if ":" in path or "," in path:
-            raise ValueError(
-                f"{value!r} contains ':' or ',', which splits the compose volume `{path}:/opt/data`. "
-                f"Fix: a path without them, such as {example}"
-            )
+    roots = PATH_ROOTS[kind]
+    if not any(re.fullmatch(pattern, path) for pattern, _ in roots):
+        where = "; ".join(text for _, text in roots)
+        what = {"swap": "the swap file", "volume": "a companion volume source", "data": "a data dir"}.get(
+            kind, f"the {kind} directory")
+        raise ValueError(
+            f"{setting} {path!r} is outside where {what} may live ({where}), so hermes-infra could "
+            f"take over (chown, chmod, archive, purge or remove) something that is not its own. Fix: a path "
+            f"such as {example}{escape}"
+        )
+
+
+def check_host_path(value: str, kind: PathKind, example: str | None = None, setting: str = "the path") -> str:
+    """Validate and normalize a host path of `kind`; returns the normalized path."""
+    path = structural_path(value, setting, kind)
+    path_policy(path, setting, kind)
     return path
 
 
@@ -420,30 +564,203 @@ def parse_port_spec(spec: str) -> PortSpec:
         raise ValueError(f"companion port {spec!r} is not ADDR:HOST:CONTAINER. Fix: e.g. 127.0.0.1:3000:3000")
     address, host, container = parts
     try:
-        parsed = ipaddress.ip_address(address)
-    except ValueError:
-        raise ValueError(
-            f"companion port {spec!r}: {address!r} is not an IP address. Fix: e.g. 127.0.0.1:3000:3000"
-        ) from None
-    if parsed.is_unspecified:
+        parsed = parse_address(address, f"companion port {spec!r}: address")
+    except ValueError as error:
+        raise ValueError(f"{error}; the whole spec is ADDR:HOST:CONTAINER, e.g. 127.0.0.1:3000:3000") from None
+    if parsed.is_unspecified or (isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped
+                                 and parsed.ipv4_mapped.is_unspecified):
         raise ValueError(
             f"companion port {spec!r} would be published on every interface. "
             "Fix: name the address, e.g. 127.0.0.1:3000:3000"
         )
+    classify_address(str(parsed), f"companion port {spec!r}: address")
     host_ports = _port_range(host, spec)
     container_ports = _port_range(container, spec)
     if len(container_ports) not in (1, len(host_ports)):
         raise ValueError(f"companion port {spec!r}: the two port ranges differ in size. Fix: ranges of equal length")
-    return PortSpec(address, host_ports, protocol)
+    return PortSpec(str(parsed), host_ports, protocol)
 
 
-def _ip_or_localhost(address: str, setting: str) -> None:
-    if address == "localhost":
-        return
+# ----------------------------------------------------------------------------- addresses
+DOCKER_BRIDGE_NETWORK = ipaddress.ip_network("172.17.0.0/16")
+_IPV4_LIKE = re.compile(r"[0-9][0-9a-fA-FxX.]*")
+
+
+class BindAddress(NamedTuple):
+    """A parsed host address to bind a port to, and who can reach it."""
+
+    address: str
+    """Canonical text (`127.0.0.1`, `::1`, `::ffff:127.0.0.1`)."""
+    reach: Literal["loopback", "bridge", "unspecified", "private", "link-local", "global"]
+
+
+def parse_address(value: str, setting: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IP address in its canonical spelling (ValueError naming setting, value and fix).
+
+    Short, octal and hex IPv4 forms (`127.1`, `0177.0.0.1`, `0x7f.0.0.1`, `0`) are refused:
+    Docker, the kernel and `inet_aton` read them differently. So are brackets, zone ids and
+    hostnames: Docker binds addresses, it does not resolve names."""
+    fix = "Fix: an IP address such as 127.0.0.1"
+    if value.startswith("[") or value.endswith("]"):
+        raise ValueError(f"{setting} {value!r} has brackets. {fix} or ::1, written without brackets")
+    if "%" in value:
+        raise ValueError(f"{setting} {value!r} has a zone id (%...), which Docker does not bind to. {fix}")
     try:
-        ipaddress.ip_address(address)
+        address = ipaddress.ip_address(value)
     except ValueError:
-        raise ValueError(f"{setting}: {address!r} is not an IP address. Fix: e.g. 127.0.0.1") from None
+        if _IPV4_LIKE.fullmatch(value) and ":" not in value:
+            raise ValueError(
+                f"{setting} {value!r} is not a canonical IPv4 address (four decimal numbers 0-255 without leading "
+                "zeros): short, octal and hex forms mean different addresses to Docker and the kernel. "
+                f"{fix} or 0.0.0.0, written out in full"
+            ) from None
+        raise ValueError(f"{setting} {value!r} is not an IP address (Docker does not resolve names). {fix}") from None
+    return address
+
+
+def classify_address(value: str, setting: str, bridge: str | None = None) -> BindAddress:
+    """Parse a bind address and say who can reach it: only `loopback` and the docker `bridge`
+    address (`docker.bridge_gateway_ip`) are closed to strangers."""
+    address = parse_address(value, setting)
+    effective = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped else address
+    if not (effective.is_loopback or effective.is_unspecified) and (effective.is_multicast or effective.is_reserved or (
+            isinstance(effective, ipaddress.IPv4Address) and effective == ipaddress.IPv4Address("255.255.255.255"))):
+        raise ValueError(f"{setting} {value!r} is not a host address one can bind to. Fix: e.g. 127.0.0.1")
+    if effective.is_unspecified:
+        reach = "unspecified"
+    elif effective.is_loopback:
+        reach = "loopback"
+    elif bridge is not None and str(effective) == bridge:
+        reach = "bridge"
+    elif effective.is_link_local:
+        reach = "link-local"
+    elif effective.is_private:
+        reach = "private"
+    else:
+        reach = "global"
+    return BindAddress(str(address), reach)
+
+
+def public_address_problem(address: BindAddress, setting: str, flag: str) -> str | None:
+    """Why publishing on `address` needs `flag` (the setting's allow_public), or None."""
+    if address.reach in ("loopback", "bridge"):
+        return None
+    what = {"unspecified": "every interface (and bypasses ufw)", "private": "a LAN address other hosts reach",
+            "link-local": "a link-local address the neighbours reach", "global": "a public address"}[address.reach]
+    return (f"{setting} {address.address!r} is {what}: strangers could reach the port. Fix: use 127.0.0.1 (and the "
+            f"docker bridge address for companions), or set {flag}: true behind a firewall")
+
+
+# ----------------------------------------------------------------------------- daemon.json
+# daemon.json keys dockerd 20.10 to 29 reads, with their JSON types ("bool", "int", "str",
+# "strs": list of text, "map": object of text, "obj": object, "objs": list of objects).
+DAEMON_KEYS: dict[str, str] = {
+    "allow-nondistributable-artifacts": "strs", "api-cors-header": "str", "authorization-plugins": "strs",
+    "bip": "str", "bip6": "str", "bridge": "str", "builder": "obj", "cdi-spec-dirs": "strs", "cgroup-parent": "str",
+    "containerd": "str", "containerd-namespace": "str", "containerd-plugins-namespace": "str", "cri-containerd": "bool",
+    "data-root": "str", "debug": "bool", "default-address-pools": "objs", "default-cgroupns-mode": "str",
+    "default-gateway": "str", "default-gateway-v6": "str", "default-ipc-mode": "str", "default-network-opts": "obj",
+    "default-runtime": "str", "default-shm-size": "str", "default-ulimits": "obj", "dns": "strs", "dns-opts": "strs",
+    "dns-search": "strs", "exec-opts": "strs", "exec-root": "str", "experimental": "bool", "features": "obj",
+    "firewall-backend": "str", "fixed-cidr": "str", "fixed-cidr-v6": "str", "group": "str", "host-gateway-ip": "str",
+    "host-gateway-ips": "strs", "hosts": "strs", "http-proxy": "str", "https-proxy": "str", "icc": "bool",
+    "init": "bool", "init-path": "str", "insecure-registries": "strs", "ip": "str", "ip-forward": "bool",
+    "ip-forward-no-drop": "bool", "ip-masq": "bool", "ip6tables": "bool", "iptables": "bool", "ipv6": "bool",
+    "labels": "strs", "live-restore": "bool", "log-driver": "str", "log-format": "str", "log-level": "str",
+    "log-opts": "map", "max-concurrent-downloads": "int", "max-concurrent-uploads": "int",
+    "max-download-attempts": "int", "metrics-addr": "str", "mtu": "int", "no-new-privileges": "bool",
+    "no-proxy": "str", "node-generic-resources": "strs", "oom-score-adjust": "int", "pidfile": "str",
+    "proxies": "obj", "raw-logs": "bool", "registry-mirrors": "strs", "runtimes": "obj", "seccomp-profile": "str",
+    "selinux-enabled": "bool", "shutdown-timeout": "int", "storage-driver": "str", "storage-opts": "strs",
+    "swarm-default-advertise-addr": "str", "tls": "bool", "tlscacert": "str", "tlscert": "str", "tlskey": "str",
+    "tlsverify": "bool", "userland-proxy": "bool", "userland-proxy-path": "str", "userns-remap": "str",
+}
+_JSON_TYPES = {"bool": "true or false", "int": "a whole number", "str": "a text value", "strs": "a list of text values",
+               "map": "a mapping of text values", "obj": "a mapping", "objs": "a list of mappings"}
+# dockerd's command-line spellings of the API listener.
+_HOST_FLAGS = frozenset({"-H", "--host", "H", "host", "hosts"})
+DAEMON_LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
+
+
+def _json_type_ok(value: Any, kind: str) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "strs":
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    if kind == "map":
+        return isinstance(value, Mapping) and all(isinstance(item, str) for item in value.values())
+    if kind == "obj":
+        return isinstance(value, Mapping)
+    return isinstance(value, list) and all(isinstance(item, Mapping) for item in value)
+
+
+def _daemon_exposure(key: str, value: Any) -> str | None:
+    """Why `key: value` opens the engine (root on the host) to others, or None."""
+    where = f"docker.daemon_options.{key}"
+    if key == "hosts":
+        for entry in value:
+            if not entry.startswith("unix:///"):
+                return (f"{where} has {entry!r}: an engine API listener other than a unix socket hands root on the "
+                        "host to whoever reaches it. Fix: remove it (use `ssh` or `DOCKER_HOST=ssh://...` for "
+                        "remote access)")
+    if key in ("tls", "tlsverify") and value is False:
+        return (f"{where} is false, which turns off the API's client certificate check. Fix: remove it "
+                "(hermes-infra never opens a TCP listener)")
+    if key == "api-cors-header":
+        return f"{where} lets browser pages call the engine API. Fix: remove it"
+    if key == "metrics-addr" and value:
+        host = value.rsplit(":", 1)[0].strip("[]")
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            return (f"{where} is {value!r}: the metrics endpoint would listen beyond this host. "
+                    "Fix: 127.0.0.1:9323, or remove it")
+    if key == "insecure-registries":
+        for entry in value:
+            host = re.sub(r"(:\d+)?(/\d+)?$", "", entry)
+            try:
+                local = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                local = host == "localhost"
+            if not local:
+                return (f"{where} has {entry!r}: images from it would come over plain HTTP, so anyone on the path "
+                        "could swap the gateway's image. Fix: serve the registry over TLS (or on 127.0.0.1), "
+                        "and remove it here")
+    return None
+
+
+def check_daemon_options(options: Mapping[str, Any]) -> None:
+    """Refuse unknown daemon.json keys, values of the wrong JSON type and options that expose
+    the engine. Options that turn hermes-infra's hardening off (`icc: true`,
+    `no-new-privileges: false`) are accepted: the checks report them as skipped with the reason."""
+    for key, value in options.items():
+        where = f"docker.daemon_options.{key}"
+        if key in _HOST_FLAGS and key != "hosts":
+            raise ValueError(f"{where}: {key!r} is dockerd's API listener flag, which would hand root on the host to "
+                             "whoever reaches it. Fix: remove it")
+        kind = DAEMON_KEYS.get(key)
+        if kind is None:
+            guess = difflib.get_close_matches(key, list(DAEMON_KEYS), 1, 0.6)
+            hint = f"did you mean {guess[0]!r}? " if guess else ""
+            raise ValueError(f"{where} is not a daemon.json key dockerd knows (20.10 to 29); dockerd would refuse "
+                             f"to start. Fix: {hint}see `man dockerd` / the daemon.json reference for the spelling")
+        if not _json_type_ok(value, kind):
+            raise ValueError(f"{where} is {type(value).__name__}, but dockerd reads it as {_JSON_TYPES[kind]}. "
+                             f"Fix: write it as {_JSON_TYPES[kind]}")
+        if key == "log-level" and value not in DAEMON_LOG_LEVELS:
+            raise ValueError(f"{where} is {value!r}. Fix: one of {', '.join(DAEMON_LOG_LEVELS)}")
+        for path_key in ("data-root", "exec-root", "pidfile"):
+            if key == path_key:
+                structural_path(value, where, "volume")
+        problem = _daemon_exposure(key, value)
+        if problem:
+            raise ValueError(problem)
 
 
 class DockerSettings(Settings):
@@ -475,7 +792,12 @@ class DockerSettings(Settings):
     """daemon.json `registry-mirrors`: pull-through mirrors for Docker Hub (`https://...`)."""
 
     daemon_options: dict[str, Any] = {}
-    """Extra daemon.json keys, merged over the ones above (they win)."""
+    """Extra daemon.json keys, merged over the ones above (they win). Only keys dockerd 20.10-29
+    knows, with their JSON types; an API listener other than a unix socket (`hosts` with
+    `tcp://`, `fd://`, `ssh://`), `tls`/`tlsverify: false`, `api-cors-header`, a `metrics-addr`
+    beyond loopback and `insecure-registries` beyond loopback are refused (they open the
+    engine, root on the host, or its images to others). `icc: true` and
+    `no-new-privileges: false` are accepted: the checks report them as skipped."""
 
     users: list[str] = []
     """Login users added to the `docker` group (root-equivalent: only trusted admins)."""
@@ -524,28 +846,39 @@ class DockerSettings(Settings):
             raise ValueError(f"{value!r} is not a Docker log size. Fix: a number and k, m or g, e.g. '10m'")
         return value
 
+    @field_validator("daemon_options")
+    @classmethod
+    def _daemon_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_daemon_options(value)
+        return value
+
     @field_validator("bridge_gateway_ip")
     @classmethod
     def _bridge_ip(cls, value: str) -> str:
+        fix = "Fix: the address of docker0 (`ip -4 addr show docker0`), usually 172.17.0.1"
         try:
-            ipaddress.IPv4Address(value)
+            address = ipaddress.IPv4Address(value)
         except ValueError:
-            raise ValueError(
-                f"{value!r} is not an IPv4 address. Fix: the address of docker0 (`ip -4 addr show docker0`), "
-                "usually 172.17.0.1"
-            ) from None
-        return value
+            raise ValueError(f"{value!r} is not a canonical IPv4 address. {fix}") from None
+        if not address.is_private or address.is_loopback or address.is_unspecified or address.is_link_local \
+                or address.is_multicast:
+            raise ValueError(f"{value!r} is not a private address a bridge can have (ports published there "
+                             f"would be reachable by others). {fix}")
+        return str(address)
 
 
 
 class SwapSettings(Settings):
     size: str = "2G"
-    """Size of the swap file (`512M`, `2G`, `4G`); `0` means no swap file is managed.
-    A changed size resizes the file (swapoff, recreate, swapon)."""
+    """Size of the swap file (`512M`, `2G`, `4G`; a unit is required); `"0"` means no swap file
+    is managed. A changed size resizes the file (swapoff, recreate, swapon)."""
 
     path: str = "/swapfile"
-    """Where the swap file lives: an absolute file path on a local, non-CoW filesystem, not
-    under /proc, /sys, /dev, /run or /tmp (stored normalized)."""
+    """Where the swap file lives: an absolute file path on a local, non-CoW filesystem, stored
+    normalized. The swap operation starts with `rm -f` on it, so the file name must contain
+    `swap` and it must be directly in `/` or `/var` (`/swapfile`, `/swap.img`, `/var/swap`) or
+    below `/srv`, `/opt`, `/mnt` or `/var/lib/hermes*`; never in a sensitive place, never
+    inside a data dir (or listed in `path_overrides`)."""
 
     swappiness: int = Field(10, ge=0, le=100)
     """`vm.swappiness`, persisted in /etc/sysctl.d/: low values keep the gateway in RAM and
@@ -554,17 +887,17 @@ class SwapSettings(Settings):
     @field_validator("size")
     @classmethod
     def _size(cls, value: str) -> str:
-        parse_size(value)
+        parse_size_setting(value, zero_means_off=True)
         return value
 
     @field_validator("path")
     @classmethod
     def _path(cls, value: str) -> str:
-        return check_host_path(value, "swap", "/swapfile")
+        return check_host_path(value, "swap", setting="swap.path")
 
     @property
     def size_bytes(self) -> int:
-        return parse_size(self.size)
+        return parse_size_setting(self.size, zero_means_off=True)
 
 
 class ImageSettings(Settings):
@@ -595,7 +928,8 @@ class ImageSettings(Settings):
     remote_cache_dir: str = "/var/cache/hermes-infra/images"
     """Where an archive is uploaded before `docker load` on hosts reached without SSH (`@local`,
     `@docker`); over SSH nothing is kept on disk, and `*.tar` archives left here by earlier
-    versions are removed on the next load (absolute; stored normalized)."""
+    versions are removed on the next load (absolute; stored normalized; below
+    `/var/cache/hermes*`, `/var/lib/hermes*`, `/srv` or `/opt`)."""
 
     @field_validator("ref")
     @classmethod
@@ -613,7 +947,7 @@ class ImageSettings(Settings):
     @field_validator("remote_cache_dir")
     @classmethod
     def _cache_dir(cls, value: str) -> str:
-        return check_host_path(value, "dir", "/var/cache/hermes-infra/images")
+        return check_host_path(value, "cache", setting="image.remote_cache_dir")
 
     @model_validator(mode="after")
     def _checks(self) -> ImageSettings:
@@ -633,9 +967,9 @@ class ResourceLimits(Settings):
     """Container memory limit (`mem_limit`, e.g. `3584M`, `3.5G`). Unset: derived from the
     host's RAM, leaving headroom for the OS and Docker (RAM x 7/8, at least 512 MiB kept)."""
 
-    cpus: float | None = Field(None, gt=0)
-    """CPU limit (`cpus`). Unset: derived from the host's cores (cores x 5/8, at least 0.5),
-    e.g. 2.5 on a 4-core host."""
+    cpus: float | None = Field(None, gt=0, le=1024)
+    """CPU limit (`cpus`, a finite number). Unset: derived from the host's cores (cores x 5/8,
+    at least 0.5), e.g. 2.5 on a 4-core host."""
 
     pids: int = Field(1024, ge=32)
     """Maximum number of processes in the container (`pids_limit`): stops fork bombs from tools."""
@@ -643,7 +977,7 @@ class ResourceLimits(Settings):
     @field_validator("memory")
     @classmethod
     def _memory(cls, value: str | None) -> str | None:
-        if value is not None and parse_size(value) < 256 * MIB:
+        if value is not None and parse_size_setting(value) < 256 * MIB:
             raise ValueError(f"{value!r} is below 256M; the gateway needs ~150 MB idle. Fix: at least 512M")
         return value
 
@@ -653,13 +987,15 @@ class ApiSettings(Settings):
     """Host port the API server is published on (the container always listens on 8642)."""
 
     publish_addresses: list[str] | None = None
-    """Host addresses the port is bound to. Unset: `127.0.0.1`, plus the docker bridge address
-    when a companion reaches this gateway through `host.docker.internal` (a port bound only to
-    127.0.0.1 is unreachable from containers). `0.0.0.0` needs `allow_public`."""
+    """Host IP addresses the port is bound to (canonical spelling, no hostnames: Docker binds
+    addresses). Unset: `127.0.0.1`, plus the docker bridge address when a companion reaches
+    this gateway through `host.docker.internal` (a port bound only to 127.0.0.1 is unreachable
+    from containers). Anything but loopback and `docker.bridge_gateway_ip` (every interface,
+    LAN, link-local, public) needs `allow_public`."""
 
     allow_public: bool = False
-    """Allow publishing on all interfaces (`0.0.0.0`). Published ports bypass ufw: only do this
-    behind a cloud firewall or a TLS proxy."""
+    """Allow publishing where strangers can reach the port (`0.0.0.0`, `::`, a LAN or public
+    address). Published ports bypass ufw: only do this behind a cloud firewall or a TLS proxy."""
 
     key: SecretStr | None = None
     """`API_SERVER_KEY`. Unset: generated once on the host and kept on every later run. Set:
@@ -686,9 +1022,12 @@ class ApiSettings(Settings):
             return value
         if not value:
             raise ValueError("api.publish_addresses is empty, so the API would be unreachable. Fix: leave it unset")
-        for address in value:
-            _ip_or_localhost(address, "api.publish_addresses")
-        return value
+        addresses = [classify_address(address, f"api.publish_addresses[{index}]").address
+                     for index, address in enumerate(value)]
+        if len(set(addresses)) != len(addresses):
+            raise ValueError(f"api.publish_addresses lists an address twice ({addresses}): Docker would fail to bind "
+                             "the second. Fix: list each address once")
+        return addresses
 
 
 class WeixinSettings(Settings):
@@ -715,6 +1054,13 @@ class WeixinSettings(Settings):
     home_channel: Annotated[str | None, NoControlChars] = None
     """`WEIXIN_HOME_CHANNEL`: where cron results and notices are sent."""
 
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_secret_value(value.get_secret_value(), "weixin.token")
+        return value
+
     @model_validator(mode="after")
     def _open_needs_allow_all(self) -> WeixinSettings:
         if self.dm_policy == "open" and not self.allow_all_users:
@@ -728,6 +1074,70 @@ class WeixinSettings(Settings):
                 "the bot. Fix: list the user ids in allowed_users"
             )
         return self
+
+
+CONFIG_KEY = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+# config.yaml keys the typed settings of HermesConfig write, and the setting that owns each.
+TYPED_CONFIG_KEYS = {
+    "tool_loop_guardrails.hard_stop_enabled": "config.tool_loop_hard_stop",
+    "security.allow_lazy_installs": "config.allow_lazy_installs",
+    "security.tirith_enabled": "config.tirith_enabled",
+}
+
+
+class ModelConfig(Settings):
+    """`model.*` of `config.yaml`. Unset keys are not written (what is there stays)."""
+
+    provider: Annotated[str | None, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")] = None
+    """`model.provider`: `custom` for any OpenAI-compatible endpoint, or a provider Hermes knows
+    (`openrouter`, `anthropic`, ...)."""
+
+    default: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    """`model.default`: the model id sent to the provider (e.g. `my-model`)."""
+
+    base_url: str | None = None
+    """`model.base_url`: the endpoint, `http(s)://host[:port]/path`, without credentials in
+    it (put the key in `api_key`)."""
+
+    api_key: SecretStr | None = None
+    """`model.api_key`: the endpoint's key (a secret: never printed; not a placeholder)."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        fix = "Fix: e.g. http://10.0.0.5:8000/v1 or https://api.example.com/v1"
+        try:
+            url = urllib.parse.urlsplit(value)
+            url.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            raise ValueError(f"config.model.base_url is not a URL. {fix}") from None
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"config.model.base_url {value!r} is not an http(s) URL with a host. {fix}")
+        if url.username is not None or url.password is not None or "@" in url.netloc:
+            raise ValueError("config.model.base_url has credentials in it (value not shown), which would be "
+                             f"printed and logged as part of the URL. Fix: put the key in config.model.api_key. {fix}")
+        if any(char.isspace() for char in value):
+            raise ValueError(f"config.model.base_url {value!r} contains whitespace. {fix}")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_secret_value(value.get_secret_value(), "config.model.api_key")
+        return value
+
+    def values(self) -> dict[str, Any]:
+        """The keys that are set, as config.yaml holds them."""
+        out: dict[str, Any] = {}
+        for name in ("provider", "default", "base_url"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.api_key is not None:
+            out["api_key"] = self.api_key.get_secret_value()
+        return out
 
 
 class HermesConfig(Settings):
@@ -745,12 +1155,30 @@ class HermesConfig(Settings):
     """`security.tirith_enabled`: downloads a binary from GitHub on first start (fails on hosts
     without GitHub access)."""
 
-    model: dict[str, Any] = {}
-    """`model.*` keys, e.g. `{provider: custom, default: my-model, base_url: http://...:8000/v1}`.
-    Put the provider's API key in `env`, not here."""
+    model: ModelConfig = ModelConfig()
+    """`model.*` keys: which inference provider and model the gateway uses."""
 
     extra: dict[str, Any] = {}
-    """Any other keys, dotted (`display.tool_progress: false`)."""
+    """Any other keys, dotted (`display.tool_progress: false`): each part letters, digits, `_`
+    or `-`. Not a key a typed setting manages (`model`, `security.allow_lazy_installs`, ...)
+    nor a section holding one (`security`), which would fight that setting."""
+
+    @field_validator("extra")
+    @classmethod
+    def _extra(cls, value: dict[str, Any]) -> dict[str, Any]:
+        typed = {**TYPED_CONFIG_KEYS, **{f"model.{name}": f"config.model.{name}" for name in ModelConfig.model_fields}}
+        for key in value:
+            if not CONFIG_KEY.fullmatch(key):
+                raise ValueError(f"config.extra key {key!r} is not a dotted config.yaml key. Fix: parts of letters, "
+                                 "digits, '_' or '-' joined by '.', e.g. display.tool_progress")
+            for managed, setting in typed.items():
+                if key == managed or managed.startswith(key + ".") or key.startswith(managed + "."):
+                    setting = "config.model" if key == "model" else setting
+                    raise ValueError(
+                        f"config.extra key {key!r} overlaps {managed!r}, which the setting {setting} writes: one "
+                        f"would undo the other on every deploy. Fix: remove it from extra and use {setting}"
+                    )
+        return value
 
     def managed(self) -> dict[str, Any]:
         """Dotted key -> value for everything this model manages."""
@@ -759,7 +1187,7 @@ class HermesConfig(Settings):
             "security.allow_lazy_installs": self.allow_lazy_installs,
             "security.tirith_enabled": self.tirith_enabled,
         }
-        values.update({f"model.{key}": value for key, value in self.model.items()})
+        values.update({f"model.{key}": value for key, value in self.model.values().items()})
         values.update(self.extra)
         return values
 
@@ -772,8 +1200,13 @@ class DashboardSettings(Settings):
     """Host port the dashboard is published on."""
 
     publish_address: Annotated[str, NoControlChars] = "127.0.0.1"
-    """Host address the dashboard port is bound to; anything but loopback needs basic auth
-    (exposed dashboards were used to plant SSH-key backdoors)."""
+    """Host IP address the dashboard port is bound to (no hostnames: Docker binds addresses);
+    anything but loopback needs basic auth (exposed dashboards were used to plant SSH-key
+    backdoors), and anything but loopback or the docker bridge address also `allow_public`."""
+
+    allow_public: bool = False
+    """Allow publishing the dashboard where strangers can reach it (`0.0.0.0`, a LAN or public
+    address); basic auth is still required."""
 
     basic_auth_username: Annotated[str | None, NoControlChars] = None
     """`HERMES_DASHBOARD_BASIC_AUTH_USERNAME`."""
@@ -781,15 +1214,21 @@ class DashboardSettings(Settings):
     basic_auth_password_hash: Annotated[SecretStr | None, NoControlChars] = None
     """`HERMES_DASHBOARD_BASIC_AUTH_PASSWORD_HASH` (preferred over a clear password)."""
 
+    @field_validator("basic_auth_password_hash")
+    @classmethod
+    def _hash(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_secret_value(value.get_secret_value(), "dashboard.basic_auth_password_hash")
+        return value
+
     @field_validator("publish_address")
     @classmethod
     def _address(cls, value: str) -> str:
-        _ip_or_localhost(value, "dashboard.publish_address")
-        return value
+        return classify_address(value, "dashboard.publish_address").address
 
     @model_validator(mode="after")
     def _auth_when_exposed(self) -> DashboardSettings:
-        exposed = self.publish_address not in LOOPBACK_ADDRESSES
+        exposed = classify_address(self.publish_address, "dashboard.publish_address").reach != "loopback"
         if self.enabled and exposed and not (self.basic_auth_username and self.basic_auth_password_hash):
             raise ValueError(
                 f"dashboard.publish_address is {self.publish_address!r} (not loopback) without basic auth; "
@@ -801,6 +1240,24 @@ class DashboardSettings(Settings):
 
 # `.env` keys that other settings manage: setting them through `env` would be overridden or override.
 API_ENV_KEYS = ("API_SERVER_KEY", "API_SERVER_PORT", "API_SERVER_HOST", "API_SERVER_ENABLED")
+# Variables the typed settings, the compose file or the image own, and the setting to use instead.
+OWNED_ENV: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"API_SERVER_(KEY|PORT|HOST|ENABLED)"), "api.key / api.port (host and enablement are fixed)"),
+    (re.compile(r"API_SERVER_MODEL_NAME"), "api.model_name"),
+    (re.compile(r"API_SERVER_CORS_ORIGINS"), "api.cors_origins"),
+    (re.compile(r"API_SERVER_.*"), "the api settings"),
+    (re.compile(r"WEIXIN_.*"), "the weixin settings (weixin.token, weixin.account_id, ...)"),
+    (re.compile(r"HERMES_DASHBOARD.*"), "the dashboard settings"),
+    (re.compile(r"HERMES_(UID|GID)"), "uid / gid"),
+    (re.compile(r"HERMES_(HOME|SKIP_CONFIG_MIGRATION)"), "nothing: hermes-infra and the image fix it"),
+    (re.compile(r"TZ"), "timezone"),
+    (re.compile(rf"({'|'.join((*PLATFORMS, 'GATEWAY'))})_ALLOWED_USERS"), "allowed_users"),
+)
+
+
+def owned_env_setting(key: str) -> str | None:
+    """The setting that owns the `.env` key `key`, or None when `env` may set it."""
+    return next((setting for pattern, setting in OWNED_ENV if pattern.fullmatch(key)), None)
 
 
 class GatewaySettings(Settings):
@@ -813,8 +1270,10 @@ class GatewaySettings(Settings):
     data_dir: str | None = None
     """Host directory mounted at `/opt/data`. Unset: `/root/.hermes` for the profile named
     `hermes`, `/root/.hermes-<name>` for others. Absolute (a relative path would be a Docker
-    named volume), stored normalized (`/root/.hermes/` is `/root/.hermes`), not a system
-    directory, not under /tmp, /var/tmp or /dev/shm, and not inside another profile's data dir."""
+    named volume), stored normalized (`/root/.hermes/` is `/root/.hermes`), no `..`, only
+    letters, digits and `. _ / @ + -`; below `/root/<dir>`, `/home/<user>/<dir>`, `/srv/<dir>`,
+    `/opt/<dir>` or `/var/lib/hermes*`, never a sensitive place (`~/.ssh`, `~/.config`, login
+    scripts, ...) and not overlapping another path setting (or listed in `path_overrides`)."""
 
     uid: int = Field(10000, ge=1)
     """Owner uid of the data dir: the image's `hermes` user (`HERMES_UID`)."""
@@ -870,7 +1329,7 @@ class GatewaySettings(Settings):
     def _data_dir(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        return check_host_path(value, "data", "/root/.hermes-<profile>")
+        return check_host_path(value, "data", setting="data_dir")
 
     @field_validator("timezone")
     @classmethod
@@ -890,9 +1349,15 @@ class GatewaySettings(Settings):
     @field_validator("env")
     @classmethod
     def _env_keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        for key in value:
+        for key, secret in value.items():
             if key in API_ENV_KEYS:
                 raise ValueError(f"env.{key} is managed through the api settings. Fix: use api.key / api.port instead")
+            owner = owned_env_setting(key)
+            if owner is not None:
+                raise ValueError(f"env.{key} is written by hermes-infra from {owner}; setting it here would fight "
+                                 f"that setting. Fix: remove {key} from env and use {owner}")
+            if is_secret_name(key):
+                check_secret_value(secret.get_secret_value(), f"env.{key}")
         return value
 
     @property
@@ -906,6 +1371,53 @@ class GatewaySettings(Settings):
             return self.data_dir
         return "/root/.hermes" if self.name == "hermes" else f"/root/.hermes-{self.name}"
 
+
+
+COMPANION_MEMORY_FLOOR = 32 * MIB
+VOLUME_MODES = frozenset({"ro", "rw", "z", "Z", "ro,z", "ro,Z", "rw,z", "rw,Z", "nocopy"})
+VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+
+
+class VolumeSpec(NamedTuple):
+    """A compose short-syntax volume: a host path (normalized) or a named volume, the target."""
+
+    source: str | None
+    host_path: bool
+    target: str
+    mode: str | None
+
+    @property
+    def text(self) -> str:
+        parts = [self.source] if self.source is not None else []
+        parts.append(self.target)
+        if self.mode:
+            parts.append(self.mode)
+        return ":".join(parts)
+
+
+def parse_volume_spec(spec: str, setting: str) -> VolumeSpec:
+    """Parse `SOURCE:TARGET[:MODE]` (or an anonymous `TARGET`); a host source gets the
+    structural path checks here and the policy in HostSettings (where overrides are known)."""
+    parts = spec.split(":")
+    fix = "Fix: SOURCE:TARGET[:ro], e.g. /srv/wechat-hub:/data"
+    if len(parts) > 3 or not all(parts):
+        raise ValueError(f"{setting} {spec!r} is not SOURCE:TARGET[:MODE]. {fix}")
+    if len(parts) == 1:
+        parts = [None, parts[0]]
+    source, target, mode = (parts + [None])[:3]
+    if mode is not None and mode not in VOLUME_MODES:
+        raise ValueError(f"{setting} {spec!r} has mode {mode!r}. Fix: one of ro, rw (optionally with ,z or ,Z)")
+    if not target.startswith("/") or ".." in target.split("/") or not PATH_CHARACTERS.fullmatch(target):
+        raise ValueError(f"{setting} {spec!r}: the target {target!r} is not an absolute container path of "
+                         f"{PATH_CHARACTERS_TEXT}. {fix}")
+    if source is None:
+        return VolumeSpec(None, False, normalize_path(target), mode)
+    if source.startswith("/"):
+        return VolumeSpec(structural_path(source, f"{setting} source", "volume"), True, normalize_path(target), mode)
+    if not VOLUME_NAME.fullmatch(source):
+        raise ValueError(f"{setting} {spec!r}: the source {source!r} is neither an absolute host path nor a named "
+                         f"volume (relative paths depend on where compose runs). {fix}, or a volume name such as hub-data")
+    return VolumeSpec(source, False, normalize_path(target), mode)
 
 
 class CompanionSettings(Settings):
@@ -951,10 +1463,19 @@ class CompanionSettings(Settings):
     """`AUTO_REPLY`: whether the hub answers incoming messages by itself."""
 
     ports: Annotated[list[str], NoControlChars] = []
-    """Published ports in compose short syntax, with an explicit address (`127.0.0.1:3000:3000`)."""
+    """Published ports in compose short syntax, with an explicit IP address
+    (`127.0.0.1:3000:3000`); anything but loopback or the docker bridge address needs
+    `allow_public`, every interface (`0.0.0.0`, `::`) is never accepted."""
+
+    allow_public: bool = False
+    """Allow publishing ports on a LAN or public address (behind a firewall)."""
 
     volumes: Annotated[list[str], NoControlChars] = []
-    """Volumes in compose short syntax (`/root/wechat-hub:/data`)."""
+    """Volumes in compose short syntax `SOURCE:TARGET[:ro]` (`/root/wechat-hub:/data`). A host
+    source is absolute, below `/root/<dir>`, `/home/<user>/<dir>`, `/srv/<dir>`, `/opt/<dir>`,
+    `/mnt/<dir>` or `/var/lib/hermes*`, never a sensitive place (Docker's socket, `/etc`, ...)
+    and never inside a data dir or another path setting, unless listed in `path_overrides`; a
+    named volume is a plain name."""
 
     command: Annotated[list[str] | None, NoControlChars] = None
     """Override the image's command."""
@@ -963,10 +1484,10 @@ class CompanionSettings(Settings):
     """Override the image's entrypoint."""
 
     memory: str = "512M"
-    """Memory limit of the companion."""
+    """Memory limit of the companion (at least 32M, with a unit)."""
 
-    cpus: float = Field(0.5, gt=0)
-    """CPU limit of the companion."""
+    cpus: float = Field(0.5, gt=0, le=1024)
+    """CPU limit of the companion (a finite number)."""
 
     restart: Literal["unless-stopped", "always", "on-failure"] = "unless-stopped"
     """Restart policy."""
@@ -987,7 +1508,20 @@ class CompanionSettings(Settings):
     @field_validator("memory")
     @classmethod
     def _memory(cls, value: str) -> str:
-        parse_size(value)
+        if parse_size_setting(value) < COMPANION_MEMORY_FLOOR:
+            raise ValueError(f"{value!r} is below 32M: the companion would be killed as it starts. Fix: e.g. 128M")
+        return value
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, value: list[str]) -> list[str]:
+        return [parse_volume_spec(spec, f"volumes[{index}]").text for index, spec in enumerate(value)]
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secrets(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for key, secret in value.items():
+            check_secret_value(secret.get_secret_value(), f"secret_env.{key}")
         return value
 
     @field_validator("ports")
@@ -1024,6 +1558,10 @@ class CompanionSettings(Settings):
                         f"companions[{self.name}].{field}.{key} is set by hermes-infra to {owned[key]}. "
                         f"Fix: remove {key} from {field} and use that setting instead"
                     )
+        for key in self.environment:
+            if is_secret_name(key):
+                raise ValueError(f"companions[{self.name}].environment.{key} looks like a credential, and environment "
+                                 f"is written to the compose file in clear. Fix: move {key} to secret_env")
         both = sorted(set(self.environment) & set(self.secret_env))
         if both:
             raise ValueError(
@@ -1038,7 +1576,117 @@ class HealthSettings(Settings):
     """How long the deploy waits for `/health` to answer 200 before it fails with the log."""
 
     interval_seconds: float = Field(2, gt=0)
-    """Pause between health probes."""
+    """Pause between health probes (a finite number, shorter than `timeout_seconds`)."""
+
+    @model_validator(mode="after")
+    def _interval_below_timeout(self) -> HealthSettings:
+        if self.interval_seconds >= self.timeout_seconds:
+            raise ValueError(
+                f"health.interval_seconds ({self.interval_seconds:g}) is not shorter than health.timeout_seconds "
+                f"({self.timeout_seconds}), so the gate would probe once at most. Fix: an interval well below the "
+                "timeout, e.g. 2"
+            )
+        return self
+
+
+MIN_BACKUP_GAP_SECONDS = 3600
+_ELAPSE = re.compile(r"(?:Next elapse|Iter\. #2): \w+ (\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})")
+
+
+@functools.lru_cache(maxsize=256)
+def calendar_gap_seconds(expression: str) -> float | None:
+    """Seconds between two runs of a systemd calendar expression, None when systemd refuses it.
+
+    Asks `systemd-analyze calendar` where it exists (the control machine is Debian), else
+    :func:`parse_calendar` decides."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        return parse_calendar(expression)
+    try:
+        done = subprocess.run([tool, "calendar", "--iterations=2", "--", expression], capture_output=True,
+                              text=True, timeout=10, check=False, env={"LC_ALL": "C", "TZ": "UTC", "PATH": "/usr/bin:/bin"})
+    except (OSError, subprocess.SubprocessError):
+        return parse_calendar(expression)
+    if done.returncode != 0:
+        return None
+    times = [datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S") for text in _ELAPSE.findall(done.stdout)]
+    if len(times) < 2:
+        return float("inf")  # fires once (a date in the future): never too often
+    return (times[1] - times[0]).total_seconds()
+
+
+_SHORTHANDS = {"minutely": 60, "hourly": 3600, "daily": 86400, "weekly": 7 * 86400, "monthly": 28 * 86400,
+               "quarterly": 90 * 86400, "semiannually": 181 * 86400, "yearly": 365 * 86400, "annually": 365 * 86400}
+_WEEKDAY = r"(?:mon|tue|wed|thu|fri|sat|sun)(?:day|sday|nesday|rsday|urday)?"
+_WEEKDAYS = re.compile(rf"{_WEEKDAY}(?:\.\.{_WEEKDAY})?(?:,{_WEEKDAY}(?:\.\.{_WEEKDAY})?)*", re.IGNORECASE)
+
+
+def _calendar_field(text: str, low: int, high: int, *, tilde: bool = False) -> int | None:
+    """How many values a calendar component takes (`*`, `5`, `1..5`, `1,15`, `0/15`), None
+    when it is not one systemd reads."""
+    count = 0
+    for item in text.split(","):
+        match = re.fullmatch(r"(\*|\d+(?:\.\.\d+)?)(?:/(\d+))?" if not tilde else r"(\*|~?\d+(?:\.\.\d+)?)(?:/(\d+))?", item)
+        if not match:
+            return None
+        span, step = match.group(1), int(match.group(2)) if match.group(2) else 1
+        if step == 0:
+            return None
+        if span == "*":
+            first, last = low, high
+        else:
+            first, _, last = span.lstrip("~").partition("..")
+            first, last = int(first), int(last or (high if match.group(2) else first))
+        if not low <= first <= last <= high:
+            return None
+        count += len(range(first, last + 1, step))
+    return count
+
+
+def parse_calendar(expression: str) -> float | None:
+    """A careful reading of systemd's calendar grammar (`man systemd.time`) for machines without
+    systemd-analyze: `[WEEKDAYS] [[YEAR-]MONTH-DAY] [HOUR:MINUTE[:SECOND]] [TIMEZONE]` or a
+    shorthand. Returns a lower bound of the seconds between runs, None when it is not valid."""
+    words = expression.split()
+    if len(words) == 1 and words[0].lower() in _SHORTHANDS:
+        return float(_SHORTHANDS[words[0].lower()])
+    if words and (words[-1] == "UTC" or (words[-1] in known_timezones() and "/" in words[-1])):
+        words = words[:-1]
+    if words and _WEEKDAYS.fullmatch(words[0]):
+        words = words[1:]
+    date = time = None
+    for word in words:
+        if ":" in word and time is None:
+            time = word
+        elif "-" in word and date is None and time is None:
+            date = word
+        else:
+            return None
+    if date is None and time is None:
+        return None if words or not expression.split() else 86400.0
+    if date is not None:
+        parts = date.split("-")
+        if len(parts) == 2:
+            parts = ["*", *parts]
+        if len(parts) != 3:
+            return None
+        year = parts[0] == "*" or _calendar_field(parts[0], 1970, 2199)
+        if not year or _calendar_field(parts[1], 1, 12) is None or _calendar_field(parts[2], 1, 31, tilde=True) is None:
+            return None
+    time = time or "00:00:00"
+    parts = time.split(":")
+    if len(parts) == 2:
+        parts.append("00")
+    if len(parts) != 3:
+        return None
+    hours = _calendar_field(parts[0], 0, 23)
+    minutes = _calendar_field(parts[1], 0, 59)
+    seconds = _calendar_field(parts[2].split(".")[0], 0, 59)
+    if hours is None or minutes is None or seconds is None:
+        return None
+    if minutes > 1 or seconds > 1:
+        return 60.0 if minutes > 1 else 1.0
+    return 3600.0 if hours > 1 else 86400.0
 
 
 class ScheduledBackupSettings(Settings):
@@ -1057,10 +1705,53 @@ class ScheduledBackupSettings(Settings):
     def _schedule(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if not re.fullmatch(r"[A-Za-z0-9:*,./~ -]{1,100}", value) or not value.strip():
-            raise ValueError(f"{value!r} is not a systemd calendar expression. Fix: daily, weekly, hourly or "
-                             "e.g. '*-*-* 03:30' (see `man systemd.time`)")
-        return value.strip()
+        fix = "Fix: daily, weekly, hourly or e.g. '*-*-* 03:30' (see `man systemd.time`)"
+        if not re.fullmatch(r"[A-Za-z0-9:*,./~ _+-]{1,100}", value) or not value.strip():
+            raise ValueError(f"{value!r} is not a systemd calendar expression. {fix}")
+        value = " ".join(value.split())
+        gap = calendar_gap_seconds(value)
+        if gap is None:
+            raise ValueError(f"{value!r} is not a systemd calendar expression systemd accepts. {fix}")
+        if gap < MIN_BACKUP_GAP_SECONDS:
+            raise ValueError(
+                f"{value!r} fires more often than hourly; each run stops every gateway for its copy, so they "
+                f"would spend their time stopped or runs would overlap. {fix}"
+            )
+        return value
+
+
+class PathOverrideSettings(Settings):
+    """One path the path policy would refuse, accepted on purpose."""
+
+    path: str
+    """The exact path (as the setting holds it, normalized), e.g. `/var/run/docker.sock`."""
+
+    reason: Annotated[str, Field(min_length=1, max_length=300)]
+    """Why this path is right here (kept in the settings for whoever reads them next)."""
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return structural_path(value, "path_overrides[].path", "volume")
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("path_overrides[].reason is blank. Fix: say why this path is needed here")
+        return value
+
+
+def _raw_overrides(data: Any) -> frozenset[str]:
+    """The override paths in raw settings (each is validated as a field; only a path with a
+    non-blank reason counts while the other fields are validated)."""
+    entries = data.get("path_overrides") if isinstance(data, Mapping) else None
+    paths = set()
+    for entry in entries if isinstance(entries, list) else ():
+        if isinstance(entry, Mapping) and isinstance(entry.get("path"), str) and isinstance(entry.get("reason"), str) \
+                and entry["reason"].strip() and entry["path"].startswith("/") and ".." not in entry["path"].split("/"):
+            paths.add(normalize_path(entry["path"]))
+    return frozenset(paths)
 
 
 class HostSettings(Settings):
@@ -1114,20 +1805,37 @@ class HostSettings(Settings):
     """When a profile disappears from `gateways`, also delete its data dir (after archiving it).
     Off: the data dir stays where it was."""
 
+    path_overrides: list[PathOverrideSettings] = []
+    """Host paths accepted although the path policy refuses them: `[{path: /var/run/docker.sock,
+    reason: "the hub manages its own containers"}]`. Each entry lifts the allowed-roots and
+    sensitive-place rules (and the overlap rule) for settings holding exactly that path; the
+    reason is required. The host root, `..`, unsafe characters and two data dirs overlapping
+    are never accepted; an entry no setting uses is refused."""
+
     extra_data_names: list[str] = []
     """Top-level pyinfra data names that are not hermes-infra settings but belong in your
     inventory (data for your own operations or connectors): listed here, they are accepted
     instead of refused as unknown settings."""
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _with_overrides(cls, data: Any, handler: Any) -> HostSettings:
+        """Path settings deep in the tree see the top-level overrides while they are checked."""
+        token = _PATH_OVERRIDES.set(_raw_overrides(data))
+        try:
+            return handler(data)
+        finally:
+            _PATH_OVERRIDES.reset(token)
+
     @field_validator("project_dir")
     @classmethod
     def _project_dir(cls, value: str) -> str:
-        return check_host_path(value, "dir", "/opt/hermes")
+        return check_host_path(value, "project", setting="project_dir")
 
     @field_validator("backup_dir")
     @classmethod
     def _backup_dir(cls, value: str) -> str:
-        return check_host_path(value, "dir", "/var/backups/hermes-infra")
+        return check_host_path(value, "backup", setting="backup_dir")
 
     @model_validator(mode="after")
     def _cross_checks(self, info: ValidationInfo) -> HostSettings:
@@ -1140,6 +1848,7 @@ class HostSettings(Settings):
         ssh_port = (info.context or {}).get("ssh_port", DEFAULT_SSH_PORT) if info is not None else DEFAULT_SSH_PORT
         problems: list[str] = []
         self._check_dirs(problems)
+        self._check_paths(problems)
         self._check_ports(problems, ssh_port)
         self._check_tokens(problems)
         self._check_companions(problems)
@@ -1183,6 +1892,60 @@ class HostSettings(Settings):
                         f"with the profile). Fix: keep {setting} outside every data dir (default {default})"
                     )
 
+    def path_settings(self) -> list[tuple[str, str, str]]:
+        """(setting, normalized path, kind) of every host path the settings name."""
+        paths = [(self._data_dir_setting(g), g.host_data_dir, "data") for g in self.gateways]
+        paths += [("project_dir", self.project_dir, "project"), ("backup_dir", self.backup_dir, "backup"),
+                  ("image.remote_cache_dir", self.image.remote_cache_dir, "cache"), ("swap.path", self.swap.path, "swap")]
+        for companion in self.companions:
+            for index, spec in enumerate(companion.volumes):
+                volume = parse_volume_spec(spec, "volume")
+                if volume.host_path:
+                    paths.append((f"companions[{companion.name}].volumes[{index}]", volume.source, "volume"))
+        for key in ("data-root", "exec-root"):
+            value = self.docker.daemon_options.get(key)
+            if isinstance(value, str):
+                paths.append((f"docker.daemon_options.{key}", normalize_path(value), "docker"))
+        return paths
+
+    def _check_paths(self, problems: list[str]) -> None:
+        """Companion volume sources against the policy; no two path settings of different
+        kinds overlap (data dirs among themselves: _check_dirs); every override is used."""
+        overrides = {entry.path for entry in self.path_overrides}
+        paths = self.path_settings()
+        for setting, path, kind in paths:
+            if kind == "volume":
+                try:
+                    path_policy(path, setting, "volume", frozenset(overrides))
+                except ValueError as error:
+                    problems.append(str(error))
+        owned = {"project", "backup", "cache"}
+        for index, (setting, path, kind) in enumerate(paths):
+            for other_setting, other, other_kind in paths[index + 1:]:
+                if kind == other_kind and kind in ("data", "volume"):
+                    continue
+                if {kind, other_kind} <= owned | {"data"} and "data" in (kind, other_kind):
+                    continue  # _check_dirs words these
+                if not (is_within(path, other) or is_within(other, path)):
+                    continue
+                # An override never lets the agent's data dir hold the swap file or Docker's state.
+                hard = "data" in (kind, other_kind) and {"swap", "docker"} & {kind, other_kind}
+                if (path in overrides or other in overrides) and not hard:
+                    continue
+                inner, outer = ((setting, path), (other_setting, other)) if is_within(path, other) and path != other \
+                    else ((other_setting, other), (setting, path))
+                relation = "is" if path == other else "is inside"
+                problems.append(
+                    f"{inner[0]} {inner[1]!r} {relation} {outer[0]} {outer[1]!r}: whoever writes one could change or "
+                    f"remove what the other holds (a container's files are its agent's to rewrite). Fix: keep "
+                    f"them apart, each in a directory of its own"
+                )
+        used = {path for _, path, _ in paths}
+        for entry in self.path_overrides:
+            if entry.path not in used:
+                problems.append(f"path_overrides has {entry.path!r}, which no path setting holds (an override must "
+                                "name the exact path, normalized). Fix: correct the path or remove the entry")
+
     def _check_ports(self, problems: list[str], ssh_port: int | None) -> None:
         ssh = "the host's SSH port"
         used: dict[tuple[str, int], str] = {}
@@ -1209,16 +1972,27 @@ class HostSettings(Settings):
             claim("tcp", gateway.api.port, f"gateways[{gateway.name}].api.port")
             if gateway.dashboard.enabled:
                 claim("tcp", gateway.dashboard.port, f"gateways[{gateway.name}].dashboard.port")
+            bridge = self.docker.bridge_gateway_ip
             for address in topology.publish_addresses(self, gateway):
-                if address in PUBLIC_ADDRESSES and not gateway.api.allow_public:
-                    problems.append(
-                        f"gateways[{gateway.name}].api.publish_addresses contains {address!r}, which publishes the API "
-                        "on every interface (and bypasses ufw). Fix: use 127.0.0.1 (and the docker bridge address for "
-                        "companions), or set api.allow_public: true behind a firewall"
-                    )
+                problem = public_address_problem(
+                    classify_address(address, "api.publish_addresses", bridge),
+                    f"gateways[{gateway.name}].api.publish_addresses contains", f"gateways[{gateway.name}].api.allow_public")
+                if problem and not gateway.api.allow_public:
+                    problems.append(problem)
+            if gateway.dashboard.enabled or gateway.dashboard.publish_address != "127.0.0.1":
+                problem = public_address_problem(
+                    classify_address(gateway.dashboard.publish_address, "dashboard.publish_address", bridge),
+                    f"gateways[{gateway.name}].dashboard.publish_address", f"gateways[{gateway.name}].dashboard.allow_public")
+                if problem and not gateway.dashboard.allow_public:
+                    problems.append(problem)
         for companion in self.companions:
             for index, spec in enumerate(companion.ports):
                 parsed = parse_port_spec(spec)
+                problem = public_address_problem(
+                    classify_address(parsed.address, "port", self.docker.bridge_gateway_ip),
+                    f"companions[{companion.name}].ports[{index}] address", f"companions[{companion.name}].allow_public")
+                if problem and not companion.allow_public:
+                    problems.append(problem)
                 for port in parsed.host_ports:
                     if not claim(parsed.protocol, port, f"companions[{companion.name}].ports[{index}] (host port of {spec!r})"):
                         break
@@ -1250,7 +2024,8 @@ class HostSettings(Settings):
                 problems.append(str(error))
                 continue
             if companion.topology == "host-gateway":
-                reachable = [a for a in topology.publish_addresses(self, target) if a not in LOOPBACK_ADDRESSES]
+                reachable = [a for a in topology.publish_addresses(self, target)
+                             if classify_address(a, "api.publish_addresses").reach != "loopback"]
                 if not reachable:
                     problems.append(
                         f"companions[{companion.name}] reaches gateway {target.name!r} through host.docker.internal, "

@@ -585,7 +585,7 @@ def test_every_control_only_reads(monkeypatch):
     secret = "Zq8" + "x7Yp" * 9
     settings = HostSettings(
         gateways=[{"name": "hermes", "api": {"key": secret},
-                   "dashboard": {"enabled": True, "publish_address": "0.0.0.0", "basic_auth_username": "ops",
+                   "dashboard": {"enabled": True, "publish_address": "0.0.0.0", "allow_public": True, "basic_auth_username": "ops",
                                  "basic_auth_password_hash": "$2b$12$abcdefghijklmnopqrstuv"}}],
         companions=[{"name": "hub", "image": "example/hub:1.0", "gateway": "hermes", "topology": "host-gateway"},
                     {"name": "bare", "image": "example/bare:1.0", "gateway": "hermes"}])

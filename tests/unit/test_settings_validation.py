@@ -154,7 +154,7 @@ def test_override_data_with_ssh_settings_is_accepted(tmp_path):
     ("/root/.hermes/", "/root/.hermes"),
     ("/root//.hermes", "/root/.hermes"),
     ("//root/.hermes", "/root/.hermes"),
-    ("/root/x/../.hermes/.", "/root/.hermes"),
+    ("/root/./.hermes/.", "/root/.hermes"),
     ("/srv/hermes/coder", "/srv/hermes/coder"),
     ("/home/bot/hermes", "/home/bot/hermes"),
     ("/var/lib/hermes", "/var/lib/hermes"),
@@ -174,7 +174,7 @@ def test_normalized_data_dirs_compare_equal():
     ("~/.hermes", "Docker named volume"),
     ("./hermes", "Docker named volume"),
     ("/", "root directory"),
-    ("/root/..", "root directory"),
+    ("/root/..", "'..'"),
     ("/etc", "/etc"),
     ("/etc/hermes", "under /etc"),
     ("/usr/local/hermes", "under /usr"),
@@ -185,16 +185,16 @@ def test_normalized_data_dirs_compare_equal():
     ("/boot/hermes", "under /boot"),
     ("/var/lib/docker", "/var/lib/docker"),
     ("/var/lib/docker/volumes/x", "under /var/lib/docker"),
-    ("/var/lib", "system directory"),
-    ("/var", "system directory"),
-    ("/root", "system directory"),
-    ("/root/", "system directory"),
-    ("/home", "system directory"),
-    ("/opt", "system directory"),
-    ("/srv", "system directory"),
-    ("/bin", "system directory"),
-    ("/lib64", "system directory"),
-    ("/tmp", "system directory"),
+    ("/var/lib", "outside where a data dir may live"),
+    ("/var", "outside where a data dir may live"),
+    ("/root", "outside where a data dir may live"),
+    ("/root/", "outside where a data dir may live"),
+    ("/home", "outside where a data dir may live"),
+    ("/opt", "outside where a data dir may live"),
+    ("/srv", "outside where a data dir may live"),
+    ("/bin", "is /bin"),
+    ("/lib64", "under /lib64"),
+    ("/tmp", "is /tmp"),
     ("/tmp/hermes", "world-writable /tmp"),
     ("/var/tmp/hermes", "world-writable /var/tmp"),
     ("/dev/shm/hermes", "under /dev"),
@@ -228,7 +228,7 @@ def test_nested_data_dirs_are_refused_in_both_directions():
     ("project_dir", "/root/.hermes", "is gateways[hermes].data_dir"),
     ("project_dir", "/root/.hermes/compose", "is inside"),
     ("backup_dir", "/root/.hermes/backups", "is inside"),
-    ("backup_dir", "/root", "system directory"),
+    ("backup_dir", "/root", "outside where the backup directory may live"),
     ("project_dir", "/srv/all", "contains"),
 ])
 def test_owned_dirs_stay_out_of_data_dirs(setting, value, relation):
@@ -258,10 +258,10 @@ def test_project_and_backup_dirs_are_normalized():
 @pytest.mark.parametrize("given, words", [
     ("swapfile", "not an absolute path"),
     ("/swap/", "looks like a directory"),
-    ("/var/lib", "looks like a directory"),
+    ("/var/lib", "outside where the swap file may live"),
     ("/srv/.", "looks like a directory"),
     ("/", "looks like a directory"),
-    ("/etc", "looks like a directory"),
+    ("/etc", "is /etc"),
     ("/tmp/swapfile", "under /tmp"),
     ("/proc/swap", "under /proc"),
     ("/sys/swap", "under /sys"),
@@ -558,7 +558,7 @@ def test_companion_renamed_variables_are_the_ones_checked():
     message = refused({"companions": [{**base, "secret_env": {"HUB_KEY": "sk-should-not-show-1234"}}]})
     assert "companions[hub].secret_env.HUB_KEY" in message and "sk-should-not-show" not in message
     # the default name is free once renamed
-    assert accepted({"companions": [{**base, "secret_env": {"HERMES_API_KEY": "x"}}]})
+    assert accepted({"companions": [{**base, "secret_env": {"HERMES_API_KEY": "k3J9-vQ2x_Lm8pR4"}}]})
 
 
 def test_companion_variable_names_must_differ_and_not_be_duplicated():
@@ -706,3 +706,373 @@ def test_collect_keeps_settings_and_ssh_port_only():
     raw = collect([{"swap": {"size": "1G"}, "ssh_user": "root", "_sudo": True}, {"ssh_port": 2200}])
     assert raw == {"swap": {"size": "1G"}, "ssh_port": 2200}
     assert json.dumps(raw)
+
+
+# ----------------------------------------------------------------------------- decided by meaning
+SECRET = "Zq8x7Yp-real-token-9f8e7d6c"
+
+
+def refused_naming(raw: dict, setting: str, *shown: str) -> str:
+    """Refused with the setting's path, the value (each of `shown`) and a fix, no secret."""
+    message = refused(raw)
+    assert setting in message, message
+    for text in shown:
+        assert text in message, message
+    assert SECRET not in message, message
+    return message
+
+
+@pytest.mark.parametrize("raw, setting, shown", [
+    ({"gateways": [{"api": {"port": True}}]}, "gateways[0].api.port", "True"),
+    ({"gateways": [{"api": {"port": "8642"}}]}, "gateways[0].api.port", "'8642'"),
+    ({"gateways": [{"api": {"port": 8642.0}}]}, "gateways[0].api.port", "8642.0"),
+    ({"gateways": [{"limits": {"pids": 1024.5}}]}, "gateways[0].limits.pids", "1024.5"),
+    ({"gateways": [{"limits": {"cpus": float("inf")}}]}, "gateways[0].limits.cpus", "inf"),
+    ({"gateways": [{"limits": {"cpus": float("nan")}}]}, "gateways[0].limits.cpus", "nan"),
+    ({"gateways": [{"limits": {"cpus": "2"}}]}, "gateways[0].limits.cpus", "'2'"),
+    ({"health": {"interval_seconds": float("inf")}}, "health.interval_seconds", "inf"),
+    ({"backup_keep": True}, "backup_keep", "True"),
+    ({"purge_removed_gateways": 1}, "purge_removed_gateways", "1"),
+    ({"purge_removed_gateways": "yes"}, "purge_removed_gateways", "'yes'"),
+    ({"swap": {"swappiness": "10"}}, "swap.swappiness", "'10'"),
+    ({"gateways": [{"limits": {"memory": "1024"}}]}, "gateways[0].limits.memory", "unit"),
+    ({"gateways": [{"limits": {"memory": 1024}}]}, "gateways[0].limits.memory", "1024"),
+    ({"swap": {"size": "2048"}}, "swap.size", "unit"),
+    ({"swap": {"size": 0}}, "swap.size", "0"),
+    ({"companions": [{"name": "hub", "image": "h:1", "memory": "512"}]}, "companions[0].memory", "unit"),
+    ({"companions": [{"name": "hub", "image": "h:1", "cpus": float("inf")}]}, "companions[0].cpus", "inf"),
+    ({"companions": [{"name": "hub", "image": "h:1", "timeout_ms": True}]}, "companions[0].timeout_ms", "True"),
+])
+def test_no_silent_coercion(raw, setting, shown):
+    refused_naming(raw, setting, shown)
+
+
+def test_an_integer_is_not_a_secret_and_is_not_shown():
+    message = refused_naming({"gateways": [{"env": {"OPENAI_API_KEY": 123456789012345}}]}, "gateways[0].env")
+    assert "123456789012345" not in message
+    message = refused_naming({"gateways": [{"api": {"key": 98765432109876543}}]}, "gateways[0].api.key")
+    assert "98765432109876543" not in message
+
+
+def test_strict_values_from_data_still_work():
+    # pyinfra's --data turns `8643` into an int and JSON into lists and dicts
+    from pyinfra_cli.util import parse_cli_arg
+
+    raw = collect([{"backup_keep": parse_cli_arg("3"), "purge_removed_gateways": parse_cli_arg("true"),
+                    "gateways": parse_cli_arg('[{"api": {"port": 8643}, "limits": {"cpus": 1.5, "memory": "1G"}}]'),
+                    "swap": parse_cli_arg('{"size": "0"}')}])
+    settings = settings_from_raw(raw)
+    assert (settings.backup_keep, settings.purge_removed_gateways, settings.gateways[0].api.port) == (3, True, 8643)
+    assert settings.gateways[0].limits.cpus == 1.5 and settings.swap.size_bytes == 0
+    assert accepted({"gateways": [{"limits": {"cpus": 2}}]}).gateways[0].limits.cpus == 2.0
+    assert accepted({"gateways": [{"limits": {"memory": "3.5G"}}]})
+
+
+UNSPECIFIED = ["0.0.0.0", "::", "0:0:0:0:0:0:0:0", "::ffff:0.0.0.0", "::0"]
+NON_CANONICAL = ["0", "0x0", "0.0", "127.1", "0177.0.0.1", "0x7f.0.0.1", "00.0.0.0", "2130706433"]
+REACHABLE = ["192.168.1.10", "10.0.0.5", "203.0.113.7", "8.8.8.8", "169.254.1.1", "fe80::1", "2001:db8::1",
+             "fd00::1", "172.18.0.1"]
+
+
+@pytest.mark.parametrize("address", UNSPECIFIED + REACHABLE)
+def test_reachable_api_addresses_need_allow_public(address):
+    message = refused_naming({"gateways": [{"api": {"publish_addresses": [address]}}]},
+                             "gateways[hermes].api.publish_addresses", "allow_public")
+    assert "127.0.0.1" in message
+    assert accepted({"gateways": [{"api": {"publish_addresses": [address], "allow_public": True}}]})
+
+
+@pytest.mark.parametrize("address", NON_CANONICAL + ["[::]", "[::1]", "fe80::1%eth0", "localhost", "my-host",
+                                                      " 127.0.0.1", "224.0.0.1", "255.255.255.255"])
+def test_odd_spellings_are_refused_even_when_public_is_allowed(address):
+    raw = {"gateways": [{"api": {"publish_addresses": [address], "allow_public": True}}]}
+    message = refused_naming(raw, "gateways[0].api.publish_addresses", repr(address), "Fix")
+    if address in NON_CANONICAL:
+        assert "canonical" in message
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1", "172.17.0.1"])
+def test_loopback_and_bridge_addresses_pass_without_the_flag(address):
+    assert accepted({"gateways": [{"api": {"publish_addresses": [address]}}]})
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "192.168.1.10", "203.0.113.7", "::ffff:0.0.0.0", "fe80::1"])
+def test_dashboard_beyond_loopback_needs_its_flag_and_auth(address):
+    auth = {"basic_auth_username": "ops", "basic_auth_password_hash": "$2b$12$abcdefghijklmnopqrstuv"}
+    dashboard = {"enabled": True, "publish_address": address, **auth}
+    refused_naming({"gateways": [{"dashboard": dashboard}]}, "dashboard", "allow_public")
+    assert accepted({"gateways": [{"dashboard": {**dashboard, "allow_public": True}}]})
+    assert "basic auth" in refused({"gateways": [{"dashboard": {"enabled": True, "publish_address": address,
+                                                                "allow_public": True}}]})
+
+
+@pytest.mark.parametrize("spec", ["192.168.1.10:3000:3000", "203.0.113.7:3000:3000", "[2001:db8::1]:3000:3000",
+                                  "10.1.2.3:3000:3000", "[fe80::1]:3000:3000", "169.254.9.9:3000:3000"])
+def test_companion_ports_beyond_loopback_need_allow_public(spec):
+    companion = {"name": "hub", "image": "h:1", "ports": [spec]}
+    refused_naming({"companions": [companion]}, "companions[hub].ports[0]", "allow_public")
+    assert accepted({"companions": [{**companion, "allow_public": True}]})
+
+
+@pytest.mark.parametrize("spec", ["0:3000:3000", "0x0:3000:3000", "127.1:3000:3000", "[::ffff:0.0.0.0]:3000:3000",
+                                  "0.0.0.0:3000:3000", "localhost:3000:3000"])
+def test_companion_ports_on_every_interface_or_odd_spellings_are_refused(spec):
+    companion = {"name": "hub", "image": "h:1", "ports": [spec], "allow_public": True}
+    refused_naming({"companions": [companion]}, "companions[0].ports", "Fix")
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "0.0.0.0", "8.8.8.8", "172.17.1", "::1", "169.254.0.1"])
+def test_bridge_gateway_ip_is_a_private_ipv4_address(address):
+    refused_naming({"docker": {"bridge_gateway_ip": address}}, "docker.bridge_gateway_ip", repr(address))
+
+
+SYSTEM_PATHS = ["/etc", "/etc/hermes", "/root/.ssh", "/home/bob/.ssh/hermes", "/root/.config", "/home/bob/.bashrc",
+                "/var/run/docker.sock", "/run/docker", "/run/containerd", "/var/lib/docker/volumes/x",
+                "/var/lib/containerd/x", "/proc/1", "/sys/kernel", "/dev/sda", "/boot/grub", "/lib/modules/6.1",
+                "/usr/local/hermes", "/bin/hermes", "/sbin/x", "/lib64/x", "/libx32/y"]
+
+
+@pytest.mark.parametrize("path", SYSTEM_PATHS)
+@pytest.mark.parametrize("raw_for, setting", [
+    (lambda p: {"gateways": [{"data_dir": p}]}, "gateways[0].data_dir"),
+    (lambda p: {"project_dir": p}, "project_dir"),
+    (lambda p: {"backup_dir": p}, "backup_dir"),
+    (lambda p: {"image": {"remote_cache_dir": p}}, "image.remote_cache_dir"),
+])
+def test_system_paths_are_refused_for_every_directory_setting(raw_for, setting, path):
+    refused_naming(raw_for(path), setting, repr(path), "path_overrides")
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "/etc/shadow", "/bin/bash", "/usr/bin/dockerd", "/boot/vmlinuz",
+                                  "/var/lib/dpkg/status", "/root/.ssh/authorized_keys", "/var/run/docker.sock",
+                                  "/home/bob/notes.txt", "/srv/data/db.sqlite", "/var/log/syslog"])
+def test_swap_path_naming_an_existing_system_file_is_refused(path):
+    # the swap operation starts with `rm -f <path>`
+    refused_naming({"swap": {"path": path}}, "swap.path", repr(path), "Fix")
+
+
+@pytest.mark.parametrize("path", ["/swapfile", "/swap.img", "/var/swap", "/mnt/disk1/swapfile", "/srv/swap/swapfile",
+                                  "/var/lib/hermes-infra/swapfile"])
+def test_swap_files_where_swap_files_live_pass(path):
+    assert accepted({"swap": {"path": path}}).swap.path == path
+
+
+@pytest.mark.parametrize("path, char", [
+    ("/root/.hermes-$(id)", "'$'"), ("/root/.hermes`id`", "'`'"), ("/root/.hermes;rm", "';'"),
+    ("/root/her mes", "' '"), ('/root/.hermes"x', "'\"'"), ("/root/.hermes*", "'*'"), ("/root/.hermes\\x", "'\\\\'"),
+    ("/root/.hermes&x", "'&'"), ("/root/.hermes|x", "'|'"), ("/root/.hermes,x", "','"),
+])
+def test_shell_metacharacters_in_paths_are_refused(path, char):
+    for raw, setting in (({"gateways": [{"data_dir": path}]}, "gateways[0].data_dir"), ({"backup_dir": path}, "backup_dir"),
+                         ({"swap": {"path": path.replace(".hermes", "swapfile")}}, "swap.path")):
+        message = refused_naming(raw, setting, "Fix")
+        assert char in message, message
+
+
+@pytest.mark.parametrize("path", ["/root/../etc", "/srv/hermes/../../etc", "/opt/hermes/..", "/root/.hermes/../x"])
+def test_dotdot_is_refused_not_normalized(path):
+    refused_naming({"gateways": [{"data_dir": path}]}, "gateways[0].data_dir", "'..'")
+
+
+def test_path_overrides_need_a_reason_and_must_be_used():
+    volume = {"name": "hub", "image": "h:1", "volumes": ["/var/run/docker.sock:/var/run/docker.sock:ro"]}
+    refused_naming({"companions": [volume]}, "companions[hub].volumes[0]", "/var/run/docker.sock", "path_overrides")
+    override = {"path": "/var/run/docker.sock", "reason": "the hub starts its own worker containers"}
+    assert accepted({"companions": [volume], "path_overrides": [override]})
+    for reason in ("", "   ", None, 3):
+        message = refused({"companions": [volume], "path_overrides": [{**override, "reason": reason}]})
+        assert "path_overrides[0].reason" in message
+    message = refused({"path_overrides": [override]})
+    assert "path_overrides" in message and "no path setting holds" in message
+    data = {"gateways": [{"data_dir": "/mnt/big/hermes"}]}
+    assert "outside where a data dir may live" in refused(data)
+    assert accepted({**data, "path_overrides": [{"path": "/mnt/big/hermes", "reason": "the big disk"}]})
+
+
+@pytest.mark.parametrize("raw, words", [
+    ({"swap": {"path": "/root/.hermes/swapfile"}}, "swap.path '/root/.hermes/swapfile'"),
+    ({"companions": [{"name": "hub", "image": "h:1", "volumes": ["/root/.hermes:/data"]}]}, "is gateways"),
+    ({"companions": [{"name": "hub", "image": "h:1", "volumes": ["/root/.hermes/workspace:/w"]}]}, "is inside"),
+    ({"companions": [{"name": "hub", "image": "h:1", "volumes": ["/opt/hermes/companions:/c"]}]}, "project_dir"),
+    ({"docker": {"daemon_options": {"data-root": "/root/.hermes/docker"}}}, "docker.daemon_options.data-root"),
+    ({"backup_dir": "/opt/hermes/backups"}, "backup_dir '/opt/hermes/backups' is inside project_dir"),
+])
+def test_no_two_path_settings_overlap(raw, words):
+    refused_naming(raw, words, "Fix")
+
+
+def test_the_agent_never_holds_the_swap_file_even_with_an_override():
+    raw = {"swap": {"path": "/root/.hermes/swapfile"},
+           "path_overrides": [{"path": "/root/.hermes/swapfile", "reason": "no other disk"}]}
+    assert "is inside" in refused(raw)
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"hosts": ["tcp://0.0.0.0:2375"]}, "tcp://0.0.0.0:2375"),
+    ({"hosts": ["unix:///var/run/docker.sock", "tcp://127.0.0.1:2375"]}, "tcp://127.0.0.1:2375"),
+    ({"hosts": ["fd://"]}, "fd://"),
+    ({"hosts": ["ssh://me@host"]}, "unix socket"),
+    ({"-H": "tcp://0.0.0.0:2376"}, "listener"),
+    ({"host": ["tcp://0.0.0.0:2376"]}, "listener"),
+    ({"tlsverify": False}, "certificate"),
+    ({"tls": False}, "certificate"),
+    ({"api-cors-header": "*"}, "browser"),
+    ({"metrics-addr": "0.0.0.0:9323"}, "metrics"),
+    ({"insecure-registries": ["registry.example.com:5000"]}, "plain HTTP"),
+    ({"insecure-registries": ["10.0.0.0/8"]}, "plain HTTP"),
+])
+def test_daemon_options_that_expose_the_engine_are_refused(options, words):
+    refused_naming({"docker": {"daemon_options": options}}, "docker.daemon_options", words, "Fix")
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"live-restor": True}, "did you mean 'live-restore'"),
+    ({"not-a-key": 1}, "not a daemon.json key"),
+    ({"icc": "false"}, "true or false"),
+    ({"icc": 0}, "true or false"),
+    ({"mtu": "1500"}, "a whole number"),
+    ({"mtu": True}, "a whole number"),
+    ({"dns": "1.1.1.1"}, "a list of text values"),
+    ({"log-opts": {"max-file": 3}}, "a mapping of text values"),
+    ({"log-level": "verbose"}, "one of debug"),
+    ({"data-root": "srv/docker"}, "absolute"),
+])
+def test_daemon_options_are_checked_against_dockerd_keys_and_types(options, words):
+    refused_naming({"docker": {"daemon_options": options}}, f"docker.daemon_options.{next(iter(options))}", words)
+
+
+def test_daemon_options_that_turn_hardening_off_stay_accepted():
+    options = {"icc": True, "no-new-privileges": False, "userland-proxy": False, "hosts": ["unix:///run/docker.sock"],
+               "metrics-addr": "127.0.0.1:9323", "insecure-registries": ["127.0.0.1:5000"], "mtu": 1450,
+               "dns": ["1.1.1.1"], "log-opts": {"max-size": "1g"}, "data-root": "/srv/docker", "tlsverify": True}
+    assert accepted({"docker": {"daemon_options": options}}).docker.daemon_options == options
+
+
+@pytest.mark.parametrize("key, owner", [
+    ("model", "config.model"), ("model.provider", "config.model.provider"), ("model.base_url", "config.model.base_url"),
+    ("security", "config.allow_lazy_installs"), ("security.tirith_enabled", "config.tirith_enabled"),
+    ("tool_loop_guardrails", "config.tool_loop_hard_stop"),
+    ("tool_loop_guardrails.hard_stop_enabled.x", "config.tool_loop_hard_stop"),
+])
+def test_config_extra_cannot_set_what_a_typed_setting_writes(key, owner):
+    refused_naming({"gateways": [{"config": {"extra": {key: 1}}}]}, "gateways[0].config.extra", repr(key), owner)
+
+
+def test_config_extra_keys_are_dotted_names_and_free_keys_pass():
+    for key in ("", "a..b", ".a", "a b", "a.$x"):
+        refused_naming({"gateways": [{"config": {"extra": {key: 1}}}]}, "gateways[0].config.extra", "dotted")
+    assert accepted({"gateways": [{"config": {"extra": {"display.tool_progress": False, "model.context_length": 8192,
+                                                        "security.other": True}}}]})
+
+
+@pytest.mark.parametrize("url", ["ftp://10.0.0.5/v1", "10.0.0.5:8000/v1", "http://", "file:///etc/passwd",
+                                 "javascript:alert(1)", "http://10.0.0.5:port/v1"])
+def test_model_base_url_is_an_http_url(url):
+    refused_naming({"gateways": [{"config": {"model": {"base_url": url}}}]}, "gateways[0].config.model.base_url", "Fix")
+
+
+@pytest.mark.parametrize("url", [f"http://user:{SECRET}@10.0.0.5:8000/v1", f"https://{SECRET}@api.example.com/v1",
+                                 f"https://:{SECRET}@api.example.com/v1"])
+def test_model_base_url_with_credentials_is_refused_without_echo(url):
+    message = refused_naming({"gateways": [{"config": {"model": {"base_url": url}}}]},
+                             "gateways[0].config.model.base_url", "api_key")
+    assert SECRET not in message
+
+
+def test_typed_model_is_written_as_before():
+    settings = accepted({"gateways": [{"config": {"model": {"provider": "custom", "default": "my-model",
+                                                            "base_url": "http://10.0.0.5:8000/v1", "api_key": SECRET}}}]})
+    managed = settings.gateways[0].config.managed()
+    assert managed["model.provider"] == "custom" and managed["model.api_key"] == SECRET
+    assert "model.base_url" in managed and "model.unset" not in managed
+    assert SECRET not in repr(settings)
+    refused_naming({"gateways": [{"config": {"model": {"provdier": "custom"}}}]}, "gateways[0].config.model.provdier")
+
+
+PLACEHOLDERS = ["changeme", "CHANGE_ME", "<your-token>", "your-token-here", "xxxxxxxxxxxx", "${TELEGRAM_BOT_TOKEN}",
+                "TODO", "placeholder", "example-token-123", "...", "", "   "]
+
+
+@pytest.mark.parametrize("value", PLACEHOLDERS)
+@pytest.mark.parametrize("raw_for, setting", [
+    (lambda v: {"gateways": [{"env": {"TELEGRAM_BOT_TOKEN": v}}]}, "gateways[0].env"),
+    (lambda v: {"gateways": [{"env": {"OPENROUTER_API_KEY": v}}]}, "gateways[0].env"),
+    (lambda v: {"gateways": [{"env": {"SMTP_PASSWORD": v}}]}, "gateways[0].env"),
+    (lambda v: {"gateways": [{"env": {"SLACK_APP_SECRET": v}}]}, "gateways[0].env"),
+    (lambda v: {"gateways": [{"weixin": {"token": v}}]}, "gateways[0].weixin.token"),
+    (lambda v: {"gateways": [{"config": {"model": {"api_key": v}}}]}, "gateways[0].config.model.api_key"),
+    (lambda v: {"companions": [{"name": "hub", "image": "h:1", "secret_env": {"HUB_TOKEN": v}}]},
+     "companions[0].secret_env"),
+])
+def test_placeholder_credentials_are_refused_everywhere(raw_for, setting, value):
+    message = refused_naming(raw_for(value), setting, "Fix")
+    if len(value.strip()) >= 6:
+        assert value not in message
+
+
+def test_plain_companion_environment_cannot_hold_a_credential():
+    raw = {"companions": [{"name": "hub", "image": "h:1", "environment": {"HUB_TOKEN": SECRET}}]}
+    message = refused_naming(raw, "companions[hub].environment.HUB_TOKEN", "secret_env")
+    assert SECRET not in message
+
+
+@pytest.mark.parametrize("key, owner", [
+    ("API_SERVER_MODEL_NAME", "api.model_name"), ("API_SERVER_CORS_ORIGINS", "api.cors_origins"),
+    ("API_SERVER_HOST", "api"), ("WEIXIN_TOKEN", "weixin"), ("WEIXIN_ACCOUNT_ID", "weixin"),
+    ("HERMES_DASHBOARD", "dashboard"), ("HERMES_DASHBOARD_BASIC_AUTH_PASSWORD_HASH", "dashboard"),
+    ("HERMES_UID", "uid"), ("HERMES_SKIP_CONFIG_MIGRATION", "hermes-infra"), ("TZ", "timezone"),
+    ("TELEGRAM_ALLOWED_USERS", "allowed_users"), ("GATEWAY_ALLOWED_USERS", "allowed_users"),
+])
+def test_env_cannot_set_what_typed_settings_write(key, owner):
+    message = refused_naming({"gateways": [{"env": {key: SECRET}}]}, f"env.{key}", owner)
+    assert SECRET not in message
+
+
+@pytest.mark.parametrize("interval, timeout", [(300, 300), (400, 300), (10.5, 10), (60, 10)])
+def test_health_interval_shorter_than_its_timeout(interval, timeout):
+    refused_naming({"health": {"interval_seconds": interval, "timeout_seconds": timeout}}, "health", "interval_seconds",
+                   "Fix")
+
+
+@pytest.mark.parametrize("schedule", ["minutely", "*:*", "*:0/15", "*-*-* *:00,30", "hourly hourly", "03:60",
+                                      "*-13-01", "Mon..Funday 03:00", "*:*:0/10", "2024-02-30x"])
+@pytest.mark.parametrize("with_systemd", [True, False])
+def test_backup_calendars_systemd_accepts_and_not_too_often(schedule, with_systemd, monkeypatch):
+    if not with_systemd:
+        monkeypatch.setattr(settings_module.shutil, "which", lambda name: None)
+    elif settings_module.shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed here")
+    settings_module.calendar_gap_seconds.cache_clear()
+    try:
+        refused_naming({"scheduled_backups": {"schedule": schedule}}, "scheduled_backups.schedule", repr(schedule),
+                       "Fix")
+    finally:
+        settings_module.calendar_gap_seconds.cache_clear()
+
+
+@pytest.mark.parametrize("schedule", ["daily", "weekly", "hourly", "*-*-* 03:30", "Mon..Fri 02:00", "Sun *-*-* 04:00:00",
+                                      "*-*-01 05:00 UTC", "Sat,Sun 01:15"])
+@pytest.mark.parametrize("with_systemd", [True, False])
+def test_good_backup_calendars_pass_both_ways(schedule, with_systemd, monkeypatch):
+    if not with_systemd:
+        monkeypatch.setattr(settings_module.shutil, "which", lambda name: None)
+    elif settings_module.shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed here")
+    settings_module.calendar_gap_seconds.cache_clear()
+    try:
+        assert accepted({"scheduled_backups": {"schedule": schedule}}).scheduled_backups.schedule == schedule
+    finally:
+        settings_module.calendar_gap_seconds.cache_clear()
+
+
+@pytest.mark.parametrize("raw, where", [
+    ({"path_overrides": [{"path": "/var/run/docker.sock", "reason": "line\nbreak"}]}, "path_overrides[0].reason"),
+    ({"gateways": [{"config": {"extra": {"display.name": "a\x1bb"}}}]}, "gateways[0].config.extra.display.name"),
+    ({"docker": {"daemon_options": {"labels": ["a\nb"]}}}, "docker.daemon_options.labels[0]"),
+    ({"gateways": [{"config": {"model": {"default": "m\r"}}}]}, "gateways[0].config.model.default"),
+    ({"docker": {"users": ["deploy\n"]}}, "docker.users"),
+    ({"image": {"archive": "/a\tb"}}, "image.archive"),
+])
+def test_no_string_setting_holds_a_control_character(raw, where):
+    message = refused(raw)
+    assert where in message and "Fix" in message
