@@ -104,17 +104,17 @@ def test_operator_keys_are_never_removed_even_under_a_managed_name():
 
 
 def test_a_value_hermes_rewrote_is_hermes_own_and_stays():
-    host = settings(gateways=[{"env": {"WEIXIN_ACCOUNT_ID": "set-by-settings"},
+    host = settings(gateways=[{"env": {"TELEGRAM_HOME_CHANNEL": "set-by-settings"},
                                "config": {"extra": {"display.tool_progress": False}}}])
     facts = converged(host)
     # Hermes (a WeChat login, `hermes config set`) wrote its own values over the managed ones.
-    _edit(facts, ".env", lambda text: text.replace("WEIXIN_ACCOUNT_ID=set-by-settings", "WEIXIN_ACCOUNT_ID=from-login"))
+    _edit(facts, ".env", lambda text: text.replace("TELEGRAM_HOME_CHANNEL=set-by-settings", "TELEGRAM_HOME_CHANNEL=from-login"))
     _edit(facts, "config.yaml", lambda text: text.replace("tool_progress: false", "tool_progress: true"))
     plan = plan_for(settings(), facts)
-    assert envfile.parse(plan.gateways[0].env.content)["WEIXIN_ACCOUNT_ID"] == "from-login"
+    assert envfile.parse(plan.gateways[0].env.content)["TELEGRAM_HOME_CHANNEL"] == "from-login"
     assert _config(plan)["display"] == {"tool_progress": True}
     assert plan.gateways[0].env.removed_keys == () and plan.gateways[0].config.removed_keys == ()
-    assert "WEIXIN_ACCOUNT_ID" not in _record(plan)["profiles"]["hermes"]["env"]
+    assert "TELEGRAM_HOME_CHANNEL" not in _record(plan)["profiles"]["hermes"]["env"]
 
 
 def test_an_existing_host_without_a_record_removes_nothing_and_gets_one():
