@@ -75,7 +75,7 @@ DEFAULT_SSH_PORT = 22
 
 # The image every gateway runs unless image.ref says otherwise (upstream tags: X.Y.Z,
 # latest/stable, main; the old vYYYY.M.D tags are gone).
-DEFAULT_IMAGE = "nousresearch/hermes-agent:0.23.3"
+DEFAULT_IMAGE = "nousresearch/hermes-agent:0.23.5"
 # Tags that move: a ref using one of them (and no digest) is not pinned.
 UNPINNED_TAGS = frozenset({"latest", "stable", "main"})
 
@@ -1145,7 +1145,9 @@ class HermesConfig(Settings):
 
     tool_loop_hard_stop: bool = True
     """`tool_loop_guardrails.hard_stop_enabled`: stop a runaway tool loop instead of only warning
-    (nobody watches an unattended server)."""
+    (nobody watches an unattended server). From Hermes 0.21 on, gateways and cron jobs already
+    hard-stop by default (`non_interactive_hard_stop_enabled`); this key also covers interactive
+    sessions and the 0.19.0 registry-free image, which has no such default."""
 
     allow_lazy_installs: bool = False
     """`security.allow_lazy_installs`: let the gateway pip-install packages into its own venv at

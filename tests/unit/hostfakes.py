@@ -18,7 +18,7 @@ from hermes_infra.safeio import FileRead
 TRIXIE = {"id": "debian", "version_codename": "trixie", "pretty_name": "Debian GNU/Linux 13 (trixie)"}
 LAYERS = ["sha256:" + "a" * 64, "sha256:" + "b" * 64]
 INSPECT = [{"Id": "sha256:" + "c" * 64, "RootFS": {"Type": "layers", "Layers": LAYERS},
-            "Architecture": "amd64", "Os": "linux", "RepoTags": ["nousresearch/hermes-agent:0.23.3"]}]
+            "Architecture": "amd64", "Os": "linux", "RepoTags": ["nousresearch/hermes-agent:0.23.5"]}]
 
 
 def settings(**sections: Any):

@@ -177,8 +177,8 @@ def test_image_present_is_a_noop_and_missing_is_pulled():
     plan = converged_plan()
     assert not run_op(image.image_present, plan.image, plan.writer).changed
     plan = fresh_plan()
-    assert run_op(image.image_present, plan.image, plan.writer).commands == ["docker pull -q nousresearch/hermes-agent:0.23.3"]
-    mirrored = dataclasses.replace(plan.image, pull_ref="mirror.example.com:5000/nousresearch/hermes-agent:0.23.3")
+    assert run_op(image.image_present, plan.image, plan.writer).commands == ["docker pull -q nousresearch/hermes-agent:0.23.5"]
+    mirrored = dataclasses.replace(plan.image, pull_ref="mirror.example.com:5000/nousresearch/hermes-agent:0.23.5")
     assert "docker tag mirror.example.com:5000/" in run_op(image.image_present, mirrored, plan.writer).text()
 
 

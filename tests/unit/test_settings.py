@@ -23,7 +23,7 @@ def test_defaults_are_valid_and_follow_the_guides():
     assert gateway.restart == "unless-stopped"
     assert gateway.api.port == 8642
     assert topology.publish_addresses(settings, gateway) == ["127.0.0.1"]
-    assert settings.image.ref == "nousresearch/hermes-agent:0.23.3"
+    assert settings.image.ref == "nousresearch/hermes-agent:0.23.5"
     assert (settings.backup_keep, settings.apt_lock_timeout_seconds, gateway.stop_grace_seconds) == (5, 600, 60)
     assert daemon.daemon_json(settings.docker)["live-restore"] is True
     assert daemon.daemon_json(settings.docker)["log-opts"] == {"max-size": "10m", "max-file": "3"}

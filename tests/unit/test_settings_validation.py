@@ -412,7 +412,7 @@ def test_malformed_image_references_are_refused(ref, hint):
 def test_unpinned_images_are_refused_unless_allowed(ref, why):
     message = refused({"image": {"ref": ref}})
     assert "image.ref" in message and "not pinned" in message and why in message
-    assert "nousresearch/hermes-agent:0.23.3" in message and "@sha256:" in message
+    assert "nousresearch/hermes-agent:0.23.5" in message and "@sha256:" in message
     assert accepted({"image": {"ref": ref, "allow_latest": True}}).image.ref == ref
     message = refused({"companions": [{"name": "hub", "image": ref.replace("nousresearch/hermes-agent", "ex/hub")}]})
     assert "companions[hub].image" in message and "not pinned" in message and "ex/hub:<version>" in message
@@ -427,7 +427,7 @@ def test_digest_counts_as_pinned():
 
 
 def test_default_image_is_upstream_semver_tag():
-    assert HostSettings().image.ref == "nousresearch/hermes-agent:0.23.3"
+    assert HostSettings().image.ref == "nousresearch/hermes-agent:0.23.5"
     assert "v2026" not in HostSettings.model_fields["image"].default.ref
     assert "v2026" not in (settings_module.ImageSettings.model_fields["ref"].description or "")
 
