@@ -12,8 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hermes_infra.archive import ImageArchiveError, inspect_archive
-from hermes_infra.loading import SettingsError, collect, host_data_layers, settings_from_raw
+from hermes_infra.images.archive import ImageArchiveError, inspect_archive
+from hermes_infra.settings.loading import SettingsError, collect, host_data_layers, settings_from_raw
 
 PACKAGE_DIR = Path(__file__).parent
 DEPLOY_FILE = PACKAGE_DIR / "deploy_file.py"

@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 
-from hermes_infra import backup_timer
+from hermes_infra.plan import backup_timer
 from hermes_infra.daytwo import backup
 from hermes_infra.daytwo.remote import DayTwoError
-from hermes_infra.loading import SettingsError
+from hermes_infra.settings.loading import SettingsError
 from tests.unit.hostfakes import converged, fresh, plan_for, root_file, run_op, settings
 from tests.unit.test_daytwo_backup import make_data_tar
 

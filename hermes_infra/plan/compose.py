@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING
 from pyinfra import host
 from pyinfra.api import operation
 
-from hermes_infra import envfile, topology
-from hermes_infra.capacity import EffectiveLimits
-from hermes_infra.hardening import GATEWAY_HEALTHCHECK
-from hermes_infra.render import render_template
-from hermes_infra.settings import CompanionSettings, HostSettings
-from hermes_infra.sizes import parse_size
+from hermes_infra.plan import envfile
+from hermes_infra.settings import topology
+from hermes_infra.plan.capacity import EffectiveLimits
+from hermes_infra.plan.hardening import GATEWAY_HEALTHCHECK
+from hermes_infra.plan.render import render_template
+from hermes_infra.settings.schema import CompanionSettings, HostSettings
+from hermes_infra.settings.sizes import parse_size
 
 if TYPE_CHECKING:  # the plan imports this module
-    from hermes_infra.plan import ProjectPlan
+    from hermes_infra.plan.hostplan import ProjectPlan
 
 MAIN_PROJECT = "hermes"
 LABEL_INPUTS = "io.hermes-infra.inputs"

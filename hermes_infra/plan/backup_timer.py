@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 from pyinfra import host
 from pyinfra.api import operation
 
-from hermes_infra import compose, safeio
-from hermes_infra.settings import HostSettings
+from hermes_infra.host import safeio
+from hermes_infra.plan import compose
+from hermes_infra.settings.schema import HostSettings
 
 if TYPE_CHECKING:
-    from hermes_infra.plan import BackupTimerPlan
+    from hermes_infra.plan.hostplan import BackupTimerPlan
 
 SCRIPT = "/usr/local/sbin/hermes-infra-backup"
 SERVICE = "/etc/systemd/system/hermes-infra-backup.service"

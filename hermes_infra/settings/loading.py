@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr, ValidationError
 from pyinfra.api.exceptions import PyinfraError
 
-from hermes_infra.settings import DEFAULT_SSH_PORT, HostSettings
+from hermes_infra.settings.schema import DEFAULT_SSH_PORT, HostSettings
 
 SECTIONS = tuple(HostSettings.model_fields)
 SECRET_PARTS = ("key", "token", "secret", "password", "env", "credential", "passphrase")

@@ -10,8 +10,8 @@ import shlex
 from pyinfra import host
 from pyinfra.api import deploy, operation
 
-from hermes_infra.ops import root_file
-from hermes_infra.plan import SwapPlan, Writer
+from hermes_infra.operations.files import root_file
+from hermes_infra.plan.hostplan import SwapPlan, Writer
 
 
 def create_commands(path: str, size_bytes: int) -> list[str]:
