@@ -126,7 +126,6 @@ KNOWN_UPWARD = {
     ("hermes_infra.operations.deploy", "hermes_infra.release.gate"),
     ("hermes_infra.operations.deploy", "hermes_infra.release.results"),
     ("hermes_infra.operations.deploy", "hermes_infra.release.upgrade"),
-    ("hermes_infra.settings.loading", "hermes_infra.localvm.ssh"),
 }
 
 

@@ -357,3 +357,13 @@ def test_prune_keeps_current_and_in_use_images(monkeypatch, tmp_path):
     removed = lifecycle.prune_images()
     assert removed == [old.directory]
     assert current.is_complete() and in_use.is_complete() and not old.directory.exists()
+
+
+def test_local_vm_inventory_data_is_never_refused_as_unknown():
+    """settings/ cannot import localvm/ (a later stage), so the names it sets must be pyinfra's own."""
+    from hermes_infra.localvm.ssh import SSHConnection
+    from hermes_infra.settings.loading import pyinfra_data_names
+
+    for known_hosts in (None, Path("known_hosts")):
+        data = SSHConnection(port=2222, key_path=Path("key"), known_hosts=known_hosts).pyinfra_data()
+        assert set(data) <= pyinfra_data_names()
