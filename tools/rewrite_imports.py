@@ -221,6 +221,9 @@ def attribute_warnings(path: Path, text: str, layout: Layout) -> list[str]:
     warnings = []
     for old_name, new_name in layout.names.items():
         module, _, name = old_name.rpartition(".")
+        package, _, home = new_name.rpartition(".")[0].rpartition(".")
+        if re.search(rf"^\s*from {re.escape(package)} import [^\n]*\b{re.escape(home)}\b", text, re.MULTILINE):
+            continue  # the module it is used through is already its new home
         leaf = module.rpartition(".")[2]
         new_leaf = layout.module(module).rpartition(".")[2]
         for alias in {leaf, new_leaf}:

@@ -8,8 +8,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 
-from hermes_infra.operations import datadir, docker_engine, health, image, profiles, swap
-from hermes_infra.plan import backup_timer, compose
+from hermes_infra.operations import backup_timer, compose, datadir, docker_engine, health, image, profiles, swap
 from hermes_infra.host.hostfacts import HermesHostState
 from hermes_infra.settings.loading import settings_for_host
 from hermes_infra.operations.files import root_file

@@ -9,7 +9,7 @@ import re
 from pyinfra.connectors.ssh import SSHConnector
 
 from hermes_infra.operations import datadir, docker_engine, health, image, files as ops, profiles, swap
-from hermes_infra.plan import compose
+from hermes_infra.operations import compose
 from hermes_infra.plan.hostplan import ImagePlan, RetirePlan
 from tests.unit.hostfakes import (
     FakeCommand,
