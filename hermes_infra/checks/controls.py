@@ -13,7 +13,7 @@ import shlex
 
 from hermes_infra.settings import topology
 from hermes_infra.checks.context import DAEMON_JSON, HostContext, Subject, probe_url
-from hermes_infra.checks.registry import CannotCheck, NotApplicable, control, fail
+from hermes_infra.checks.registry import REGISTRY, CannotCheck, Control, NotApplicable, control, fail
 from hermes_infra.plan.daemon import daemon_json
 from hermes_infra.settings.sizes import format_bytes
 
@@ -720,3 +720,12 @@ def companion_reaches_api(ctx: HostContext, subject: Subject):
         shown = {"000": "nothing (connection failed)", "401": "401 (its key is not the gateway's)"}.get(status, status)
         fail(f"GET {url} from {companion.name} ({method}) answered {shown}; want 200")
     return f"GET {url} from {companion.name} ({method}) -> 200"
+
+
+def all_controls() -> list[Control]:
+    """Every control, registered by importing this module (registry.py cannot: controls import it)."""
+    return list(REGISTRY.values())  # definition order: host, data dir, containers, API, companions
+
+
+def get_control(control_id: str) -> Control:
+    return REGISTRY[control_id]

@@ -13,7 +13,8 @@ from typing import TextIO
 from hermes_infra import commands
 from hermes_infra.checks import connect
 from hermes_infra.checks.context import HostContext, subjects_for
-from hermes_infra.checks.registry import Control, all_controls
+from hermes_infra.checks.controls import all_controls
+from hermes_infra.checks.registry import Control
 from hermes_infra.checks.reports import RunReport, parse_report_specs, write_reports
 from hermes_infra.checks.results import HostReport, Result, apply_waivers, evaluate
 from hermes_infra.checks.waivers import Waiver, load_waivers

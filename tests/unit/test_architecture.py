@@ -116,7 +116,7 @@ def _cycle_in(graph: dict[str, set[str]], component: set[str]) -> list[str]:
 # Cycles and upward imports still to break, each named by its first module in sorted order.
 # This list only shrinks: an entry that is no longer true fails the test too.
 KNOWN_CYCLES = {
-    "hermes_infra.checks.context", "hermes_infra.checks.reports", "hermes_infra.commands",
+    "hermes_infra.checks.reports", "hermes_infra.commands",
     "hermes_infra.settings.gatewayenv",
 }
 KNOWN_UPWARD = {
@@ -146,7 +146,7 @@ def test_every_module_is_in_a_stage():
 def test_the_graph_sees_lazy_and_type_checking_imports():
     graph = import_graph()
     assert "hermes_infra.settings.schema" in graph["hermes_infra.plan.capacity"]  # under TYPE_CHECKING
-    assert "hermes_infra.checks.controls" in graph["hermes_infra.checks.registry"]  # inside a function
+    assert "hermes_infra.images.build" in graph["hermes_infra.cli"]  # inside a function
     assert "hermes_infra.images.archive" in graph["hermes_infra.plan.hostplan"]  # inside a function
 
 

@@ -29,7 +29,7 @@ from hermes_infra.checks.context import (
     parse_env_output,
     subjects_for,
 )
-from hermes_infra.checks.registry import get_control
+from hermes_infra.checks.controls import get_control
 from hermes_infra.checks.reports import (
     RunReport,
     render_json,
