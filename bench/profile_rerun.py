@@ -27,7 +27,7 @@ sys.path.insert(0, str(BENCH.parent))  # the checkout's hermes_infra and bench.c
 from bench.compare import HermesInfra, hermes_env, settle  # noqa: E402
 from hermes_infra import commands, trylocal  # noqa: E402
 from hermes_infra.images import build as imagebuild
-from hermes_infra.operations.deploy import fact_request  # noqa: E402
+from hermes_infra.release.deploy import fact_request  # noqa: E402
 from hermes_infra.host.hostfacts import _run_section, state_command, state_sections  # noqa: E402
 from hermes_infra.localvm import ensure_vm  # noqa: E402
 

@@ -123,9 +123,6 @@ KNOWN_UPWARD = {
     ("hermes_infra.checks.reports", "hermes_infra.daytwo.report_html"),
     ("hermes_infra.commands", "hermes_infra.release.lock"),
     ("hermes_infra.commands", "hermes_infra.release.session"),
-    ("hermes_infra.operations.deploy", "hermes_infra.release.gate"),
-    ("hermes_infra.operations.deploy", "hermes_infra.release.results"),
-    ("hermes_infra.operations.deploy", "hermes_infra.release.upgrade"),
 }
 
 
