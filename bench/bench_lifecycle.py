@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hermes_infra import commands, imagebuild, trylocal  # noqa: E402
+from hermes_infra import commands, trylocal  # noqa: E402
+from hermes_infra.images import build as imagebuild
 from hermes_infra.localvm import disposable_vm, ensure_image  # noqa: E402
 
 

@@ -38,8 +38,9 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from hermes_infra import commands, imagebuild, trylocal
-from hermes_infra.hostenv import cache_dir
+from hermes_infra import commands, trylocal
+from hermes_infra.images import build as imagebuild
+from hermes_infra.host.hostenv import cache_dir
 from hermes_infra.localvm import LocalVM, disposable_vm, ensure_vm
 
 TOOLS = ("hermes-infra", "ansible", "floor")

@@ -6,7 +6,7 @@ Deploys once into the named VM (created if missing, left running), then runs the
 `up` `--runs` times as one process each, stamping every output line with its arrival time; the
 phases are read off the lines pyinfra and hermes-infra print (process start, lock taken,
 pyinfra connected, facts read, operations run, lock released, exit). Then it times, on the
-VM itself, each section of the batched read (`hermes_infra.hostfacts.state_sections`) alone,
+VM itself, each section of the batched read (`hermes_infra.host.hostfacts.state_sections`) alone,
 and the floor: `ssh true` with a new connection and the whole batched read as one command.
 
 A benchmark: it prints figures and asserts nothing on them.
@@ -25,9 +25,10 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))  # the checkout's hermes_infra and bench.compare
 
 from bench.compare import HermesInfra, hermes_env, settle  # noqa: E402
-from hermes_infra import commands, imagebuild, trylocal  # noqa: E402
-from hermes_infra.deploy import fact_request  # noqa: E402
-from hermes_infra.hostfacts import _run_section, state_command, state_sections  # noqa: E402
+from hermes_infra import commands, trylocal  # noqa: E402
+from hermes_infra.images import build as imagebuild
+from hermes_infra.release.deploy import fact_request  # noqa: E402
+from hermes_infra.host.hostfacts import _run_section, state_command, state_sections  # noqa: E402
 from hermes_infra.localvm import ensure_vm  # noqa: E402
 
 # (phase, the first output line that ends it)

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from hermes_infra import commands
-from hermes_infra.loading import SettingsError
+from hermes_infra.settings.loading import SettingsError
 
 
 def _target(args) -> commands.Target:
@@ -41,7 +41,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_image_build(args) -> int:
-    from hermes_infra import imagebuild
+    from hermes_infra.images import build as imagebuild
 
     built = imagebuild.build_image(args.version, repo=args.repo, tag=args.tag, force=args.force,
                                    extra_packages=args.extra or (), log=lambda msg: print(msg, file=sys.stderr))

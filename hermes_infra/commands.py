@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hermes_infra.archive import ImageArchiveError, inspect_archive
-from hermes_infra.loading import SettingsError, collect, host_data_layers, settings_from_raw
+from hermes_infra.images.archive import ImageArchiveError, inspect_archive
+from hermes_infra.settings.loading import SettingsError, collect, host_data_layers, settings_from_raw
 
 PACKAGE_DIR = Path(__file__).parent
 DEPLOY_FILE = PACKAGE_DIR / "deploy_file.py"
@@ -159,9 +159,9 @@ def validate(target: Target) -> dict[str, object]:
 
 
 def pyinfra_command(target: Target, *, dry: bool = False, extra: list[str] | None = None) -> list[str]:
-    """pyinfra through `hermes_infra.pyinfra_child`, which adds the `--data` values from the
+    """pyinfra through `hermes_infra.release.pyinfra_child`, which adds the `--data` values from the
     file `child_data_file` wrote (inside the process: they never become arguments)."""
-    command = [sys.executable, "-m", "hermes_infra.pyinfra_child", *target.pyinfra_args(), str(DEPLOY_FILE)]
+    command = [sys.executable, "-m", "hermes_infra.release.pyinfra_child", *target.pyinfra_args(), str(DEPLOY_FILE)]
     command.append("--dry" if dry else "-y")
     return command + list(extra or [])
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, SecretStr
 from pydantic_core import PydanticUndefined
 
-from hermes_infra.settings import HostSettings
+from hermes_infra.settings.schema import HostSettings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -42,7 +42,7 @@ def _default(field) -> str:
 def _type(annotation) -> str:
     text = getattr(annotation, "__name__", None) if not typing.get_args(annotation) else None
     text = text or str(annotation)
-    text = re.sub(r"typing\.|pydantic\.types\.|hermes_infra\.settings\.", "", text)
+    text = re.sub(r"typing\.|pydantic\.types\.|hermes_infra\.settings\.schema\.", "", text)
     text = text.replace("NoneType", "None").replace("<class '", "").replace("'>", "")
     return text.replace("|", "or")
 

@@ -46,7 +46,7 @@ PrivateTmp=yes
 
 def local_image_dir(version: str = "0.19.0") -> Path:
     """Where `hermes-infra image build --version VERSION` caches its image (not built here)."""
-    from hermes_infra import imagebuild
+    from hermes_infra.images import build as imagebuild
 
     return imagebuild.images_dir() / imagebuild.recipe_hash(version)
 
@@ -65,7 +65,7 @@ def say(message: str) -> None:
 
 
 def run(name: str = "try", *, check: bool = True) -> int:
-    from hermes_infra import imagebuild
+    from hermes_infra.images import build as imagebuild
     from hermes_infra.localvm import ensure_vm
 
     started = time.monotonic()
@@ -113,7 +113,7 @@ def expose_api(vm) -> None:
 def write_key_header(vm, data_dir: str = "/root/.hermes", uid: int = 10000, gid: int = 10000) -> Path:
     """`Authorization: Bearer <key>` from the VM's `.env` (read as its owner, never followed) into
     a 0600 file next to the VM's state; the key is never printed."""
-    from hermes_infra.hostfacts import DataDirRequest, key_header_script
+    from hermes_infra.host.hostfacts import DataDirRequest, key_header_script
 
     result = vm.ssh(key_header_script(DataDirRequest("hermes", data_dir, uid, gid)), timeout=60)
     path = Path(vm.directory) / "api-key.header"

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hermes_infra.checks.registry import REGISTRY, Control, ControlFailure, NotApplicable, all_controls
+from hermes_infra.checks.controls import all_controls
+from hermes_infra.checks.registry import REGISTRY, Control, ControlFailure, NotApplicable
 
 TEST_MODULE = str(Path(__file__).with_name("test_controls.py"))
 

@@ -7,7 +7,7 @@ run costs a few dozen commands over one SSH connection however many controls use
 Checks only read: no command here or in the controls starts, creates, pulls or removes a
 container, or writes a file (a unit test scans every command a full run sends). A data dir is
 the agent's: nothing under it is followed, opened as root or executed; `.env` is examined with
-`lstat` and read as its owner with O_NOFOLLOW|O_NONBLOCK (hermes_infra.safeio), and only facts
+`lstat` and read as its owner with O_NOFOLLOW|O_NONBLOCK (hermes_infra.host.safeio), and only facts
 about it come back over SSH, never its content (testinfra logs command output at debug level).
 """
 from __future__ import annotations
@@ -17,17 +17,18 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from hermes_infra import safeio, topology
-from hermes_infra.capacity import EffectiveLimits, HostResources, derive_limits
+from hermes_infra.host import safeio
+from hermes_infra.settings import topology
+from hermes_infra.plan.capacity import EffectiveLimits, HostResources, derive_limits
 from hermes_infra.checks.registry import CannotCheck, ControlFailure
-from hermes_infra.settings import (
+from hermes_infra.settings.schema import (
     PLACEHOLDER_KEYS,
     PLACEHOLDER_WORDS,
     CompanionSettings,
     GatewaySettings,
     HostSettings,
 )
-from hermes_infra.sizes import parse_size
+from hermes_infra.settings.sizes import parse_size
 
 MIB = 1024 * 1024
 DAEMON_JSON = "/etc/docker/daemon.json"

@@ -11,11 +11,11 @@ from __future__ import annotations
 import ipaddress
 import shlex
 
-from hermes_infra import topology
+from hermes_infra.settings import topology
 from hermes_infra.checks.context import DAEMON_JSON, HostContext, Subject, probe_url
-from hermes_infra.checks.registry import CannotCheck, NotApplicable, control, fail
-from hermes_infra.daemon import daemon_json
-from hermes_infra.sizes import format_bytes
+from hermes_infra.checks.registry import REGISTRY, CannotCheck, Control, NotApplicable, control, fail
+from hermes_infra.plan.daemon import daemon_json
+from hermes_infra.settings.sizes import format_bytes
 
 LOOPBACK = ("127.0.0.1", "::1")
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
@@ -366,7 +366,7 @@ def env_file_mode(ctx: HostContext, subject: Subject):
 def api_key_rules(ctx: HostContext, subject: Subject):
     import hashlib
 
-    from hermes_infra.settings import MIN_API_KEY_LENGTH
+    from hermes_infra.settings.schema import MIN_API_KEY_LENGTH
 
     gateway = subject.gateway
     path = _env_path(subject)
@@ -720,3 +720,12 @@ def companion_reaches_api(ctx: HostContext, subject: Subject):
         shown = {"000": "nothing (connection failed)", "401": "401 (its key is not the gateway's)"}.get(status, status)
         fail(f"GET {url} from {companion.name} ({method}) answered {shown}; want 200")
     return f"GET {url} from {companion.name} ({method}) -> 200"
+
+
+def all_controls() -> list[Control]:
+    """Every control, registered by importing this module (registry.py cannot: controls import it)."""
+    return list(REGISTRY.values())  # definition order: host, data dir, containers, API, companions
+
+
+def get_control(control_id: str) -> Control:
+    return REGISTRY[control_id]

@@ -18,11 +18,11 @@ import pytest
 import yaml
 
 from hermes_infra.checks.context import HostContext
-from hermes_infra.checks.registry import all_controls
+from hermes_infra.checks.controls import all_controls
 from hermes_infra.checks.results import apply_waivers, evaluate
 from hermes_infra.checks.waivers import WaiverError, load_waivers
-from hermes_infra.loading import SettingsError, collect, settings_from_raw
-from hermes_infra.settings import HostSettings
+from hermes_infra.settings.loading import SettingsError, collect, settings_from_raw
+from hermes_infra.settings.schema import HostSettings
 
 
 class AdvisoryFinding(UserWarning):

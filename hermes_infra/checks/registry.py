@@ -82,13 +82,3 @@ def control(id: str, title: str, *, severity: Severity, scope: Scope, remediatio
 
     return register
 
-
-def all_controls() -> list[Control]:
-    from hermes_infra.checks import controls as _definitions  # noqa: F401  (registers them)
-
-    return list(REGISTRY.values())  # definition order: host, data dir, containers, API, companions
-
-
-def get_control(control_id: str) -> Control:
-    all_controls()
-    return REGISTRY[control_id]

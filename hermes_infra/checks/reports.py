@@ -16,7 +16,7 @@ from typing import TextIO
 
 from hermes_infra.checks.results import HostReport, Result, all_results, counts, exit_code
 from hermes_infra.checks.waivers import Waiver
-from hermes_infra.loading import SettingsError
+from hermes_infra.settings.loading import SettingsError
 
 FORMATS = ("text", "json", "junit", "html")
 SCHEMA = "hermes-infra/check-report/v1"

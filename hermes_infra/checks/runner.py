@@ -13,12 +13,13 @@ from typing import TextIO
 from hermes_infra import commands
 from hermes_infra.checks import connect
 from hermes_infra.checks.context import HostContext, subjects_for
-from hermes_infra.checks.registry import Control, all_controls
+from hermes_infra.checks.controls import all_controls
+from hermes_infra.checks.registry import Control
 from hermes_infra.checks.reports import RunReport, parse_report_specs, write_reports
 from hermes_infra.checks.results import HostReport, Result, apply_waivers, evaluate
 from hermes_infra.checks.waivers import Waiver, load_waivers
-from hermes_infra.loading import SettingsError
-from hermes_infra.settings import HostSettings
+from hermes_infra.settings.loading import SettingsError
+from hermes_infra.settings.schema import HostSettings
 
 MAX_PARALLEL_HOSTS = 8
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hermes_infra.loading import SettingsError
+from hermes_infra.settings.loading import SettingsError
 
 
 class WaiverError(SettingsError):

@@ -43,10 +43,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from hermes_infra import commands, plan as planmod, safeio
+from hermes_infra import commands
+from hermes_infra.host import safeio
+from hermes_infra.plan import hostplan as planmod
 from hermes_infra.daytwo.lifecycle import compose_base, gate_command
 from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, open_remote
-from hermes_infra.settings import GatewaySettings, HostSettings
+from hermes_infra.settings.schema import GatewaySettings, HostSettings
 
 SCHEMA = "hermes-infra/backup/v1"
 SUFFIX = ".hermes-backup.tar"

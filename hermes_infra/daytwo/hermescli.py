@@ -26,10 +26,10 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from hermes_infra import safeio
+from hermes_infra.host import safeio
 from hermes_infra.daytwo.lifecycle import compose_base, restart
 from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, open_remote, ssh_argv
-from hermes_infra.settings import GatewaySettings, HostSettings
+from hermes_infra.settings.schema import GatewaySettings, HostSettings
 
 READ_AT_START = (("config", "set"), ("config", "edit"), ("config", "migrate"), ("setup",), ("gateway", "setup"),
                  ("model",), ("auth",), ("login",), ("logout",), ("tools",), ("import",), ("plugins",))

@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hermes_infra import compose
-from hermes_infra import plan as planmod
+from hermes_infra.plan import compose
+from hermes_infra.plan import hostplan as planmod
 from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, open_remote
-from hermes_infra.settings import GatewaySettings, HostSettings
+from hermes_infra.settings.schema import GatewaySettings, HostSettings
 
 
 def compose_base(settings: HostSettings) -> str:
@@ -138,7 +138,7 @@ def show_logs(hosts: list[HostTarget], profile: str | None, options: LogOptions,
 
 # -------------------------------------------------------------------------- restart
 def gate_command(settings: HostSettings, gateway: GatewaySettings, timeout: int | None = None) -> str:
-    from hermes_infra.health import gate_script
+    from hermes_infra.operations.health import gate_script
 
     return gate_script(planmod.probe_url(settings, gateway), gateway.service_name,
                        planmod.data_dir_request(gateway), timeout or settings.health.timeout_seconds,

@@ -18,8 +18,8 @@ from typing import BinaryIO, Protocol
 
 from hermes_infra import commands
 from hermes_infra.checks import connect
-from hermes_infra.settings import GatewaySettings, HostSettings
-from hermes_infra.sshchannel import RunResult, exchange
+from hermes_infra.settings.schema import GatewaySettings, HostSettings
+from hermes_infra.host.sshchannel import RunResult, exchange
 
 MAX_PARALLEL_HOSTS = 8
 

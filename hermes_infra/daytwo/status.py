@@ -18,10 +18,10 @@ import shlex
 import time
 from dataclasses import asdict, dataclass, field
 
-from hermes_infra import plan as planmod
+from hermes_infra.plan import hostplan as planmod
 from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, for_each_host, open_remote
-from hermes_infra.hostfacts import key_header_script
-from hermes_infra.settings import GatewaySettings, HostSettings
+from hermes_infra.host.hostfacts import key_header_script
+from hermes_infra.settings.schema import GatewaySettings, HostSettings
 
 SECTION = "@@hermes-infra-status"
 AUDIT_LOG = "/var/log/hermes-infra/audit.jsonl"

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from hermes_infra.hostenv import cache_dir
+from hermes_infra.host.hostenv import cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hermes_infra.hostenv import cache_dir
+from hermes_infra.host.hostenv import cache_dir
 from hermes_infra.localvm.errors import ImageBuildError
 from hermes_infra.localvm.recipe import ImageRecipe, recipe_hash, recipe_inputs
 

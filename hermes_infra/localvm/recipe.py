@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hermes_infra.hostenv import debian_mirror, extra_ca_certificates
+from hermes_infra.host.hostenv import debian_mirror, extra_ca_certificates
 
 #: Bump when image.py's build steps change in a way the other inputs do not capture.
 RECIPE_VERSION = 1

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from hermes_infra.hostenv import cache_dir
+from hermes_infra.host.hostenv import cache_dir
 from hermes_infra.localvm.accel import Accel, detect_accel
 from hermes_infra.localvm.errors import LocalVMError, VMBootError, VMNotFound
 from hermes_infra.localvm.image import BaseImage

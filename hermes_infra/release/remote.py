@@ -75,7 +75,7 @@ def remotes_for(target, limit: list[str] | None = None) -> dict[str, SSHRemote]:
     """Host name -> SSHRemote for every host of a target (inventory order), optionally limited."""
     from hermes_infra import commands
     from hermes_infra.checks import connect
-    from hermes_infra.loading import SettingsError
+    from hermes_infra.settings.loading import SettingsError
 
     found = {}
     for inventory_host in commands.load_inventory(target):

@@ -37,7 +37,7 @@ def list_command() -> str:
 def rollback(target, *, to: str | None = None, lock_wait: float = 0, message: str | None = None,
              limit: list[str] | None = None, log: Callable[[str], None] | None = None) -> list[RollbackResult]:
     from hermes_infra import commands
-    from hermes_infra.loading import SettingsError
+    from hermes_infra.settings.loading import SettingsError
 
     log = log or (lambda text: print(f"hermes-infra: {text}", file=sys.stderr, flush=True))
     if to is not None and not re.fullmatch(r"[0-9a-f]{12}", to):

@@ -137,8 +137,9 @@ def green_problem(wanted_images: set[str], records_by_host: dict[str, list[dict]
 
 def wanted_images(target) -> set[str]:
     """The image label each host of `target` would deploy (settings alone, no connection)."""
-    from hermes_infra import commands, plan
-    from hermes_infra.archive import inspect_archive
+    from hermes_infra import commands
+    from hermes_infra.plan import hostplan as plan
+    from hermes_infra.images.archive import inspect_archive
 
     labels = set()
     for settings in commands.validate(target).values():

@@ -22,8 +22,8 @@ import shlex
 from pyinfra import host
 from pyinfra.api import operation
 
-from hermes_infra.health import gate_script
-from hermes_infra.plan import DEPLOYED_NAME, HealthPlan, UpgradePlan
+from hermes_infra.operations.health import gate_script
+from hermes_infra.plan.hostplan import DEPLOYED_NAME, HealthPlan, UpgradePlan
 
 RELEASES = "/var/lib/hermes-infra/releases"
 PREVIOUS_REPO = "hermes-infra/previous"

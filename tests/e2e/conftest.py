@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hermes_infra import commands, imagebuild, trylocal
+from hermes_infra import commands, trylocal
+from hermes_infra.images import build as imagebuild
 from hermes_infra.localvm import LocalVM, disposable_vm, ensure_vm
 
 

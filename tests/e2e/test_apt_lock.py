@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 import time
 
-from hermes_infra.aptwait import TIMEOUT_MARK, WAIT_MARK
+from hermes_infra.host.aptwait import TIMEOUT_MARK, WAIT_MARK
 
 PIDFILE = "/run/hermes-e2e-apt-lock.pid"
 LOCKS = ("/var/lib/dpkg/lock-frontend", "/var/lib/apt/lists/lock")

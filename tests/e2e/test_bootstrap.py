@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from hermes_infra.capacity import HostResources, derive_limits
-from hermes_infra.settings import HostSettings
+from hermes_infra.plan.capacity import HostResources, derive_limits
+from hermes_infra.settings.schema import HostSettings
 
 API = "http://127.0.0.1:8642"
 COMPANION_PROBE = (

@@ -20,7 +20,7 @@ import pytest
 from hermes_infra import commands
 from hermes_infra.checks import TEST_MODULE, runner
 from hermes_infra.checks.reports import RunReport
-from hermes_infra.settings import HostSettings
+from hermes_infra.settings.schema import HostSettings
 from tests.e2e.test_bootstrap import COMPANION_PROBE, inspect
 
 HEALTH = "http://127.0.0.1:8642/health"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hermes_infra import imagebuild as ib
+from hermes_infra.images import build as ib
 
 IS_ROOT = os.geteuid() == 0
 

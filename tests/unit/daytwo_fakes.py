@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from hermes_infra.checks.connect import Connection
 from hermes_infra.daytwo.remote import HostTarget, RunResult
-from hermes_infra.loading import settings_from_raw
+from hermes_infra.settings.loading import settings_from_raw
 
 
 class FakeRemote:

@@ -10,10 +10,10 @@ from typing import Any
 from pyinfra.api import FileUploadCommand, FunctionCommand
 from pyinfra.context import ctx_host, ctx_state
 
-from hermes_infra.hostfacts import HostState, RootFile
-from hermes_infra.loading import settings_from_raw
-from hermes_infra.plan import Facts, HostPlan, make_plan
-from hermes_infra.safeio import FileRead
+from hermes_infra.host.hostfacts import HostState, RootFile
+from hermes_infra.settings.loading import settings_from_raw
+from hermes_infra.plan.hostplan import Facts, HostPlan, make_plan
+from hermes_infra.host.safeio import FileRead
 
 TRIXIE = {"id": "debian", "version_codename": "trixie", "pretty_name": "Debian GNU/Linux 13 (trixie)"}
 LAYERS = ["sha256:" + "a" * 64, "sha256:" + "b" * 64]

@@ -1,4 +1,4 @@
-"""Tests of hermes_infra.aptwait: the lock-wait snippet runs here under `sh` (dash on Debian)
+"""Tests of hermes_infra.host.aptwait: the lock-wait snippet runs here under `sh` (dash on Debian)
 against lock files in a temp dir, locked for real with fcntl by a Python child process
 (the kind of lock apt, dpkg and unattended-upgrades take), read back through /proc/locks."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hermes_infra.aptwait import (
+from hermes_infra.host.aptwait import (
     APT_LOCK_EXIT,
     APT_LOCK_TIMEOUT_OPTION,
     APT_LOCKS,

@@ -8,10 +8,11 @@ import subprocess
 
 import pytest
 
-from hermes_infra import backup_timer
+from hermes_infra.operations.backup_timer import timer_running
+from hermes_infra.plan import backup_timer
 from hermes_infra.daytwo import backup
 from hermes_infra.daytwo.remote import DayTwoError
-from hermes_infra.loading import SettingsError
+from hermes_infra.settings.loading import SettingsError
 from tests.unit.hostfakes import converged, fresh, plan_for, root_file, run_op, settings
 from tests.unit.test_daytwo_backup import make_data_tar
 
@@ -19,7 +20,7 @@ DAILY = {"scheduled_backups": {"schedule": "daily", "keep": 4}}
 
 
 def timer_op(plan):
-    return run_op(backup_timer.timer_running, plan.backup_timer)
+    return run_op(timer_running, plan.backup_timer)
 
 
 def test_script_archives_every_profile_as_its_owner_and_keeps_n(tmp_path):

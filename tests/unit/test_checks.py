@@ -10,7 +10,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from hermes_infra.checks import REGISTRY, all_controls, controls_markdown
-from hermes_infra.checks.registry import SCOPES, SEVERITIES, control, get_control
+from hermes_infra.checks.controls import get_control
+from hermes_infra.checks.registry import SCOPES, SEVERITIES, control
 from hermes_infra.checks.reports import (
     ReportSpec,
     ReportSpecError,

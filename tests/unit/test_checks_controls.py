@@ -21,7 +21,7 @@ import pytest
 import testinfra.host
 from testinfra.backend.base import BaseBackend
 
-from hermes_infra.capacity import HostResources
+from hermes_infra.plan.capacity import HostResources
 from hermes_infra.checks import all_controls
 from hermes_infra.checks.context import (
     MARK,
@@ -29,7 +29,7 @@ from hermes_infra.checks.context import (
     parse_env_output,
     subjects_for,
 )
-from hermes_infra.checks.registry import get_control
+from hermes_infra.checks.controls import get_control
 from hermes_infra.checks.reports import (
     RunReport,
     render_json,
@@ -38,9 +38,9 @@ from hermes_infra.checks.reports import (
 )
 from hermes_infra.checks.results import HostReport, evaluate
 from hermes_infra.checks.runner import instances
-from hermes_infra.daemon import daemon_json
-from hermes_infra.hardening import GATEWAY_HEALTHCHECK
-from hermes_infra.settings import HostSettings
+from hermes_infra.plan.daemon import daemon_json
+from hermes_infra.plan.hardening import GATEWAY_HEALTHCHECK
+from hermes_infra.settings.schema import HostSettings
 
 GIB = 1024**3
 IMAGE = HostSettings().image.ref

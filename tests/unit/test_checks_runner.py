@@ -16,7 +16,7 @@ import pytest
 from hermes_infra import cli, commands
 from hermes_infra.checks import TEST_MODULE, all_controls, connect, runner
 from hermes_infra.checks.runner import instances
-from hermes_infra.settings import HostSettings
+from hermes_infra.settings.schema import HostSettings
 
 
 def closed_port() -> int:

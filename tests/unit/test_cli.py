@@ -18,7 +18,7 @@ def test_user_at_host_becomes_pyinfra_arguments():
 
 def test_pyinfra_command_uses_the_packaged_deploy_and_passthrough():
     command = commands.pyinfra_command(commands.Target("root@h"), dry=True, extra=["--limit", "web"])
-    assert command[1:3] == ["-m", "hermes_infra.pyinfra_child"]
+    assert command[1:3] == ["-m", "hermes_infra.release.pyinfra_child"]
     assert str(commands.DEPLOY_FILE) in command and "--dry" in command
     assert command[-2:] == ["--limit", "web"]
 

@@ -11,11 +11,11 @@ import threading
 import pytest
 import yaml
 
-from hermes_infra import hardening
-from hermes_infra.compose import Service
-from hermes_infra.daemon import HARDENED_DEFAULTS, daemon_json, daemon_json_text
-from hermes_infra.render import render_template
-from hermes_infra.settings import DockerSettings
+from hermes_infra.plan import hardening
+from hermes_infra.plan.compose import Service
+from hermes_infra.plan.daemon import HARDENED_DEFAULTS, daemon_json, daemon_json_text
+from hermes_infra.plan.render import render_template
+from hermes_infra.settings.schema import DockerSettings
 
 
 # ---------------------------------------------------------------------------- daemon.json

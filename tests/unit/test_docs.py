@@ -1,6 +1,6 @@
 """The README's reference sections are generated from the code and must match it."""
 from hermes_infra import docs
-from hermes_infra.settings import HostSettings
+from hermes_infra.settings.schema import HostSettings
 
 
 def test_readme_reference_is_up_to_date():

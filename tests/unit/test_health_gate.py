@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from hermes_infra.health import gate_script
-from hermes_infra.hostfacts import DataDirRequest
+from hermes_infra.operations.health import gate_script
+from hermes_infra.host.hostfacts import DataDirRequest
 
 KEY = "k3J9-vQ2x_Lm8pR4tZ7w-gate-key"
 

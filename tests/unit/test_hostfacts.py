@@ -8,8 +8,15 @@ import subprocess
 
 import pytest
 
-from hermes_infra.hostfacts import (BACKGROUND, DataDirRequest, ProbeRequest, StateRequest, parse_state,
-                                    state_command, state_sections)
+from hermes_infra.host.hostfacts import (
+    BACKGROUND,
+    DataDirRequest,
+    ProbeRequest,
+    StateRequest,
+    parse_state,
+    state_command,
+    state_sections,
+)
 
 
 def read(request: StateRequest):

@@ -1,4 +1,4 @@
-"""Tests of hermes_infra.imagebuild.
+"""Tests of hermes_infra.images.build.
 
 The fast tests build docker-archives from a tiny fake rootfs (no debootstrap, no network).
 `test_real_image_serves_gateway` is opt-in (HERMES_INFRA_REAL_IMAGE=1, root, debootstrap,
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hermes_infra import imagebuild as ib
+from hermes_infra.images import build as ib
 
 IS_ROOT = os.geteuid() == 0
 

@@ -1,4 +1,4 @@
-"""Tests of hermes_infra.imageid: image identity across Docker's classic and containerd stores.
+"""Tests of hermes_infra.images.identity: image identity across Docker's classic and containerd stores.
 
 Recorded `docker image inspect` output lives in tests/unit/fixtures/ (sources in its README);
 `docker save` archives are built here, small, in both layouts Docker writes.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hermes_infra import hostenv
-from hermes_infra.imageid import (
+from hermes_infra.host import hostenv
+from hermes_infra.images.identity import (
     ImageArchiveFormatError,
     ImageIdentity,
     architecture_mismatch,
@@ -325,7 +325,7 @@ def test_real_built_image_archive_when_present():
     """The archive `imagebuild.build_image()` caches, if one was built on this machine."""
     metas = sorted((hostenv.cache_dir() / "hermes-images").glob("*/image.json"))
     if not metas:
-        pytest.skip("no image built by hermes_infra.imagebuild.build_image() in the cache")
+        pytest.skip("no image built by hermes_infra.images.build.build_image() in the cache")
     meta = json.loads(metas[-1].read_text())
     identity = identity_from_archive(metas[-1].parent)
     assert identity.config_digest == meta["image_id"]

@@ -433,3 +433,13 @@ def test_a_failed_loadvm_is_an_error_not_a_silent_old_state(tmp_path, monkeypatc
     vm, _ = _running_vm(tmp_path, monkeypatch, lambda sock, command, timeout=5.0: "Snapshot 'x' does not exist")
     with pytest.raises(LocalVMError, match="does not exist"):
         vm.restore_state("x")
+
+
+def test_local_vm_inventory_data_is_never_refused_as_unknown():
+    """settings/ cannot import localvm/ (a later stage), so the names it sets must be pyinfra's own."""
+    from hermes_infra.localvm.ssh import SSHConnection
+    from hermes_infra.settings.loading import pyinfra_data_names
+
+    for known_hosts in (None, Path("known_hosts")):
+        data = SSHConnection(port=2222, key_path=Path("key"), known_hosts=known_hosts).pyinfra_data()
+        assert set(data) <= pyinfra_data_names()

@@ -8,9 +8,9 @@ import json
 import pytest
 import yaml
 
-from hermes_infra import configfile, envfile, managedkeys
-from hermes_infra.plan import managed_keys_path
-from hermes_infra.safeio import FileRead
+from hermes_infra.plan import configfile, envfile, managedkeys
+from hermes_infra.plan.hostplan import managed_keys_path
+from hermes_infra.host.safeio import FileRead
 from tests.unit.hostfakes import converged, fresh, plan_for, root_file, settings
 
 SECRET = "sk-extra-secret-value-0123456789"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from hermes_infra import configfile, envfile
+from hermes_infra.plan import configfile, envfile
 
 OPERATOR_FILE = """# my notes
 OPENROUTER_API_KEY=sk-or-operator

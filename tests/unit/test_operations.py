@@ -8,17 +8,9 @@ import re
 
 from pyinfra.connectors.ssh import SSHConnector
 
-from hermes_infra import (
-    compose,
-    datadir,
-    docker_engine,
-    health,
-    image,
-    ops,
-    profiles,
-    swap,
-)
-from hermes_infra.plan import ImagePlan, RetirePlan
+from hermes_infra.operations import datadir, docker_engine, health, image, files as ops, profiles, swap
+from hermes_infra.operations import compose
+from hermes_infra.plan.hostplan import ImagePlan, RetirePlan
 from tests.unit.hostfakes import (
     FakeCommand,
     converged,

@@ -5,8 +5,8 @@ import dataclasses
 
 import pytest
 
-from hermes_infra.plan import PlanError, fact_request
-from hermes_infra.safeio import FileRead
+from hermes_infra.plan.hostplan import PlanError, fact_request
+from hermes_infra.host.safeio import FileRead
 from tests.unit.hostfakes import (
     converged,
     fresh,

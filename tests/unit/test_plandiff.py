@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import logging
 
-from hermes_infra import plandiff
-from hermes_infra.safeio import FileRead
+from hermes_infra.plan import plandiff
+from hermes_infra.host.safeio import FileRead
 from tests.unit.hostfakes import converged, fresh, plan_for, settings
 
 OLD, NEW = "sk-old-secret-value-111111", "sk-new-secret-value-222222"
@@ -74,7 +74,7 @@ def test_hostile_env_lines_are_masked_and_cannot_reach_the_terminal():
 
 
 def test_the_deploy_prints_the_diff_in_one_block_when_asked(monkeypatch, caplog):
-    from hermes_infra import deploy
+    from hermes_infra.release import deploy
     from hermes_infra.commands import SHOW_DIFF_ENV
 
     facts = converged(settings(gateways=[_gateway()]))

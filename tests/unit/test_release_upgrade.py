@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from hermes_infra import deploy  # noqa: F401  (the deploy imports the upgrade operations)
+from hermes_infra.release import deploy  # noqa: F401  (the deploy imports the upgrade operations)
 from hermes_infra.release import upgrade
 from tests.unit.hostfakes import converged, fresh, plan_for, run_op, settings
 

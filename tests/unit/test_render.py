@@ -5,10 +5,10 @@ import json
 
 import yaml
 
-from hermes_infra import compose, daemon, envfile
-from hermes_infra.capacity import HostResources, derive_limits
-from hermes_infra.loading import settings_from_raw
-from hermes_infra.settings import GIB
+from hermes_infra.plan import compose, daemon, envfile
+from hermes_infra.plan.capacity import HostResources, derive_limits
+from hermes_infra.settings.loading import settings_from_raw
+from hermes_infra.settings.schema import GIB
 from tests.unit.hostfakes import fresh, plan_for
 
 SECRETS = {"OPENROUTER_API_KEY": "sk-or-v1-verysecretvalue", "TELEGRAM_BOT_TOKEN": "12345:telegram-secret"}

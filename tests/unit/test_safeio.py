@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from hermes_infra import safeio
+from hermes_infra.host import safeio
 
 OWNER = 10000
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (setpriv to another uid)")

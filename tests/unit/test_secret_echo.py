@@ -10,8 +10,9 @@ import typing
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from hermes_infra import commands, pyinfra_child
-from hermes_infra.settings import HostSettings
+from hermes_infra import commands
+from hermes_infra.release import pyinfra_child
+from hermes_infra.settings.schema import HostSettings
 
 SECRETS = [f"secret-value-{n}-Qw8vT2mZp9Lx4Rn7" for n in range(10)]
 DATA = {

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from hermes_infra import daemon, topology
-from hermes_infra.capacity import HostResources, derive_limits
-from hermes_infra.loading import SettingsError, collect, settings_from_raw
-from hermes_infra.settings import GIB, HostSettings
+from hermes_infra.plan import daemon
+from hermes_infra.settings import topology
+from hermes_infra.plan.capacity import HostResources, derive_limits
+from hermes_infra.settings.loading import SettingsError, collect, settings_from_raw
+from hermes_infra.settings.schema import GIB, HostSettings
 
 
 def refused(raw: dict) -> str:

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from hermes_infra import commands
-from hermes_infra import settings as settings_module
-from hermes_infra.loading import (
+from hermes_infra.settings import schema as settings_module
+from hermes_infra.settings.loading import (
     SettingsError,
     collect,
     host_data_layers,
@@ -16,7 +16,7 @@ from hermes_infra.loading import (
     settings_for_host,
     settings_from_raw,
 )
-from hermes_infra.settings import (
+from hermes_infra.settings.schema import (
     DEFAULT_IMAGE,
     HostSettings,
     check_api_key,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from hermes_infra.sshchannel import exchange
+from hermes_infra.host.sshchannel import exchange
 from tests.unit.hostfakes import FakeCommand
 
 

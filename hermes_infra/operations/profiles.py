@@ -10,8 +10,8 @@ import time
 from pyinfra import host
 from pyinfra.api import operation
 
-from hermes_infra.ops import backup_dir_command
-from hermes_infra.plan import RetirePlan, Writer
+from hermes_infra.operations.files import backup_dir_command
+from hermes_infra.plan.hostplan import RetirePlan, Writer
 
 
 @operation()

@@ -18,9 +18,8 @@ from typing import Any
 
 import yaml
 
-from hermes_infra import configfile, envfile
-from hermes_infra.plan import DataFilePlan, HostPlan, RootFilePlan
-from hermes_infra.swap import fstab_line
+from hermes_infra.plan import configfile, envfile
+from hermes_infra.plan.hostplan import DataFilePlan, HostPlan, RootFilePlan, fstab_line
 
 REDACTED = "<redacted>"
 CHANGED = "<redacted> (changed)"

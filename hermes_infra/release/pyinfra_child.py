@@ -1,4 +1,4 @@
-"""`python -m hermes_infra.pyinfra_child ARGS`: pyinfra's CLI with the `--data` values read from
+"""`python -m hermes_infra.release.pyinfra_child ARGS`: pyinfra's CLI with the `--data` values read from
 the 0600 file named by HERMES_INFRA_DATA_FILE (`commands.child_data_file`).
 
 `--data` values are settings sections, secrets included; a process's arguments are readable by

@@ -5,10 +5,10 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from hermes_infra.sizes import format_bytes, parse_size
+from hermes_infra.settings.sizes import format_bytes, parse_size
 
 if TYPE_CHECKING:
-    from hermes_infra.settings import HostSettings
+    from hermes_infra.settings.schema import HostSettings
 
 MIB = 1024**2
 

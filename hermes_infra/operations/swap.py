@@ -10,8 +10,8 @@ import shlex
 from pyinfra import host
 from pyinfra.api import deploy, operation
 
-from hermes_infra.ops import root_file
-from hermes_infra.plan import SwapPlan, Writer
+from hermes_infra.operations.files import root_file
+from hermes_infra.plan.hostplan import SwapPlan, Writer, fstab_line
 
 
 def create_commands(path: str, size_bytes: int) -> list[str]:
@@ -25,10 +25,6 @@ def create_commands(path: str, size_bytes: int) -> list[str]:
         f"mkswap {quoted} >/dev/null",
         f"swapon {quoted}",
     ]
-
-
-def fstab_line(path: str) -> str:
-    return f"{path} none swap sw 0 0"
 
 
 @operation()

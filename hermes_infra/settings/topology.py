@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hermes_infra.settings import CompanionSettings, GatewaySettings, HostSettings
+    from hermes_infra.settings.schema import CompanionSettings, GatewaySettings, HostSettings
 
 
 def gateway_for(settings: HostSettings, companion: CompanionSettings) -> GatewaySettings:

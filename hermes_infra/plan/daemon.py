@@ -27,7 +27,7 @@ import copy
 import json
 from typing import Any
 
-from hermes_infra.settings import DockerSettings
+from hermes_infra.settings.schema import DockerSettings
 
 HARDENED_DEFAULTS: dict[str, Any] = {
     "icc": False,

@@ -11,7 +11,7 @@ group data, host data and ``--data`` are merged key by key, lists replace each o
 Validation rules that hold for every model here:
 
 * unknown names are refused at every level (``extra="forbid"``; the top level is checked in
-  :mod:`hermes_infra.loading`), so a typo never silently falls back to a default;
+  :mod:`hermes_infra.settings.loading`), so a typo never silently falls back to a default;
 * no value that ends up in a ``.env`` file, an env file or a compose file may hold a control
   character (:data:`NoControlChars`, :data:`SafeText`), and variable names are
   ``[A-Za-z_][A-Za-z0-9_]*`` (:data:`EnvNames`);
@@ -47,8 +47,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from hermes_infra import gatewayenv, topology
-from hermes_infra.sizes import parse_size_setting
+from hermes_infra.settings import gatewayenv, topology
+from hermes_infra.settings.sizes import parse_size_setting
 
 GIB = 1024**3
 MIB = 1024**2

@@ -7,8 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from hermes_infra import imageid
-from hermes_infra.hostenv import cache_dir
+from hermes_infra.images import identity as imageid
+from hermes_infra.host.hostenv import cache_dir
 
 
 class ImageArchiveError(ValueError):

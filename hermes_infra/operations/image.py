@@ -13,8 +13,8 @@ from pyinfra.connectors.ssh import SSHConnector
 from pyinfra.connectors.util import make_unix_command_for_host
 from pyinfra.operations import files
 
-from hermes_infra.plan import ImagePlan, Writer
-from hermes_infra.sshchannel import exchange
+from hermes_infra.plan.hostplan import ImagePlan, Writer
+from hermes_infra.host.sshchannel import exchange
 
 # Read by pyinfra's own command runner, not by the shell command.
 _RUNNER_ARGUMENTS = {"_stdin", "_get_pty", "_timeout", "_success_exit_codes"}

@@ -23,7 +23,7 @@ from pyinfra.api import FactBase
 from pyinfra.facts.hardware import Cpus, Memory
 from pyinfra.facts.server import OsRelease
 
-from hermes_infra import safeio
+from hermes_infra.host import safeio
 
 SECTION = "@@hermes-infra-section"
 

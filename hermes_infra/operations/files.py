@@ -16,8 +16,8 @@ from io import BytesIO
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, operation
 
-from hermes_infra import safeio
-from hermes_infra.plan import DataFilePlan, RootFilePlan, Writer
+from hermes_infra.host import safeio
+from hermes_infra.plan.hostplan import DataFilePlan, RootFilePlan, Writer
 
 
 def _flat(path: str) -> str:

@@ -12,16 +12,10 @@ secret and never executes anything from a data dir. `hermes-infra restore TARGET
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING
 
-from pyinfra import host
-from pyinfra.api import operation
-
-from hermes_infra import compose, safeio
-from hermes_infra.settings import HostSettings
-
-if TYPE_CHECKING:
-    from hermes_infra.plan import BackupTimerPlan
+from hermes_infra.host import safeio
+from hermes_infra.plan import compose
+from hermes_infra.settings.schema import HostSettings
 
 SCRIPT = "/usr/local/sbin/hermes-infra-backup"
 SERVICE = "/etc/systemd/system/hermes-infra-backup.service"
@@ -70,23 +64,3 @@ def units(calendar: str) -> dict[str, str]:
                 f"[Timer]\nOnCalendar={calendar}\nPersistent=true\nRandomizedDelaySec=15min\n\n"
                 "[Install]\nWantedBy=timers.target\n"),
     }
-
-
-@operation()
-def timer_running(plan: "BackupTimerPlan"):
-    """The backup timer enabled and waiting when a schedule is set; gone (archives kept) when
-    the setting is unset."""
-    calendar = plan.calendar
-    if calendar is None:
-        if not plan.present and not plan.enabled:
-            host.noop("no backup schedule is set")
-            return
-        yield f"systemctl disable --now {TIMER_UNIT} 2>/dev/null || true"
-        yield f"rm -f {' '.join(PATHS)} && systemctl daemon-reload"
-        return
-    if plan.enabled and plan.active and not plan.files_changed:
-        host.noop(f"backups run {calendar}")
-        return
-    # The calendar is checked by systemd itself before the timer is (re)started with it.
-    yield f"systemd-analyze calendar {shlex.quote(calendar)} >/dev/null"
-    yield f"systemctl daemon-reload && systemctl enable {TIMER_UNIT} && systemctl restart {TIMER_UNIT}"

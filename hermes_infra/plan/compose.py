@@ -8,20 +8,14 @@ from __future__ import annotations
 import hashlib
 import shlex
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from pyinfra import host
-from pyinfra.api import operation
-
-from hermes_infra import envfile, topology
-from hermes_infra.capacity import EffectiveLimits
-from hermes_infra.hardening import GATEWAY_HEALTHCHECK
-from hermes_infra.render import render_template
-from hermes_infra.settings import CompanionSettings, HostSettings
-from hermes_infra.sizes import parse_size
-
-if TYPE_CHECKING:  # the plan imports this module
-    from hermes_infra.plan import ProjectPlan
+from hermes_infra.plan import envfile
+from hermes_infra.settings import topology
+from hermes_infra.plan.capacity import EffectiveLimits
+from hermes_infra.plan.hardening import GATEWAY_HEALTHCHECK
+from hermes_infra.plan.render import render_template
+from hermes_infra.settings.schema import CompanionSettings, HostSettings
+from hermes_infra.settings.sizes import parse_size
 
 MAIN_PROJECT = "hermes"
 LABEL_INPUTS = "io.hermes-infra.inputs"
@@ -145,21 +139,3 @@ def compose_command(directory: str, project: str) -> str:
 
 def stamp_of(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-@operation()
-def compose_up(project: "ProjectPlan"):
-    """`docker compose up -d` when the plan says why (the file changed since it was last applied,
-    a service is not running, a gateway was recreated by hand); otherwise nothing (pyinfra's
-    docker.compose always reports a change)."""
-    if project.up_reason is None:
-        host.noop(f"compose project {project.name} is up to date and running")
-        return
-    compose_cmd = compose_command(project.directory, project.name)
-    yield f"{compose_cmd} up -d --remove-orphans --quiet-pull 2>&1"
-    # The stamp records what was applied and the config hash compose gave each checked service,
-    # so later deploys detect a container recreated by hand without running compose (seconds).
-    # `--hash` takes one comma-separated argument; '*' hashes every service and the plan reads
-    # only the ones it checks.
-    hashes = f"{compose_cmd} config --hash '*'" if project.drift_checked else "true"
-    yield f"{{ echo {project.stamp}; {hashes}; }} > {shlex.quote(project.stamp_path)}"

@@ -16,21 +16,13 @@ from dataclasses import dataclass, field
 
 from pyinfra.api.exceptions import PyinfraError
 
-from hermes_infra import (
-    backup_timer,
-    compose,
-    configfile,
-    daemon,
-    envfile,
-    gatewayenv,
-    imageid,
-    managedkeys,
-    safeio,
-    topology,
-)
-from hermes_infra.capacity import EffectiveLimits, HostResources, derive_limits
-from hermes_infra.hostfacts import DataDirRequest, HostState, ProbeRequest, StateRequest
-from hermes_infra.settings import GatewaySettings, HostSettings, check_api_key
+from hermes_infra.host import safeio
+from hermes_infra.images import identity as imageid
+from hermes_infra.plan import backup_timer, compose, configfile, daemon, envfile, managedkeys
+from hermes_infra.settings import gatewayenv, topology
+from hermes_infra.plan.capacity import EffectiveLimits, HostResources, derive_limits
+from hermes_infra.host.hostfacts import DataDirRequest, HostState, ProbeRequest, StateRequest
+from hermes_infra.settings.schema import GatewaySettings, HostSettings, check_api_key
 
 SUPPORTED = {"debian": ("bookworm", "trixie", "forky")}
 STAGE_DIR = "/var/lib/hermes-infra/stage"
@@ -192,6 +184,11 @@ class ImagePlan:
     archive_ref: str | None = None
     cache_dir: str = "/var/cache/hermes-infra/images"
     identity: str | None = None
+
+
+def fstab_line(path: str) -> str:
+    """The fstab entry of a swap file, as the operation writes it and the diff shows it."""
+    return f"{path} none swap sw 0 0"
 
 
 @dataclass(frozen=True)
@@ -481,7 +478,7 @@ def _image(settings: HostSettings, facts: Facts) -> ImagePlan:
 
 
 def compose_archive(location: str):
-    from hermes_infra.archive import ImageArchiveError, inspect_archive
+    from hermes_infra.images.archive import ImageArchiveError, inspect_archive
 
     try:
         return inspect_archive(location)
@@ -577,7 +574,7 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
         packages = tuple(f"{p}={docker_settings.version}" if p in engine else p for p in packages)
     sources = None
     if docker_settings.install_source == "official":
-        from hermes_infra.render import render_template
+        from hermes_infra.plan.render import render_template
 
         sources = _root_file(state, DOCKER_SOURCES, render_template(
             "docker.sources.j2", url=docker_settings.official_repo_url, suite=codename, keyring=DOCKER_KEYRING))

@@ -5,7 +5,7 @@ import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hermes_infra.settings import GatewaySettings, WeixinSettings
+    from hermes_infra.settings.schema import GatewaySettings, WeixinSettings
 
 # Env keys whose values identify a messaging bot: two gateways sharing one fight over it.
 BOT_TOKEN_KEY = re.compile(r"^[A-Z0-9_]*(TOKEN|WEBHOOK_SECRET|APP_SECRET)$|^[A-Z0-9_]+_ACCOUNT_ID$")

@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-from hermes_infra import hostenv
+from hermes_infra.host import hostenv
 
 # Bump when the recipe changes in a way the hashed inputs below do not show.
 RECIPE_VERSION = 1

@@ -12,9 +12,9 @@ import shlex
 from pyinfra import host
 from pyinfra.api import deploy, operation
 
-from hermes_infra import safeio
-from hermes_infra.ops import data_file
-from hermes_infra.plan import DataDirPlan, GatewayPlan, Writer
+from hermes_infra.host import safeio
+from hermes_infra.operations.files import data_file
+from hermes_infra.plan.hostplan import DataDirPlan, GatewayPlan, Writer
 
 
 @operation()

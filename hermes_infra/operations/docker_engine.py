@@ -8,9 +8,9 @@ from pyinfra import host, logger
 from pyinfra.api import deploy, operation
 from pyinfra.operations import files, server
 
-from hermes_infra import aptwait
-from hermes_infra.ops import root_file
-from hermes_infra.plan import DOCKER_KEYRING, DockerPlan, Writer
+from hermes_infra.host import aptwait
+from hermes_infra.operations.files import root_file
+from hermes_infra.plan.hostplan import DOCKER_KEYRING, DockerPlan, Writer
 
 RESTART_IF_RUNNING = "if systemctl is-active --quiet docker; then systemctl restart docker; fi"
 

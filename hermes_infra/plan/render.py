@@ -1,4 +1,4 @@
-"""Jinja2 rendering of the templates shipped in `hermes_infra/templates/` (also `templates/`)."""
+"""Jinja2 rendering of the templates shipped in `hermes_infra/plan/templates/` (also `templates/`)."""
 from __future__ import annotations
 
 from functools import lru_cache

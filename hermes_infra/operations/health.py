@@ -11,8 +11,8 @@ import shlex
 from pyinfra import host
 from pyinfra.api import operation
 
-from hermes_infra.hostfacts import DataDirRequest, key_header_script
-from hermes_infra.plan import HealthPlan
+from hermes_infra.host.hostfacts import DataDirRequest, key_header_script
+from hermes_infra.plan.hostplan import HealthPlan
 
 
 def gate_script(url: str, container: str, data_dir: DataDirRequest, timeout: int, interval: float) -> str:

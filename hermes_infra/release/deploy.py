@@ -10,14 +10,15 @@ import os
 from pyinfra import host, logger
 from pyinfra.api import deploy
 
-from hermes_infra import backup_timer, compose, datadir, docker_engine, health, image, plandiff, profiles, swap
+from hermes_infra.operations import backup_timer, compose, datadir, docker_engine, health, image, profiles, swap
+from hermes_infra.plan import plandiff
 from hermes_infra.commands import SHOW_DIFF_ENV
-from hermes_infra.hostfacts import HermesHostState
-from hermes_infra.loading import settings_for_host
-from hermes_infra.ops import root_file
-from hermes_infra.plan import Facts, HostPlan, fact_request, make_plan
+from hermes_infra.host.hostfacts import HermesHostState
+from hermes_infra.settings.loading import settings_for_host
+from hermes_infra.operations.files import root_file
+from hermes_infra.plan.hostplan import Facts, HostPlan, fact_request, make_plan
 from hermes_infra.release import gate, results, upgrade
-from hermes_infra.settings import HostSettings
+from hermes_infra.settings.schema import HostSettings
 
 
 def gather(settings: HostSettings) -> Facts:

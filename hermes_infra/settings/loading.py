@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr, ValidationError
 from pyinfra.api.exceptions import PyinfraError
 
-from hermes_infra.settings import DEFAULT_SSH_PORT, HostSettings
+from hermes_infra.settings.schema import DEFAULT_SSH_PORT, HostSettings
 
 SECTIONS = tuple(HostSettings.model_fields)
 SECRET_PARTS = ("key", "token", "secret", "password", "env", "credential", "passphrase")
@@ -76,8 +76,8 @@ def pyinfra_data_names() -> frozenset[str]:
     """Top-level data names pyinfra itself (or the local VM) uses: never refused as unknown.
 
     Read from pyinfra where possible: the global argument names (`_sudo`, ...) and every
-    installed connector's data keys (`data_cls` / `data_meta`), plus the local VM's inventory
-    data (hermes_infra.localvm).
+    installed connector's data keys (`data_cls` / `data_meta`). The local VM's inventory data
+    (localvm/ssh.py) uses only SSH connector names; tests/unit/test_localvm.py holds it to that.
     """
     names = set(_FALLBACK_PYINFRA_NAMES)
     try:
@@ -105,15 +105,6 @@ def pyinfra_data_names() -> frozenset[str]:
             names.update(typing.get_type_hints(connector.data_cls))
         except Exception:  # noqa: BLE001
             pass
-    try:
-        from pathlib import Path
-
-        from hermes_infra.localvm.ssh import SSHConnection
-
-        for known_hosts in (None, Path("known_hosts")):
-            names.update(SSHConnection(port=DEFAULT_SSH_PORT, key_path=Path("key"), known_hosts=known_hosts).pyinfra_data())
-    except Exception:  # noqa: BLE001
-        pass
     return frozenset(name for name in names if isinstance(name, str))
 
 
