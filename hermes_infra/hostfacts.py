@@ -74,12 +74,14 @@ class RootFile:
 def key_header_script(data_dir: DataDirRequest) -> str:
     """`Authorization: Bearer <key>` from the data dir's `.env`, for `curl -H @-`.
 
-    Read as the data dir's owner without following links; through a pipe the key never
-    becomes a process argument. The deploy writes the key line in canonical form
-    (`API_SERVER_KEY=<key>`, unquoted), so this extraction and envfile.parse agree.
+    Read as the data dir's owner, only when it is a regular, singly linked file, and at most
+    `safeio.MAX_ENV_BYTES` of it (`safeio.owner_read`): a planted link, FIFO or device node is
+    never opened. Through a pipe the key never becomes a process argument. The deploy writes
+    the key line in canonical form (`API_SERVER_KEY=<key>`, unquoted), so this extraction and
+    envfile.parse agree.
     """
-    read = (f"( {safeio.enter(data_dir.directory)} && {safeio.as_owner(data_dir.uid, data_dir.gid)} "
-            f"dd if=.env iflag=nofollow,nonblock bs=65536 status=none 2>/dev/null )")
+    read = (f"( {safeio.enter(data_dir.directory)} && "
+            f"{{ {safeio.owner_read('.env', data_dir.uid, data_dir.gid, safeio.MAX_ENV_BYTES)}; }} )")
     return f"{read} | sed -n 's/^API_SERVER_KEY=/Authorization: Bearer /p' | tail -n 1"
 
 

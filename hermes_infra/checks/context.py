@@ -323,8 +323,9 @@ def env_script(directory: str, uid: int, gid: int, body: str) -> str:
     <lstat>` (parsed by `parse_env_output`). Runs in a subshell: the `cd` does not leak.
     """
     quoted = shlex.quote(directory)
-    read = (f"{safeio.as_owner(uid, gid)} dd if={ENV_NAME} iflag=nofollow,nonblock bs=65536 status=none "
-            f"2>/dev/null | head -c {safeio.MAX_READ_BYTES}")
+    # The shared hostile-safe reader: it checks the opened fd itself, so a swap after the lstat
+    # below (to a device node, a link, a FIFO) is never read.
+    read = safeio.owner_read(ENV_NAME, uid, gid, safeio.MAX_READ_BYTES)
     # LC_ALL=C: %F is translated in other locales, and the `case` below matches its English.
     lstat = f"LC_ALL=C stat -c '{STAT_FORMAT}' -- {ENV_NAME} 2>/dev/null || echo '{STAT_MISSING}'"
     return (

@@ -21,6 +21,7 @@ import pytest
 import testinfra.host
 from testinfra.backend.base import BaseBackend
 
+from hermes_infra import safeio
 from hermes_infra.capacity import HostResources
 from hermes_infra.checks import all_controls
 from hermes_infra.checks.context import (
@@ -269,8 +270,11 @@ def test_the_key_probe_reads_env_safely_and_never_carries_the_key_in_a_command()
     assert (facts.kind, status) == ("regular", "200")
     [command] = [c for c in host.commands if ENV_AUTHED in c]
     assert secret not in command
-    assert "setpriv --reuid=10000 --regid=10000 --clear-groups -- dd if=.env iflag=nofollow,nonblock" in command
-    assert "-H @-" in command and "cat " not in command and "stat -L" not in command
+    assert safeio.owner_read(".env", 10000, 10000, safeio.MAX_READ_BYTES) in command
+    assert "setpriv --reuid=10000 --regid=10000 --clear-groups -- sh -c" in command
+    # the only following stat is the owner's fstat of the fd it opened, never root's on a path
+    assert command.count("stat -L") == command.count("stat -L -c '\"'\"'%d:%i|%F|%h'\"'\"' /dev/fd/3") == 1
+    assert "-H @-" in command and "cat " not in command
     # curl only runs in the branch for a regular, singly linked file
     assert command.index("'1|regular file|'*") < command.index("curl ")
     # what a FIFO "answers" is never believed

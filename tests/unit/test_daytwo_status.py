@@ -44,7 +44,7 @@ def test_one_command_per_host_read_only_and_key_never_an_argument():
     assert command.count("rm -") == 1 and 'rm -rf "$d"' in command
     background = command.split(" else d=;")[0]
     assert "API_SERVER_KEY" not in background and "setpriv" not in background
-    assert "-H @-" in command and "setpriv --reuid=10000" in command and "iflag=nofollow" in command
+    assert "-H @-" in command and "setpriv --reuid=10000" in command and "/dev/fd/3" in command
     assert "/health/detailed" in command and "/var/log/hermes-infra/audit.jsonl" in command
     assert result.error is None
 

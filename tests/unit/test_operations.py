@@ -16,6 +16,7 @@ from hermes_infra import (
     image,
     ops,
     profiles,
+    safeio,
     swap,
 )
 from hermes_infra.plan import ImagePlan, RetirePlan
@@ -132,7 +133,7 @@ def test_env_rewrite_backs_up_the_old_file_read_as_the_owner():
         env, text=env.text.replace("API_SERVER_MODEL_NAME=hermes-agent", "API_SERVER_MODEL_NAME=x"))
     plan = plan_for(host, facts)
     text = run_op(ops.data_file, plan.gateways[0].env, plan.writer).text()
-    assert "setpriv --reuid=10000 --regid=10000 --clear-groups -- dd if=.env iflag=nofollow,nonblock" in text
+    assert safeio.owner_read(".env", 10000, 10000, safeio.MAX_READ_BYTES) in text
     assert "> /var/backups/hermes-infra/root__.hermes__.env." in text
     assert not ROOT_TOUCHING_DATA_DIR.search(text), text
 
@@ -272,7 +273,7 @@ def test_health_gate_skipped_when_healthy_and_nothing_changed():
     text = run_op(health.healthy, plan.health[0]).text()
     assert KEY not in text
     assert "curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H @-" in text
-    assert "setpriv --reuid=10000" in text and "iflag=nofollow,nonblock" in text
+    assert "setpriv --reuid=10000" in text and "/dev/fd/3" in text
 
 
 def test_apt_lock_wait_only_when_needed():
