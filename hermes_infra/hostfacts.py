@@ -143,11 +143,11 @@ def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
     if request.packages:
         names = " ".join(shlex.quote(name) for name in request.packages)
         sections.append(("packages", [f"dpkg-query -W -f '${{Package}} ${{db:Status-Status}}\\n' {names} 2>/dev/null || true"]))
-    # Who holds one of apt's locks: their inodes (one stat), matched in /proc/locks (one awk).
-    sections.append(("aptlock", [
-        f"stat -c %i {' '.join(APT_LOCKS)} 2>/dev/null | awk 'NR == FNR {{want[\":\" $1] = 1; next}} "
-        "$2 == \"POSIX\" {n = split($6, part, \":\"); if ((\":\" part[n]) in want) {print $5; exit}}' - /proc/locks "
-        "| while read -r pid; do echo \"$pid $(cat /proc/$pid/comm 2>/dev/null)\"; done"]))
+    # Who holds one of apt's locks: the lock files' device and inode (one stat), matched in
+    # /proc/locks (one awk) on maj:min:inode as aptwait does (an inode number alone also matches a
+    # lock an agent holds on another filesystem). Where the device differs (btrfs reports another
+    # st_dev), the holder must have the lock file itself open, as aptwait confirms it.
+    sections.append(("aptlock", [APT_LOCK_HOLDER]))
     sections.append(("docker", ["command -v docker >/dev/null 2>&1 && echo installed || echo missing",
                                 _engine_get(f"/containers/json?all=1&filters={quote(COMPOSE_FILTER)}",
                                             "docker ps -a --no-trunc --filter label=com.docker.compose.project "
@@ -167,6 +167,18 @@ def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
 SERVICES = ("docker.service", "hermes-infra-backup.timer")
 APT_LOCKS = ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/lists/lock",
              "/var/cache/apt/archives/lock")
+# st_dev (decimal) to /proc/locks' "maj:min" (hex), in awk arithmetic (mawk has no bit operators):
+# major = (dev >> 8) & 0xfff, minor = (dev & 0xff) | ((dev >> 12) & 0xfff00).
+APT_LOCK_HOLDER = (
+    f"stat -c '%i %d %n' {' '.join(APT_LOCKS)} 2>/dev/null | awk 'NR == FNR {{"
+    "id = sprintf(\"%02x:%02x:%s\", int($2 / 256) % 4096, $2 % 256 + (int($2 / 1048576) % 4096) * 256, $1); "
+    "exact[id] = 1; path[$1] = $3; next} "
+    "$2 == \"POSIX\" && $5 ~ /^[0-9]+$/ {if ($6 in exact) {print $5; exit} "
+    "n = split($6, part, \":\"); if (part[n] in path) print $5, path[part[n]]}' - /proc/locks "
+    "| while read -r pid file; do if [ -z \"$file\" ]; then echo \"$pid $(cat /proc/$pid/comm 2>/dev/null)\"; break; fi; "
+    "for fd in /proc/$pid/fd/*; do if [ \"$(readlink \"$fd\" 2>/dev/null)\" = \"$file\" ]; then "
+    "echo \"$pid $(cat /proc/$pid/comm 2>/dev/null)\"; break 2; fi; done; done"
+)
 COMPOSE_FILTER = json.dumps({"label": ["com.docker.compose.project"]}, separators=(",", ":"))
 DOCKER_SOCKET = "/var/run/docker.sock"
 

@@ -74,3 +74,51 @@ def test_sections_that_print_secrets_stay_in_the_foreground():
     # The probe runs in the background: the key goes to curl through a pipe, never into its output.
     probe = next(body for name, body in state_sections(request) if name.startswith("probe"))
     assert "-H @-" in probe[0]
+
+
+def apt_lock_holder(tmp_path, proc_locks: str) -> str:
+    from hermes_infra import hostfacts
+
+    locks = tmp_path / "locks"
+    locks.write_text(proc_locks)
+    files = []
+    for path in hostfacts.APT_LOCKS:
+        local = tmp_path / path.strip("/").replace("/", "_")
+        local.write_text("")
+        files.append(str(local))
+    script = hostfacts.APT_LOCK_HOLDER.replace(" /proc/locks", f" {locks}")
+    for path, local in zip(hostfacts.APT_LOCKS, files):
+        script = script.replace(path, local)
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=10).stdout.strip()
+
+
+def test_apt_lock_quick_check_matches_the_device_not_just_the_inode(tmp_path):
+    """F15: an agent's POSIX lock on another filesystem's file with the same inode number is not
+    the apt lock (and its comm is not shown as the holder)."""
+    target = tmp_path / "var_lib_dpkg_lock"
+    target.write_text("")
+    st = target.stat()
+    right = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pid = os.getpid()
+    assert apt_lock_holder(tmp_path, f"1: POSIX  ADVISORY  WRITE {pid} 00:2f:{st.st_ino} 0 EOF\n") == ""
+    with open(f"/proc/{pid}/comm") as handle:
+        comm = handle.read().strip()
+    assert apt_lock_holder(tmp_path, f"1: POSIX  ADVISORY  WRITE {pid} {right} 0 EOF\n") == f"{pid} {comm}"
+    # a waiter is not a holder
+    assert apt_lock_holder(tmp_path, f"1: -> POSIX  ADVISORY  WRITE {pid} {right} 0 EOF\n") == ""
+
+
+def test_apt_lock_holder_name_is_cleaned_before_it_is_printed(monkeypatch):
+    from hermes_infra import docker_engine
+    from tests.unit.hostfakes import converged, plan_for, settings
+
+    warnings = []
+    monkeypatch.setattr(docker_engine.logger, "warning", warnings.append)
+    import dataclasses
+
+    plan = plan_for(settings(), converged(settings())).docker
+    held = dataclasses.replace(plan, apt_lock_holder="4242 evil\x1b]0;pwned\x07")
+    from tests.unit.test_operations import run_op
+
+    run_op(docker_engine.apt_locks_free, held)
+    assert warnings and "\x1b" not in warnings[0] and "\x07" not in warnings[0]
