@@ -17,19 +17,23 @@ from hermes_infra.plan import HealthPlan
 
 def gate_script(url: str, container: str, data_dir: DataDirRequest, timeout: int, interval: float) -> str:
     curl = "curl -s -o /dev/null -w '%{http_code}' --max-time 5"
-    env_path = f"{data_dir.directory}/.env"
+    # Settings reach the messages through quoted variables, never pasted into "…" (F14: a data
+    # dir with `$(…)` in it stays text).
     return f"""
+hi_url={shlex.quote(url)}
+hi_container={shlex.quote(container)}
+hi_env={shlex.quote(data_dir.directory + "/.env")}
 deadline=$(( $(date +%s) + {int(timeout)} ))
 code=000
 while :; do
   code=$({curl} {shlex.quote(url + '/health')} || true)
   [ "$code" = 200 ] && break
   if [ "$(date +%s)" -ge "$deadline" ]; then
-    echo "hermes-infra: {container} did not answer GET {url}/health with 200 within {int(timeout)}s (last: $code)." >&2
-    echo "Check: the container state below, API_SERVER_KEY in {env_path} (>= 16 chars, no placeholder), aiohttp in the image, the port mapping." >&2
-    docker ps -a --filter name=^{container}$ --format '{{{{.Names}}}}: {{{{.Status}}}}' >&2
+    echo "hermes-infra: $hi_container did not answer GET $hi_url/health with 200 within {int(timeout)}s (last: $code)." >&2
+    echo "Check: the container state below, API_SERVER_KEY in $hi_env (>= 16 chars, no placeholder), aiohttp in the image, the port mapping." >&2
+    docker ps -a --filter "name=^$hi_container\$" --format '{{{{.Names}}}}: {{{{.Status}}}}' >&2
     echo "--- last lines of the container log ---" >&2
-    docker logs --tail 40 {shlex.quote(container)} 2>&1 | sed 's/^/  /' >&2
+    docker logs --tail 40 "$hi_container" 2>&1 | sed 's/^/  /' >&2
     exit 1
   fi
   sleep {interval}
@@ -37,11 +41,11 @@ done
 anon=$({curl} {shlex.quote(url + '/v1/models')} || true)
 authed=$( {key_header_script(data_dir)} | {curl} -H @- {shlex.quote(url + '/v1/models')} || true)
 if [ "$anon" != 401 ] || [ "$authed" != 200 ]; then
-  echo "hermes-infra: {container} /health is 200 but /v1/models gave $anon without the key (want 401) and $authed with it (want 200)." >&2
-  echo "Check: API_SERVER_KEY in {env_path} is the key clients use; API_SERVER_CORS_ORIGINS." >&2
+  echo "hermes-infra: $hi_container /health is 200 but /v1/models gave $anon without the key (want 401) and $authed with it (want 200)." >&2
+  echo "Check: API_SERVER_KEY in $hi_env is the key clients use; API_SERVER_CORS_ORIGINS." >&2
   exit 1
 fi
-echo "{container}: /health 200, /v1/models 401 without key, 200 with key"
+echo "$hi_container: /health 200, /v1/models 401 without key, 200 with key"
 """.strip()
 
 

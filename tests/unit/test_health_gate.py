@@ -87,3 +87,17 @@ def test_gate_times_out_with_what_to_check(tmp_path):
     assert result.returncode == 1
     assert "did not answer GET" in result.stderr and "within 2s" in result.stderr
     assert "API_SERVER_KEY" in result.stderr and "last lines of the container log" in result.stderr
+
+
+def test_a_data_dir_with_shell_syntax_stays_text_in_the_gate(tmp_path):
+    """F14: the data dir reaches the gate's messages quoted; `$(…)` and backticks never run."""
+    planted = tmp_path / "INJECTED"
+    data = tmp_path / f"h$(touch INJECTED)`touch INJECTED`\"x"
+    data.mkdir()
+    result = subprocess.run(["sh", "-c", gate_script(f"http://127.0.0.1:{closed_port()}", "hermes",
+                                                     DataDirRequest("hermes", str(data), os.getuid(), os.getgid()),
+                                                     1, 0.2)],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 1
+    assert not planted.exists()
+    assert f"API_SERVER_KEY in {data}/.env" in result.stderr
