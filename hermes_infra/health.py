@@ -2,7 +2,9 @@
 
 Hermes keeps its process alive when the API server fails to start (bad key, missing aiohttp),
 so only an HTTP answer proves anything: `/health` 200 without an `Origin` header (CORS would
-give 403), `/v1/models` 401 without the key and 200 with it.
+give 403), `/v1/models` 401 without the key on the published port, and 200 with the key on the
+running container's own address (`hostfacts.container_api_script`: the key never goes to a port
+another local user could have bound).
 """
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ import shlex
 from pyinfra import host
 from pyinfra.api import operation
 
-from hermes_infra.hostfacts import DataDirRequest, key_header_script
+from hermes_infra.hostfacts import DataDirRequest, container_api_script, key_header_script
 from hermes_infra.plan import HealthPlan
 
 
-def gate_script(url: str, container: str, data_dir: DataDirRequest, timeout: int, interval: float) -> str:
+def gate_script(url: str, container: str, data_dir: DataDirRequest, timeout: int, interval: float,
+                container_port: int | None = None) -> str:
     curl = "curl -s -o /dev/null -w '%{http_code}' --max-time 5"
     # Settings reach the messages through quoted variables, never pasted into "…" (F14: a data
     # dir with `$(…)` in it stays text).
@@ -39,7 +42,14 @@ while :; do
   sleep {interval}
 done
 anon=$({curl} {shlex.quote(url + '/v1/models')} || true)
-authed=$( {key_header_script(data_dir)} | {curl} -H @- {shlex.quote(url + '/v1/models')} || true)
+# The key goes to the running container's own address only, never to whoever answers on the
+# published port (a local user can bind it while the gateway is down).
+hi_api=$({container_api_script(container, container_port)})
+if [ -n "$hi_api" ]; then
+  authed=$( {key_header_script(data_dir)} | {curl} -H @- "$hi_api/v1/models" || true)
+else
+  authed="000 (container not running: the key was not sent)"
+fi
 if [ "$anon" != 401 ] || [ "$authed" != 200 ]; then
   echo "hermes-infra: $hi_container /health is 200 but /v1/models gave $anon without the key (want 401) and $authed with it (want 200)." >&2
   echo "Check: API_SERVER_KEY in $hi_env is the key clients use; API_SERVER_CORS_ORIGINS." >&2

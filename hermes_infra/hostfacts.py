@@ -41,6 +41,8 @@ class ProbeRequest:
     label: str
     url: str
     data_dir: DataDirRequest
+    container: str
+    """The gateway's container: the authed request goes to its own address, only while it runs."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,26 @@ def key_header_script(data_dir: DataDirRequest) -> str:
 
 
 CURL_OPTIONS = "-s -w '%{http_code}\\n' --max-time 5"
+
+# Where Hermes listens inside its container (compose publishes api.port to it).
+API_CONTAINER_PORT = 8642
+# The running container's addresses on its networks; nothing when it does not run. Read from
+# the engine (never from the agent), in Go's template, so nothing the agent wrote is parsed.
+RUNNING_ADDRESSES = "{{if .State.Running}}{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}{{end}}"
+
+
+def container_api_script(container: str, port: int | None = None) -> str:
+    """Shell printing `http://<address>:<port>` of `container`'s API on its own network address,
+    or nothing when the container does not run (or there is no Docker).
+
+    The API key is only ever sent there (F4): the published port on 127.0.0.1 is whoever binds it
+    while the gateway is down (a crash loop, a restart, a backup's stop window), any local user
+    included; the container's bridge address lives in its own network namespace, which no host
+    user can bind. Only an IPv4 address of digits and dots is believed.
+    """
+    return (f"for hi_ip in $(docker inspect --type container --format {shlex.quote(RUNNING_ADDRESSES)} -- "
+            f"{shlex.quote(container)} 2>/dev/null); do case \"$hi_ip\" in *[!0-9.]*|'') ;; "
+            f"*) echo \"http://$hi_ip:{int(port or API_CONTAINER_PORT)}\"; break;; esac; done")
 
 
 def _section(name: str) -> str:
@@ -154,12 +176,17 @@ def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
                                             "--format '{{json .}}'")]))
     for probe in request.probes:
         # One curl for the three requests (each curl start counts under emulation); the key
-        # reaches the third through stdin (`-H @-`), never an argument.
+        # reaches the third through stdin (`-H @-`), never an argument, and only the running
+        # container's own address (container_api_script): a stopped gateway gets no key at all.
+        published = (f"{CURL_OPTIONS} -o /dev/null {shlex.quote(probe.url + '/health')} "
+                     f"-o /dev/null {shlex.quote(probe.url + '/v1/models')}")
         sections.append((f"probe {probe.label}", [
             "if command -v curl >/dev/null 2>&1; then "
-            f"{key_header_script(probe.data_dir)} | curl {CURL_OPTIONS} -o /dev/null {shlex.quote(probe.url + '/health')} "
-            f"-o /dev/null {shlex.quote(probe.url + '/v1/models')} --next {CURL_OPTIONS} -o /dev/null -H @- "
-            f"{shlex.quote(probe.url + '/v1/models')} || true; "
+            f"hi_api=$({container_api_script(probe.container)}); "
+            'if [ -n "$hi_api" ]; then '
+            f"{key_header_script(probe.data_dir)} | curl {published} --next {CURL_OPTIONS} -o /dev/null -H @- "
+            '"$hi_api/v1/models" || true; '
+            f"else curl {published} || true; echo 000; fi; "
             "else echo 000; echo 000; echo 000; fi"]))
     return sections
 

@@ -331,7 +331,8 @@ def fact_request(settings: HostSettings) -> StateRequest:
         root_files=tuple(dict.fromkeys(files)),
         projects=tuple(projects),
         swap_path=settings.swap.path,
-        probes=tuple(ProbeRequest(g.name, probe_url(settings, g), data_dir_request(g)) for g in settings.gateways),
+        probes=tuple(ProbeRequest(g.name, probe_url(settings, g), data_dir_request(g), g.service_name)
+                     for g in settings.gateways),
         packages=tuple(dict.fromkeys(packages)),
         image_ref=settings.image.ref,
     )

@@ -631,12 +631,17 @@ def api_requires_key(ctx: HostContext, subject: Subject):
     if anonymous != "401":
         fail(f"GET {url} without a key answered {anonymous if anonymous != '000' else 'nothing'}; want 401")
     ctx.require_access(gateway.host_data_dir)
-    env, authed = ctx.authed_status(gateway, url)
+    env, authed = ctx.authed_status(gateway, "/v1/models")
     if not env.usable:
         raise CannotCheck(f"the key was not sent: {env.path} is {env.describe()} (HI-DATA-003 reports it)")
+    if authed == "notrunning":
+        # Whoever answered on the published port is not the gateway: the key is not sent (HI-CTR-001).
+        fail(f"container {gateway.service_name!r} is not running, so the key was not sent to whoever answers {url}")
     if authed != "200":
-        fail(f"GET {url} with the key from .env answered {authed if authed != '000' else 'nothing'}; want 200")
-    return "401 without the key, 200 with it (the key went through a pipe, never shown)"
+        fail(f"GET /v1/models of the running container with the key from .env answered "
+             f"{authed if authed != '000' else 'nothing'}; want 200")
+    return ("401 without the key on the published port, 200 with it on the container's own address "
+            "(the key went through a pipe, never shown)")
 
 
 # ------------------------------------------------------------------------- companions

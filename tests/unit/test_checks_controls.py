@@ -249,7 +249,7 @@ def test_http_controls_use_status_codes():
     ctx = context(record=gateway_record(), host=FakeHost({"stat -c %F": Out(0, "directory\n")}))
     answers = {"/health": "200", "/v1/models": "401", "/v1/models+key": "200"}
     ctx.http_status = lambda url: answers[url.split("8642")[1]]
-    ctx.authed_status = lambda gateway, url: (facts_of(REGULAR_ENV), answers[url.split("8642")[1] + "+key"])
+    ctx.authed_status = lambda gateway, path: (facts_of(REGULAR_ENV), answers[path + "+key"])
     assert outcome("HI-API-003", ctx).status == "passed"
     assert outcome("HI-API-004", ctx).status == "passed"
     answers["/v1/models"] = "200"   # no authentication
@@ -259,6 +259,10 @@ def test_http_controls_use_status_codes():
     assert "answered 403; want 200" in outcome("HI-API-003", ctx).message
     answers["/v1/models"], answers["/v1/models+key"] = "401", "401"
     assert "with the key from .env answered 401; want 200" in outcome("HI-API-004", ctx).message
+    # a stopped gateway: the key was not sent to whoever answers the published port (F4)
+    answers["/v1/models+key"] = "notrunning"
+    r = outcome("HI-API-004", ctx)
+    assert r.status == "failed" and "is not running, so the key was not sent" in r.message
 
 
 def test_the_key_probe_reads_env_safely_and_never_carries_the_key_in_a_command():
@@ -707,8 +711,17 @@ def test_env_script_on_real_files(data_dir, plant, kind):
         secret_file.unlink()
 
 
+def fake_docker(bin_dir: Path, address: str) -> str:
+    """PATH with a `docker` that answers `inspect` as the engine does for a running container at
+    `address` (empty: not running)."""
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "docker").write_text(f"#!/bin/sh\n[ \"$1\" = inspect ] && printf '%s\\n' '{address}'\nexit 0\n")
+    (bin_dir / "docker").chmod(0o755)
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
 @needs_root
-def test_the_key_reaches_the_api_through_stdin_only(data_dir):
+def test_the_key_reaches_the_api_through_stdin_only(data_dir, monkeypatch, tmp_path):
     key = "Zq8" + "x7Yp" * 9
     seen = []
 
@@ -731,13 +744,19 @@ def test_the_key_reaches_the_api_through_stdin_only(data_dir):
         ctx = HostContext(host, settings, name="local")
         url = f"http://127.0.0.1:{server.server_port}/v1/models"
         assert ctx.http_status(url) == "401"
-        facts, status = ctx.authed_status(settings.gateways[0], url)
+        # the container is not running: nothing is sent, to anyone
+        monkeypatch.setenv("PATH", fake_docker(tmp_path / "bin", ""))
+        facts, status = ctx.authed_status(settings.gateways[0], "/v1/models", server.server_port)
+        assert (facts.kind, status) == ("regular", "notrunning") and seen == [None]
+        # running at 127.0.0.1 (the engine's answer): the key goes to that address only
+        monkeypatch.setenv("PATH", fake_docker(tmp_path / "bin", "127.0.0.1"))
+        facts, status = ctx.authed_status(settings.gateways[0], "/v1/models", server.server_port)
         assert (facts.kind, status) == ("regular", "200")
         assert seen == [None, f"Bearer {key}"]
         assert all(key not in c for c in host.commands)
         # the same file as a link: nothing is sent
         as_owner(data_dir, "mv .env real && ln -s real .env")
-        facts, status = ctx.authed_status(settings.gateways[0], url)
+        facts, status = ctx.authed_status(settings.gateways[0], "/v1/models", server.server_port)
         assert facts.kind == "symlink" and len(seen) == 2
     finally:
         server.shutdown()

@@ -67,7 +67,7 @@ def test_sections_that_print_secrets_stay_in_the_foreground():
     request = StateRequest(data_dirs=(DataDirRequest("hermes", "/root/.hermes", 10000, 10000),),
                            root_files=("/opt/hermes/wechat.env",),
                            probes=(ProbeRequest("hermes", "http://127.0.0.1:8642",
-                                                DataDirRequest("hermes", "/root/.hermes", 10000, 10000)),))
+                                                DataDirRequest("hermes", "/root/.hermes", 10000, 10000), "hermes"),))
     kinds = {name.split(" ", 1)[0] for name, _ in state_sections(request)}
     assert {"datadir", "rootfiles", "probe", "dirmeta"} <= kinds
     assert "datadir" not in BACKGROUND and "rootfiles" not in BACKGROUND
@@ -122,3 +122,79 @@ def test_apt_lock_holder_name_is_cleaned_before_it_is_printed(monkeypatch):
 
     run_op(docker_engine.apt_locks_free, held)
     assert warnings and "\x1b" not in warnings[0] and "\x07" not in warnings[0]
+
+
+# --- F4: the key goes only to the running container's own address --------------------------------
+
+KEY = "probe-key-0123456789abcdef"
+
+
+class Recorder:
+    """A local HTTP server that answers like Hermes and records every Authorization header."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                auth = self.headers.get("Authorization")
+                seen.append((self.path, auth))
+                ok = self.path == "/health" or auth == f"Bearer {KEY}"
+                self.send_response(200 if ok else 401)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_port
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def fake_docker(tmp_path, address: str):
+    """`docker inspect` as the engine answers the RUNNING_ADDRESSES template."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    docker = bin_dir / "docker"
+    docker.write_text(f"#!/bin/sh\n[ \"$1\" = inspect ] && printf '%s\\n' {address!r}\n")
+    docker.chmod(0o755)
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
+def test_the_probe_sends_the_key_only_to_the_running_containers_own_address(tmp_path, monkeypatch):
+    from hermes_infra import hostfacts
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / ".env").write_text(f"API_SERVER_KEY={KEY}\n")
+    squatter, container = Recorder(), Recorder()
+    monkeypatch.setattr(hostfacts, "API_CONTAINER_PORT", container.port)
+    try:
+        request = StateRequest(probes=(ProbeRequest("hermes", f"http://127.0.0.1:{squatter.port}",
+                                                    DataDirRequest("hermes", str(data), os.getuid(), os.getgid()),
+                                                    "hermes"),))
+        [probe] = [body for name, body in state_sections(request) if name.startswith("probe")]
+
+        def run(address: str) -> list[str]:
+            env = dict(os.environ, PATH=fake_docker(tmp_path, address))
+            return subprocess.run(["sh", "-c", probe[0]], capture_output=True, text=True, env=env,
+                                  timeout=30).stdout.split()
+
+        # not running: the published port's listener (whoever it is) answers, and gets no key
+        assert run("") == ["200", "401", "000"]
+        # running: the key goes to the container's address, never to the published port
+        assert run("127.0.0.1 ") == ["200", "401", "200"]
+        assert all(auth is None for _, auth in squatter.seen), squatter.seen
+        assert container.seen == [("/v1/models", f"Bearer {KEY}")]
+        # an address that is not an IPv4 address of digits and dots is not believed
+        assert run("evil.example:80/x ") == ["200", "401", "000"]
+    finally:
+        squatter.close()
+        container.close()
