@@ -118,6 +118,8 @@ def gateway_record(**host_config) -> dict:
         "HostConfig": {"RestartPolicy": {"Name": "unless-stopped"}, "Memory": 3584 * 1024**2,
                        "NanoCpus": 2_500_000_000, "PidsLimit": 1024, "Privileged": False,
                        "NetworkMode": "hermes_default", "SecurityOpt": ["no-new-privileges:true"],
+                       "CapDrop": ["ALL"], "CapAdd": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID",
+                                                      "SETUID"],
                        "PortBindings": {"8642/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8642"}]}},
     }
     record["HostConfig"].update(host_config)
@@ -770,8 +772,8 @@ def test_instances_follow_the_settings():
     assert ("HI-API-001", "companion:hub") not in pairs and ("HI-CTR-011", "companion:hub") not in pairs
     assert pairs.count(("HI-HOST-001", "host")) == 1
     assert [p for p in pairs if p[0] == "HI-CMP-001"] == [("HI-CMP-001", "companion:hub")]
-    # 9 host controls, 9 per gateway (4 data dir, the health check, 4 API), 10 per container, 1 per companion
-    assert len(pairs) == 9 + 2 * 9 + 3 * 10 + 1
+    # 9 host controls, 9 per gateway (4 data dir, the health check, 4 API), 11 per container, 1 per companion
+    assert len(pairs) == 9 + 2 * 9 + 3 * 11 + 1
 
 
 def test_permission_problems_are_errors_not_findings_and_cost_one_command():
@@ -796,3 +798,14 @@ def test_a_missing_container_is_a_finding():
     ctx._cache["resources"] = HostResources(memory_bytes=4 * GIB, cpus=4)
     r = outcome("HI-CTR-001", ctx)
     assert (r.status, r.message) == ("failed", "container 'hermes' does not exist on the host")
+
+
+def test_capability_control_wants_mknod_and_net_raw_dropped():
+    """F2: a container with Docker's default capabilities keeps MKNOD and NET_RAW."""
+    assert outcome("HI-CTR-012", context(record=gateway_record())).status == "passed"
+    companion = gateway_record(CapDrop=["CAP_MKNOD", "NET_RAW", "SYS_CHROOT"], CapAdd=None)
+    assert outcome("HI-CTR-012", context(record=companion)).status == "passed"
+    r = outcome("HI-CTR-012", context(record=gateway_record(CapDrop=None, CapAdd=None)))
+    assert r.status == "failed" and "keeps MKNOD, NET_RAW" in r.message
+    r = outcome("HI-CTR-012", context(record=gateway_record(CapAdd=["NET_RAW"])))
+    assert r.status == "failed" and "keeps NET_RAW" in r.message
