@@ -147,7 +147,10 @@ def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
             f"LC_ALL=C stat -c '%F|%u|%g|%a' -- {quoted} 2>/dev/null || echo 'missing|0|0|0'",
             f"LC_ALL=C stat -c '%F|%u|%g|%a' -- {parent} 2>/dev/null || echo 'missing|0|0|0'",
             f"[ -d {quoted} ] && [ ! -L {quoted} ] && [ -n \"$(find {quoted} -xdev \\( ! -uid {item.uid} -o ! -gid {item.gid} \\) "
-            "-print -quit 2>/dev/null)\" ] && echo foreign || echo clean"]))
+            "-print -quit 2>/dev/null)\" ] && echo foreign || echo clean",
+            # Empty or not: an existing dir that is neither empty nor a Hermes data dir is not taken over.
+            f"[ -d {quoted} ] && [ ! -L {quoted} ] && [ -z \"$(find {quoted} -mindepth 1 -maxdepth 1 -print -quit "
+            "2>/dev/null)\" ] && echo empty || echo notempty"]))
         sections.append((f"datadir {item.label}", [
             safeio.read_script(item.directory, [".env", "config.yaml"], item.uid, item.gid, item.label)]))
     if request.root_files:
@@ -156,12 +159,19 @@ def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
         # link as a link and never follows it; a missing file is left out.
         names = " ".join(shlex.quote(path) for path in request.root_files)
         sections.append(("rootfiles", [f"tar -c -P --no-recursion -f - -- {names} 2>/dev/null | base64 -w0; echo"]))
+    swap = shlex.quote(request.swap_path)
     sections.append(("swap", [
-        f"stat -c %s {shlex.quote(request.swap_path)} 2>/dev/null || echo -1",
+        f"stat -c %s {swap} 2>/dev/null || echo -1",
         f"awk -v p={shlex.quote(request.swap_path)} 'FILENAME == \"/proc/swaps\" && FNR > 1 && $1 == p {{on = 1}} "
         "FILENAME == \"/etc/fstab\" && $1 == p && $3 == \"swap\" {{listed = 1}} FILENAME ~ /swappiness$/ {{s = $1}} "
         "END {{print (on ? \"active\" : \"inactive\"); print (listed ? \"fstab\" : \"nofstab\"); print s}}' "
-        "/proc/swaps /etc/fstab /proc/sys/vm/swappiness"]))
+        "/proc/swaps /etc/fstab /proc/sys/vm/swappiness",
+        # What is at the path before anything replaces or removes it: the lstat (a link is never
+        # followed) and, for a regular file only, mkswap's signature at the end of the first page.
+        f"LC_ALL=C stat -c '%F|%h' -- {swap} 2>/dev/null || echo 'missing|0'",
+        f"case \"$(LC_ALL=C stat -c '%F' -- {swap} 2>/dev/null)\" in 'regular file') "
+        f"timeout 5 dd if={swap} iflag=nofollow,nonblock bs={SWAP_SIGNATURE_OFFSET} skip=1 count=1 status=none "
+        f"2>/dev/null | head -c {len(SWAP_SIGNATURE)} | tr -cd 'A-Z0-9'; echo;; *) echo;; esac"]))
     if request.packages:
         names = " ".join(shlex.quote(name) for name in request.packages)
         sections.append(("packages", [f"dpkg-query -W -f '${{Package}} ${{db:Status-Status}}\\n' {names} 2>/dev/null || true"]))
@@ -191,6 +201,10 @@ def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
     return sections
 
 
+# mkswap writes "SWAPSPACE2" in the last 10 bytes of the first page (4 KiB on amd64 and Debian's
+# arm64 kernels): offset 4086. Read as one 4086-byte block skipped, then 10 bytes.
+SWAP_SIGNATURE = "SWAPSPACE2"
+SWAP_SIGNATURE_OFFSET = 4096 - len(SWAP_SIGNATURE)
 SERVICES = ("docker.service", "hermes-infra-backup.timer")
 APT_LOCKS = ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/lists/lock",
              "/var/cache/apt/archives/lock")
@@ -231,8 +245,9 @@ def state_command(request: StateRequest) -> str:
     # The temp dir is root's, 0700 (mktemp), and holds no secret: only background sections.
     parallel = " ".join(f"( {_run_section(n, c)} ) > \"$d/{i}\" 2>/dev/null &" for i, (n, c) in enumerate(background))
     inline = "; ".join(_run_section(n, c) for n, c in background)
+    # `true` stands in for an empty foreground (a request without data dirs or root files).
     return (f"if d=$(mktemp -d 2>/dev/null); then {parallel} else d=; {inline}; fi; "
-            + "; ".join(_run_section(n, c) for n, c in foreground)
+            + ("; ".join(_run_section(n, c) for n, c in foreground) or "true")
             + '; if [ -n "$d" ]; then wait; cat "$d"/* 2>/dev/null; rm -rf "$d"; fi; true')
 
 
@@ -245,7 +260,8 @@ class HostState:
     machine: str = ""
     data_dirs: dict[str, dict] = field(default_factory=dict)
     root_files: dict[str, dict | None] = field(default_factory=dict)
-    swap: dict = field(default_factory=lambda: {"size_bytes": -1, "active": False, "in_fstab": False, "swappiness": 60})
+    swap: dict = field(default_factory=lambda: {"size_bytes": -1, "active": False, "in_fstab": False, "swappiness": 60,
+                                                 "kind": "missing", "signature": False})
     packages: dict[str, str] = field(default_factory=dict)
     apt_lock_holder: str | None = None
     docker_installed: bool = False
@@ -329,16 +345,21 @@ def parse_state(lines: list[str]) -> HostState:
         if kind == "dirmeta":
             meta = [_meta4(line) for line in body[:2]] + [_meta4("missing|0|0|0")] * 2
             state.data_dirs.setdefault(rest, _no_data_dir()).update(
-                meta=meta[0], parent=meta[1], foreign=(body[2:3] or ["clean"])[0].strip() == "foreign")
+                meta=meta[0], parent=meta[1], foreign=(body[2:3] or ["clean"])[0].strip() == "foreign",
+                empty=(body[3:4] or ["notempty"])[0].strip() == "empty")
         elif kind == "datadir":
             reads = safeio.parse_reads(body).get(rest, {"dir": "missing", "files": {}})
             state.data_dirs.setdefault(rest, _no_data_dir()).update(dir=reads["dir"], files=reads["files"])
         elif kind == "rootfiles":
             state.root_files.update(_root_files("".join(body).strip()))
         elif kind == "swap":
-            values = [line.strip() for line in body] + ["-1", "inactive", "nofstab", "60"]
+            values = [line.strip() for line in body] + ["-1", "inactive", "nofstab", "60", "missing|0", ""][len(body):]
+            kind_name, _, links = values[4].partition("|")
+            found = safeio.KIND_NAMES.get(kind_name, "other")
             state.swap = {"size_bytes": int(values[0] or -1), "active": values[1] == "active",
-                          "in_fstab": values[2] == "fstab", "swappiness": int(values[3] or 60)}
+                          "in_fstab": values[2] == "fstab", "swappiness": int(values[3] or 60),
+                          "kind": "hardlink" if found == "regular" and links != "1" else found,
+                          "signature": values[5] == SWAP_SIGNATURE}
         elif kind == "packages":
             for line in body:
                 parts = line.split()
@@ -409,7 +430,7 @@ def _root_files(encoded: str) -> dict[str, dict]:
 
 def _no_data_dir() -> dict:
     missing = _meta4("missing|0|0|0")
-    return {"meta": missing, "parent": missing, "foreign": False, "dir": "missing", "files": {}}
+    return {"meta": missing, "parent": missing, "foreign": False, "empty": False, "dir": "missing", "files": {}}
 
 
 def _meta4(line: str) -> dict:

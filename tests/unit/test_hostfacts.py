@@ -198,3 +198,31 @@ def test_the_probe_sends_the_key_only_to_the_running_containers_own_address(tmp_
     finally:
         squatter.close()
         container.close()
+
+
+# --- destructive operations check the host first: what is at swap.path, whether a data dir is empty --
+
+def test_the_swap_path_is_described_before_anything_touches_it(tmp_path):
+    made = tmp_path / "swap-made"
+    with open(made, "wb") as handle:
+        handle.truncate(1 << 20)
+    subprocess.run(["mkswap", str(made)], check=True, capture_output=True)
+    data = tmp_path / "database"
+    data.write_bytes(b"x" * 8192)
+    link = tmp_path / "link"
+    link.symlink_to(made)
+    directory = tmp_path / "dir"
+    directory.mkdir()
+    (directory / "keep").write_text("mine")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    found = {}
+    for path in (made, data, link, tmp_path / "missing"):
+        found[path.name] = read(StateRequest(swap_path=str(path))).swap
+    assert (found["swap-made"]["kind"], found["swap-made"]["signature"]) == ("regular", True)
+    assert (found["database"]["kind"], found["database"]["signature"]) == ("regular", False)
+    assert (found["link"]["kind"], found["link"]["signature"]) == ("symlink", False)  # never followed
+    assert found["missing"]["kind"] == "missing"
+    state = read(StateRequest(data_dirs=(DataDirRequest("full", str(directory), 10000, 10000),
+                                         DataDirRequest("empty", str(empty), 10000, 10000))))
+    assert state.data_dirs["full"]["empty"] is False and state.data_dirs["empty"]["empty"] is True
