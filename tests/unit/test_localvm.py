@@ -357,3 +357,36 @@ def test_prune_keeps_current_and_in_use_images(monkeypatch, tmp_path):
     removed = lifecycle.prune_images()
     assert removed == [old.directory]
     assert current.is_complete() and in_use.is_complete() and not old.directory.exists()
+
+
+# --- F5: nothing in the cache is readable by another local user ----------------------------------
+
+def test_cache_vm_and_image_dirs_are_private_even_when_an_older_release_made_them_0755(tmp_path, monkeypatch):
+    from hermes_infra import hostenv
+    from hermes_infra.localvm.vm import vms_dir
+
+    cache = tmp_path / "shared-cache"
+    cache.mkdir(mode=0o755)
+    cache.chmod(0o755)  # as an older hermes-infra (default umask) left it
+    monkeypatch.setenv("HERMES_INFRA_CACHE", str(cache))
+    previous = os.umask(0o022)
+    try:
+        for path in (hostenv.cache_dir(), vms_dir(), image_mod.images_dir(), vm_dir("try")):
+            if not path.exists():
+                hostenv.private_dir(path)
+            assert path.stat().st_mode & 0o777 == 0o700, path
+    finally:
+        os.umask(previous)
+
+
+def test_the_vm_overlay_is_owner_only(tmp_path):
+    from hermes_infra.localvm.qemu import create_overlay
+
+    base = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"], check=True)
+    previous = os.umask(0o022)
+    try:
+        create_overlay(base, tmp_path / "vm.qcow2")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "vm.qcow2").stat().st_mode & 0o777 == 0o600
