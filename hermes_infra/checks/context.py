@@ -21,6 +21,7 @@ from hermes_infra.host import safeio
 from hermes_infra.settings import topology
 from hermes_infra.plan.capacity import EffectiveLimits, HostResources, derive_limits
 from hermes_infra.checks.registry import CannotCheck, ControlFailure
+from hermes_infra.host.hostfacts import container_api_script
 from hermes_infra.settings.schema import (
     PLACEHOLDER_KEYS,
     PLACEHOLDER_WORDS,
@@ -245,15 +246,20 @@ class HostContext:
 
         return self._cached(f"env_facts:{directory}", compute)
 
-    def authed_status(self, gateway: GatewaySettings, url: str) -> tuple[EnvFacts, str]:
-        """`GET url` from the host with the key from the gateway's `.env` (hostile-safe read).
+    def authed_status(self, gateway: GatewaySettings, path: str,
+                      container_port: int | None = None) -> tuple[EnvFacts, str]:
+        """`GET path` of the gateway's running container, on its own network address, with the
+        key from the gateway's `.env` (hostile-safe read). Status `notrunning`: nothing was sent.
 
         The key goes owner read -> sed -> curl's stdin (`-H @-`): never a process argument,
-        never back over SSH. When `.env` is not a regular file the request is not sent.
+        never back over SSH, never to the published port (which a local user can bind while the
+        gateway is down). When `.env` is not a regular file the request is not sent.
         """
         directory = gateway.host_data_dir.rstrip("/") or "/"
-        body = (f"{READ} | sed -n 's/^API_SERVER_KEY=//p' | tail -n 1 | tr -d \"\\\"'\" "
-                f"| sed 's/^/Authorization: Bearer /' | {{ {http_status_script(url)}; }}")
+        send = (f"{READ} | sed -n 's/^API_SERVER_KEY=//p' | tail -n 1 | tr -d \"\\\"'\" "
+                f"| sed 's/^/Authorization: Bearer /' | {{ {http_status_script(path, base='$hi_api')}; }}")
+        body = (f"hi_api=$({container_api_script(gateway.service_name, container_port)}); "
+                f"if [ -n \"$hi_api\" ]; then {send}; else echo notrunning; fi")
         out = self.run(env_script(directory, gateway.uid, gateway.gid, body))
         facts = parse_env_output(out.stdout, f"{directory}/{ENV_NAME}", out.rc, out.stderr)
         status = (facts.lines[-1] if facts.lines else "") or "000"
@@ -275,9 +281,10 @@ def probe_url(settings: HostSettings, gateway: GatewaySettings) -> str:
     return f"http://{address}:{gateway.api.port}"
 
 
-def http_status_script(url: str) -> str:
-    """Shell printing the status code of `GET url`; header lines (if any) come from stdin."""
-    quoted = shlex.quote(url)
+def http_status_script(url: str, base: str | None = None) -> str:
+    """Shell printing the status code of `GET url`; header lines (if any) come from stdin.
+    With `base` (a shell variable such as `$hi_api`), the URL is that variable's value + `url`."""
+    quoted = shlex.quote(url) if base is None else f'"{base}"{shlex.quote(url)}'
     return (
         "if command -v curl >/dev/null 2>&1; then "
         f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 -H @- {quoted} || true; echo; "
@@ -324,8 +331,9 @@ def env_script(directory: str, uid: int, gid: int, body: str) -> str:
     <lstat>` (parsed by `parse_env_output`). Runs in a subshell: the `cd` does not leak.
     """
     quoted = shlex.quote(directory)
-    read = (f"{safeio.as_owner(uid, gid)} dd if={ENV_NAME} iflag=nofollow,nonblock bs=65536 status=none "
-            f"2>/dev/null | head -c {safeio.MAX_READ_BYTES}")
+    # The shared hostile-safe reader: it checks the opened fd itself, so a swap after the lstat
+    # below (to a device node, a link, a FIFO) is never read.
+    read = safeio.owner_read(ENV_NAME, uid, gid, safeio.MAX_READ_BYTES)
     # LC_ALL=C: %F is translated in other locales, and the `case` below matches its English.
     lstat = f"LC_ALL=C stat -c '{STAT_FORMAT}' -- {ENV_NAME} 2>/dev/null || echo '{STAT_MISSING}'"
     return (

@@ -505,6 +505,33 @@ def no_new_privileges(ctx: HostContext, subject: Subject):
     fail(f"security options are {options or 'empty'}; `no-new-privileges:true` is missing")
 
 
+# Capabilities that must never reach container root: MKNOD makes device nodes of the host's
+# disks in the data dir (then read by host-side tools, F1), NET_RAW forges packets on the bridge.
+MUST_DROP = ("MKNOD", "NET_RAW")
+
+
+def _capability(name: str) -> str:
+    return str(name).upper().removeprefix("CAP_")
+
+
+@control("HI-CTR-012", "MKNOD and NET_RAW are dropped (cap_drop)", severity="high", scope="container",
+         cis="5.4",
+         rationale="Docker's default capabilities give container root CAP_MKNOD (a device node of the host's "
+                   "disk planted in the data dir) and CAP_NET_RAW (forged packets on the bridge). Neither "
+                   "image needs them.",
+         remediation="hermes-infra's compose file drops them (`cap_drop: [ALL]` plus the few the init needs for "
+                     "gateways); a container made by hand or by an older hermes-infra does not. " + REDEPLOY + ".")
+def dangerous_capabilities_dropped(ctx: HostContext, subject: Subject):
+    config = _host_config(ctx, subject)
+    dropped = {_capability(c) for c in config.get("CapDrop") or []}
+    added = {_capability(c) for c in config.get("CapAdd") or []}
+    kept = [c for c in MUST_DROP if c in added or not ({"ALL", c} & dropped)]
+    if kept:
+        fail(f"the container keeps {', '.join(kept)} (CapDrop {sorted(dropped) or 'empty'}, "
+             f"CapAdd {sorted(added) or 'empty'})")
+    return f"CapDrop {', '.join(sorted(dropped))}" + (f"; CapAdd {', '.join(sorted(added))}" if added else "")
+
+
 @control("HI-CTR-010", "Image is the configured, pinned one (not `latest`)", severity="medium",
          scope="container",
          rationale="A moving tag silently changes the version on the next pull or redeploy.",
@@ -631,12 +658,17 @@ def api_requires_key(ctx: HostContext, subject: Subject):
     if anonymous != "401":
         fail(f"GET {url} without a key answered {anonymous if anonymous != '000' else 'nothing'}; want 401")
     ctx.require_access(gateway.host_data_dir)
-    env, authed = ctx.authed_status(gateway, url)
+    env, authed = ctx.authed_status(gateway, "/v1/models")
     if not env.usable:
         raise CannotCheck(f"the key was not sent: {env.path} is {env.describe()} (HI-DATA-003 reports it)")
+    if authed == "notrunning":
+        # Whoever answered on the published port is not the gateway: the key is not sent (HI-CTR-001).
+        fail(f"container {gateway.service_name!r} is not running, so the key was not sent to whoever answers {url}")
     if authed != "200":
-        fail(f"GET {url} with the key from .env answered {authed if authed != '000' else 'nothing'}; want 200")
-    return "401 without the key, 200 with it (the key went through a pipe, never shown)"
+        fail(f"GET /v1/models of the running container with the key from .env answered "
+             f"{authed if authed != '000' else 'nothing'}; want 200")
+    return ("401 without the key on the published port, 200 with it on the container's own address "
+            "(the key went through a pipe, never shown)")
 
 
 # ------------------------------------------------------------------------- companions

@@ -7,11 +7,14 @@ container, `State.OOMKilled` only the last exit), image and Hermes version, memo
 against the limit, swap in use, `/health` and `/health/detailed` (it answers 200 even when
 degraded, so its `status` and failing `readiness.checks` are read, not the code). The key
 for `/health/detailed` is read from `.env` as the data dir's owner and reaches curl through a
-pipe (`hostfacts.key_header_script`). Per host: swap, and the last record of the audit log.
+pipe (`hostfacts.key_header_script`), and goes only to the running container's own address
+(`hostfacts.container_api_script`), never to whoever listens on the published port. Per host: swap, and the last record of the audit log.
 Everything shown that came from the host passes `remote.clean` (no terminal escapes).
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import json
 import shlex
@@ -20,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 from hermes_infra.plan import hostplan as planmod
 from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, for_each_host, open_remote
-from hermes_infra.host.hostfacts import key_header_script
+from hermes_infra.host.hostfacts import container_api_script, key_header_script
 from hermes_infra.settings.schema import GatewaySettings, HostSettings
 
 SECTION = "@@hermes-infra-status"
@@ -96,7 +99,11 @@ def _section(name: str) -> str:
 def gateway_sections(settings: HostSettings, gateway: GatewaySettings) -> tuple[str, str]:
     """(background, foreground) shell for one profile. Background parts hold no secret and run
     side by side (each docker CLI call starts a Go binary: seconds on a small VPS); the part that
-    reads the key runs in the foreground."""
+    reads the key runs in the foreground.
+
+    The HTTP answers are the agent's words: they travel base64-encoded (one line of
+    `[A-Za-z0-9+/=]`), so no body can start a line with a section marker and forge another
+    profile's, the host's or the audit's section (F3)."""
     container = shlex.quote(gateway.service_name)
     url = planmod.probe_url(settings, gateway)
     request = planmod.data_dir_request(gateway)
@@ -113,11 +120,13 @@ def gateway_sections(settings: HostSettings, gateway: GatewaySettings) -> tuple[
         "echo \"swap $(cat $cgd/memory.swap.current 2>/dev/null)\"; grep '^oom_kill ' $cgd/memory.events 2>/dev/null; "
         "fi; true",
         _section(f"health {gateway.name}"),
-        f"( {curl} {shlex.quote(url + '/health')} 2>/dev/null; true )",
+        f"( {curl} {shlex.quote(url + '/health')} 2>/dev/null | base64 -w0; echo )",
     ])
     foreground = "; ".join([
         _section(f"detailed {gateway.name}"),
-        f"( {key_header_script(request)} | {curl} -H @- {shlex.quote(url + '/health/detailed')} 2>/dev/null; true )",
+        # The key goes to the running container's own address only (F4); a stopped gateway gets none.
+        f"( hi_api=$({container_api_script(gateway.service_name)}); if [ -n \"$hi_api\" ]; then "
+        f"{key_header_script(request)} | {curl} -H @- \"$hi_api/health/detailed\" 2>/dev/null | base64 -w0; echo; fi; true )",
     ])
     return background, foreground
 
@@ -145,15 +154,29 @@ def status_command(settings: HostSettings) -> str:
 
 
 def _sections(text: str) -> dict[str, list[str]]:
+    """Sections by name. A name seen twice cannot come from the command (each is printed once):
+    both copies are dropped, so a forged section never wins (the row then reads as missing)."""
     sections: dict[str, list[str]] = {}
+    seen_twice: set[str] = set()
     current = None
     for line in text.splitlines():
         if line.startswith(SECTION + " "):
             current = line[len(SECTION) + 1:].strip()
+            if current in sections:
+                seen_twice.add(current)
             sections[current] = []
         elif current is not None:
             sections[current].append(line)
-    return sections
+    return {name: body for name, body in sections.items() if name not in seen_twice}
+
+
+def _decoded(lines: list[str]) -> list[str]:
+    """The lines of a base64-encoded section (an HTTP answer); nothing when it is not base64."""
+    try:
+        raw = base64.b64decode("".join(lines).strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return []
+    return raw.decode("utf-8", errors="replace").splitlines()
 
 
 def _int(value: str | None) -> int | None:
@@ -245,13 +268,13 @@ def _gateway(settings: HostSettings, gateway: GatewaySettings, sections: dict[st
     g.oom_kills = _int(cgroup.get("oom_kill")) if "oom_kill" in cgroup else (0 if cgroup else None)
     if g.memory_limit_bytes is None:
         g.memory_limit_bytes = _int(cgroup.get("max"))
-    body, g.health_code = _body_code(sections.get(f"health {gateway.name}", []))
+    body, g.health_code = _body_code(_decoded(sections.get(f"health {gateway.name}", [])))
     if g.health_code == "200":
         try:
             g.hermes_version = clean(json.loads(body).get("version"), 40) or None
         except (json.JSONDecodeError, AttributeError):
             pass
-    body, g.detailed_code = _body_code(sections.get(f"detailed {gateway.name}", []))
+    body, g.detailed_code = _body_code(_decoded(sections.get(f"detailed {gateway.name}", [])))
     if g.detailed_code == "200":
         try:
             detailed = json.loads(body)

@@ -14,12 +14,30 @@ from pathlib import Path
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 
+def private_dir(path: Path) -> Path:
+    """`path` as a directory only its owner can enter (0700), made if missing.
+
+    The caches hold VM disks (the guest's `.env` with the API key and every provider key, its
+    SSH host keys), so no other local user may read them. A dir made by an older hermes-infra
+    at 0755 is closed on the next use; one owned by someone else is left as it is.
+    """
+    old = os.umask(0o077)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    finally:
+        os.umask(old)
+    info = path.stat()
+    if info.st_uid == os.geteuid() and info.st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
 def cache_dir() -> Path:
-    """Root of every cache hermes-infra keeps (images, VMs); `HERMES_INFRA_CACHE` overrides."""
+    """Root of every cache hermes-infra keeps (images, VMs); `HERMES_INFRA_CACHE` overrides.
+    Private to its owner (0700): see `private_dir`."""
     override = os.environ.get("HERMES_INFRA_CACHE")
     base = Path(override) if override else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hermes-infra"
-    base.mkdir(parents=True, exist_ok=True)
-    return base
+    return private_dir(base)
 
 
 def debian_mirror() -> str:

@@ -41,6 +41,8 @@ class ProbeRequest:
     label: str
     url: str
     data_dir: DataDirRequest
+    container: str
+    """The gateway's container: the authed request goes to its own address, only while it runs."""
 
 
 @dataclass(frozen=True)
@@ -74,16 +76,38 @@ class RootFile:
 def key_header_script(data_dir: DataDirRequest) -> str:
     """`Authorization: Bearer <key>` from the data dir's `.env`, for `curl -H @-`.
 
-    Read as the data dir's owner without following links; through a pipe the key never
-    becomes a process argument. The deploy writes the key line in canonical form
-    (`API_SERVER_KEY=<key>`, unquoted), so this extraction and envfile.parse agree.
+    Read as the data dir's owner, only when it is a regular, singly linked file, and at most
+    `safeio.MAX_ENV_BYTES` of it (`safeio.owner_read`): a planted link, FIFO or device node is
+    never opened. Through a pipe the key never becomes a process argument. The deploy writes
+    the key line in canonical form (`API_SERVER_KEY=<key>`, unquoted), so this extraction and
+    envfile.parse agree.
     """
-    read = (f"( {safeio.enter(data_dir.directory)} && {safeio.as_owner(data_dir.uid, data_dir.gid)} "
-            f"dd if=.env iflag=nofollow,nonblock bs=65536 status=none 2>/dev/null )")
+    read = (f"( {safeio.enter(data_dir.directory)} && "
+            f"{{ {safeio.owner_read('.env', data_dir.uid, data_dir.gid, safeio.MAX_ENV_BYTES)}; }} )")
     return f"{read} | sed -n 's/^API_SERVER_KEY=/Authorization: Bearer /p' | tail -n 1"
 
 
 CURL_OPTIONS = "-s -w '%{http_code}\\n' --max-time 5"
+
+# Where Hermes listens inside its container (compose publishes api.port to it).
+API_CONTAINER_PORT = 8642
+# The running container's addresses on its networks; nothing when it does not run. Read from
+# the engine (never from the agent), in Go's template, so nothing the agent wrote is parsed.
+RUNNING_ADDRESSES = "{{if .State.Running}}{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}{{end}}"
+
+
+def container_api_script(container: str, port: int | None = None) -> str:
+    """Shell printing `http://<address>:<port>` of `container`'s API on its own network address,
+    or nothing when the container does not run (or there is no Docker).
+
+    The API key is only ever sent there (F4): the published port on 127.0.0.1 is whoever binds it
+    while the gateway is down (a crash loop, a restart, a backup's stop window), any local user
+    included; the container's bridge address lives in its own network namespace, which no host
+    user can bind. Only an IPv4 address of digits and dots is believed.
+    """
+    return (f"for hi_ip in $(docker inspect --type container --format {shlex.quote(RUNNING_ADDRESSES)} -- "
+            f"{shlex.quote(container)} 2>/dev/null); do case \"$hi_ip\" in *[!0-9.]*|'') ;; "
+            f"*) echo \"http://$hi_ip:{int(port or API_CONTAINER_PORT)}\"; break;; esac; done")
 
 
 def _section(name: str) -> str:
@@ -123,7 +147,10 @@ def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
             f"LC_ALL=C stat -c '%F|%u|%g|%a' -- {quoted} 2>/dev/null || echo 'missing|0|0|0'",
             f"LC_ALL=C stat -c '%F|%u|%g|%a' -- {parent} 2>/dev/null || echo 'missing|0|0|0'",
             f"[ -d {quoted} ] && [ ! -L {quoted} ] && [ -n \"$(find {quoted} -xdev \\( ! -uid {item.uid} -o ! -gid {item.gid} \\) "
-            "-print -quit 2>/dev/null)\" ] && echo foreign || echo clean"]))
+            "-print -quit 2>/dev/null)\" ] && echo foreign || echo clean",
+            # Empty or not: an existing dir that is neither empty nor a Hermes data dir is not taken over.
+            f"[ -d {quoted} ] && [ ! -L {quoted} ] && [ -z \"$(find {quoted} -mindepth 1 -maxdepth 1 -print -quit "
+            "2>/dev/null)\" ] && echo empty || echo notempty"]))
         sections.append((f"datadir {item.label}", [
             safeio.read_script(item.directory, [".env", "config.yaml"], item.uid, item.gid, item.label)]))
     if request.root_files:
@@ -132,39 +159,67 @@ def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
         # link as a link and never follows it; a missing file is left out.
         names = " ".join(shlex.quote(path) for path in request.root_files)
         sections.append(("rootfiles", [f"tar -c -P --no-recursion -f - -- {names} 2>/dev/null | base64 -w0; echo"]))
+    swap = shlex.quote(request.swap_path)
     sections.append(("swap", [
-        f"stat -c %s {shlex.quote(request.swap_path)} 2>/dev/null || echo -1",
+        f"stat -c %s {swap} 2>/dev/null || echo -1",
         f"awk -v p={shlex.quote(request.swap_path)} 'FILENAME == \"/proc/swaps\" && FNR > 1 && $1 == p {{on = 1}} "
         "FILENAME == \"/etc/fstab\" && $1 == p && $3 == \"swap\" {{listed = 1}} FILENAME ~ /swappiness$/ {{s = $1}} "
         "END {{print (on ? \"active\" : \"inactive\"); print (listed ? \"fstab\" : \"nofstab\"); print s}}' "
-        "/proc/swaps /etc/fstab /proc/sys/vm/swappiness"]))
+        "/proc/swaps /etc/fstab /proc/sys/vm/swappiness",
+        # What is at the path before anything replaces or removes it: the lstat (a link is never
+        # followed) and, for a regular file only, mkswap's signature at the end of the first page.
+        f"LC_ALL=C stat -c '%F|%h' -- {swap} 2>/dev/null || echo 'missing|0'",
+        f"case \"$(LC_ALL=C stat -c '%F' -- {swap} 2>/dev/null)\" in 'regular file') "
+        f"timeout 5 dd if={swap} iflag=nofollow,nonblock bs={SWAP_SIGNATURE_OFFSET} skip=1 count=1 status=none "
+        f"2>/dev/null | head -c {len(SWAP_SIGNATURE)} | tr -cd 'A-Z0-9'; echo;; *) echo;; esac"]))
     if request.packages:
         names = " ".join(shlex.quote(name) for name in request.packages)
         sections.append(("packages", [f"dpkg-query -W -f '${{Package}} ${{db:Status-Status}}\\n' {names} 2>/dev/null || true"]))
-    # Who holds one of apt's locks: their inodes (one stat), matched in /proc/locks (one awk).
-    sections.append(("aptlock", [
-        f"stat -c %i {' '.join(APT_LOCKS)} 2>/dev/null | awk 'NR == FNR {{want[\":\" $1] = 1; next}} "
-        "$2 == \"POSIX\" {n = split($6, part, \":\"); if ((\":\" part[n]) in want) {print $5; exit}}' - /proc/locks "
-        "| while read -r pid; do echo \"$pid $(cat /proc/$pid/comm 2>/dev/null)\"; done"]))
+    # Who holds one of apt's locks: the lock files' device and inode (one stat), matched in
+    # /proc/locks (one awk) on maj:min:inode as aptwait does (an inode number alone also matches a
+    # lock an agent holds on another filesystem). Where the device differs (btrfs reports another
+    # st_dev), the holder must have the lock file itself open, as aptwait confirms it.
+    sections.append(("aptlock", [APT_LOCK_HOLDER]))
     sections.append(("docker", ["command -v docker >/dev/null 2>&1 && echo installed || echo missing",
                                 _engine_get(f"/containers/json?all=1&filters={quote(COMPOSE_FILTER)}",
                                             "docker ps -a --no-trunc --filter label=com.docker.compose.project "
                                             "--format '{{json .}}'")]))
     for probe in request.probes:
         # One curl for the three requests (each curl start counts under emulation); the key
-        # reaches the third through stdin (`-H @-`), never an argument.
+        # reaches the third through stdin (`-H @-`), never an argument, and only the running
+        # container's own address (container_api_script): a stopped gateway gets no key at all.
+        published = (f"{CURL_OPTIONS} -o /dev/null {shlex.quote(probe.url + '/health')} "
+                     f"-o /dev/null {shlex.quote(probe.url + '/v1/models')}")
         sections.append((f"probe {probe.label}", [
             "if command -v curl >/dev/null 2>&1; then "
-            f"{key_header_script(probe.data_dir)} | curl {CURL_OPTIONS} -o /dev/null {shlex.quote(probe.url + '/health')} "
-            f"-o /dev/null {shlex.quote(probe.url + '/v1/models')} --next {CURL_OPTIONS} -o /dev/null -H @- "
-            f"{shlex.quote(probe.url + '/v1/models')} || true; "
+            f"hi_api=$({container_api_script(probe.container)}); "
+            'if [ -n "$hi_api" ]; then '
+            f"{key_header_script(probe.data_dir)} | curl {published} --next {CURL_OPTIONS} -o /dev/null -H @- "
+            '"$hi_api/v1/models" || true; '
+            f"else curl {published} || true; echo 000; fi; "
             "else echo 000; echo 000; echo 000; fi"]))
     return sections
 
 
+# mkswap writes "SWAPSPACE2" in the last 10 bytes of the first page (4 KiB on amd64 and Debian's
+# arm64 kernels): offset 4086. Read as one 4086-byte block skipped, then 10 bytes.
+SWAP_SIGNATURE = "SWAPSPACE2"
+SWAP_SIGNATURE_OFFSET = 4096 - len(SWAP_SIGNATURE)
 SERVICES = ("docker.service", "hermes-infra-backup.timer")
 APT_LOCKS = ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/lists/lock",
              "/var/cache/apt/archives/lock")
+# st_dev (decimal) to /proc/locks' "maj:min" (hex), in awk arithmetic (mawk has no bit operators):
+# major = (dev >> 8) & 0xfff, minor = (dev & 0xff) | ((dev >> 12) & 0xfff00).
+APT_LOCK_HOLDER = (
+    f"stat -c '%i %d %n' {' '.join(APT_LOCKS)} 2>/dev/null | awk 'NR == FNR {{"
+    "id = sprintf(\"%02x:%02x:%s\", int($2 / 256) % 4096, $2 % 256 + (int($2 / 1048576) % 4096) * 256, $1); "
+    "exact[id] = 1; path[$1] = $3; next} "
+    "$2 == \"POSIX\" && $5 ~ /^[0-9]+$/ {if ($6 in exact) {print $5; exit} "
+    "n = split($6, part, \":\"); if (part[n] in path) print $5, path[part[n]]}' - /proc/locks "
+    "| while read -r pid file; do if [ -z \"$file\" ]; then echo \"$pid $(cat /proc/$pid/comm 2>/dev/null)\"; break; fi; "
+    "for fd in /proc/$pid/fd/*; do if [ \"$(readlink \"$fd\" 2>/dev/null)\" = \"$file\" ]; then "
+    "echo \"$pid $(cat /proc/$pid/comm 2>/dev/null)\"; break 2; fi; done; done"
+)
 COMPOSE_FILTER = json.dumps({"label": ["com.docker.compose.project"]}, separators=(",", ":"))
 DOCKER_SOCKET = "/var/run/docker.sock"
 
@@ -190,8 +245,9 @@ def state_command(request: StateRequest) -> str:
     # The temp dir is root's, 0700 (mktemp), and holds no secret: only background sections.
     parallel = " ".join(f"( {_run_section(n, c)} ) > \"$d/{i}\" 2>/dev/null &" for i, (n, c) in enumerate(background))
     inline = "; ".join(_run_section(n, c) for n, c in background)
+    # `true` stands in for an empty foreground (a request without data dirs or root files).
     return (f"if d=$(mktemp -d 2>/dev/null); then {parallel} else d=; {inline}; fi; "
-            + "; ".join(_run_section(n, c) for n, c in foreground)
+            + ("; ".join(_run_section(n, c) for n, c in foreground) or "true")
             + '; if [ -n "$d" ]; then wait; cat "$d"/* 2>/dev/null; rm -rf "$d"; fi; true')
 
 
@@ -204,7 +260,8 @@ class HostState:
     machine: str = ""
     data_dirs: dict[str, dict] = field(default_factory=dict)
     root_files: dict[str, dict | None] = field(default_factory=dict)
-    swap: dict = field(default_factory=lambda: {"size_bytes": -1, "active": False, "in_fstab": False, "swappiness": 60})
+    swap: dict = field(default_factory=lambda: {"size_bytes": -1, "active": False, "in_fstab": False, "swappiness": 60,
+                                                 "kind": "missing", "signature": False})
     packages: dict[str, str] = field(default_factory=dict)
     apt_lock_holder: str | None = None
     docker_installed: bool = False
@@ -288,16 +345,21 @@ def parse_state(lines: list[str]) -> HostState:
         if kind == "dirmeta":
             meta = [_meta4(line) for line in body[:2]] + [_meta4("missing|0|0|0")] * 2
             state.data_dirs.setdefault(rest, _no_data_dir()).update(
-                meta=meta[0], parent=meta[1], foreign=(body[2:3] or ["clean"])[0].strip() == "foreign")
+                meta=meta[0], parent=meta[1], foreign=(body[2:3] or ["clean"])[0].strip() == "foreign",
+                empty=(body[3:4] or ["notempty"])[0].strip() == "empty")
         elif kind == "datadir":
             reads = safeio.parse_reads(body).get(rest, {"dir": "missing", "files": {}})
             state.data_dirs.setdefault(rest, _no_data_dir()).update(dir=reads["dir"], files=reads["files"])
         elif kind == "rootfiles":
             state.root_files.update(_root_files("".join(body).strip()))
         elif kind == "swap":
-            values = [line.strip() for line in body] + ["-1", "inactive", "nofstab", "60"]
+            values = [line.strip() for line in body] + ["-1", "inactive", "nofstab", "60", "missing|0", ""][len(body):]
+            kind_name, _, links = values[4].partition("|")
+            found = safeio.KIND_NAMES.get(kind_name, "other")
             state.swap = {"size_bytes": int(values[0] or -1), "active": values[1] == "active",
-                          "in_fstab": values[2] == "fstab", "swappiness": int(values[3] or 60)}
+                          "in_fstab": values[2] == "fstab", "swappiness": int(values[3] or 60),
+                          "kind": "hardlink" if found == "regular" and links != "1" else found,
+                          "signature": values[5] == SWAP_SIGNATURE}
         elif kind == "packages":
             for line in body:
                 parts = line.split()
@@ -368,7 +430,7 @@ def _root_files(encoded: str) -> dict[str, dict]:
 
 def _no_data_dir() -> dict:
     missing = _meta4("missing|0|0|0")
-    return {"meta": missing, "parent": missing, "foreign": False, "dir": "missing", "files": {}}
+    return {"meta": missing, "parent": missing, "foreign": False, "empty": False, "dir": "missing", "files": {}}
 
 
 def _meta4(line: str) -> dict:

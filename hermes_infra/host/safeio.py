@@ -25,6 +25,8 @@ from dataclasses import dataclass
 # Files bigger than this are not read (a planted multi-GB `.env` must not fill the control
 # machine's memory); the plan refuses them with a message.
 MAX_READ_BYTES = 1 << 20
+# A `.env` is a few KiB; reading more only for the key would be a disk-sized read (F1).
+MAX_ENV_BYTES = 64 << 10
 MARK = "@@hermes-infra"
 
 
@@ -44,6 +46,27 @@ def _lstat(name: str) -> str:
     return f"LC_ALL=C stat -c '%F|%i|%h|%u|%g|%a' -- {shlex.quote(name)} 2>/dev/null || echo 'missing|0|0|0|0|0'"
 
 
+# Run as the owner: opens `./$2` once, then believes the *opened* file only when fstat (stat -L
+# of the fd) shows the regular, singly linked inode root's lstat saw ($1 = "dev:inode"). A swap
+# to a link, device or another file between the lstat and the open is caught on the fd itself,
+# so no raw device or foreign file is ever read. The redirect cannot ask for O_NONBLOCK, so a
+# FIFO swapped in would block the open: `timeout` ends that.
+_OWNER_OPEN = ('exec 3< "./$2" || exit 1; '
+               'case "$(LC_ALL=C stat -L -c \'%d:%i|%F|%h\' /dev/fd/3 2>/dev/null)" in '
+               '"$1|regular file|1"|"$1|regular empty file|1") head -c "$3" <&3;; esac')
+
+
+def owner_read(name: str, uid: int, gid: int, limit: int) -> str:
+    """Shell printing at most `limit` bytes of `name` (in the current dir, a data dir), read as the
+    owner, and only if it is a regular, singly linked file (never a symlink, device, FIFO, socket,
+    directory or hard link); prints nothing otherwise, and never opens anything else."""
+    quoted = shlex.quote(name)
+    return (f"hi_s=$(LC_ALL=C stat -c '%h|%F|%d:%i' -- {quoted} 2>/dev/null); case \"$hi_s\" in "
+            f"'1|regular file|'*|'1|regular empty file|'*) "
+            f"timeout 10 {as_owner(uid, gid)} sh -c {shlex.quote(_OWNER_OPEN)} sh "
+            f"\"${{hi_s##*|}}\" {quoted} {int(limit)} 2>/dev/null;; esac")
+
+
 def read_script(directory: str, names: list[str], uid: int, gid: int, label: str) -> str:
     """Shell that prints, for each file `name` in `directory`, a block parsed by `parse_reads`.
 
@@ -55,8 +78,7 @@ def read_script(directory: str, names: list[str], uid: int, gid: int, label: str
         quoted = shlex.quote(name)
         body.append(
             f"echo '{MARK} file {label} {name}'; {_lstat(name)}; "
-            f"{as_owner(uid, gid)} dd if={quoted} iflag=nofollow,nonblock bs=65536 status=none 2>/dev/null "
-            f"| head -c {MAX_READ_BYTES + 1} | base64 -w0; echo; {_lstat(name)}"
+            f"{{ {owner_read(name, uid, gid, MAX_READ_BYTES + 1)}; }} | base64 -w0; echo; {_lstat(name)}"
         )
     parts.append(f"( if {enter(directory)}; then echo present; {'; '.join(body)}; "
                  f"elif [ -L {shlex.quote(directory)} ]; then echo symlink; "
@@ -148,8 +170,8 @@ def write_script(directory: str, name: str, staged: str, uid: int, gid: int, mod
 
 def backup_script(directory: str, name: str, uid: int, gid: int, target: str) -> str:
     """Copy `directory/name` (read as the owner, never followed) to a root-only backup file."""
-    return (f"( umask 077; {enter(directory)} && {as_owner(uid, gid)} dd if={shlex.quote(name)} "
-            f"iflag=nofollow,nonblock bs=65536 status=none > {shlex.quote(target)} )")
+    return (f"( umask 077; {enter(directory)} && {{ {owner_read(name, uid, gid, MAX_READ_BYTES)}; }} "
+            f"> {shlex.quote(target)} )")
 
 
 def chown_foreign_script(directory: str, uid: int, gid: int) -> str:
@@ -157,7 +179,10 @@ def chown_foreign_script(directory: str, uid: int, gid: int) -> str:
 
     `-execdir` runs chown from each file's own directory on `./name` (find walks with
     directory fds), and `-h` changes a link itself: a directory swapped for a symlink during
-    the walk cannot redirect the chown out of the data dir. Hard-linked files are left alone.
+    the walk cannot redirect the chown out of the data dir. Only directories, symlinks and
+    singly linked regular files are handed back: hard-linked files stay, and so do device nodes,
+    FIFOs and sockets (a device node owned by the owner would let the owner's host-side reads
+    open the host's raw disk, outside the container's device cgroup).
     """
     return (f"{enter(directory)} && find . -xdev \\( ! -uid {int(uid)} -o ! -gid {int(gid)} \\) "
-            f"\\( -type d -o -links 1 \\) -execdir chown -h {int(uid)}:{int(gid)} {{}} +")
+            f"\\( -type d -o -type l -o \\( -type f -links 1 \\) \\) -execdir chown -h {int(uid)}:{int(gid)} {{}} +")

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hermes_infra.host.hostenv import cache_dir
+from hermes_infra.host.hostenv import cache_dir, private_dir
 from hermes_infra.localvm.errors import ImageBuildError
 from hermes_infra.localvm.recipe import ImageRecipe, recipe_hash, recipe_inputs
 
@@ -71,9 +71,7 @@ class BaseImage:
 
 
 def images_dir() -> Path:
-    path = cache_dir() / "vm-images"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return private_dir(cache_dir() / "vm-images")
 
 
 def find_image(recipe: ImageRecipe | None = None) -> BaseImage | None:
@@ -95,7 +93,7 @@ def ensure_image(recipe: ImageRecipe | None = None, *, rebuild: bool = False) ->
             return BaseImage.at(final)
         _remove_stale_builds(digest)
         work = images_dir() / f".build-{digest}-{os.getpid()}"
-        work.mkdir()
+        work.mkdir(mode=0o700)  # published by rename: the image dir stays private (its disk has host keys)
         try:
             _build(recipe, work)
             _publish(work, final)
@@ -176,8 +174,9 @@ def _build(recipe: ImageRecipe, work: Path) -> None:
     raw.unlink()
     _remove_tree(rootfs)
     _remove_tree(ca_dir)
-    # VMs only ever read the base through overlays; make accidental writes fail.
-    os.chmod(work / "base.qcow2", 0o444)
+    # VMs only ever read the base through overlays; make accidental writes fail. Owner only: it
+    # holds the VM's SSH host private keys.
+    os.chmod(work / "base.qcow2", 0o400)
 
     meta = {
         "inputs": recipe_inputs(recipe),

@@ -94,11 +94,15 @@ def qemu_command(spec: QemuSpec, qemu: str = QEMU_BINARY) -> list[str]:
 
 
 def create_overlay(base: Path, overlay: Path) -> None:
-    """Copy-on-write disk over the read-only base image; only the VM's changes land here."""
+    """Copy-on-write disk over the read-only base image; only the VM's changes land here.
+
+    Owner only (0600, created under umask 077): every guest write lands in it, the gateway's
+    `.env` with the API key included."""
     subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(overlay)],
-        check=True, capture_output=True, text=True,
+        check=True, capture_output=True, text=True, umask=0o077,
     )
+    os.chmod(overlay, 0o600)
 
 
 def read_pidfile(path: Path) -> int | None:

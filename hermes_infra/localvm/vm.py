@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from hermes_infra.host.hostenv import cache_dir
+from hermes_infra.host.hostenv import cache_dir, private_dir
 from hermes_infra.localvm.accel import Accel, detect_accel
 from hermes_infra.localvm.errors import LocalVMError, VMBootError, VMNotFound
 from hermes_infra.localvm.image import BaseImage
@@ -49,9 +49,7 @@ DEFAULT_SSH_TIMEOUT = 600.0  # TCG on 2 shared cores: ~30 s alone, minutes when 
 
 
 def vms_dir() -> Path:
-    path = cache_dir() / "vms"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return private_dir(cache_dir() / "vms")
 
 
 def vm_dir(name: str) -> Path:
@@ -128,7 +126,7 @@ class LocalVM:
                     previous._stop_process(graceful=False)
                 _kill_by_pidfile(directory)  # a VM whose state.json was lost or never written
                 shutil.rmtree(directory)
-            directory.mkdir(parents=True)
+            private_dir(directory)
             try:
                 accel = accel or detect_accel(image.kernel)
                 return cls._start(name, directory, image, memory_mb, cpus, guest_ports, accel, disk)

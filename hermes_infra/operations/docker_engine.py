@@ -9,6 +9,7 @@ from pyinfra.api import deploy, operation
 from pyinfra.operations import files, server
 
 from hermes_infra.host import aptwait
+from hermes_infra.daytwo.remote import clean
 from hermes_infra.operations.files import root_file
 from hermes_infra.plan.hostplan import DOCKER_KEYRING, DockerPlan, Writer
 
@@ -65,9 +66,10 @@ def apt_locks_free(plan: DockerPlan):
         return
     if plan.apt_lock_holder:
         # pyinfra shows a successful command's stderr only with -vvv: say it here, as it starts.
+        # The comm is chosen by whoever holds the lock (an agent's process, at worst): no escapes.
         pid, _, name = plan.apt_lock_holder.partition(" ")
         logger.warning(f"{host.print_prefix}{aptwait.WAIT_MARK} {plan.apt_lock_timeout}s for the apt lock "
-                       f"held by {name or 'another process'} (pid {pid})")
+                       f"held by {clean(name, 40) or 'another process'} (pid {clean(pid, 12)})")
     yield aptwait.wait_for_apt_locks_script(plan.apt_lock_timeout)
 
 

@@ -24,6 +24,24 @@ LABEL_IMAGE_ID = "io.hermes-infra.image-identity"
 STAMP_NAME = ".hermes-infra-applied"
 
 
+# Capabilities (F2). Docker's default set gives container root MKNOD (a device node of the host's
+# disk in the data dir, F1), NET_RAW (spoofed packets, ARP on the bridge) and more. A gateway
+# keeps only what the official image's s6-overlay init, running as root, does before it drops to
+# uid 10000: chown/chmod of /opt/data and /run/s6 trees owned by hermes (CHOWN, FOWNER, and
+# DAC_OVERRIDE to enter the 0700 data dir it does not own; FSETID so its chmod 03730 of s6's
+# event dirs keeps the setgid bit), s6-setuidgid (SETUID, SETGID), and s6-supervise (root)
+# signalling the uid 10000 gateway it supervises, which needs KILL. The registry-free image runs
+# `hermes` as uid 10000 from the start: a non-root process has no effective capabilities, so the
+# kept ones give it nothing (and no-new-privileges stops setuid files from granting them).
+# Dropped: MKNOD, NET_RAW, NET_BIND_SERVICE (the ports are 8642 and 9119), SYS_CHROOT,
+# AUDIT_WRITE, SETFCAP, SETPCAP: nothing in either image uses them.
+GATEWAY_CAP_DROP = ("ALL",)
+GATEWAY_CAP_ADD = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
+# A companion is any image: its init may chown, drop to a user, bind port 80 or signal its
+# children, so only what no ordinary service needs is dropped.
+COMPANION_CAP_DROP = ("MKNOD", "NET_RAW", "SYS_CHROOT", "AUDIT_WRITE", "SETFCAP", "SETPCAP")
+
+
 @dataclass
 class Service:
     name: str
@@ -42,6 +60,8 @@ class Service:
     labels: dict[str, str] = field(default_factory=dict)
     healthcheck: list[str] | None = None
     stop_grace_seconds: int = 60
+    cap_drop: tuple[str, ...] = COMPANION_CAP_DROP
+    cap_add: tuple[str, ...] = ()
 
 
 def _compose_memory(size: str | int) -> str:
@@ -99,6 +119,7 @@ def gateway_services(settings: HostSettings, limits: dict[str, EffectiveLimits],
                          "HERMES_UID": str(gateway.uid), "HERMES_GID": str(gateway.gid)},
             volumes=[f"{gateway.host_data_dir}:/opt/data"], ports=ports, labels=labels,
             healthcheck=list(GATEWAY_HEALTHCHECK), stop_grace_seconds=gateway.stop_grace_seconds,
+            cap_drop=GATEWAY_CAP_DROP, cap_add=GATEWAY_CAP_ADD,
         ))
     return services
 
@@ -120,6 +141,7 @@ def companion_service(settings: HostSettings, companion: CompanionSettings, secr
         ports=list(companion.ports),
         depends_on=[gateway.service_name] if companion.topology == "same-project" else [],
         labels={LABEL_PROFILE: gateway.name, LABEL_INPUTS: secret_digest},
+        cap_drop=COMPANION_CAP_DROP,
     )
 
 

@@ -343,7 +343,8 @@ def fact_request(settings: HostSettings) -> StateRequest:
         root_files=tuple(dict.fromkeys(files)),
         projects=tuple(projects),
         swap_path=settings.swap.path,
-        probes=tuple(ProbeRequest(g.name, probe_url(settings, g), data_dir_request(g)) for g in settings.gateways),
+        probes=tuple(ProbeRequest(g.name, probe_url(settings, g), data_dir_request(g), g.service_name)
+                     for g in settings.gateways),
         packages=tuple(dict.fromkeys(packages)),
         image_ref=settings.image.ref,
     )
@@ -385,6 +386,55 @@ def _usable(read: safeio.FileRead | None, path: str, gateway: GatewaySettings) -
         f"with a regular file (a backup may be in the backup dir), then deploy again")
 
 
+SWAP_FOUND = {"symlink": "a symbolic link", "directory": "a directory", "fifo": "a FIFO (named pipe)",
+              "hardlink": "a file with several hard links", "other": "not a regular file (a device, a socket?)",
+              "regular": "a regular file without a swap signature (not made by mkswap, not active in /proc/swaps)"}
+
+
+def check_swap_path(settings: HostSettings, swap: dict) -> None:
+    """The swap operation removes, recreates and mkswaps `swap.path`: only ever a missing path or
+    a file that already is swap (mkswap's signature, or active in /proc/swaps), a regular file
+    with one link, not a link. Anything else is someone's data: stop before any change."""
+    kind = swap.get("kind", "missing")
+    if kind == "missing" or (kind == "regular" and (swap.get("signature") or swap.get("active"))):
+        return
+    path = settings.swap.path
+    raise PlanError(
+        f"swap.path {path} exists and is {SWAP_FOUND.get(kind, SWAP_FOUND['other'])}. hermes-infra only replaces or "
+        "removes a swap file (made by mkswap) or creates a missing one, so nothing was changed on this host. Fix: "
+        f"set swap.path to a path that does not exist yet (e.g. /swapfile-hermes), or move {path} away if it is "
+        "not needed (`ls -la` it first), then deploy again")
+
+
+def _adoptable(settings: HostSettings, gateway: GatewaySettings, state: HostState, found: dict) -> bool:
+    """May the deploy take this existing data dir over (chown it, write .env and config.yaml)?
+
+    Yes when it is empty; when the last deploy recorded it for this very profile (the root-owned
+    manifest, written by every deploy: deployed data dirs keep working); or when it already is a
+    Hermes data dir (a regular `.env` with an API_SERVER_KEY line, which is what Hermes's API
+    server reads, e.g. one made by upstream's guide) that the manifest does not give to another
+    profile. Anything else (a home dir, a project, a mount point) is someone's data."""
+    if found.get("empty"):
+        return True
+    recorded = _previous_profiles(settings, state)
+    owner = [name for name, info in recorded.items() if info.get("data_dir") == gateway.host_data_dir]
+    if gateway.name in owner:
+        return True
+    env = found["files"].get(".env")
+    is_hermes = env is not None and env.kind == "regular" and "API_SERVER_KEY" in envfile.parse(env.text or "")
+    return is_hermes and not owner
+
+
+def _previous_profiles(settings: HostSettings, state: HostState) -> dict:
+    found = state.root_files.get(manifest_path(settings))
+    try:
+        previous = json.loads(found["text"].text) if found else {}
+    except json.JSONDecodeError:
+        previous = {}
+    profiles = previous.get("profiles") if isinstance(previous, dict) else None
+    return {k: v for k, v in profiles.items() if isinstance(v, dict)} if isinstance(profiles, dict) else {}
+
+
 def decide_api_key(gateway: GatewaySettings, current_env: str | None, path: str) -> str:
     """The operator's key if given; else the key already on the host; else a new random one."""
     if gateway.api.key is not None:
@@ -417,6 +467,13 @@ def _gateway(settings: HostSettings, gateway: GatewaySettings, state: HostState,
     env_read, config_read = found["files"].get(".env"), found["files"].get("config.yaml")
     current_env = _usable(env_read, env_path, gateway)
     current_config = _usable(config_read, config_path, gateway)
+    if meta["kind"] == "directory" and not _adoptable(settings, gateway, state, found):
+        raise PlanError(
+            f"gateways[{gateway.name}].data_dir {directory} exists, is not empty and is not a Hermes data dir of "
+            f"profile {gateway.name!r} (no .env with API_SERVER_KEY, not recorded for it by an earlier deploy). "
+            "hermes-infra would chown it to the container user and hand it to the agent, so nothing was changed on "
+            f"this host. Fix: point gateways[{gateway.name}].data_dir at a new or empty directory, or move its files "
+            "away; to adopt an existing Hermes data dir, make sure its .env has an API_SERVER_KEY line")
 
     key = decide_api_key(gateway, current_env, env_path)
     env_values = gatewayenv.managed_env(gateway)
@@ -556,6 +613,7 @@ def _project(name: str, directory: str, text: str, services: list[str], drift_ch
 def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostPlan:
     codename = check_release(settings, facts.os_release)
     state = facts.state
+    check_swap_path(settings, state.swap)
     try:
         limits = derive_limits(settings, HostResources(memory_bytes=facts.memory_mb * 1024 * 1024, cpus=facts.cpus))
     except ValueError as error:

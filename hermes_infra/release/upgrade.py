@@ -41,11 +41,12 @@ def prepare_script(plan: UpgradePlan, releases: str = RELEASES) -> str:
     first = plan.services[0]
     snapshots = []
     for name, directory in plan.data_dirs:
-        archive = f'{plan.backup_dir}/snapshot-{name}-$stamp.tar.gz'
+        # The setting is quoted on its own; only $stamp expands (F14: `$(…)` in backup_dir is text).
+        archive = _q(f'{plan.backup_dir}/snapshot-{name}-') + '"$stamp".tar.gz'
         snapshots.append(
             f'if [ -d {_q(directory)} ] && [ ! -L {_q(directory)} ]; then '
-            f'tar -C / -czf "{archive}" {_q(directory.lstrip("/"))} && '
-            f'printf "%s\\t%s\\t%s\\n" {_q(name)} {_q(directory)} "{archive}" >> "$rel/snapshots.new"; fi')
+            f'tar -C / -czf {archive} {_q(directory.lstrip("/"))} && '
+            f'printf "%s\\t%s\\t%s\\n" {_q(name)} {_q(directory)} {archive} >> "$rel/snapshots.new"; fi')
         # Older snapshots go, except those a kept release still needs for its rollback.
         snapshots.append(
             f'( cd {_q(plan.backup_dir)} && ls -1t -- snapshot-{name}-*.tar.gz 2>/dev/null | tail -n +{plan.keep + 1} '
@@ -82,7 +83,7 @@ ls -1t "$R" | grep -x '{ID_PATTERN}' | tail -n +{plan.keep + 1} | while IFS= rea
   docker rmi {PREVIOUS_REPO}:"$gone" >/dev/null 2>&1 || true
   rm -rf -- "$R/$gone"
 done
-echo "upgrade: snapshots in {plan.backup_dir} ($(cut -f3 "$rel/snapshots" | tr '\\n' ' '))"
+echo "upgrade: snapshots in "{_q(plan.backup_dir)}" ($(cut -f3 "$rel/snapshots" | tr '\\n' ' '))"
 """.strip()
 
 
@@ -149,7 +150,7 @@ R={_q(releases)}
 if {checks}; then rm -f "$R/pending"; exit 0; fi
 if [ ! -f "$R/pending" ]; then exit 1; fi
 echo "hermes-infra: the new image failed its health gate (log above); rolling back automatically" >&2
-( {rollback} ) >&2 || {{ echo "hermes-infra: ROLLBACK FAILED: see above; the snapshots are in {plan.backup_dir}" >&2; exit 1; }}
+( {rollback} ) >&2 || {{ echo "hermes-infra: ROLLBACK FAILED: see above; the snapshots are in "{_q(plan.backup_dir)} >&2; exit 1; }}
 if {regate}; then
   echo "hermes-infra: rolled back: the previous image answers again. Fix the image or settings, then deploy again" >&2
 else

@@ -62,7 +62,7 @@ def converged(host_settings, memory_mb: int = 3915, cpus: int = 2) -> Facts:
                       "config.yaml": FileRead("regular", gateway.config.content, owner)}}
         state.probes[gateway.name] = {"health": "200", "anonymous": "401", "models": "200"}
     state.swap = {"size_bytes": plan.swap.size_bytes, "active": True, "in_fstab": True,
-                  "swappiness": plan.swap.swappiness}
+                  "swappiness": plan.swap.swappiness, "kind": "regular", "signature": True}
     state.packages = {p.split("=")[0]: "installed" for p in (*plan.docker.packages, "ca-certificates", "curl")}
     return Facts(os_release=dict(TRIXIE), memory_mb=memory_mb, cpus=cpus, image_inspect=INSPECT, state=state)
 

@@ -41,8 +41,10 @@ STABLE = {
     "HI-API-004": ("gateway", None), "HI-CMP-001": ("companion", None),
     # added with the CIS daemon hardening and the gateway health check
     "HI-DOCKER-005": ("host", "2.2"), "HI-DOCKER-006": ("host", "2.14"), "HI-CTR-011": ("gateway", "5.27"),
+    # added with the capability drop (security review F2)
+    "HI-CTR-012": ("container", "5.4"),
 }
-CONTROL_COUNT = 29  # the README's controls table has one row per control
+CONTROL_COUNT = 30  # the README's controls table has one row per control
 
 
 
@@ -65,7 +67,7 @@ def test_cis_numbers_follow_benchmark_v1_6_0():
     assert cis == {"HI-DOCKER-003": "2.13", "HI-DOCKER-004": "2.15", "HI-DOCKER-005": "2.2", "HI-DOCKER-006": "2.14",
                    "HI-CTR-002": "5.15", "HI-CTR-003": "5.11", "HI-CTR-004": "5.12", "HI-CTR-005": "5.29",
                    "HI-CTR-006": "5.5", "HI-CTR-007": "5.10", "HI-CTR-008": "5.32", "HI-CTR-009": "5.26",
-                   "HI-CTR-011": "5.27", "HI-API-001": "5.14"}
+                   "HI-CTR-011": "5.27", "HI-CTR-012": "5.4", "HI-API-001": "5.14"}
 
 
 def test_ids_are_unique_and_well_formed():

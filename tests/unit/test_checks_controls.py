@@ -21,6 +21,7 @@ import pytest
 import testinfra.host
 from testinfra.backend.base import BaseBackend
 
+from hermes_infra.host import safeio
 from hermes_infra.plan.capacity import HostResources
 from hermes_infra.checks import all_controls
 from hermes_infra.checks.context import (
@@ -117,6 +118,8 @@ def gateway_record(**host_config) -> dict:
         "HostConfig": {"RestartPolicy": {"Name": "unless-stopped"}, "Memory": 3584 * 1024**2,
                        "NanoCpus": 2_500_000_000, "PidsLimit": 1024, "Privileged": False,
                        "NetworkMode": "hermes_default", "SecurityOpt": ["no-new-privileges:true"],
+                       "CapDrop": ["ALL"], "CapAdd": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID",
+                                                      "SETUID"],
                        "PortBindings": {"8642/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8642"}]}},
     }
     record["HostConfig"].update(host_config)
@@ -248,7 +251,7 @@ def test_http_controls_use_status_codes():
     ctx = context(record=gateway_record(), host=FakeHost({"stat -c %F": Out(0, "directory\n")}))
     answers = {"/health": "200", "/v1/models": "401", "/v1/models+key": "200"}
     ctx.http_status = lambda url: answers[url.split("8642")[1]]
-    ctx.authed_status = lambda gateway, url: (facts_of(REGULAR_ENV), answers[url.split("8642")[1] + "+key"])
+    ctx.authed_status = lambda gateway, path: (facts_of(REGULAR_ENV), answers[path + "+key"])
     assert outcome("HI-API-003", ctx).status == "passed"
     assert outcome("HI-API-004", ctx).status == "passed"
     answers["/v1/models"] = "200"   # no authentication
@@ -258,6 +261,10 @@ def test_http_controls_use_status_codes():
     assert "answered 403; want 200" in outcome("HI-API-003", ctx).message
     answers["/v1/models"], answers["/v1/models+key"] = "401", "401"
     assert "with the key from .env answered 401; want 200" in outcome("HI-API-004", ctx).message
+    # a stopped gateway: the key was not sent to whoever answers the published port (F4)
+    answers["/v1/models+key"] = "notrunning"
+    r = outcome("HI-API-004", ctx)
+    assert r.status == "failed" and "is not running, so the key was not sent" in r.message
 
 
 def test_the_key_probe_reads_env_safely_and_never_carries_the_key_in_a_command():
@@ -269,8 +276,11 @@ def test_the_key_probe_reads_env_safely_and_never_carries_the_key_in_a_command()
     assert (facts.kind, status) == ("regular", "200")
     [command] = [c for c in host.commands if ENV_AUTHED in c]
     assert secret not in command
-    assert "setpriv --reuid=10000 --regid=10000 --clear-groups -- dd if=.env iflag=nofollow,nonblock" in command
-    assert "-H @-" in command and "cat " not in command and "stat -L" not in command
+    assert safeio.owner_read(".env", 10000, 10000, safeio.MAX_READ_BYTES) in command
+    assert "setpriv --reuid=10000 --regid=10000 --clear-groups -- sh -c" in command
+    # the only following stat is the owner's fstat of the fd it opened, never root's on a path
+    assert command.count("stat -L") == command.count("stat -L -c '\"'\"'%d:%i|%F|%h'\"'\"' /dev/fd/3") == 1
+    assert "-H @-" in command and "cat " not in command
     # curl only runs in the branch for a regular, singly linked file
     assert command.index("'1|regular file|'*") < command.index("curl ")
     # what a FIFO "answers" is never believed
@@ -703,8 +713,17 @@ def test_env_script_on_real_files(data_dir, plant, kind):
         secret_file.unlink()
 
 
+def fake_docker(bin_dir: Path, address: str) -> str:
+    """PATH with a `docker` that answers `inspect` as the engine does for a running container at
+    `address` (empty: not running)."""
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "docker").write_text(f"#!/bin/sh\n[ \"$1\" = inspect ] && printf '%s\\n' '{address}'\nexit 0\n")
+    (bin_dir / "docker").chmod(0o755)
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
 @needs_root
-def test_the_key_reaches_the_api_through_stdin_only(data_dir):
+def test_the_key_reaches_the_api_through_stdin_only(data_dir, monkeypatch, tmp_path):
     key = "Zq8" + "x7Yp" * 9
     seen = []
 
@@ -727,13 +746,19 @@ def test_the_key_reaches_the_api_through_stdin_only(data_dir):
         ctx = HostContext(host, settings, name="local")
         url = f"http://127.0.0.1:{server.server_port}/v1/models"
         assert ctx.http_status(url) == "401"
-        facts, status = ctx.authed_status(settings.gateways[0], url)
+        # the container is not running: nothing is sent, to anyone
+        monkeypatch.setenv("PATH", fake_docker(tmp_path / "bin", ""))
+        facts, status = ctx.authed_status(settings.gateways[0], "/v1/models", server.server_port)
+        assert (facts.kind, status) == ("regular", "notrunning") and seen == [None]
+        # running at 127.0.0.1 (the engine's answer): the key goes to that address only
+        monkeypatch.setenv("PATH", fake_docker(tmp_path / "bin", "127.0.0.1"))
+        facts, status = ctx.authed_status(settings.gateways[0], "/v1/models", server.server_port)
         assert (facts.kind, status) == ("regular", "200")
         assert seen == [None, f"Bearer {key}"]
         assert all(key not in c for c in host.commands)
         # the same file as a link: nothing is sent
         as_owner(data_dir, "mv .env real && ln -s real .env")
-        facts, status = ctx.authed_status(settings.gateways[0], url)
+        facts, status = ctx.authed_status(settings.gateways[0], "/v1/models", server.server_port)
         assert facts.kind == "symlink" and len(seen) == 2
     finally:
         server.shutdown()
@@ -747,8 +772,8 @@ def test_instances_follow_the_settings():
     assert ("HI-API-001", "companion:hub") not in pairs and ("HI-CTR-011", "companion:hub") not in pairs
     assert pairs.count(("HI-HOST-001", "host")) == 1
     assert [p for p in pairs if p[0] == "HI-CMP-001"] == [("HI-CMP-001", "companion:hub")]
-    # 9 host controls, 9 per gateway (4 data dir, the health check, 4 API), 10 per container, 1 per companion
-    assert len(pairs) == 9 + 2 * 9 + 3 * 10 + 1
+    # 9 host controls, 9 per gateway (4 data dir, the health check, 4 API), 11 per container, 1 per companion
+    assert len(pairs) == 9 + 2 * 9 + 3 * 11 + 1
 
 
 def test_permission_problems_are_errors_not_findings_and_cost_one_command():
@@ -773,3 +798,14 @@ def test_a_missing_container_is_a_finding():
     ctx._cache["resources"] = HostResources(memory_bytes=4 * GIB, cpus=4)
     r = outcome("HI-CTR-001", ctx)
     assert (r.status, r.message) == ("failed", "container 'hermes' does not exist on the host")
+
+
+def test_capability_control_wants_mknod_and_net_raw_dropped():
+    """F2: a container with Docker's default capabilities keeps MKNOD and NET_RAW."""
+    assert outcome("HI-CTR-012", context(record=gateway_record())).status == "passed"
+    companion = gateway_record(CapDrop=["CAP_MKNOD", "NET_RAW", "SYS_CHROOT"], CapAdd=None)
+    assert outcome("HI-CTR-012", context(record=companion)).status == "passed"
+    r = outcome("HI-CTR-012", context(record=gateway_record(CapDrop=None, CapAdd=None)))
+    assert r.status == "failed" and "keeps MKNOD, NET_RAW" in r.message
+    r = outcome("HI-CTR-012", context(record=gateway_record(CapAdd=["NET_RAW"])))
+    assert r.status == "failed" and "keeps NET_RAW" in r.message

@@ -1,7 +1,10 @@
 """`status`: one read-only command per host, parsed into rows; JSON and text rendering."""
 from __future__ import annotations
 
+import base64
 import json
+import os
+import subprocess
 
 from hermes_infra.daytwo import status
 from hermes_infra.daytwo.remote import clean
@@ -27,9 +30,15 @@ def sample_output(health_code: str = "200", oom: str = "0") -> str:
                                   "image": "x", "result": "ok", "changed": True, "seconds": 12.5, "message": ""}),
         f"{S} inspect hermes", inspect,
         f"{S} cgroup hermes", "current 157286400", "max 1610612736", "swap 1048576", f"oom_kill {oom}",
-        f"{S} health hermes", json.dumps({"status": "ok", "platform": "hermes-agent", "version": "0.19.0"}), health_code,
-        f"{S} detailed hermes", json.dumps(DETAILED), "200",
+        f"{S} health hermes", encoded(json.dumps({"status": "ok", "platform": "hermes-agent", "version": "0.19.0"}),
+                                      health_code),
+        f"{S} detailed hermes", encoded(json.dumps(DETAILED), "200"),
     ]) + "\n"
+
+
+def encoded(body: str, code: str) -> str:
+    """An HTTP answer as the status command sends it: curl's body and code, base64 on one line."""
+    return base64.b64encode(f"{body}\n{code}\n".encode()).decode()
 
 
 def test_one_command_per_host_read_only_and_key_never_an_argument():
@@ -44,7 +53,7 @@ def test_one_command_per_host_read_only_and_key_never_an_argument():
     assert command.count("rm -") == 1 and 'rm -rf "$d"' in command
     background = command.split(" else d=;")[0]
     assert "API_SERVER_KEY" not in background and "setpriv" not in background
-    assert "-H @-" in command and "setpriv --reuid=10000" in command and "iflag=nofollow" in command
+    assert "-H @-" in command and "setpriv --reuid=10000" in command and "/dev/fd/3" in command
     assert "/health/detailed" in command and "/var/log/hermes-infra/audit.jsonl" in command
     assert result.error is None
 
@@ -104,3 +113,93 @@ def test_text_from_the_host_cannot_carry_terminal_escapes():
 def test_human_units():
     assert status.human_bytes(157286400) == "150MiB"
     assert status.human_seconds(90) == "90s" and status.human_seconds(3 * 3600 + 60) == "3h01m"
+
+
+# --- F3 and F4, with the real command run by sh against fake docker and curl -----------------------
+
+FAKE_DOCKER = """#!/bin/sh
+case "$*" in
+  version*) echo 26.1.5 ;;
+  *NetworkSettings*hermes-work*) echo '127.0.0.1 ' ;;  # work runs; hermes does not
+  *hermes-work*) printf '%s\\n' '{"Status":"running","Running":true,"Pid":0,"StartedAt":"2026-11-20T10:00:00Z"}' \
+                   3 '"img:1"' '"sha256:aa"' 0 '"2026-11-20T09:00:00Z"' 0 ;;
+  *) exit 1 ;;
+esac
+"""
+# The work agent answers /health with a body of forged sections: the other profile healthy,
+# a forged audit record.
+FORGED = "\n".join([
+    '{"status": "ok", "version": "0.19.0"}', "200",
+    f"{S} inspect hermes", json.dumps(STATE), "0", '"img:1"', '"sha256:aa"', "0", '"2026-11-20T09:00:00Z"', "1",
+    f"{S} health hermes", '{"status": "ok"}', "200",
+    f"{S} detailed hermes", '{"status": "ok"}', "200",
+    f"{S} audit", json.dumps({"time": "2026-11-20T11:00:00Z", "command": "up", "who": "alice@laptop"}),
+])
+FAKE_CURL = """#!/bin/sh
+url=; key=
+for a; do case "$a" in http*) url=$a ;; @-) key=$(cat) ;; esac; done
+[ -n "$key" ] && echo "$url $key" >> "$CURL_LOG"
+case "$url" in
+  *:8643/health) printf '%s' "$FORGED" ;;
+  *:8642/*) exit 7 ;;  # hermes is down: nothing listens
+  *) printf '{"status": "ok"}' ;;
+esac
+printf '\\n200\\n'
+"""
+
+
+def run_status(tmp_path, target) -> tuple[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("docker", FAKE_DOCKER), ("curl", FAKE_CURL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "curl.log"
+    log.write_text("")
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FORGED=FORGED, CURL_LOG=str(log))
+    done = subprocess.run(["sh", "-c", status.status_command(target.settings)], capture_output=True, text=True,
+                          env=env, timeout=60)
+    return done.stdout, log.read_text()
+
+
+def test_a_health_body_cannot_forge_another_profiles_or_the_audit_section(tmp_path):
+    target = host(gateways=[{"name": "hermes"}, {"name": "work", "api": {"port": 8643}}])
+    out, _ = run_status(tmp_path, target)
+    report = status.parse_status(target, out)
+    hermes, work = report.gateways
+    assert (hermes.state, hermes.health_code, hermes.ready_status) == ("missing", "000", None)
+    assert not hermes.healthy and report.last_deploy is None
+    assert work.state == "running" and work.health_code == "200"
+    assert not report.healthy
+
+
+def test_a_section_seen_twice_is_dropped_not_believed():
+    text = "\n".join([f"{S} host", "100", f"{S} inspect hermes", "missing", f"{S} health hermes",
+                      encoded("{}", "000"), f"{S} health hermes", encoded("{}", "200")])
+    assert status.parse_status(host(), text).gateways[0].health_code == "000"
+
+
+def test_the_key_goes_only_to_the_running_containers_own_address(tmp_path):
+    """F4: status sends the key for /health/detailed to the container's address, and only while
+    it runs; the published port (whoever listens there) never gets it."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    homes = [Path(tempfile.mkdtemp(prefix=".hermes-infra-test-", dir=Path.home())) for _ in range(2)]
+    try:
+        for home, key in zip(homes, ("hermes-key-0123456789abcdef", "work-key-0123456789abcdef")):
+            (home / ".env").write_text(f"API_SERVER_KEY={key}\n")
+            for path in (home, home / ".env"):
+                os.chown(path, 10000, 10000)
+            home.chmod(0o700)
+        target = host(gateways=[{"name": "hermes", "data_dir": str(homes[0])},
+                                {"name": "work", "api": {"port": 8643}, "data_dir": str(homes[1])}])
+        command = status.status_command(target.settings)
+        assert "-H @- 'http" not in command and '-H @- "$hi_api/health/detailed"' in command
+        _, sent = run_status(tmp_path, target)
+        # hermes is not running: its key went nowhere; work's went to its container's address only
+        assert sent == "http://127.0.0.1:8642/health/detailed Authorization: Bearer work-key-0123456789abcdef\n"
+    finally:
+        for home in homes:
+            shutil.rmtree(home, ignore_errors=True)

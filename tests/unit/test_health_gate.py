@@ -49,10 +49,21 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_gate(url: str, env_path, timeout: int = 3) -> subprocess.CompletedProcess:
+def fake_docker(directory, address: str = "127.0.0.1") -> dict:
+    """`docker inspect` of a running container at `address` (empty: not running), as PATH."""
+    bin_dir = directory / "fakebin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "docker").write_text(f"#!/bin/sh\n[ \"$1\" = inspect ] && printf '%s\\n' '{address}'\nexit 0\n")
+    (bin_dir / "docker").chmod(0o755)
+    return dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+
+
+def run_gate(url: str, env_path, timeout: int = 3, address: str = "127.0.0.1",
+             container_port: int | None = None) -> subprocess.CompletedProcess:
     data_dir = DataDirRequest("hermes", str(env_path.parent), os.getuid(), os.getgid())
-    return subprocess.run(["sh", "-c", gate_script(url, "hermes", data_dir, timeout, 0.2)],
-                          capture_output=True, text=True, timeout=60)
+    port = container_port or int(url.rsplit(":", 1)[1])
+    return subprocess.run(["sh", "-c", gate_script(url, "hermes", data_dir, timeout, 0.2, port)],
+                          capture_output=True, text=True, timeout=60, env=fake_docker(env_path.parent.parent, address))
 
 
 def test_gate_does_not_follow_a_planted_link(server, tmp_path):
@@ -87,3 +98,44 @@ def test_gate_times_out_with_what_to_check(tmp_path):
     assert result.returncode == 1
     assert "did not answer GET" in result.stderr and "within 2s" in result.stderr
     assert "API_SERVER_KEY" in result.stderr and "last lines of the container log" in result.stderr
+
+
+def test_a_data_dir_with_shell_syntax_stays_text_in_the_gate(tmp_path):
+    """F14: the data dir reaches the gate's messages quoted; `$(…)` and backticks never run."""
+    planted = tmp_path / "INJECTED"
+    data = tmp_path / f"h$(touch INJECTED)`touch INJECTED`\"x"
+    data.mkdir()
+    result = subprocess.run(["sh", "-c", gate_script(f"http://127.0.0.1:{closed_port()}", "hermes",
+                                                     DataDirRequest("hermes", str(data), os.getuid(), os.getgid()),
+                                                     1, 0.2)],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 1
+    assert not planted.exists()
+    assert f"API_SERVER_KEY in {data}/.env" in result.stderr
+
+
+def test_the_key_goes_only_to_the_running_containers_address(tmp_path):
+    """F4: whoever listens on the published port (a local user who bound it while the gateway
+    was down) answers /health and the anonymous request like Hermes, and never gets the key."""
+    seen = []
+
+    class Squatter(FakeGateway):
+        def do_GET(self):  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            super().do_GET()
+
+    squatter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Squatter)
+    threading.Thread(target=squatter.serve_forever, daemon=True).start()
+    try:
+        env = tmp_path / "data" / ".env"
+        env.parent.mkdir()
+        env.write_text(f"API_SERVER_KEY={KEY}\n")
+        url = f"http://127.0.0.1:{squatter.server_port}"
+        stopped = run_gate(url, env, address="", container_port=closed_port())
+        assert stopped.returncode == 1 and "container not running: the key was not sent" in stopped.stderr
+        running_elsewhere = run_gate(url, env, container_port=closed_port())
+        assert running_elsewhere.returncode == 1
+        assert seen and all(auth is None for auth in seen), seen
+    finally:
+        squatter.shutdown()
+        squatter.server_close()

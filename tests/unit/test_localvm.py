@@ -443,3 +443,36 @@ def test_local_vm_inventory_data_is_never_refused_as_unknown():
     for known_hosts in (None, Path("known_hosts")):
         data = SSHConnection(port=2222, key_path=Path("key"), known_hosts=known_hosts).pyinfra_data()
         assert set(data) <= pyinfra_data_names()
+
+
+# --- F5: nothing in the cache is readable by another local user ----------------------------------
+
+def test_cache_vm_and_image_dirs_are_private_even_when_an_older_release_made_them_0755(tmp_path, monkeypatch):
+    from hermes_infra.host import hostenv
+    from hermes_infra.localvm.vm import vms_dir
+
+    cache = tmp_path / "shared-cache"
+    cache.mkdir(mode=0o755)
+    cache.chmod(0o755)  # as an older hermes-infra (default umask) left it
+    monkeypatch.setenv("HERMES_INFRA_CACHE", str(cache))
+    previous = os.umask(0o022)
+    try:
+        for path in (hostenv.cache_dir(), vms_dir(), image_mod.images_dir(), vm_dir("try")):
+            if not path.exists():
+                hostenv.private_dir(path)
+            assert path.stat().st_mode & 0o777 == 0o700, path
+    finally:
+        os.umask(previous)
+
+
+def test_the_vm_overlay_is_owner_only(tmp_path):
+    from hermes_infra.localvm.qemu import create_overlay
+
+    base = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"], check=True)
+    previous = os.umask(0o022)
+    try:
+        create_overlay(base, tmp_path / "vm.qcow2")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "vm.qcow2").stat().st_mode & 0o777 == 0o600

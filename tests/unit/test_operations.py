@@ -11,6 +11,7 @@ from pyinfra.connectors.ssh import SSHConnector
 from hermes_infra.operations import datadir, docker_engine, health, image, files as ops, profiles, swap
 from hermes_infra.operations import compose
 from hermes_infra.plan.hostplan import ImagePlan, RetirePlan
+from hermes_infra.host import safeio
 from tests.unit.hostfakes import (
     FakeCommand,
     converged,
@@ -124,7 +125,7 @@ def test_env_rewrite_backs_up_the_old_file_read_as_the_owner():
         env, text=env.text.replace("API_SERVER_MODEL_NAME=hermes-agent", "API_SERVER_MODEL_NAME=x"))
     plan = plan_for(host, facts)
     text = run_op(ops.data_file, plan.gateways[0].env, plan.writer).text()
-    assert "setpriv --reuid=10000 --regid=10000 --clear-groups -- dd if=.env iflag=nofollow,nonblock" in text
+    assert safeio.owner_read(".env", 10000, 10000, safeio.MAX_READ_BYTES) in text
     assert "> /var/backups/hermes-infra/root__.hermes__.env." in text
     assert not ROOT_TOUCHING_DATA_DIR.search(text), text
 
@@ -264,7 +265,7 @@ def test_health_gate_skipped_when_healthy_and_nothing_changed():
     text = run_op(health.healthy, plan.health[0]).text()
     assert KEY not in text
     assert "curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H @-" in text
-    assert "setpriv --reuid=10000" in text and "iflag=nofollow,nonblock" in text
+    assert "setpriv --reuid=10000" in text and "/dev/fd/3" in text
 
 
 def test_apt_lock_wait_only_when_needed():

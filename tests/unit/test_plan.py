@@ -256,3 +256,81 @@ def test_fact_request_names_every_file_the_plan_compares():
     assert wanted <= set(request.root_files)
     assert [d.directory for d in request.data_dirs] == ["/root/.hermes", "/root/.hermes-coder"]
     assert [name for name, _ in request.projects] == ["hermes", "hermes-hub"]
+
+
+# --- destructive operations check the host first (issue 17 1d) ------------------------------------
+
+def swap_state(facts, **swap):
+    return with_state(facts, swap={**facts.state.swap, **swap})
+
+
+@pytest.mark.parametrize(("kind", "signature", "active", "words"), [
+    ("regular", False, False, "a regular file without a swap signature"),
+    ("symlink", False, False, "a symbolic link"),
+    ("directory", False, False, "a directory"),
+    ("hardlink", True, False, "several hard links"),
+    ("other", False, False, "not a regular file"),
+])
+def test_a_swap_path_that_is_not_a_swap_file_stops_the_plan(kind, signature, active, words):
+    host = settings()
+    for size in ("2G", "1G", "0"):  # kept, resized, removed: each would rm/mkswap the path
+        wanted = settings(swap={"size": size})
+        facts = swap_state(converged(host), kind=kind, signature=signature, active=active)
+        with pytest.raises(PlanError) as raised:
+            plan_for(wanted, facts)
+        message = str(raised.value)
+        assert "swap.path /swapfile" in message and words in message
+        assert "nothing was changed" in message and "Fix:" in message
+
+
+def test_a_swap_file_missing_or_already_swap_is_planned():
+    host = settings()
+    for swap in ({"kind": "missing", "size_bytes": -1, "active": False, "in_fstab": False},
+                 {"kind": "regular", "signature": True, "active": False},
+                 {"kind": "regular", "signature": False, "active": True}):  # active in /proc/swaps
+        plan_for(settings(swap={"size": "1G"}), swap_state(converged(host), **swap))
+
+
+def data_dir_state(facts, name="hermes", **changes):
+    dirs = {k: dict(v) for k, v in facts.state.data_dirs.items()}
+    dirs[name].update(changes)
+    return with_state(facts, data_dirs=dirs)
+
+
+def test_an_existing_data_dir_that_is_not_hermes_stops_the_plan():
+    host = settings()
+    facts = data_dir_state(converged(host), files={"notes.md": FileRead("regular", "mine")}, empty=False)
+    facts = with_state(facts, root_files={})  # no earlier deploy recorded it
+    with pytest.raises(PlanError) as raised:
+        plan_for(host, facts)
+    message = str(raised.value)
+    assert "gateways[hermes].data_dir /root/.hermes exists, is not empty and is not a Hermes data dir" in message
+    assert "nothing was changed" in message and "Fix:" in message
+    # an .env without API_SERVER_KEY is not a Hermes data dir either
+    facts = data_dir_state(facts, files={".env": FileRead("regular", "OTHER=1\n", (0, 0, "0644"))})
+    with pytest.raises(PlanError):
+        plan_for(host, facts)
+
+
+def test_empty_recorded_or_hermes_data_dirs_are_taken_over():
+    host = settings()
+    bare = with_state(converged(host), root_files={})
+    # empty
+    plan_for(host, data_dir_state(bare, files={}, empty=True))
+    # a Hermes data dir (upstream's guide made it): .env with the key, not recorded anywhere
+    plan_for(host, data_dir_state(bare, empty=False))
+    # recorded for this profile by the last deploy (an existing deploy upgrades), even without .env
+    plan_for(host, data_dir_state(converged(host), files={}, empty=False))
+
+
+def test_a_data_dir_recorded_for_another_profile_is_not_taken_over():
+    import json
+
+    host = settings()
+    facts = converged(host)
+    manifest = fact_request(host).root_files[3]
+    assert manifest.endswith("profiles.json")
+    record = {"profiles": {"other": {"service": "hermes-other", "data_dir": "/root/.hermes"}}, "companions": {}}
+    files = dict(facts.state.root_files, **{manifest: root_file(json.dumps(record))})
+    with pytest.raises(PlanError, match="is not a Hermes data dir of profile 'hermes'"):
+        plan_for(host, data_dir_state(with_state(facts, root_files=files), empty=False))

@@ -3,7 +3,9 @@ shell does (and never does) in a data dir."""
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
+from pathlib import Path
 
 from hermes_infra.release import deploy  # noqa: F401  (the deploy imports the upgrade operations)
 from hermes_infra.release import upgrade
@@ -156,3 +158,19 @@ def test_rolled_back_dirs_are_pruned_to_the_newest_keep(tmp_path):
     assert _sh(upgrade.rollback_script(str(project), "hermes", plan.services, 1, None, releases, keep=2), env).returncode == 0
     assert (data.parent / "hermes.rolled-back-notes").is_dir()
     assert len(list(data.parent.glob("hermes.rolled-back-2*"))) == 2
+
+
+def test_a_backup_dir_with_shell_syntax_stays_text_in_the_root_scripts(tmp_path):
+    """F14: `$(…)` in backup_dir is a strange directory name, never a command run as root."""
+    import dataclasses
+
+    plan, data, project, env = _sandbox(tmp_path)
+    planted = tmp_path / "INJECTED"
+    odd = f"{tmp_path}/b$(touch {planted})`touch {planted}`\"x"
+    plan = dataclasses.replace(plan, backup_dir=odd)
+    prepared = _sh(upgrade.prepare_script(plan, str(tmp_path / "state" / "releases")), env)
+    assert prepared.returncode == 0, prepared.stderr
+    assert not planted.exists()
+    assert len(list(Path(odd).glob("snapshot-hermes-*.tar.gz"))) == 1
+    gate = upgrade.gate_or_rollback_script(plan, (), str(tmp_path / "state" / "releases"))
+    assert f"snapshots are in \"{shlex.quote(odd)} >&2" in gate

@@ -125,3 +125,19 @@ def test_official_source_is_deb822_with_signed_by():
 def test_version_pin_applies_to_engine_packages_only():
     packages = plan_for(settings_from_raw({"docker": {"version": "5:27.3.1-1"}}), fresh()).docker.packages
     assert "docker-ce=5:27.3.1-1" in packages and "docker-compose-plugin" in packages
+
+
+def test_capabilities_are_dropped_for_gateways_and_companions():
+    """F2: container root gets no MKNOD (device nodes of host disks in the data dir) and no NET_RAW."""
+    settings = two_profiles_with_hubs()
+    doc = yaml.safe_load(render_main(settings))
+    for name in ("hermes", "hermes-coder"):
+        service = doc["services"][name]
+        assert service["cap_drop"] == ["ALL"]
+        assert service["cap_add"] == ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID"]
+    hub = doc["services"]["inner-hub"]
+    assert {"MKNOD", "NET_RAW", "SYS_CHROOT", "AUDIT_WRITE", "SETFCAP", "SETPCAP"} <= set(hub["cap_drop"])
+    assert "cap_add" not in hub
+    separate = yaml.safe_load(compose.render_project(
+        settings, "wechat-hub", [compose.companion_service(settings, settings.companions[0], "c")]))
+    assert "MKNOD" in separate["services"]["wechat-hub"]["cap_drop"]

@@ -115,3 +115,79 @@ def test_foreign_files_go_back_to_the_owner_but_links_and_hard_links_stay(data_d
     assert os.lstat(directory / "escape").st_uid == OWNER  # the link itself (-h)
     assert secret.stat().st_uid == 0  # not what it points to
     assert (tmp_path / "outside-hard").stat().st_uid == 0  # hard-linked files are left alone
+
+
+# --- F1: device nodes, FIFOs and sockets planted by container root ------------------------------
+
+def plant_device(path, major=1, minor=5, owner=OWNER):
+    """A char device as container root would make it (`mknod .env c 1 5`: /dev/zero, endless)."""
+    os.mknod(path, 0o666 | __import__("stat").S_IFCHR, os.makedev(major, minor))
+    os.chown(path, owner, owner)
+
+
+def test_foreign_device_nodes_fifos_and_sockets_are_never_handed_to_the_owner(data_dir):
+    import socket
+
+    directory, _ = data_dir
+    plant_device(directory / "disk", 1, 3, owner=0)
+    os.mkfifo(directory / "pipe")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(directory / "sock"))
+    (directory / "by-root.md").write_text("note")
+    result = sh(safeio.chown_foreign_script(str(directory), OWNER, OWNER))
+    assert result.returncode == 0, result.stderr
+    assert (directory / "by-root.md").stat().st_uid == OWNER
+    for name in ("disk", "pipe", "sock"):
+        assert os.lstat(directory / name).st_uid == 0, name
+
+
+def test_a_device_node_env_is_never_opened_even_when_the_owner_owns_it(data_dir):
+    from hermes_infra.host.hostfacts import DataDirRequest, key_header_script
+
+    directory, _ = data_dir
+    plant_device(directory / ".env")  # owner-owned /dev/zero: a read never ends
+    found = read(directory, ".env")["files"][".env"]
+    assert found.kind == "other" and found.text is None
+    script = key_header_script(DataDirRequest("t", str(directory), OWNER, OWNER))
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=5)
+    assert result.returncode == 0 and result.stdout == ""
+
+
+def test_the_key_header_reads_a_regular_env_capped(data_dir):
+    from hermes_infra.host.hostfacts import DataDirRequest, key_header_script
+
+    directory, _ = data_dir
+    env = directory / ".env"
+    env.write_text("A=1\nAPI_SERVER_KEY=first-key-0123456789\n" + "#" * safeio.MAX_ENV_BYTES + "\nAPI_SERVER_KEY=late\n")
+    os.chown(env, OWNER, OWNER)
+    script = key_header_script(DataDirRequest("t", str(directory), OWNER, OWNER))
+    result = sh(script)
+    assert result.stdout == "Authorization: Bearer first-key-0123456789\n"
+
+
+def test_the_owner_believes_only_the_inode_root_checked(data_dir, tmp_path):
+    """A swap between root's lstat and the owner's open (to a link, a device, another file) is
+    caught on the opened fd: nothing is printed."""
+    directory, _ = data_dir
+    env = directory / ".env"
+    env.write_text("API_SERVER_KEY=x\n")
+    other = directory / "other"
+    other.write_text("API_SERVER_KEY=other\n")
+    for path in (env, other):
+        os.chown(path, OWNER, OWNER)
+    st = env.stat()
+    inner = safeio._OWNER_OPEN
+
+    def open_as_owner(expected: str, name: str = ".env") -> str:
+        return subprocess.run(["setpriv", f"--reuid={OWNER}", f"--regid={OWNER}", "--clear-groups", "--",
+                               "sh", "-c", inner, "sh", expected, name, "100"], cwd=directory,
+                              capture_output=True, text=True, timeout=10).stdout
+
+    assert open_as_owner(f"{st.st_dev}:{st.st_ino}") == "API_SERVER_KEY=x\n"
+    assert open_as_owner(f"{st.st_dev}:{st.st_ino}", "other") == ""  # swapped for another file
+    env.unlink()
+    env.symlink_to(other)
+    assert open_as_owner(f"{st.st_dev}:{st.st_ino}") == ""  # swapped for a link
+    env.unlink()
+    plant_device(env)
+    assert open_as_owner(f"{env.lstat().st_dev}:{env.lstat().st_ino}") == ""  # a device, even its own inode
