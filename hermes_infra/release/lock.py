@@ -1,19 +1,28 @@
 """The deploy lock: one per host, an atomic `mkdir` taken before the first change.
 
 `/var/lib/hermes-infra/lock/` (0700 root) holds `info.json` with who (user@machine), pid,
-machine, time, revision, message and heartbeat. The holder rewrites `info.json` every
-`HEARTBEAT_SECONDS` while it runs, and releases the lock on success, failure and Ctrl-C
-(SIGINT/SIGTERM/SIGHUP end the run through `finally`). A lock whose holder is gone (its process
+machine, time, revision, message and heartbeat (when it was taken). The holder touches its
+holder file (below) every `HEARTBEAT_SECONDS` while it runs, and releases the lock on success,
+failure and Ctrl-C (SIGINT/SIGTERM/SIGHUP end the run through `finally`). A lock whose holder is gone (its process
 on this control machine no longer exists, or no heartbeat for `STALE_AFTER_SECONDS` by the
 host's clock) is reported as stale with the command that releases it; it is never taken over
 silently, since a person may still be looking at that host.
+
+Ownership is a per-holder file in the lock dir, `holder.<token>` (the token: the holder's pid and
+a hash of its machine), never a read-then-write of a shared file: the heartbeat touches that file
+only (`touch -c`, which cannot create it in a lock someone else took after a forced release), and
+a release renames the whole lock dir to a name of its own first (one `mv`) and deletes it only
+when the holder file is inside, putting anyone else's lock back otherwise. `info.json` is written
+once, in the dir the holder's own `mkdir` just made.
 """
 from __future__ import annotations
 
 import datetime as dt
 import getpass
+import hashlib
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -63,28 +72,30 @@ class Holder:
     manual: bool = False
     """`hermes-infra lock acquire`: held until `lock release`, no process, no heartbeat."""
 
+    @property
+    def token(self) -> str:
+        """Names this holder's file in the lock dir: shell-safe whatever the machine is called."""
+        return f"{int(self.pid)}-{hashlib.sha256(self.machine.encode()).hexdigest()[:16]}"
+
     def info(self) -> dict:
         return {"who": self.who, "pid": self.pid, "machine": self.machine, "time": self.started,
                 "revision": self.revision, "message": self.message,
                 "heartbeat": None if self.manual else now_iso()}
 
 
+TOKEN = re.compile(r"^[A-Za-z0-9$_-]+$")
+
+
+def holder_file(lock_dir: str, token: str) -> str:
+    """Shell word for a holder's file; `token` is a literal token or `timer-$$` (the backup timer)."""
+    if not TOKEN.match(token):
+        raise ValueError(f"lock holder token {token!r} is not shell-safe")
+    return f"{shlex.quote(lock_dir)}/holder.{token}"
+
+
 def _owned_test(holder: Holder, lock_dir: str) -> str:
-    """Shell test: the lock is there and `holder` holds it (pid and machine in info.json).
-    Shell builtins only: every program started costs a small emulated VM tens of milliseconds."""
-    info = shlex.quote(f"{lock_dir}/info.json")
-    pid = shlex.quote(f'"pid": {int(holder.pid)},')
-    machine = shlex.quote(f'"machine": {json.dumps(holder.machine)},')
-    return (f"[ -d {shlex.quote(lock_dir)} ] && IFS= read -r info < {info} && "
-            f"case \"$info\" in *{pid}*) true ;; *) false ;; esac && "
-            f"case \"$info\" in *{machine}*) true ;; *) false ;; esac")
-
-
-def _write_info(info: dict, lock_dir: str) -> str:
-    """Replace info.json at once (write a new file, rename it over): a reader never sees half."""
-    target = shlex.quote(f"{lock_dir}/info.json")
-    new = shlex.quote(f"{lock_dir}/info.json.new")
-    return f"printf %s {shlex.quote(_line(info))} > {new} && mv -fT {new} {target}"
+    """Shell test: `holder` holds the lock (its holder file is there). A builtin only."""
+    return f"[ -f {holder_file(lock_dir, holder.token)} ]"
 
 
 def _line(info: dict) -> str:
@@ -94,33 +105,56 @@ def _line(info: dict) -> str:
 
 def _describe(lock_dir: str) -> str:
     info = shlex.quote(f"{lock_dir}/info.json")
-    return f"date +%s; stat -c %Y {info} 2>/dev/null || echo -; cat {info} 2>/dev/null || true"
+    # The age is the newest of info.json and the holder files (the heartbeat touches the latter).
+    return (f"date +%s; {{ stat -c %Y {info} {shlex.quote(lock_dir)}/holder.* 2>/dev/null; echo -; }} "
+            f"| sort -n | tail -n 1; cat {info} 2>/dev/null || true")
 
 
-def acquire_command(holder: Holder, lock_dir: str = LOCK_DIR) -> str:
+def take_script(lock_dir: str, info_line: str, token: str) -> str:
+    """Shell: `mkdir` the lock (atomic), then info.json and the holder file in the new dir, which is
+    ours alone; prints `acquired`, or `held` and the holder's description."""
     parent = shlex.quote(lock_dir.rsplit("/", 1)[0] or "/")
     info = shlex.quote(f"{lock_dir}/info.json")
-    # mkdir is the lock (atomic); the new dir is ours alone, so info.json is written in place.
-    return (f"umask 077; {{ [ -d {parent} ] || install -d -m 0700 {parent}; }} && "
+    return (f"{{ [ -d {parent} ] || install -d -m 0700 {parent}; }} && "
             f"if mkdir -m 0700 {shlex.quote(lock_dir)} 2>/dev/null; then "
-            f"printf %s {shlex.quote(_line(holder.info()))} > {info} && echo acquired; "
+            f"printf %s {info_line} > {info} && : > {holder_file(lock_dir, token)} && echo acquired; "
             f"else echo held; {_describe(lock_dir)}; fi")
 
 
-def release_command(holder: Holder, lock_dir: str = LOCK_DIR) -> str:
+def release_script(lock_dir: str, token: str) -> str:
+    """Shell: compare and delete in one rename. The lock dir is moved to a name only this holder
+    uses; it is deleted only when this holder's file is inside, else moved straight back."""
     quoted = shlex.quote(lock_dir)
-    return f"if {_owned_test(holder, lock_dir)}; then rm -rf -- {quoted} && echo released; else echo notours; fi"
+    aside = f"{shlex.quote(lock_dir + '.releasing.')}{token}"
+    mine = f"{aside}/holder.{token}"
+    holder_file(lock_dir, token)  # validates the token
+    return (f"if [ -f {quoted}/holder.{token} ] && rm -rf -- {aside} && mv -T -- {quoted} {aside} 2>/dev/null; then "
+            f"if [ -f {mine} ]; then rm -rf -- {aside} && echo released; "
+            f"else mv -T -- {aside} {quoted}; echo notours; fi; else echo notours; fi")
+
+
+def heartbeat_script(lock_dir: str, token: str) -> str:
+    """Shell: refresh this holder's file only (`touch -c` never creates one in someone else's lock)."""
+    mine = holder_file(lock_dir, token)
+    return f"if [ -f {mine} ] && touch -c {mine} 2>/dev/null && [ -f {mine} ]; then echo ok; else echo lost; fi"
+
+
+def acquire_command(holder: Holder, lock_dir: str = LOCK_DIR) -> str:
+    return f"umask 077; {take_script(lock_dir, shlex.quote(_line(holder.info())), holder.token)}"
+
+
+def release_command(holder: Holder, lock_dir: str = LOCK_DIR) -> str:
+    return release_script(lock_dir, holder.token)
 
 
 def force_release_command(lock_dir: str = LOCK_DIR) -> str:
     quoted = shlex.quote(lock_dir)
     return (f"if [ -d {quoted} ]; then echo held; {_describe(lock_dir)}; rm -f {quoted}/info.json {quoted}/info.json.new "
-            f"&& rmdir {quoted}; else echo free; fi")
+            f"{quoted}/holder.* && rmdir {quoted}; else echo free; fi")
 
 
 def heartbeat_command(holder: Holder, lock_dir: str = LOCK_DIR) -> str:
-    return (f"umask 077; if {_owned_test(holder, lock_dir)}; then {_write_info(holder.info(), lock_dir)} && echo ok; "
-            "else echo lost; fi")
+    return heartbeat_script(lock_dir, holder.token)
 
 
 def status_command(lock_dir: str = LOCK_DIR) -> str:
