@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from hermes_infra import commands, plan as planmod, safeio
+from hermes_infra import commands, datatar, plan as planmod, safeio
 from hermes_infra.daytwo.lifecycle import compose_base, gate_command
 from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, open_remote
 from hermes_infra.settings import GatewaySettings, HostSettings
@@ -85,10 +85,11 @@ def archive_command(gateway: GatewaySettings) -> str:
 
     Files root left in the data dir are given back first (the owner could not read them)."""
     directory = gateway.host_data_dir
-    tar = (f"{safeio.as_owner(gateway.uid, gateway.gid)} tar --numeric-owner --no-acls --no-xattrs "
-           "--warning=no-file-ignored -cf - .")
+    owner = safeio.as_owner(gateway.uid, gateway.gid)
+    tar = f"{datatar.tar_create(owner)} --warning=no-file-ignored -cf - ."
     return (f"( {safeio.chown_foreign_script(directory, gateway.uid, gateway.gid)} ) >/dev/null 2>&1; "
             f"{safeio.enter(directory)} || {{ echo 'hermes-infra: {directory} is not a directory' >&2; exit 3; }}; "
+            f"{datatar.size_check(prefix=owner)} || exit {datatar.TOO_LARGE_RC}; "
             f"{{ {tar}; echo \"hermes-infra-tar-rc=$?\" >&2; }} | gzip -1 -c")
 
 
@@ -359,8 +360,9 @@ def backup_gateway(host: HostTarget, gateway: GatewaySettings, remote: Remote, o
                 tar_rc = int(line.split("=", 1)[1] or 1)
         messages = clean("\n".join(l for l in result.stderr.splitlines() if not l.startswith("hermes-infra-tar-rc=")), 1500)
         if result.rc != 0 or tar_rc not in (0, 1):
+            why = datatar.describe_rc(tar_rc if tar_rc is not None else result.rc)
             raise DayTwoError(f"{host.name}/{gateway.name}: archiving {gateway.host_data_dir} failed "
-                              f"(tar exit {tar_rc}, shell exit {result.rc}): {messages}")
+                              f"({why}; tar exit {tar_rc}, shell exit {result.rc}): {messages}")
     except BaseException:
         data_tmp.unlink(missing_ok=True)
         raise
@@ -544,12 +546,13 @@ def restore(host: HostTarget, archive: str | Path, *, profile: str | None = None
             raise DayTwoError(f"{host.name}: restored, but the gateway is not healthy:\n"
                               f"{clean(started_gw.text + started_gw.stderr, 3000)}")
         seconds = time.monotonic() - started
+        # The manifest is whatever the archive says (a backup file can be edited): cleaned.
+        origin = f"{clean(manifest.get('host'), 200)}/{clean(manifest.get('profile'), 80)}"
+        created = clean(manifest.get("created"), 40)
         remote.run(audit_command(audit_record("restore", settings, "ok", True, seconds,
-                                              f"restore of {manifest['host']}/{manifest['profile']} "
-                                              f"({manifest['created']}) into {gateway.name}")))
-        say(f"{host.name}/{gateway.name}: restored {manifest['host']}/{manifest['profile']} from "
-            f"{manifest['created']} in {seconds:.1f}s" + (f"; the previous data dir is kept as {moved_aside}"
-                                                           if moved_aside else ""))
+                                              f"restore of {origin} ({created}) into {gateway.name}")))
+        say(f"{host.name}/{gateway.name}: restored {origin} from {created} in {seconds:.1f}s"
+            + (f"; the previous data dir is kept as {moved_aside}" if moved_aside else ""))
         if gateway.api.key is not None:
             say(f"note: the settings set api.key for {gateway.name}; the next `up` replaces the restored key with it")
         return RestoreResult(host.name, gateway.name, deployed, moved_aside, seconds, len(manifest["files"]))

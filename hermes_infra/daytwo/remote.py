@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from hermes_infra import commands
+from hermes_infra.cleantext import clean, clean_lines  # noqa: F401  (day-two code imports them from here)
 from hermes_infra.checks import connect
 from hermes_infra.settings import GatewaySettings, HostSettings
 from hermes_infra.sshchannel import RunResult, exchange
@@ -125,11 +126,3 @@ def for_each_host(hosts: Iterable[HostTarget], work: Callable[[HostTarget], obje
         return [work(h) for h in hosts]
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_HOSTS, len(hosts))) as pool:
         return list(pool.map(work, hosts))
-
-
-def clean(text: object, limit: int = 400) -> str:
-    """Text that came from a host (an agent may have written it), safe for a terminal:
-    control characters (escape sequences) replaced, length bounded."""
-    value = "" if text is None else str(text)
-    value = "".join(ch if ch.isprintable() or ch == " " else "?" for ch in value)
-    return value if len(value) <= limit else value[: limit - 1] + "~"

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from hermes_infra.cleantext import clean
 from hermes_infra.release.remote import Remote
 
 STATE_DIR = "/var/lib/hermes-infra"
@@ -188,11 +189,13 @@ class LockState:
         info = self.info
         if not info:
             return "held (being taken right now: no info.json yet)"
-        text = f"held by {info.get('who', '?')} (pid {info.get('pid', '?')}) since {info.get('time', '?')}"
+        # info.json is the host's: whoever has root there (or a timer's hostname) wrote it.
+        text = (f"held by {clean(info.get('who', '?'), 200)} (pid {clean(info.get('pid', '?'), 20)}) "
+                f"since {clean(info.get('time', '?'), 40)}")
         if info.get("revision"):
-            text += f", revision {info['revision']}"
+            text += f", revision {clean(info['revision'], 80)}"
         if info.get("message"):
-            text += f", message {info['message']!r}"
+            text += f", message {clean(repr(info['message']), 400)}"
         if self.info.get("heartbeat") is None:
             text += " (taken by hand with `lock acquire`)"
         elif self.age_seconds is not None:

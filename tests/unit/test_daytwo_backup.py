@@ -97,7 +97,7 @@ def test_backup_stops_archives_as_owner_restarts_and_gates(tmp_path):
     def respond(command):
         if command.startswith("docker inspect --format '{{.State.Running}}'"):
             return "true\n"
-        if "tar --numeric-owner" in command:
+        if "tar --sparse --one-file-system --numeric-owner" in command:
             return RunResult(0, data, "hermes-infra-tar-rc=0\n")
         return ""
 
@@ -123,7 +123,7 @@ def test_backup_restarts_the_gateway_even_when_the_archive_fails(tmp_path):
     def respond(command):
         if "State.Running" in command:
             return "true\n"
-        if "tar --numeric-owner" in command:
+        if "tar --sparse --one-file-system --numeric-owner" in command:
             return RunResult(2, b"", "tar: .: Cannot open: Permission denied\nhermes-infra-tar-rc=2\n")
         return ""
 
@@ -215,3 +215,75 @@ def test_compare_files_handles_escaped_names():
     manifest = {"files": {"a\nb": {"sha256": "1" * 64}, "c": {"sha256": "2" * 64}}}
     out = "\\" + "1" * 64 + "  ./a\\nb\n" + "2" * 64 + "  ./c\n@@owners\n"
     assert backup.compare_files(manifest, out) == []
+
+
+def _gateway_at(data: Path):
+    from hermes_infra.settings import GatewaySettings
+
+    gateway = host().settings.gateways[0]
+    return gateway.model_copy(update={"data_dir": str(data)}) if isinstance(gateway, GatewaySettings) else gateway
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="runs tar as uid 10000 (setpriv)")
+def test_archive_command_stores_holes_as_holes_and_refuses_a_huge_apparent_size(tmp_path, monkeypatch):
+    """F6: `truncate -s 16T x` made tar read every zero with the gateway stopped."""
+    import subprocess
+
+    from hermes_infra import datatar
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with open(data / "sparse", "wb") as handle:
+        handle.truncate(64 << 20)
+    subprocess.run(["chown", "-R", "10000:10000", str(data)], check=True)
+    gateway = _gateway_at(data)
+    done = subprocess.run(["sh", "-c", backup.archive_command(gateway)], capture_output=True)
+    assert done.returncode == 0 and b"hermes-infra-tar-rc=0" in done.stderr
+    assert len(done.stdout) < 16 << 10  # about 64 KB of gzip when every zero is read
+    text = backup.archive_command(gateway)
+    assert "--sparse --one-file-system" in text and "timeout -k 30" in text
+    monkeypatch.setattr(datatar, "MAX_APPARENT_BYTES", 32 << 20)
+    done = subprocess.run(["sh", "-c", backup.archive_command(gateway)], capture_output=True)
+    assert done.returncode == datatar.TOO_LARGE_RC and done.stdout == b""
+    assert b"over the limit of 33554432 bytes" in done.stderr
+
+
+def test_a_lying_manifest_reaches_neither_the_terminal_nor_the_audit_log_raw(tmp_path):
+    """F10: manifest host, profile and created went raw into `say` and the host's audit log."""
+    data = make_data_tar(tmp_path)
+    found = backup.inventory_of(data)
+    hostile = "\x1b]0;owned\x07\x1b[2J\u202eRESTORE OK"
+    manifest = {"schema": backup.SCHEMA, "created": hostile, "host": hostile, "profile": "hermes",
+                "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(), "files": found.files,
+                "problems": found.problems}
+    archive = backup.write_backup(backup.prepare_out_dir(tmp_path / "b"), "old", host().settings.gateways[0], data,
+                                  {**manifest, "created": "2026-11-20T10:00:00Z"})
+    # the same archive with the hostile manifest (a backup file can be edited by whoever holds it)
+    with tarfile.open(archive) as outer:
+        payload = outer.extractfile(backup.DATA).read()
+    lying = tmp_path / "lying.hermes-backup.tar"
+    with tarfile.open(lying, "w:", format=tarfile.PAX_FORMAT) as outer:
+        for name, body in ((backup.MANIFEST, __import__("json").dumps(manifest).encode()), (backup.DATA, payload)):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            outer.addfile(info, io.BytesIO(body))
+    sums = "".join(f"{info['sha256']}  ./{name}\n" for name, info in found.files.items())
+
+    def respond(command):
+        if "datadir=" in command:
+            return "datadir=empty compose=present container=false\n"
+        if "install -d -m 0700 /var/lib/hermes-infra/stage" in command:
+            return manifest["data_sha256"] + "\n"
+        if "sha256sum" in command:
+            return verify_answer(sums)
+        return ""
+
+    said = []
+    remote = FakeRemote(respond)
+    backup.restore(host(), lying, remote_for=lambda h: remote, say=said.append)
+    shown = "\n".join(said) + "\n".join(remote.commands)
+    assert "restored" in said[-1] and "\x1b" not in shown and "\u202e" not in shown and "\x07" not in shown
+
+
+def verify_answer(sums: str) -> str:
+    return sums + "@@owners\n"
