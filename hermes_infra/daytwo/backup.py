@@ -48,7 +48,7 @@ from pathlib import Path, PurePosixPath
 
 from hermes_infra import commands, datatar, plan as planmod, safeio
 from hermes_infra.daytwo.lifecycle import compose_base, gate_command
-from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, open_remote
+from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, deploy_lock, open_remote
 from hermes_infra.settings import GatewaySettings, HostSettings
 
 SCHEMA = "hermes-infra/backup/v1"
@@ -520,8 +520,9 @@ def backup(hosts: list[HostTarget], profile: str | None, out_dir: str | Path, sa
         gateways = host.gateways(profile)
         remote = remote_for(host)
         try:
-            for gateway in gateways:
-                made.append(backup_gateway(host, gateway, remote, out, say))
+            with deploy_lock(host, remote, "backup"):
+                for gateway in gateways:
+                    made.append(backup_gateway(host, gateway, remote, out, say))
         finally:
             remote.close()
     return made
@@ -610,7 +611,6 @@ def restore(host: HostTarget, archive: str | Path, *, profile: str | None = None
     settings = host.settings
     remote = remote_for(host)
     deployed = False
-    moved_aside = None
     try:
         probe = dict(line.split("=", 1) for line in remote.run(probe_command(settings, gateway)).text.split()
                      if "=" in line)
@@ -632,46 +632,56 @@ def restore(host: HostTarget, archive: str | Path, *, profile: str | None = None
             if code != 0:
                 raise DayTwoError(f"{host.name}: the deploy before the restore failed (exit {code}); nothing restored")
             deployed = True
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        aside = f"{gateway.host_data_dir}.pre-restore-{stamp}"
-        say(f"{host.name}/{gateway.name}: stopping {gateway.service_name}")
-        stopped = remote.run(stop_command(settings, gateway))
-        if stopped.rc != 0:
-            raise DayTwoError(f"{host.name}: could not stop {gateway.service_name}: {clean(stopped.text, 500)}")
-        staged = f"{STAGE_DIR}/restore-{pysecrets.token_hex(8)}.tar.gz"
-        uploaded = remote.run(upload_command(staged), stdin=data)
-        if uploaded.rc != 0 or uploaded.text.strip() != data_sha256:
-            raise DayTwoError(f"{host.name}: the upload arrived damaged or failed: {clean(uploaded.stderr, 300)}")
-        say(f"{host.name}/{gateway.name}: unpacking {len(manifest['files'])} files into {gateway.host_data_dir} "
-            f"as uid {gateway.uid}")
-        unpacked = remote.run(unpack_command(gateway, staged, aside))
-        remote.run(f"rm -f -- {shlex.quote(staged)}")
-        if unpacked.rc != 0:
-            raise DayTwoError(f"{host.name}: unpacking failed: {clean(unpacked.text + unpacked.stderr, 1500)}. "
-                              f"The previous data dir, if any, is {aside}")
-        moved_aside = aside if datadir == "full" else None
-        marker = f"@@hermes-infra-owners-{pysecrets.token_hex(16)}"
-        mismatch = compare_files(manifest, remote.run(verify_command(gateway, marker)).stdout, marker)
-        if mismatch:
-            raise DayTwoError(f"{host.name}: the restored files differ from the backup: {'; '.join(mismatch[:10])}")
-        if datadir in ("missing", "empty"):
-            # Nothing, or only what the deploy just made (a fresh key): not worth keeping.
-            remote.run(f"rm -rf -- {shlex.quote(aside)}")
-        say(f"{host.name}/{gateway.name}: every file matches its sha256; starting and waiting for the health gate")
-        started_gw = remote.run(start_command(settings, gateway))
-        if started_gw.rc != 0:
-            raise DayTwoError(f"{host.name}: restored, but the gateway is not healthy:\n"
-                              f"{clean(started_gw.text + started_gw.stderr, 3000)}")
-        seconds = time.monotonic() - started
-        # The manifest is whatever the archive says (a backup file can be edited): cleaned.
-        origin = f"{clean(manifest.get('host'), 200)}/{clean(manifest.get('profile'), 80)}"
-        created = clean(manifest.get("created"), 40)
-        remote.run(audit_command(audit_record("restore", settings, "ok", True, seconds,
-                                              f"restore of {origin} ({created}) into {gateway.name}")))
-        say(f"{host.name}/{gateway.name}: restored {origin} from {created} in {seconds:.1f}s"
-            + (f"; the previous data dir is kept as {moved_aside}" if moved_aside else ""))
-        if gateway.api.key is not None:
-            say(f"note: the settings set api.key for {gateway.name}; the next `up` replaces the restored key with it")
-        return RestoreResult(host.name, gateway.name, deployed, moved_aside, seconds, len(manifest["files"]))
+        # After the deploy (which takes the lock itself), before the gateway is stopped.
+        with deploy_lock(host, remote, "restore"):
+            return _restore_locked(host, gateway, remote, manifest, data, data_sha256, datadir, deployed, started,
+                                   say)
     finally:
         remote.close()
+
+
+def _restore_locked(host: HostTarget, gateway: GatewaySettings, remote: Remote, manifest: dict, data: bytes,
+                    data_sha256: str, datadir: str, deployed: bool, started: float, say: Say) -> RestoreResult:
+    settings = host.settings
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = f"{gateway.host_data_dir}.pre-restore-{stamp}"
+    say(f"{host.name}/{gateway.name}: stopping {gateway.service_name}")
+    stopped = remote.run(stop_command(settings, gateway))
+    if stopped.rc != 0:
+        raise DayTwoError(f"{host.name}: could not stop {gateway.service_name}: {clean(stopped.text, 500)}")
+    staged = f"{STAGE_DIR}/restore-{pysecrets.token_hex(8)}.tar.gz"
+    uploaded = remote.run(upload_command(staged), stdin=data)
+    if uploaded.rc != 0 or uploaded.text.strip() != data_sha256:
+        raise DayTwoError(f"{host.name}: the upload arrived damaged or failed: {clean(uploaded.stderr, 300)}")
+    say(f"{host.name}/{gateway.name}: unpacking {len(manifest['files'])} files into {gateway.host_data_dir} "
+        f"as uid {gateway.uid}")
+    unpacked = remote.run(unpack_command(gateway, staged, aside))
+    remote.run(f"rm -f -- {shlex.quote(staged)}")
+    if unpacked.rc != 0:
+        raise DayTwoError(f"{host.name}: unpacking failed: {clean(unpacked.text + unpacked.stderr, 1500)}. "
+                          f"The previous data dir, if any, is {aside}")
+    moved_aside = aside if datadir == "full" else None
+    marker = f"@@hermes-infra-owners-{pysecrets.token_hex(16)}"
+    mismatch = compare_files(manifest, remote.run(verify_command(gateway, marker)).stdout, marker)
+    if mismatch:
+        raise DayTwoError(f"{host.name}: the restored files differ from the backup: {'; '.join(mismatch[:10])}")
+    if datadir in ("missing", "empty"):
+        # Nothing, or only what the deploy just made (a fresh key): not worth keeping.
+        remote.run(f"rm -rf -- {shlex.quote(aside)}")
+    say(f"{host.name}/{gateway.name}: every file matches its sha256; starting and waiting for the health gate")
+    started_gw = remote.run(start_command(settings, gateway))
+    if started_gw.rc != 0:
+        raise DayTwoError(f"{host.name}: restored, but the gateway is not healthy:\n"
+                          f"{clean(started_gw.text + started_gw.stderr, 3000)}")
+    seconds = time.monotonic() - started
+    # The manifest is whatever the archive says (a backup file can be edited): cleaned.
+    origin = f"{clean(manifest.get('host'), 200)}/{clean(manifest.get('profile'), 80)}"
+    created = clean(manifest.get("created"), 40)
+    remote.run(audit_command(audit_record("restore", settings, "ok", True, seconds,
+                                          f"restore of {origin} ({created}) into {gateway.name}")))
+    say(f"{host.name}/{gateway.name}: restored {origin} from {created} in {seconds:.1f}s"
+        + (f"; the previous data dir is kept as {moved_aside}" if moved_aside else ""))
+    if gateway.api.key is not None:
+        say(f"note: the settings set api.key for {gateway.name}; the next `up` replaces the restored key with it")
+    return RestoreResult(host.name, gateway.name, deployed, moved_aside, seconds, len(manifest["files"]))
+

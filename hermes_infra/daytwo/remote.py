@@ -13,8 +13,9 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Iterator, Protocol
 
 from hermes_infra import commands
 from hermes_infra.cleantext import clean, clean_lines  # noqa: F401  (day-two code imports them from here)
@@ -126,3 +127,40 @@ def for_each_host(hosts: Iterable[HostTarget], work: Callable[[HostTarget], obje
         return [work(h) for h in hosts]
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_HOSTS, len(hosts))) as pool:
         return list(pool.map(work, hosts))
+
+
+class _LockChannel:
+    """A day-two Remote as the deploy lock's code expects a host (`release.remote.Remote`)."""
+
+    def __init__(self, name: str, remote: Remote):
+        self.name, self.remote = name, remote
+
+    def run(self, command: str, timeout: float = 120):
+        from hermes_infra.release.remote import Result
+
+        result = self.remote.run(command, timeout=timeout)
+        return Result(result.rc, result.text, result.stderr)
+
+
+@contextmanager
+def deploy_lock(host: HostTarget, remote: Remote, command: str) -> Iterator[None]:
+    """Hold the host's deploy lock (the one `up` takes, with its heartbeat) while a day-two
+    command changes a gateway, so a deploy, a rollback, the backup timer and this never overlap.
+    Held: a DayTwoError saying by whom, before anything changes."""
+    from hermes_infra.release.lock import Holder, HostLocks, LockError
+
+    hint = "hermes-infra lock release TARGET --limit HOST"
+    if hasattr(host.target, "cli_args"):
+        from hermes_infra.release.session import release_hint
+
+        hint = release_hint(host.target)
+    locks = HostLocks({host.name: _LockChannel(host.name, remote)}, Holder(command=command), release_hint=hint,
+                      log=lambda text: None)
+    try:
+        locks.acquire()
+    except LockError as error:
+        raise DayTwoError(str(error)) from None
+    try:
+        yield
+    finally:
+        locks.release()

@@ -465,3 +465,35 @@ def test_sqlite_is_read_only_skips_virtual_tables_and_gives_up_in_time(tmp_path)
     assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["x.db"]
     slow = backup.sqlite_summary(db, seconds=-1)
     assert "gave up" in slow["integrity"]
+
+
+def test_backup_restore_and_restart_take_the_deploy_lock_and_stop_when_a_deploy_holds_it(tmp_path):
+    """F12: a backup or restore could run during a deploy (and the deploy's snapshot)."""
+    from hermes_infra.daytwo import lifecycle
+
+    data = make_data_tar(tmp_path).read_bytes()
+
+    def respond(command):
+        if "State.Running" in command:
+            return "true\n"
+        if "-cf - ." in command:
+            return RunResult(0, data, "hermes-infra-tar-rc=0\n")
+        return ""
+
+    remote = FakeRemote(respond)
+    backup.backup([host()], None, tmp_path / "o", say=lambda m: None, remote_for=lambda h: remote)
+    assert "mkdir -m 0700 /var/lib/hermes-infra/lock" in remote.lock_commands[0]
+    assert "lock.releasing." in remote.lock_commands[-1]
+    busy = FakeRemote(respond)
+    busy.lock_held_by = '{"who": "alice@laptop", "pid": 1, "machine": "laptop", "heartbeat": "x"}'
+    with pytest.raises(DayTwoError, match="held by alice@laptop"):
+        backup.backup([host()], None, tmp_path / "o2", say=lambda m: None, remote_for=lambda h: busy)
+    assert busy.commands == []  # nothing stopped
+    with pytest.raises(DayTwoError, match="held by alice@laptop"):
+        lifecycle.restart([host()], None, say=lambda m: None, remote_for=lambda h: busy)
+    (tmp_path / "r").mkdir()
+    archive = saved_backup(tmp_path / "r")
+    busy.respond = lambda c: "datadir=empty compose=present container=false\n" if "datadir=" in c else ""
+    with pytest.raises(DayTwoError, match="held by alice@laptop"):
+        backup.restore(host(), archive, remote_for=lambda h: busy, say=lambda m: None)
+    assert not any(" stop -t" in c for c in busy.commands)
