@@ -58,6 +58,7 @@ DATA = "data.tar.gz"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 AUDIT_LOG = "/var/log/hermes-infra/audit.jsonl"
 STAGE_DIR = planmod.STAGE_DIR
+ASIDE_STAMP_GLOB = "[0-9]" * 8 + "T" + "[0-9]" * 6 + "Z"  # %Y%m%dT%H%M%SZ
 
 Say = Callable[[str], None]
 
@@ -139,6 +140,14 @@ def verify_command(gateway: GatewaySettings, marker: str) -> str:
     return (f"{safeio.enter(gateway.host_data_dir)} && {{ {owner} find . -type f -print0 | "
             f"{owner} xargs -0 -r sha256sum -z --; printf '%s\\0' {shlex.quote(marker)}; "
             f"find . \\( ! -uid {int(gateway.uid)} -o ! -gid {int(gateway.gid)} \\) -print0; }}")
+
+
+def prune_aside_command(gateway: GatewaySettings, keep: int) -> str:
+    """Keep the newest `keep` `<dir>.pre-restore-<stamp>` dirs (old state and secrets do not pile
+    up). They sit in the data dir's parent, root's, and `rm -r` never follows a link in them."""
+    pattern = f"{shlex.quote(gateway.host_data_dir + '.pre-restore-')}{ASIDE_STAMP_GLOB}"
+    return (f"for old in {pattern}; do [ -d \"$old\" ] && [ ! -L \"$old\" ] && printf '%s\\n' \"$old\"; done "
+            f"| sort -r | tail -n +{int(keep) + 1} | while IFS= read -r old; do rm -rf -- \"$old\"; done")
 
 
 def audit_command(record) -> str:
@@ -668,6 +677,7 @@ def _restore_locked(host: HostTarget, gateway: GatewaySettings, remote: Remote, 
     if datadir in ("missing", "empty"):
         # Nothing, or only what the deploy just made (a fresh key): not worth keeping.
         remote.run(f"rm -rf -- {shlex.quote(aside)}")
+    remote.run(prune_aside_command(gateway, settings.backup_keep))
     say(f"{host.name}/{gateway.name}: every file matches its sha256; starting and waiting for the health gate")
     started_gw = remote.run(start_command(settings, gateway))
     if started_gw.rc != 0:

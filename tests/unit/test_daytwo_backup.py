@@ -497,3 +497,20 @@ def test_backup_restore_and_restart_take_the_deploy_lock_and_stop_when_a_deploy_
     with pytest.raises(DayTwoError, match="held by alice@laptop"):
         backup.restore(host(), archive, remote_for=lambda h: busy, say=lambda m: None)
     assert not any(" stop -t" in c for c in busy.commands)
+
+
+def test_pre_restore_dirs_are_pruned_to_backup_keep(tmp_path):
+    import subprocess
+
+    data = tmp_path / "hermes"
+    data.mkdir()
+    stamps = [f"2026112{i}T100000Z" for i in range(5)]
+    for stamp in stamps:
+        (tmp_path / f"hermes.pre-restore-{stamp}").mkdir()
+    (tmp_path / "hermes.pre-restore-notes").mkdir()  # not ours: no stamp
+    (tmp_path / "hermes-x.pre-restore-20261101T000000Z").mkdir()  # another profile's
+    done = subprocess.run(["sh", "-c", backup.prune_aside_command(_gateway_at(data), 2)], capture_output=True)
+    assert done.returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["hermes", "hermes.pre-restore-notes", "hermes-x.pre-restore-20261101T000000Z",
+         f"hermes.pre-restore-{stamps[3]}", f"hermes.pre-restore-{stamps[4]}"])
