@@ -3,8 +3,9 @@
 testinfra's paramiko backend opens its connection lazily (a cached `client`) and reuses it
 for every command; we build one backend per host and keep it for the whole run, so a run
 costs exactly one SSH handshake per host. The subclass adds what the inventory says about
-host keys (`ssh_known_hosts_file`, `ssh_strict_host_key_checking`), agent and key lookup,
-which testinfra's own backend does not read.
+host keys (`ssh_known_hosts_file`, `ssh_strict_host_key_checking`: loaded, and with accept-new
+saved, as pyinfra's connector does), agent and key lookup, which testinfra's own backend does
+not read. Day-two and release connections use this same client.
 """
 from __future__ import annotations
 
@@ -73,6 +74,53 @@ def connection_for(inventory_host, sudo: bool = False) -> Connection:
     )
 
 
+DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+_known_hosts_lock = threading.Lock()
+
+
+class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
+    """OpenSSH's `StrictHostKeyChecking=accept-new`, as pyinfra's connector does it: a host not
+    in known_hosts is accepted once and its key saved there, so the next connection checks it;
+    a host whose key changed is refused by paramiko itself (BadHostKeyException)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def missing_host_key(self, client, hostname, key):
+        entry = paramiko.hostkeys.HostKeyEntry([hostname], key).to_line()
+        with _known_hosts_lock:
+            directory = os.path.dirname(self.path)
+            if directory and not os.path.isdir(directory):
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "a") as known_hosts:
+                known_hosts.write(entry)
+        client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+def setup_host_keys(client: paramiko.SSHClient, c: Connection) -> None:
+    """The inventory's host-key rules, read as pyinfra's SSH connector reads them:
+    `ssh_known_hosts_file` (default ~/.ssh/known_hosts) is loaded; `ssh_strict_host_key_checking`
+    `accept-new` (the default) saves an unknown host's key there, `yes` refuses an unknown host,
+    and `no`/`off` is the explicit opt-out (nothing loaded or saved, any key accepted: what
+    `ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null` does). Otherwise a key that
+    differs from the saved one is refused by paramiko (BadHostKeyException)."""
+    path = os.path.expanduser(c.known_hosts_file or DEFAULT_KNOWN_HOSTS)
+    strict = c.strict_host_key_checking.lower()
+    if strict in ("no", "off", "false"):
+        client.set_missing_host_key_policy(IgnorePolicy())
+        return
+    if os.path.exists(path):
+        client.get_host_keys().load(path)
+    if strict in ("yes", "true", "ask"):  # nobody to ask here: unknown hosts are refused
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    elif strict == "accept-new":
+        client.set_missing_host_key_policy(AcceptNewPolicy(path))
+    else:
+        raise ValueError(f"host {c.name}: ssh_strict_host_key_checking {c.strict_host_key_checking!r} is not one of "
+                         "accept-new, yes, no, off. Fix: accept-new (the default) or yes")
+
+
 class HermesParamikoBackend(ParamikoBackend):
     """testinfra's paramiko backend, connected the way the inventory says."""
 
@@ -92,18 +140,7 @@ class HermesParamikoBackend(ParamikoBackend):
     def client(self) -> paramiko.SSHClient:
         c = self.connection
         client = paramiko.SSHClient()
-        if c.known_hosts_file:
-            # Read-only: a check never writes the operator's known_hosts.
-            client.get_host_keys().load(os.path.expanduser(c.known_hosts_file))
-        else:
-            client.load_system_host_keys()
-        strict = c.strict_host_key_checking.lower()
-        if strict in ("no", "off", "false"):
-            client.set_missing_host_key_policy(IgnorePolicy())
-        elif strict in ("yes", "true"):
-            client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        else:  # accept-new: an unknown host is accepted (in memory), a changed key is refused
-            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        setup_host_keys(client, c)
         kwargs: dict[str, Any] = {
             "hostname": c.hostname, "port": c.port, "username": c.user, "timeout": CONNECT_TIMEOUT,
             "banner_timeout": CONNECT_TIMEOUT, "auth_timeout": CONNECT_TIMEOUT,

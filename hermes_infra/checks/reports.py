@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from hermes_infra.host.cleantext import clean
 from hermes_infra.checks.results import HostReport, Result, all_results, counts, exit_code
 from hermes_infra.checks.waivers import Waiver
 from hermes_infra.settings.loading import SettingsError
@@ -100,18 +101,19 @@ def render_text(run: RunReport) -> str:
                      f"{c['passed']} passed, {c['failed']} failed, {c['error']} errors, {c['warning']} warnings, "
                      f"{c['waived']} waived, {c['skipped']} skipped ({host.seconds:.1f}s)")
         if host.connection_error:
-            lines.append(f"  cannot connect: {host.connection_error}")
+            lines.append(f"  cannot connect: {clean(host.connection_error, 2000)}")
         subject_width = max([len(r.subject) for r in host.results] + [7])
         lines.append(f"  {'STATUS':<7} {'CONTROL':<13} {'SUBJECT':<{subject_width}} {'SEVERITY':<9} {'CIS':<5} TITLE")
         for r in host.results:
-            lines.append(f"  {LABELS[r.status]:<7} {r.control.id:<13} {r.subject:<{subject_width}} "
+            lines.append(f"  {LABELS[r.status]:<7} {r.control.id:<13} {clean(r.subject, 200):<{subject_width}} "
                          f"{r.control.severity:<9} {r.control.cis or '-':<5} {_cell(r.control.title, 90)}")
         problems = [r for r in host.results if r.status in ("failed", "error", "warning", "waived")]
         if problems:
             lines.append("")
         for r in problems:
-            lines.append(f"  {LABELS[r.status]} {r.control.id} [{r.subject}] {r.control.title}")
-            lines.append(f"      found: {r.message}")
+            lines.append(f"  {LABELS[r.status]} {r.control.id} [{clean(r.subject, 200)}] {r.control.title}")
+            # A message quotes what the host said (an agent can shape it): no escape sequence passes.
+            lines.append(f"      found: {clean(r.message, 4000)}")
             if r.status == "waived":
                 lines.append(f"      waived until {r.waiver.expires}: {r.waiver.justification}")
             else:
@@ -179,27 +181,30 @@ def render_junit(run: RunReport) -> str:
                                                   "time": f"{host.seconds:.3f}",
                                                   "timestamp": run.started.isoformat(timespec="seconds")})
         if host.connection_error:
-            ET.SubElement(suite, "system-err").text = f"cannot connect: {host.connection_error}"
+            ET.SubElement(suite, "system-err").text = f"cannot connect: {clean(host.connection_error, 2000)}"
         for r in host.results:
             case = ET.SubElement(suite, "testcase", {
-                "classname": f"hermes-infra.{host.name}", "name": f"{r.control.id} [{r.subject}] {r.control.title}",
+                "classname": f"hermes-infra.{host.name}", "name": f"{r.control.id} [{clean(r.subject, 200)}] {r.control.title}",
                 "time": f"{r.duration:.3f}"})
             props = ET.SubElement(case, "properties")
             for key, value in (("control", r.control.id), ("severity", r.control.severity),
-                               ("cis", r.control.cis or ""), ("subject", r.subject), ("status", r.status)):
+                               ("cis", r.control.cis or ""), ("subject", clean(r.subject, 200)), ("status", r.status)):
                 ET.SubElement(props, "property", {"name": key, "value": value})
-            text = f"{r.message}\nRemediation: {r.control.remediation}"
+            # XML 1.0 cannot hold most control characters: a hostile message must not make the
+            # report unreadable, nor reach a CI log's terminal as escape sequences.
+            message = clean(r.message, 4000)
+            text = f"{message}\nRemediation: {r.control.remediation}"
             if r.expired_waiver is not None:
                 text += f"\nWaiver expired on {r.expired_waiver.expires}: {r.expired_waiver.justification}"
             if r.status == "failed":
-                ET.SubElement(case, "failure", {"message": r.message, "type": r.control.severity}).text = text
+                ET.SubElement(case, "failure", {"message": message, "type": r.control.severity}).text = text
             elif r.status == "error":
-                ET.SubElement(case, "error", {"message": r.message, "type": "error"}).text = text
+                ET.SubElement(case, "error", {"message": message, "type": "error"}).text = text
             elif r.status == "waived":
                 ET.SubElement(case, "skipped", {
-                    "message": f"waived until {r.waiver.expires}: {r.waiver.justification} ({r.outcome}: {r.message})"})
+                    "message": f"waived until {r.waiver.expires}: {r.waiver.justification} ({r.outcome}: {message})"})
             elif r.status == "skipped":
-                ET.SubElement(case, "skipped", {"message": r.message})
+                ET.SubElement(case, "skipped", {"message": message})
             elif r.status == "warning":
                 ET.SubElement(case, "system-out").text = f"ADVISORY: {text}"
     ET.indent(root)

@@ -10,14 +10,16 @@ WeChat login, tokens) are inside it only: nothing is printed, nothing lands else
 Consistency: the gateway is stopped for the copy (`compose stop`, which lets Hermes drain and
 close `state.db`), then started again and health-gated: a few seconds of downtime buy a copy
 in which every SQLite file, its WAL and the JSON state agree. The control machine then opens
-each database from the archive (never on the host) and records `PRAGMA integrity_check` and
-row counts: a corrupt `state.db` is reported at backup time, not at restore time.
+each database from the archive (never on the host; read-only, virtual tables skipped, cell
+sizes checked, bounded in time) and records `PRAGMA integrity_check` and row counts: a corrupt
+`state.db` is reported at backup time, not at restore time.
 
 Safety (the data dir is the agent's): `tar -c` runs as the data dir's owner (`setpriv`) from
 a directory entered by root without following a link; root only moves bytes. A restore
 checks every member of the archive on the control machine first (no absolute path, no `..`,
-no device, no hard link, nothing under a symlink member), uploads it into the root-only
-staging dir, and unpacks it *as the owner* into a fresh directory (`install -d -o uid`), so
+no device, nothing under a symlink member, nothing after a damaged header; a hard link becomes
+a copy of its file), re-packs exactly those members with fresh headers (the host's GNU tar never
+parses a header Python did not), uploads that into the root-only staging dir, and unpacks it *as the owner* into a fresh directory (`install -d -o uid`), so
 nothing it holds can land outside the data dir or belong to root. A data dir that already
 holds state is moved aside (`<dir>.pre-restore-<time>`) only with `--force`.
 
@@ -40,14 +42,16 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
+from typing import BinaryIO
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from hermes_infra import commands
 from hermes_infra.host import safeio
+from hermes_infra.plan import datatar
 from hermes_infra.plan import hostplan as planmod
 from hermes_infra.daytwo.lifecycle import compose_base, gate_command
-from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, open_remote
+from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, deploy_lock, open_remote
 from hermes_infra.settings.schema import GatewaySettings, HostSettings
 
 SCHEMA = "hermes-infra/backup/v1"
@@ -57,6 +61,7 @@ DATA = "data.tar.gz"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 AUDIT_LOG = "/var/log/hermes-infra/audit.jsonl"
 STAGE_DIR = planmod.STAGE_DIR
+ASIDE_STAMP_GLOB = "[0-9]" * 8 + "T" + "[0-9]" * 6 + "Z"  # %Y%m%dT%H%M%SZ
 
 Say = Callable[[str], None]
 
@@ -87,10 +92,11 @@ def archive_command(gateway: GatewaySettings) -> str:
 
     Files root left in the data dir are given back first (the owner could not read them)."""
     directory = gateway.host_data_dir
-    tar = (f"{safeio.as_owner(gateway.uid, gateway.gid)} tar --numeric-owner --no-acls --no-xattrs "
-           "--warning=no-file-ignored -cf - .")
+    owner = safeio.as_owner(gateway.uid, gateway.gid)
+    tar = f"{datatar.tar_create(owner)} --warning=no-file-ignored -cf - ."
     return (f"( {safeio.chown_foreign_script(directory, gateway.uid, gateway.gid)} ) >/dev/null 2>&1; "
             f"{safeio.enter(directory)} || {{ echo 'hermes-infra: {directory} is not a directory' >&2; exit 3; }}; "
+            f"{datatar.size_check(prefix=owner)} || exit {datatar.TOO_LARGE_RC}; "
             f"{{ {tar}; echo \"hermes-infra-tar-rc=$?\" >&2; }} | gzip -1 -c")
 
 
@@ -129,12 +135,22 @@ def unpack_command(gateway: GatewaySettings, staged: str, aside: str | None) -> 
     return " && ".join(steps)
 
 
-def verify_command(gateway: GatewaySettings) -> str:
-    """sha256 of every regular file, and any entry not owned by the owner, computed as the owner."""
+def verify_command(gateway: GatewaySettings, marker: str) -> str:
+    """sha256 of every regular file, then `marker`, then every entry not owned by the owner,
+    computed as the owner; every record NUL-terminated (a name may hold anything but NUL, so
+    no name can pass for a record or the marker)."""
     owner = safeio.as_owner(gateway.uid, gateway.gid)
     return (f"{safeio.enter(gateway.host_data_dir)} && {{ {owner} find . -type f -print0 | "
-            f"{owner} xargs -0 -r sha256sum --; echo '@@owners'; "
-            f"find . \\( ! -uid {int(gateway.uid)} -o ! -gid {int(gateway.gid)} \\) -print; }}")
+            f"{owner} xargs -0 -r sha256sum -z --; printf '%s\\0' {shlex.quote(marker)}; "
+            f"find . \\( ! -uid {int(gateway.uid)} -o ! -gid {int(gateway.gid)} \\) -print0; }}")
+
+
+def prune_aside_command(gateway: GatewaySettings, keep: int) -> str:
+    """Keep the newest `keep` `<dir>.pre-restore-<stamp>` dirs (old state and secrets do not pile
+    up). They sit in the data dir's parent, root's, and `rm -r` never follows a link in them."""
+    pattern = f"{shlex.quote(gateway.host_data_dir + '.pre-restore-')}{ASIDE_STAMP_GLOB}"
+    return (f"for old in {pattern}; do [ -d \"$old\" ] && [ ! -L \"$old\" ] && printf '%s\\n' \"$old\"; done "
+            f"| sort -r | tail -n +{int(keep) + 1} | while IFS= read -r old; do rm -rf -- \"$old\"; done")
 
 
 def audit_command(record) -> str:
@@ -163,8 +179,9 @@ def _member_name(name: str) -> str:
     return "/".join(parts)
 
 
-def check_member(member: tarfile.TarInfo, link_dirs: set[str]) -> str | None:
-    """Why a member must not be unpacked into a data dir (None: it may)."""
+def check_member(member: tarfile.TarInfo, link_dirs: set[str], regular: set[str] | None = None) -> str | None:
+    """Why a member must not be unpacked into a data dir (None: it may). A hard link to a regular
+    file earlier in the archive is allowed: it is stored and unpacked as a copy of that file."""
     name = member.name
     if name.startswith("/") or PurePosixPath(name).is_absolute():
         return f"{name!r} is an absolute path"
@@ -176,7 +193,9 @@ def check_member(member: tarfile.TarInfo, link_dirs: set[str]) -> str | None:
         if "/".join(clean_name.split("/")[:i]) in link_dirs:
             return f"{name!r} lies under a symbolic link in the archive"
     if member.islnk():
-        return f"{name!r} is a hard link"
+        if regular is not None and _member_name(member.linkname) in regular:
+            return None
+        return f"{name!r} is a hard link to {member.linkname!r}, which is no regular file before it in the archive"
     if member.ischr() or member.isblk():
         return f"{name!r} is a device node"
     if not (member.isfile() or member.isdir() or member.issym() or member.isfifo()):
@@ -184,75 +203,160 @@ def check_member(member: tarfile.TarInfo, link_dirs: set[str]) -> str | None:
     return None
 
 
-def sqlite_summary(path: Path) -> dict:
-    """Integrity and row counts of one database: a private copy on the control machine (with its
-    `-wal` beside it, so committed rows not yet checkpointed count), its schema untrusted."""
+SQLITE_SECONDS = 120
+"""Time for one database's checks on the control machine; a crafted file that makes them crawl
+is reported as not checked instead of hanging the backup."""
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _scratch_name(name: str) -> str:
+    """A fixed-length name for a copy in the scratch dir (a long nested path would not fit in
+    255 bytes), keeping a database's `-wal`/`-shm` beside it."""
+    for suffix in SQLITE_SIDE_FILES:
+        if name.endswith(suffix):
+            return hashlib.sha256(name[: -len(suffix)].encode("utf-8", "surrogateescape")).hexdigest() + suffix
+    return hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _is_virtual(sql: str | None) -> bool:
+    return bool(sql) and " ".join(sql.split()).upper().startswith("CREATE VIRTUAL TABLE")
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    uri = f"file:{path}?mode=ro"
     try:
-        conn = sqlite3.connect(path)
+        conn = sqlite3.connect(uri, uri=True)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        # A WAL database without its -shm cannot be opened read-only: the private copy never changes.
+        return sqlite3.connect(f"{uri}&immutable=1", uri=True)
+
+
+def sqlite_summary(path: Path, seconds: float | None = None) -> dict:
+    """Integrity and row counts of one database: a private copy on the control machine (with its
+    `-wal` beside it, so committed rows not yet checkpointed count), opened read-only, its schema
+    untrusted (no virtual table is read: their modules run code on what the file says), every
+    cell's size checked, the whole bounded in time."""
+    budget = SQLITE_SECONDS if seconds is None else seconds
+    deadline = time.monotonic() + budget
+    try:
+        conn = _open_read_only(path)
         try:
+            conn.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 100)
+            if hasattr(conn, "setconfig") and hasattr(sqlite3, "SQLITE_DBCONFIG_DEFENSIVE"):
+                conn.setconfig(sqlite3.SQLITE_DBCONFIG_DEFENSIVE, True)
             conn.execute("PRAGMA trusted_schema=OFF")
+            conn.execute("PRAGMA cell_size_check=ON")
             integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
-            tables = [row[0] for row in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+            tables = conn.execute("SELECT name, sql FROM sqlite_master WHERE type='table' "
+                                  "AND name NOT LIKE 'sqlite_%' ORDER BY name").fetchall()
             counts = {}
-            for table in tables:
+            for table, sql in tables:
+                if _is_virtual(sql):
+                    counts[table] = "virtual table (not read)"
+                    continue
                 quoted = '"' + table.replace('"', '""') + '"'
                 try:
                     counts[table] = conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0]
-                except sqlite3.DatabaseError as error:  # virtual tables of missing modules
-                    counts[table] = f"unreadable: {error}"
+                except sqlite3.DatabaseError as error:
+                    counts[table] = f"unreadable: {clean(error, 200)}"
             return {"integrity": integrity, "tables": counts}
         finally:
             conn.close()
     except sqlite3.DatabaseError as error:
-        return {"integrity": f"cannot open: {error}", "tables": {}}
+        if time.monotonic() > deadline:
+            return {"integrity": f"not checked: gave up after {budget:.0f}s", "tables": {}}
+        return {"integrity": f"cannot open: {clean(error, 200)}", "tables": {}}
 
 
-def inventory_of(data_tar: Path) -> Inventory:
-    """Check every member and hash every file of a data dir archive (gzip'd tar)."""
+def _trailing_data(archive: tarfile.TarFile) -> bool:
+    """Whether anything but end-of-archive zeros follows where Python's reading stopped (a damaged
+    header ends Python's iteration silently; GNU tar skips it and reads on)."""
+    stream = archive.fileobj
+    stream.seek(archive.offset)
+    while block := stream.read(1 << 16):
+        if block.strip(b"\0"):
+            return True
+    return False
+
+
+def inventory_of(data_tar: Path, repack: BinaryIO | None = None) -> Inventory:
+    """Check every member and hash every file of a data dir archive (gzip'd tar). With `repack`,
+    also write there a fresh gzip'd tar of exactly the members checked (new headers, hard links
+    as copies, no setuid/setgid bit): what a restore uploads, so the host's tar never parses
+    a header Python did not."""
     found = Inventory()
     link_dirs: set[str] = set()
     databases: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="hermes-infra-sqlite-") as scratch, \
-            tarfile.open(data_tar, "r:gz") as archive:
-        os.chmod(scratch, 0o700)
-        for member in archive:
-            problem = check_member(member, link_dirs)
-            name = _member_name(member.name)
-            if problem:
-                found.problems.append(problem)
-                continue
-            if not name:
-                continue
-            mode = f"{member.mode & 0o7777:04o}"
-            if member.isdir():
-                found.dirs.append(name)
-            elif member.issym():
-                found.links[name] = member.linkname
-                link_dirs.add(name)
-            elif member.isfifo():
-                found.others[name] = "fifo"
-            else:
-                digest, size, head = hashlib.sha256(), 0, b""
-                source = archive.extractfile(member)
-                keep = None
-                while chunk := source.read(1 << 20):
-                    if size == 0:
-                        head = chunk[:16]
-                        if head == SQLITE_MAGIC or name.endswith(("-wal", "-shm")):
-                            keep = open(Path(scratch) / name.replace("/", "__"), "wb")
-                    digest.update(chunk)
-                    size += len(chunk)
-                    if keep is not None:
-                        keep.write(chunk)
-                if keep is not None:
-                    keep.close()
-                if head == SQLITE_MAGIC:
-                    databases.append(name)
-                found.files[name] = {"sha256": digest.hexdigest(), "size": size, "mode": mode}
-        for name in databases:
-            found.sqlite[name] = sqlite_summary(Path(scratch) / name.replace("/", "__"))
+    regular: set[str] = set()
+    out = tarfile.open(fileobj=repack, mode="w:gz", format=tarfile.PAX_FORMAT) if repack is not None else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="hermes-infra-sqlite-") as scratch, \
+                tarfile.open(data_tar, "r:gz") as archive:
+            os.chmod(scratch, 0o700)
+            for member in archive:
+                problem = check_member(member, link_dirs, regular)
+                name = _member_name(member.name)
+                if problem:
+                    found.problems.append(problem)
+                    continue
+                if not name:
+                    continue
+                mode = f"{member.mode & 0o7777:04o}"
+                fresh = tarfile.TarInfo(name)
+                fresh.mode, fresh.mtime = member.mode & 0o1777, int(member.mtime)
+                if member.isdir():
+                    found.dirs.append(name)
+                    fresh.type = tarfile.DIRTYPE
+                elif member.issym():
+                    found.links[name] = member.linkname
+                    link_dirs.add(name)
+                    fresh.type, fresh.linkname = tarfile.SYMTYPE, member.linkname
+                elif member.isfifo():
+                    found.others[name] = "fifo"
+                    fresh.type = tarfile.FIFOTYPE
+                else:
+                    _hash_file(archive, member, name, Path(scratch), found, databases, mode)
+                    regular.add(name)
+                    fresh.size = found.files[name]["size"]
+                    if out is not None:
+                        out.addfile(fresh, archive.extractfile(member))
+                    continue
+                if out is not None:
+                    out.addfile(fresh)
+            if _trailing_data(archive):
+                found.problems.append(f"the archive goes on after a damaged header (after {len(found.files)} "
+                                      "files): its later members cannot be checked")
+            for name in databases:
+                found.sqlite[name] = sqlite_summary(Path(scratch) / _scratch_name(name))
+    finally:
+        if out is not None:
+            out.close()
     return found
+
+
+def _hash_file(archive: tarfile.TarFile, member: tarfile.TarInfo, name: str, scratch: Path, found: Inventory,
+               databases: list[str], mode: str) -> None:
+    digest, size, head = hashlib.sha256(), 0, b""
+    source = archive.extractfile(member)
+    keep = None
+    try:
+        while chunk := source.read(1 << 20):
+            if size == 0:
+                head = chunk[:16]
+                if head == SQLITE_MAGIC or name.endswith(SQLITE_SIDE_FILES):
+                    keep = open(scratch / _scratch_name(name), "wb")
+            digest.update(chunk)
+            size += len(chunk)
+            if keep is not None:
+                keep.write(chunk)
+    finally:
+        if keep is not None:
+            keep.close()
+    if head == SQLITE_MAGIC:
+        databases.append(name)
+    found.files[name] = {"sha256": digest.hexdigest(), "size": size, "mode": mode}
 
 
 @dataclass
@@ -361,8 +465,9 @@ def backup_gateway(host: HostTarget, gateway: GatewaySettings, remote: Remote, o
                 tar_rc = int(line.split("=", 1)[1] or 1)
         messages = clean("\n".join(l for l in result.stderr.splitlines() if not l.startswith("hermes-infra-tar-rc=")), 1500)
         if result.rc != 0 or tar_rc not in (0, 1):
+            why = datatar.describe_rc(tar_rc if tar_rc is not None else result.rc)
             raise DayTwoError(f"{host.name}/{gateway.name}: archiving {gateway.host_data_dir} failed "
-                              f"(tar exit {tar_rc}, shell exit {result.rc}): {messages}")
+                              f"({why}; tar exit {tar_rc}, shell exit {result.rc}): {messages}")
     except BaseException:
         data_tmp.unlink(missing_ok=True)
         raise
@@ -382,7 +487,7 @@ def backup_gateway(host: HostTarget, gateway: GatewaySettings, remote: Remote, o
         found = inventory_of(data_tmp)
         if found.problems:
             say(f"{host.name}/{gateway.name}: note: the data dir holds entries a restore will refuse: "
-                + "; ".join(found.problems[:5]))
+                + "; ".join(clean(p, 300) for p in found.problems[:5]))
         bad = {n: s["integrity"] for n, s in found.sqlite.items() if s["integrity"] != "ok"}
         manifest = {
             "schema": SCHEMA, "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -402,7 +507,7 @@ def backup_gateway(host: HostTarget, gateway: GatewaySettings, remote: Remote, o
     say(f"{host.name}/{gateway.name}: {path} ({size / 1e6:.1f} MB, {len(found.files)} files, "
         f"{len(found.sqlite)} SQLite databases with {tables} tables, {seconds:.1f}s)")
     if bad:
-        say(f"{host.name}/{gateway.name}: WARNING: SQLite integrity check failed: {bad}")
+        say(f"{host.name}/{gateway.name}: WARNING: SQLite integrity check failed: {clean(bad, 1000)}")
     remote.run(audit_command(audit_record("backup", settings, "ok", False, seconds,
                                           f"backup of {gateway.name} ({len(found.files)} files)")))
     return Backup(path, manifest)
@@ -427,8 +532,9 @@ def backup(hosts: list[HostTarget], profile: str | None, out_dir: str | Path, sa
         gateways = host.gateways(profile)
         remote = remote_for(host)
         try:
-            for gateway in gateways:
-                made.append(backup_gateway(host, gateway, remote, out, say))
+            with deploy_lock(host, remote, "backup"):
+                for gateway in gateways:
+                    made.append(backup_gateway(host, gateway, remote, out, say))
         finally:
             remote.close()
     return made
@@ -445,29 +551,46 @@ class RestoreResult:
     files: int
 
 
-def _parse_sha256sum(text: str) -> dict[str, str]:
-    sums = {}
-    for line in text.splitlines():
-        escaped = line.startswith("\\")
-        if escaped:
-            line = line[1:]
-        digest, _, name = line.partition("  ")
-        if not name:
-            continue
-        if escaped:
-            name = name.replace("\\n", "\n").replace("\\\\", "\\")
-        sums[_member_name(name)] = digest
-    return sums
+def _decode(raw: bytes) -> str:
+    # As tarfile decodes member names on POSIX, so the same bytes give the same name.
+    return raw.decode("utf-8", "surrogateescape")
 
 
-def compare_files(manifest: dict, verify_output: str) -> list[str]:
-    sums_text, _, owners = verify_output.partition("@@owners")
-    found = _parse_sha256sum(sums_text)
+def compare_files(manifest: dict, verify_output: bytes, marker: str) -> list[str]:
+    """What differs between the manifest and `verify_command`'s NUL-separated output."""
+    records = verify_output.split(b"\0")
+    try:
+        split = records.index(marker.encode())
+    except ValueError:
+        return ["the check of the restored files did not finish"]
+    found = {}
+    for record in records[:split]:
+        digest, sep, name = record.partition(b"  ")
+        if sep and len(digest) == 64:
+            found[_member_name(_decode(name))] = digest.decode("ascii", "replace")
+    owners = [_member_name(_decode(r)) for r in records[split + 1:] if r]
     wanted = {name: info["sha256"] for name, info in manifest["files"].items()}
-    problems = [f"{name}: missing after unpacking" for name in sorted(set(wanted) - set(found))]
-    problems += [f"{name}: sha256 differs" for name in sorted(set(wanted) & set(found)) if wanted[name] != found[name]]
-    problems += [f"{name}: not in the backup" for name in sorted(set(found) - set(wanted))]
-    problems += [f"{name.strip()}: not owned by the data dir's owner" for name in owners.splitlines() if name.strip()]
+
+    def shown(name: str) -> str:
+        return clean(repr(name), 300)
+
+    problems = [f"{shown(name)}: missing after unpacking" for name in sorted(set(wanted) - set(found))]
+    problems += [f"{shown(name)}: sha256 differs" for name in sorted(set(wanted) & set(found))
+                 if wanted[name] != found[name]]
+    problems += [f"{shown(name)}: not in the backup" for name in sorted(set(found) - set(wanted))]
+    problems += [f"{shown(name) if name else '.'}: not owned by the data dir's owner" for name in owners]
+    return problems
+
+
+def manifest_mismatch(manifest: dict, found: Inventory) -> list[str]:
+    """Files the manifest promises that the archive does not hold as it says (checked before
+    anything on the host changes)."""
+    wanted = {name: info.get("sha256") for name, info in (manifest.get("files") or {}).items()}
+    have = {name: info["sha256"] for name, info in found.files.items()}
+    problems = [f"{clean(repr(n), 300)}: in the manifest, not in the archive" for n in sorted(set(wanted) - set(have))]
+    problems += [f"{clean(repr(n), 300)}: in the archive, not in the manifest" for n in sorted(set(have) - set(wanted))]
+    problems += [f"{clean(repr(n), 300)}: sha256 differs from the manifest" for n in sorted(set(wanted) & set(have))
+                 if wanted[n] != have[n]]
     return problems
 
 
@@ -484,17 +607,22 @@ def restore(host: HostTarget, archive: str | Path, *, profile: str | None = None
     started = time.monotonic()
     manifest, data = read_backup(archive, profile)
     problems = manifest.get("problems") or []
-    with tempfile.NamedTemporaryFile(suffix=".tar.gz") as check:
+    # Only what Python checked travels, in headers Python wrote (GNU tar and tarfile disagree on
+    # damaged or doubled headers): the upload is this re-packed archive, never the file's bytes.
+    with tempfile.NamedTemporaryFile(suffix=".tar.gz") as check, tempfile.TemporaryFile() as normalized:
         check.write(data)
         check.flush()
-        problems = inventory_of(Path(check.name)).problems or problems
+        found = inventory_of(Path(check.name), repack=normalized)
+        problems = found.problems or problems or manifest_mismatch(manifest, found)
+        normalized.seek(0)
+        data = normalized.read()
     if problems:
-        raise DayTwoError(f"{archive}: refusing to restore: " + "; ".join(problems[:10]))
+        raise DayTwoError(f"{archive}: refusing to restore: " + "; ".join(clean(p, 400) for p in problems[:10]))
+    data_sha256 = hashlib.sha256(data).hexdigest()
     gateway = choose_gateway(host, manifest, profile)
     settings = host.settings
     remote = remote_for(host)
     deployed = False
-    moved_aside = None
     try:
         probe = dict(line.split("=", 1) for line in remote.run(probe_command(settings, gateway)).text.split()
                      if "=" in line)
@@ -516,44 +644,57 @@ def restore(host: HostTarget, archive: str | Path, *, profile: str | None = None
             if code != 0:
                 raise DayTwoError(f"{host.name}: the deploy before the restore failed (exit {code}); nothing restored")
             deployed = True
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        aside = f"{gateway.host_data_dir}.pre-restore-{stamp}"
-        say(f"{host.name}/{gateway.name}: stopping {gateway.service_name}")
-        stopped = remote.run(stop_command(settings, gateway))
-        if stopped.rc != 0:
-            raise DayTwoError(f"{host.name}: could not stop {gateway.service_name}: {clean(stopped.text, 500)}")
-        staged = f"{STAGE_DIR}/restore-{pysecrets.token_hex(8)}.tar.gz"
-        uploaded = remote.run(upload_command(staged), stdin=data)
-        if uploaded.rc != 0 or uploaded.text.strip() != manifest["data_sha256"]:
-            raise DayTwoError(f"{host.name}: the upload arrived damaged or failed: {clean(uploaded.stderr, 300)}")
-        say(f"{host.name}/{gateway.name}: unpacking {len(manifest['files'])} files into {gateway.host_data_dir} "
-            f"as uid {gateway.uid}")
-        unpacked = remote.run(unpack_command(gateway, staged, aside))
-        remote.run(f"rm -f -- {shlex.quote(staged)}")
-        if unpacked.rc != 0:
-            raise DayTwoError(f"{host.name}: unpacking failed: {clean(unpacked.text + unpacked.stderr, 1500)}. "
-                              f"The previous data dir, if any, is {aside}")
-        moved_aside = aside if datadir == "full" else None
-        mismatch = compare_files(manifest, remote.run(verify_command(gateway)).text)
-        if mismatch:
-            raise DayTwoError(f"{host.name}: the restored files differ from the backup: {'; '.join(mismatch[:10])}")
-        if datadir in ("missing", "empty"):
-            # Nothing, or only what the deploy just made (a fresh key): not worth keeping.
-            remote.run(f"rm -rf -- {shlex.quote(aside)}")
-        say(f"{host.name}/{gateway.name}: every file matches its sha256; starting and waiting for the health gate")
-        started_gw = remote.run(start_command(settings, gateway))
-        if started_gw.rc != 0:
-            raise DayTwoError(f"{host.name}: restored, but the gateway is not healthy:\n"
-                              f"{clean(started_gw.text + started_gw.stderr, 3000)}")
-        seconds = time.monotonic() - started
-        remote.run(audit_command(audit_record("restore", settings, "ok", True, seconds,
-                                              f"restore of {manifest['host']}/{manifest['profile']} "
-                                              f"({manifest['created']}) into {gateway.name}")))
-        say(f"{host.name}/{gateway.name}: restored {manifest['host']}/{manifest['profile']} from "
-            f"{manifest['created']} in {seconds:.1f}s" + (f"; the previous data dir is kept as {moved_aside}"
-                                                           if moved_aside else ""))
-        if gateway.api.key is not None:
-            say(f"note: the settings set api.key for {gateway.name}; the next `up` replaces the restored key with it")
-        return RestoreResult(host.name, gateway.name, deployed, moved_aside, seconds, len(manifest["files"]))
+        # After the deploy (which takes the lock itself), before the gateway is stopped.
+        with deploy_lock(host, remote, "restore"):
+            return _restore_locked(host, gateway, remote, manifest, data, data_sha256, datadir, deployed, started,
+                                   say)
     finally:
         remote.close()
+
+
+def _restore_locked(host: HostTarget, gateway: GatewaySettings, remote: Remote, manifest: dict, data: bytes,
+                    data_sha256: str, datadir: str, deployed: bool, started: float, say: Say) -> RestoreResult:
+    settings = host.settings
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = f"{gateway.host_data_dir}.pre-restore-{stamp}"
+    say(f"{host.name}/{gateway.name}: stopping {gateway.service_name}")
+    stopped = remote.run(stop_command(settings, gateway))
+    if stopped.rc != 0:
+        raise DayTwoError(f"{host.name}: could not stop {gateway.service_name}: {clean(stopped.text, 500)}")
+    staged = f"{STAGE_DIR}/restore-{pysecrets.token_hex(8)}.tar.gz"
+    uploaded = remote.run(upload_command(staged), stdin=data)
+    if uploaded.rc != 0 or uploaded.text.strip() != data_sha256:
+        raise DayTwoError(f"{host.name}: the upload arrived damaged or failed: {clean(uploaded.stderr, 300)}")
+    say(f"{host.name}/{gateway.name}: unpacking {len(manifest['files'])} files into {gateway.host_data_dir} "
+        f"as uid {gateway.uid}")
+    unpacked = remote.run(unpack_command(gateway, staged, aside))
+    remote.run(f"rm -f -- {shlex.quote(staged)}")
+    if unpacked.rc != 0:
+        raise DayTwoError(f"{host.name}: unpacking failed: {clean(unpacked.text + unpacked.stderr, 1500)}. "
+                          f"The previous data dir, if any, is {aside}")
+    moved_aside = aside if datadir == "full" else None
+    marker = f"@@hermes-infra-owners-{pysecrets.token_hex(16)}"
+    mismatch = compare_files(manifest, remote.run(verify_command(gateway, marker)).stdout, marker)
+    if mismatch:
+        raise DayTwoError(f"{host.name}: the restored files differ from the backup: {'; '.join(mismatch[:10])}")
+    if datadir in ("missing", "empty"):
+        # Nothing, or only what the deploy just made (a fresh key): not worth keeping.
+        remote.run(f"rm -rf -- {shlex.quote(aside)}")
+    remote.run(prune_aside_command(gateway, settings.backup_keep))
+    say(f"{host.name}/{gateway.name}: every file matches its sha256; starting and waiting for the health gate")
+    started_gw = remote.run(start_command(settings, gateway))
+    if started_gw.rc != 0:
+        raise DayTwoError(f"{host.name}: restored, but the gateway is not healthy:\n"
+                          f"{clean(started_gw.text + started_gw.stderr, 3000)}")
+    seconds = time.monotonic() - started
+    # The manifest is whatever the archive says (a backup file can be edited): cleaned.
+    origin = f"{clean(manifest.get('host'), 200)}/{clean(manifest.get('profile'), 80)}"
+    created = clean(manifest.get("created"), 40)
+    remote.run(audit_command(audit_record("restore", settings, "ok", True, seconds,
+                                          f"restore of {origin} ({created}) into {gateway.name}")))
+    say(f"{host.name}/{gateway.name}: restored {origin} from {created} in {seconds:.1f}s"
+        + (f"; the previous data dir is kept as {moved_aside}" if moved_aside else ""))
+    if gateway.api.key is not None:
+        say(f"note: the settings set api.key for {gateway.name}; the next `up` replaces the restored key with it")
+    return RestoreResult(host.name, gateway.name, deployed, moved_aside, seconds, len(manifest["files"]))
+

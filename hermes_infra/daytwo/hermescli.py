@@ -16,7 +16,10 @@ What Hermes picks up live and what needs a restart:
 - `config set`, `setup`, `gateway setup`, `model`, `auth`, `login`, `logout`, `tools`, `import`:
   read at start; hermes-infra says so, and `--restart` restarts the gateway and waits for the
   health gate. Keys hermes-infra manages (settings) are put back by the next `up`.
-- `gateway run` is refused: two gateways on one data dir fight over it (`restart` instead).
+- `gateway` with anything but `setup` or `status`, and `update`, are refused: two gateways on
+  one data dir fight over it (`restart` instead), and an image does not update itself. Hermes's
+  global options are read with their values (`-p work update` is `update`); an unknown option is
+  read both ways. Without a TTY, Hermes's output is cleaned like `logs` (chat users chose names).
 """
 from __future__ import annotations
 
@@ -28,16 +31,64 @@ from dataclasses import dataclass
 
 from hermes_infra.host import safeio
 from hermes_infra.daytwo.lifecycle import compose_base, restart
-from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, open_remote, ssh_argv
+from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, clean_lines, open_remote, ssh_argv
 from hermes_infra.settings.schema import GatewaySettings, HostSettings
 
 READ_AT_START = (("config", "set"), ("config", "edit"), ("config", "migrate"), ("setup",), ("gateway", "setup"),
                  ("model",), ("auth",), ("login",), ("logout",), ("tools",), ("import",), ("plugins",))
 LIVE = (("pairing",), ("cron",), ("doctor",), ("status",), ("logs",), ("config", "get"), ("config", "show"),
         ("version",), ("--version",), ("sessions",))
-REFUSED = {("gateway", "run"): "it would start a second gateway on the same data dir. Fix: hermes-infra restart TARGET",
-           ("gateway",): "it would start a second gateway on the same data dir. Fix: hermes-infra restart TARGET",
-           ("update",): "Hermes cannot update itself in Docker. Fix: pin a new image in the settings and hermes-infra up"}
+# Hermes's global options that take a value (`hermes -p work pairing list`): the word after
+# them is that value, not the command. An option not listed here may take one or not: both
+# readings are checked, and a command is refused when either reading is refused.
+VALUE_OPTIONS = frozenset({"-p", "--profile", "-m", "--model", "--provider", "-t", "--toolsets", "-r", "--resume",
+                           "-q", "--query", "-s", "--skills"})
+FLAG_OPTIONS = frozenset({"-c", "--continue", "-v", "--verbose", "--version", "-h", "--help", "-w", "--worktree",
+                          "--yolo"})
+GATEWAY_ALLOWED = ("setup", "status")
+"""`hermes gateway` alone, `gateway run` and the service verbs start or manage a second gateway
+on the same data dir; only these run in a one-off container."""
+REFUSED_WHY = {
+    "gateway": "it would start a second gateway on the same data dir (only `gateway setup` and `gateway status` "
+               "run here). Fix: hermes-infra restart TARGET",
+    "update": "Hermes cannot update itself in Docker. Fix: pin a new image in the settings and hermes-infra up",
+}
+
+
+def _command_starts(args: Sequence[str], start: int = 0) -> set[int]:
+    """Every index at which the Hermes subcommand may start, reading global options both ways
+    when it is not known whether one takes a value."""
+    starts: set[int] = set()
+    i = start
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            starts.add(i + 1)
+            return starts
+        if not arg.startswith("-") or arg == "-":
+            starts.add(i)
+            return starts
+        if "=" in arg or arg in FLAG_OPTIONS:
+            i += 1
+        elif arg in VALUE_OPTIONS:
+            i += 2
+        else:  # unknown: a flag, or an option whose value is the next word
+            starts |= _command_starts(args, i + 2)
+            i += 1
+    return starts
+
+
+def refusal(args: Sequence[str]) -> str | None:
+    """Why `hermes ARGS` is not run here (None: it may run)."""
+    for start in _command_starts(args):
+        command = args[start] if start < len(args) else None
+        if command == "update":
+            return REFUSED_WHY["update"]
+        if command == "gateway":
+            action = args[start + 1] if start + 1 < len(args) else None
+            if action not in GATEWAY_ALLOWED:
+                return REFUSED_WHY["gateway"]
+    return None
 
 
 def _starts(args: Sequence[str], prefixes) -> bool:
@@ -48,10 +99,9 @@ def _starts(args: Sequence[str], prefixes) -> bool:
 def check_args(args: Sequence[str]) -> None:
     if not args:
         raise DayTwoError("no Hermes command given. Fix: hermes-infra hermes TARGET -- pairing list")
-    words = tuple(a for a in args if not a.startswith("-"))
-    for prefix, why in REFUSED.items():
-        if words == prefix or (len(prefix) > 1 and words[:len(prefix)] == prefix):
-            raise DayTwoError(f"`hermes {shlex.join(args)}` is not run by hermes-infra: {why}")
+    why = refusal(args)
+    if why:
+        raise DayTwoError(f"`hermes {clean(shlex.join(args), 300)}` is not run by hermes-infra: {why}")
 
 
 def needs_restart(args: Sequence[str]) -> bool:
@@ -85,7 +135,8 @@ def after_note(host: HostTarget, gateway: GatewaySettings, args: Sequence[str]) 
 
 def run_hermes(hosts: list[HostTarget], profile: str | None, args: Sequence[str], *, tty: bool | None = None,
                restart_after: bool = False, say: Callable[[str], None] | None = None,
-               write: Callable[[bytes], None] | None = None, remote_for=open_remote,
+               write: Callable[[bytes], None] | None = None, err: Callable[[str], None] | None = None,
+               remote_for=open_remote,
                interactive_runner=subprocess.call) -> list[HermesRun]:
     """`hermes ARGS` on each chosen profile (one host at a time). A TTY is used when `tty` (default:
     stdin and stdout are terminals) and exactly one profile is chosen."""
@@ -95,6 +146,7 @@ def run_hermes(hosts: list[HostTarget], profile: str | None, args: Sequence[str]
         def write(data: bytes) -> None:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
+    err = err or (lambda text: sys.stderr.write(text))
     jobs = [(h, g) for h in hosts for g in h.gateways(profile)]
     if tty is None:
         tty = sys.stdin.isatty() and sys.stdout.isatty()
@@ -110,13 +162,17 @@ def run_hermes(hosts: list[HostTarget], profile: str | None, args: Sequence[str]
             rc = interactive_runner(ssh_argv(host.connection, command, tty=True))
         else:
             remote: Remote = remote_for(host)
+            # Without a terminal the output is data (`pairing list` shows names chat users chose):
+            # cleaned line by line, like `logs`.
+            lines = CleanLines(write)
             try:
-                result = remote.run(command, on_stdout=write)
+                result = remote.run(command, on_stdout=lines.feed)
             finally:
+                lines.flush()
                 remote.close()
             rc = result.rc
             if result.stderr.strip():
-                sys.stderr.write(result.stderr if result.stderr.endswith("\n") else result.stderr + "\n")
+                err(clean_lines(result.stderr) + "\n")
         runs.append(HermesRun(host.name, gateway.name, rc))
         note = after_note(host, gateway, args)
         if rc == 0 and note and not (restart_after and needs_restart(args)):
@@ -126,6 +182,27 @@ def run_hermes(hosts: list[HostTarget], profile: str | None, args: Sequence[str]
             if not all(r.ok for r in results):
                 runs[-1].rc = 1
     return runs
+
+
+class CleanLines:
+    """Bytes in, cleaned whole lines out (as bytes, each with its newline)."""
+
+    def __init__(self, write: Callable[[bytes], None]):
+        self.write, self.buffer = write, b""
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        *complete, self.buffer = self.buffer.split(b"\n")
+        for raw in complete:
+            self._line(raw)
+
+    def flush(self) -> None:
+        if self.buffer:
+            self._line(self.buffer)
+            self.buffer = b""
+
+    def _line(self, raw: bytes) -> None:
+        self.write((clean(raw.decode("utf-8", errors="replace").rstrip("\r"), 8000) + "\n").encode())
 
 
 def shortcut_args(action: str, *values: str) -> list[str]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from hermes_infra.plan import compose
 from hermes_infra.plan import hostplan as planmod
-from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, open_remote
+from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, deploy_lock, open_remote
 from hermes_infra.settings.schema import GatewaySettings, HostSettings
 
 
@@ -169,17 +169,27 @@ def restart(hosts: list[HostTarget], profile: str | None, say: Callable[[str], N
     for host in hosts:
         remote = remote_for(host)
         try:
-            for gateway in host.gateways(profile):
-                started = time.monotonic()
-                say(f"{host.name}/{gateway.name}: restarting {gateway.service_name}, then waiting for the health gate")
-                result = remote.run(restart_command(host.settings, gateway))
-                seconds = time.monotonic() - started
-                detail = clean((result.text + result.stderr).strip(), 4000)
-                results.append(StepResult(host.name, gateway.name, result.rc == 0, seconds, detail))
-                if result.rc != 0:
-                    say(f"{host.name}/{gateway.name}: FAILED after {seconds:.1f}s:\n{detail}")
-                    return results
-                say(f"{host.name}/{gateway.name}: healthy again after {seconds:.1f}s")
+            with deploy_lock(host, remote, "restart"):
+                failed = _restart_host(host, profile, remote, say, results)
+            if failed:
+                return results
         finally:
             remote.close()
     return results
+
+
+def _restart_host(host: HostTarget, profile: str | None, remote: Remote, say: Callable[[str], None],
+                  results: list[StepResult]) -> bool:
+    """Restart the host's chosen gateways; True when one failed (the rest are left alone)."""
+    for gateway in host.gateways(profile):
+        started = time.monotonic()
+        say(f"{host.name}/{gateway.name}: restarting {gateway.service_name}, then waiting for the health gate")
+        result = remote.run(restart_command(host.settings, gateway))
+        seconds = time.monotonic() - started
+        detail = clean((result.text + result.stderr).strip(), 4000)
+        results.append(StepResult(host.name, gateway.name, result.rc == 0, seconds, detail))
+        if result.rc != 0:
+            say(f"{host.name}/{gateway.name}: FAILED after {seconds:.1f}s:\n{detail}")
+            return True
+        say(f"{host.name}/{gateway.name}: healthy again after {seconds:.1f}s")
+    return False

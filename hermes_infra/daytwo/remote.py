@@ -13,10 +13,15 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Iterator, Protocol
 
 from hermes_infra import commands
+from hermes_infra.host.cleantext import (  # noqa: F401  (day-two code imports them from here)
+    clean,
+    clean_lines,
+)
 from hermes_infra.checks import connect
 from hermes_infra.settings.schema import GatewaySettings, HostSettings
 from hermes_infra.host.sshchannel import RunResult, exchange
@@ -127,9 +132,38 @@ def for_each_host(hosts: Iterable[HostTarget], work: Callable[[HostTarget], obje
         return list(pool.map(work, hosts))
 
 
-def clean(text: object, limit: int = 400) -> str:
-    """Text that came from a host (an agent may have written it), safe for a terminal:
-    control characters (escape sequences) replaced, length bounded."""
-    value = "" if text is None else str(text)
-    value = "".join(ch if ch.isprintable() or ch == " " else "?" for ch in value)
-    return value if len(value) <= limit else value[: limit - 1] + "~"
+class _LockChannel:
+    """A day-two Remote as the deploy lock's code expects a host (`release.remote.Remote`)."""
+
+    def __init__(self, name: str, remote: Remote):
+        self.name, self.remote = name, remote
+
+    def run(self, command: str, timeout: float = 120):
+        from hermes_infra.release.remote import Result
+
+        result = self.remote.run(command, timeout=timeout)
+        return Result(result.rc, result.text, result.stderr)
+
+
+@contextmanager
+def deploy_lock(host: HostTarget, remote: Remote, command: str) -> Iterator[None]:
+    """Hold the host's deploy lock (the one `up` takes, with its heartbeat) while a day-two
+    command changes a gateway, so a deploy, a rollback, the backup timer and this never overlap.
+    Held: a DayTwoError saying by whom, before anything changes."""
+    from hermes_infra.release.lock import Holder, HostLocks, LockError
+
+    hint = "hermes-infra lock release TARGET --limit HOST"
+    if hasattr(host.target, "cli_args"):
+        from hermes_infra.release.session import release_hint
+
+        hint = release_hint(host.target)
+    locks = HostLocks({host.name: _LockChannel(host.name, remote)}, Holder(command=command), release_hint=hint,
+                      log=lambda text: None)
+    try:
+        locks.acquire()
+    except LockError as error:
+        raise DayTwoError(str(error)) from None
+    try:
+        yield
+    finally:
+        locks.release()

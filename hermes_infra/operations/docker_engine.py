@@ -9,7 +9,7 @@ from pyinfra.api import deploy, operation
 from pyinfra.operations import files, server
 
 from hermes_infra.host import aptwait
-from hermes_infra.daytwo.remote import clean
+from hermes_infra.host.cleantext import clean
 from hermes_infra.operations.files import root_file
 from hermes_infra.plan.hostplan import DOCKER_KEYRING, DockerPlan, Writer
 

@@ -34,7 +34,7 @@ while :; do
   if [ "$(date +%s)" -ge "$deadline" ]; then
     echo "hermes-infra: $hi_container did not answer GET $hi_url/health with 200 within {int(timeout)}s (last: $code)." >&2
     echo "Check: the container state below, API_SERVER_KEY in $hi_env (>= 16 chars, no placeholder), aiohttp in the image, the port mapping." >&2
-    docker ps -a --filter "name=^$hi_container\$" --format '{{{{.Names}}}}: {{{{.Status}}}}' >&2
+    docker ps -a --filter "name=^$hi_container\\$" --format '{{{{.Names}}}}: {{{{.Status}}}}' >&2
     echo "--- last lines of the container log ---" >&2
     docker logs --tail 40 "$hi_container" 2>&1 | sed 's/^/  /' >&2
     exit 1

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import shlex
 
+from hermes_infra.host import lockcommands as lock
 from hermes_infra.host import safeio
-from hermes_infra.plan import compose
+from hermes_infra.plan import compose, datatar
 from hermes_infra.settings.schema import HostSettings
 
 SCRIPT = "/usr/local/sbin/hermes-infra-backup"
@@ -24,34 +25,132 @@ TIMER_UNIT = "hermes-infra-backup.timer"
 PATHS = (SCRIPT, SERVICE, TIMER)
 
 
+LOCK_WAIT_SECONDS = 900
+"""How long a scheduled run waits for a deploy holding the deploy lock before it gives up (and
+records a skipped run): deploys take minutes; tomorrow's run comes anyway."""
+
+
 def scheduled_dir(settings: HostSettings) -> str:
     return f"{settings.backup_dir.rstrip('/')}/scheduled"
 
 
-def script_text(settings: HostSettings, keep: int) -> str:
+def last_run_path(settings: HostSettings, profile: str) -> str:
+    """Where the script records a profile's last run (root's, beside the profile's archives), as
+    one JSON object: profile, result (`success`, `failed`, `skipped`), time, archive, message."""
+    return f"{scheduled_dir(settings)}/{profile}.last.json"
+
+
+_PRELUDE = r"""now() { date -u +%Y-%m-%dT%H:%M:%SZ; }
+# record PROFILE RESULT MESSAGE [ARCHIVE]: the last run, replaced at once (rename). Every value is
+# a fixed text of this script or a checked profile name: nothing from a data dir.
+record() {
+  printf '{"profile": "%s", "result": "%s", "time": "%s", "archive": "%s", "message": "%s"}\n' \
+    "$1" "$2" "$(now)" "${4:-}" "$3" > "$root/$1.last.json.new" && mv -f -- "$root/$1.last.json.new" "$root/$1.last.json"
+}
+fail() { status=1; echo "hermes-infra-backup: $1: $2" >&2; record "$1" failed "$2"; }"""
+
+# info.json of the timer's lock, in the deploy's format (`lock.Holder.info`, keys sorted).
+_LOCK_INFO = (r"""'{"heartbeat": "%s", "machine": "%s", "message": "scheduled backup (hermes-infra-backup.service)", """
+              r""""pid": %s, "revision": null, "time": "%s", "who": "backup-timer@%s"}\n'""")
+_HOLDER = "timer-$$"
+
+
+def _lock_lines(profiles: str, lock_dir: str, wait: int) -> list[str]:
+    """Take the deploy lock the way `hermes-infra up` does (its atomic mkdir, an info.json, a
+    holder file the heartbeat touches), so a deploy and a scheduled backup never overlap; when a
+    deploy keeps it past `wait` seconds, every profile's run is recorded as skipped."""
+    info_line = f'"$(printf {_LOCK_INFO} "$(now)" "$machine" "$$" "$(now)" "$machine")"'
+    return [
+        "machine=$(uname -n | tr -cd 'A-Za-z0-9.-')",
+        f"take_lock() {{ {lock.take_script(lock_dir, info_line, _HOLDER)}; }}",
+        "locked=; waited=0",
+        "while :; do case $(take_lock) in acquired*) locked=1; break ;; esac; "
+        f'[ "$waited" -ge {int(wait)} ] && break; sleep 10; waited=$((waited + 10)); done',
+        'if [ -z "$locked" ]; then',
+        "  echo 'hermes-infra-backup: the deploy lock is held (a deploy, rollback or day-two command); "
+        "nothing backed up' >&2",
+        f"  for p in {profiles}; do record \"$p\" skipped 'the deploy lock was held; no backup made'; done; exit 1",
+        "fi",
+        f"( while sleep {lock.HEARTBEAT_SECONDS}; do {lock.heartbeat_script(lock_dir, _HOLDER)} | grep -q ok || exit; "
+        "done ) >/dev/null 2>&1 & beat=$!",
+        f"drop_lock() {{ kill \"$beat\" 2>/dev/null; {lock.release_script(lock_dir, _HOLDER)} >/dev/null; }}",
+        "trap drop_lock EXIT",
+        "trap 'exit 143' TERM INT HUP",
+    ]
+
+
+def _archive_line(gateway) -> str:
+    """tar's status travels beside the pipe (the pipe's is gzip's): a tar that could not read a
+    file, or found no data dir, must not become a good-looking archive."""
+    owner = safeio.as_owner(gateway.uid, gateway.gid)
+    return (f'{{ ( {safeio.enter(gateway.host_data_dir)} || exit 3; {datatar.size_check(prefix=owner)} || '
+            f'exit {datatar.TOO_LARGE_RC}; exec {datatar.tar_create(owner)} -cf - . ); echo "$?" > "$out.rc"; }} '
+            '| gzip -1 > "$out.partial"')
+
+
+def _why_lines() -> list[str]:
+    return [
+        '  gz=$?; rc=$(cat "$out.rc" 2>/dev/null); rm -f -- "$out.rc"',
+        '  case "$rc" in',
+        "    0|1) [ \"$gz\" = 0 ] || why='gzip failed (disk full?)' ;;",
+        "    3) why='the data dir is missing, not a directory, or a symbolic link' ;;",
+        f"    {datatar.TOO_LARGE_RC}) why='the data dir is over the archive size limit of "
+        f"{datatar.MAX_APPARENT_BYTES} bytes (apparent size), or could not be measured' ;;",
+        f"    {datatar.TIMED_OUT_RC}) why='tar did not finish within {datatar.TAR_SECONDS}s' ;;",
+        '    *) why="tar failed (exit ${rc:-unknown}): some files could not be read (see the journal)" ;;',
+        "  esac",
+        # Read back before it gets its name: only verified archives are named, so count and rotate.
+        "  if [ -z \"$why\" ] && ! tar -tzf \"$out.partial\" >/dev/null 2>&1; then why='the archive does not read back'; fi",
+    ]
+
+
+def _profile_lines(settings: HostSettings, gateway, keep: int) -> list[str]:
     compose_base = compose.compose_command(settings.project_dir, compose.MAIN_PROJECT)
+    name = shlex.quote(gateway.name)
+    service = shlex.quote(gateway.service_name)
+    dest = f'"$root"/{name}'
+    return [
+        f"# profile {gateway.name}",
+        f"mkdir -p {dest} && chmod 0700 {dest} || exit 1",
+        f"stamp=$(date -u +%Y%m%dT%H%M%SZ); out={dest}/{name}_$stamp.tar.gz; why=",
+        f"running=$(docker inspect --format '{{{{.State.Running}}}}' {service} 2>/dev/null)",
+        f'if [ "$running" = true ] && ! ( {compose_base} stop -t {int(gateway.stop_grace_seconds)} {service} ); then '
+        "why='the gateway could not be stopped for a consistent copy'; fi",
+        'if [ -z "$why" ]; then',
+        f"  ( {safeio.chown_foreign_script(gateway.host_data_dir, gateway.uid, gateway.gid)} ) >/dev/null 2>&1",
+        f"  {_archive_line(gateway)}",
+        *_why_lines(),
+        "fi",
+        f'[ "$running" = true ] && {{ ( {compose_base} start {service} ) || '
+        f"echo 'hermes-infra-backup: {gateway.name}: the gateway did not start again' >&2; }}",
+        'base=${out##*/}',
+        'if [ -z "$why" ] && ! ( cd "${out%/*}" && mv -- "$base.partial" "$base" && '
+        'sha256sum -- "$base" > "$base.sha256.new" && mv -f -- "$base.sha256.new" "$base.sha256" ); then '
+        "why='the archive could not be stored'; fi",
+        'if [ -n "$why" ]; then',
+        f'  rm -f -- "$out.partial"; fail {name} "$why"',
+        "else",
+        f"  record {name} success 'archived and read back' \"$base\"",
+        # Rotation only after a verified success: a failed run never deletes a good archive.
+        f"  ls -1t {dest}/*.tar.gz 2>/dev/null | tail -n +{int(keep) + 1} | while IFS= read -r old; do "
+        'rm -f -- "$old" "$old.sha256"; done',
+        "fi",
+    ]
+
+
+def script_text(settings: HostSettings, keep: int, lock_dir: str = lock.LOCK_DIR,
+                lock_wait: int = LOCK_WAIT_SECONDS) -> str:
+    """The root script the timer runs: the deploy lock, then each profile archived, read back,
+    named, rotated and recorded (`last_run_path`); exit 1 when any profile failed or was
+    skipped, so systemd marks the run failed."""
+    profiles = " ".join(shlex.quote(g.name) for g in settings.gateways)
     lines = ["#!/bin/sh", "# Managed by hermes-infra (setting scheduled_backups): replaced by each deploy.",
              "# Archives each gateway's data dir as its owner, keeps the newest archives. No secrets here.",
              "umask 077", "status=0", f"root={shlex.quote(scheduled_dir(settings))}",
-             'mkdir -p "$root" && chmod 0700 "$root" || exit 1']
+             'mkdir -p "$root" && chmod 0700 "$root" || exit 1', _PRELUDE]
+    lines += _lock_lines(profiles, lock_dir, lock_wait)
     for gateway in settings.gateways:
-        service = shlex.quote(gateway.service_name)
-        dest = f'"$root"/{shlex.quote(gateway.name)}'
-        tar = f"{safeio.as_owner(gateway.uid, gateway.gid)} tar --numeric-owner --no-acls --no-xattrs -cf - ."
-        lines += [
-            f"# profile {gateway.name}",
-            f"mkdir -p {dest} && chmod 0700 {dest} || exit 1",
-            f"stamp=$(date -u +%Y%m%dT%H%M%SZ); out={dest}/{shlex.quote(gateway.name)}_$stamp.tar.gz",
-            f"running=$(docker inspect --format '{{{{.State.Running}}}}' {service} 2>/dev/null)",
-            f'[ "$running" = true ] && ( {compose_base} stop -t {int(gateway.stop_grace_seconds)} {service} )',
-            f"( {safeio.chown_foreign_script(gateway.host_data_dir, gateway.uid, gateway.gid)} ) >/dev/null 2>&1",
-            f'if ( {safeio.enter(gateway.host_data_dir)} && {tar} ) | gzip -1 > "$out.partial"; then '
-            'mv "$out.partial" "$out" && ( cd "$(dirname "$out")" && sha256sum "$(basename "$out")" > "$out.sha256" ); '
-            f'else rm -f "$out.partial"; status=1; echo "backup of {gateway.name} failed" >&2; fi',
-            f'[ "$running" = true ] && ( {compose_base} start {service} )',
-            f"ls -1t {dest}/*.tar.gz 2>/dev/null | tail -n +{int(keep) + 1} | while read -r old; do "
-            'rm -f -- "$old" "$old.sha256"; done',
-        ]
+        lines += _profile_lines(settings, gateway, keep)
     lines.append("exit $status")
     return "\n".join(lines) + "\n"
 

@@ -10,6 +10,7 @@ import json
 import shlex
 from dataclasses import dataclass, field
 
+from hermes_infra.host.cleantext import clean
 from hermes_infra.release.lock import now_iso, who
 
 AUDIT_DIR = "/var/log/hermes-infra"
@@ -74,13 +75,20 @@ def parse(text: str) -> list[dict]:
 def format_records(host: str, records: list[dict]) -> str:
     if not records:
         return f"{host}: no audit records"
-    rows = [f"{host}:"]
+    rows = [f"{clean(host)}:"]
     for r in records:
-        changed = ", ".join(r.get("changed") or []) or "-"
-        message = f"  {r['message']}" if r.get("message") else ""
-        rows.append(f"  {r.get('time', '?'):<21} {r.get('who', '?'):<24} {r.get('command', '?'):<9} "
-                    f"{r.get('result', '?'):<11} rev {r.get('revision') or '-':<12} {r.get('seconds', 0):>6}s  "
-                    f"image {r.get('image') or '-'}  changed: {changed}{message}")
+        # Every field may have been written by anyone with root on the host, or come from a
+        # message or output the agent shaped: cleaned before it reaches a terminal.
+        def field(key: str, default: str = "?") -> str:
+            value = r.get(key)
+            return clean(default if value is None or value == "" else value, 300)
+
+        changed = r.get("changed")
+        changed = ", ".join(clean(c, 200) for c in changed) if isinstance(changed, list) and changed else "-"
+        message = f"  {field('message')}" if r.get("message") else ""
+        rows.append(f"  {field('time'):<21} {field('who'):<24} {field('command'):<9} "
+                    f"{field('result'):<11} rev {field('revision', '-'):<12} {field('seconds', '0'):>6}s  "
+                    f"image {field('image', '-')}  changed: {changed}{message}")
     return "\n".join(rows)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from hermes_infra.host.cleantext import clean, clean_lines
 from hermes_infra.release import audit, lock
 from hermes_infra.release.remote import remotes_for
 
@@ -108,7 +109,7 @@ def cmd_rollback(args, make_target) -> int:
         try:
             for name, remote in remotes.items():
                 kept = remote.run(rollback.list_command()).stdout.split("\n")
-                lines = [line for line in kept if line]
+                lines = [clean(line, 300) for line in kept if line]
                 print(f"{name}: " + ("\n  " + "\n  ".join(lines) if lines else "no kept release"))
         finally:
             for remote in remotes.values():
@@ -121,7 +122,7 @@ def cmd_rollback(args, make_target) -> int:
         _say(str(error))
         return 3
     for result in results:
-        print(result.output.rstrip())
+        print(clean_lines(result.output.rstrip()))
         print(f"{result.host}: {'rolled back' if result.ok else 'ROLLBACK FAILED'} in {result.seconds:.0f}s")
     return 0 if results and all(r.ok for r in results) else 1
 

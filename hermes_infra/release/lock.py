@@ -1,19 +1,28 @@
 """The deploy lock: one per host, an atomic `mkdir` taken before the first change.
 
 `/var/lib/hermes-infra/lock/` (0700 root) holds `info.json` with who (user@machine), pid,
-machine, time, revision, message and heartbeat. The holder rewrites `info.json` every
-`HEARTBEAT_SECONDS` while it runs, and releases the lock on success, failure and Ctrl-C
-(SIGINT/SIGTERM/SIGHUP end the run through `finally`). A lock whose holder is gone (its process
+machine, time, revision, message and heartbeat (when it was taken). The holder touches its
+holder file (below) every `HEARTBEAT_SECONDS` while it runs, and releases the lock on success,
+failure and Ctrl-C (SIGINT/SIGTERM/SIGHUP end the run through `finally`). A lock whose holder is gone (its process
 on this control machine no longer exists, or no heartbeat for `STALE_AFTER_SECONDS` by the
 host's clock) is reported as stale with the command that releases it; it is never taken over
 silently, since a person may still be looking at that host.
+
+Ownership is a per-holder file in the lock dir, `holder.<token>` (the token: the holder's pid and
+a hash of its machine), never a read-then-write of a shared file: the heartbeat touches that file
+only (`touch -c`, which cannot create it in a lock someone else took after a forced release), and
+a release renames the whole lock dir to a name of its own first (one `mv`) and deletes it only
+when the holder file is inside, putting anyone else's lock back otherwise. `info.json` is written
+once, in the dir the holder's own `mkdir` just made.
 """
 from __future__ import annotations
 
 import datetime as dt
 import getpass
+import hashlib
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -24,107 +33,36 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from hermes_infra.host.cleantext import clean
 from hermes_infra.release.remote import Remote
 
-STATE_DIR = "/var/lib/hermes-infra"
-LOCK_DIR = f"{STATE_DIR}/lock"
-HEARTBEAT_SECONDS = 15
-STALE_AFTER_SECONDS = 120
-POLL_SECONDS = 5
+from hermes_infra.host.lockcommands import (  # noqa: F401  (the lock's API, re-exported)
+    STATE_DIR,
+    LOCK_DIR,
+    HEARTBEAT_SECONDS,
+    STALE_AFTER_SECONDS,
+    POLL_SECONDS,
+    now_iso,
+    who,
+    Holder,
+    TOKEN,
+    holder_file,
+    _owned_test,
+    _line,
+    _describe,
+    take_script,
+    release_script,
+    heartbeat_script,
+    acquire_command,
+    release_command,
+    force_release_command,
+    heartbeat_command,
+    status_command,
+)
 
 
 class LockError(Exception):
     """The lock could not be taken (held, stale or unreachable); the message says what to do."""
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def who() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
-
-
-@dataclass(frozen=True)
-class Holder:
-    """Who takes the lock: this process on this control machine."""
-
-    who: str = field(default_factory=who)
-    pid: int = field(default_factory=os.getpid)
-    machine: str = field(default_factory=socket.gethostname)
-    command: str = "up"
-    revision: str | None = None
-    message: str | None = None
-    started: str = field(default_factory=now_iso)
-    manual: bool = False
-    """`hermes-infra lock acquire`: held until `lock release`, no process, no heartbeat."""
-
-    def info(self) -> dict:
-        return {"who": self.who, "pid": self.pid, "machine": self.machine, "time": self.started,
-                "revision": self.revision, "message": self.message,
-                "heartbeat": None if self.manual else now_iso()}
-
-
-def _owned_test(holder: Holder, lock_dir: str) -> str:
-    """Shell test: the lock is there and `holder` holds it (pid and machine in info.json).
-    Shell builtins only: every program started costs a small emulated VM tens of milliseconds."""
-    info = shlex.quote(f"{lock_dir}/info.json")
-    pid = shlex.quote(f'"pid": {int(holder.pid)},')
-    machine = shlex.quote(f'"machine": {json.dumps(holder.machine)},')
-    return (f"[ -d {shlex.quote(lock_dir)} ] && IFS= read -r info < {info} && "
-            f"case \"$info\" in *{pid}*) true ;; *) false ;; esac && "
-            f"case \"$info\" in *{machine}*) true ;; *) false ;; esac")
-
-
-def _write_info(info: dict, lock_dir: str) -> str:
-    """Replace info.json at once (write a new file, rename it over): a reader never sees half."""
-    target = shlex.quote(f"{lock_dir}/info.json")
-    new = shlex.quote(f"{lock_dir}/info.json.new")
-    return f"printf %s {shlex.quote(_line(info))} > {new} && mv -fT {new} {target}"
-
-
-def _line(info: dict) -> str:
-    # ASCII JSON: no control character or quote can end the shell word it travels in.
-    return json.dumps(info, sort_keys=True) + "\n"
-
-
-def _describe(lock_dir: str) -> str:
-    info = shlex.quote(f"{lock_dir}/info.json")
-    return f"date +%s; stat -c %Y {info} 2>/dev/null || echo -; cat {info} 2>/dev/null || true"
-
-
-def acquire_command(holder: Holder, lock_dir: str = LOCK_DIR) -> str:
-    parent = shlex.quote(lock_dir.rsplit("/", 1)[0] or "/")
-    info = shlex.quote(f"{lock_dir}/info.json")
-    # mkdir is the lock (atomic); the new dir is ours alone, so info.json is written in place.
-    return (f"umask 077; {{ [ -d {parent} ] || install -d -m 0700 {parent}; }} && "
-            f"if mkdir -m 0700 {shlex.quote(lock_dir)} 2>/dev/null; then "
-            f"printf %s {shlex.quote(_line(holder.info()))} > {info} && echo acquired; "
-            f"else echo held; {_describe(lock_dir)}; fi")
-
-
-def release_command(holder: Holder, lock_dir: str = LOCK_DIR) -> str:
-    quoted = shlex.quote(lock_dir)
-    return f"if {_owned_test(holder, lock_dir)}; then rm -rf -- {quoted} && echo released; else echo notours; fi"
-
-
-def force_release_command(lock_dir: str = LOCK_DIR) -> str:
-    quoted = shlex.quote(lock_dir)
-    return (f"if [ -d {quoted} ]; then echo held; {_describe(lock_dir)}; rm -f {quoted}/info.json {quoted}/info.json.new "
-            f"&& rmdir {quoted}; else echo free; fi")
-
-
-def heartbeat_command(holder: Holder, lock_dir: str = LOCK_DIR) -> str:
-    return (f"umask 077; if {_owned_test(holder, lock_dir)}; then {_write_info(holder.info(), lock_dir)} && echo ok; "
-            "else echo lost; fi")
-
-
-def status_command(lock_dir: str = LOCK_DIR) -> str:
-    return f"if [ -d {shlex.quote(lock_dir)} ]; then echo held; {_describe(lock_dir)}; else echo free; fi"
 
 
 @dataclass(frozen=True)
@@ -154,11 +92,13 @@ class LockState:
         info = self.info
         if not info:
             return "held (being taken right now: no info.json yet)"
-        text = f"held by {info.get('who', '?')} (pid {info.get('pid', '?')}) since {info.get('time', '?')}"
+        # info.json is the host's: whoever has root there (or a timer's hostname) wrote it.
+        text = (f"held by {clean(info.get('who', '?'), 200)} (pid {clean(info.get('pid', '?'), 20)}) "
+                f"since {clean(info.get('time', '?'), 40)}")
         if info.get("revision"):
-            text += f", revision {info['revision']}"
+            text += f", revision {clean(info['revision'], 80)}"
         if info.get("message"):
-            text += f", message {info['message']!r}"
+            text += f", message {clean(repr(info['message']), 400)}"
         if self.info.get("heartbeat") is None:
             text += " (taken by hand with `lock acquire`)"
         elif self.age_seconds is not None:

@@ -55,7 +55,8 @@ def rollback(target, *, to: str | None = None, lock_wait: float = 0, message: st
                 host_settings = settings[name]
                 script = upgrade.rollback_script(
                     host_settings.project_dir, "hermes", tuple(g.service_name for g in host_settings.gateways),
-                    max(g.stop_grace_seconds for g in host_settings.gateways), to, keep=host_settings.backup_keep)
+                    max(g.stop_grace_seconds for g in host_settings.gateways), to, keep=host_settings.backup_keep,
+                    owners={g.host_data_dir: (g.uid, g.gid) for g in host_settings.gateways})
                 started = time.monotonic()
                 done = remote.run(script, timeout=900)
                 seconds = time.monotonic() - started

@@ -23,11 +23,13 @@ from pyinfra import host
 from pyinfra.api import operation
 
 from hermes_infra.operations.health import gate_script
+from hermes_infra.plan import datatar
 from hermes_infra.plan.hostplan import DEPLOYED_NAME, HealthPlan, UpgradePlan
 
 RELEASES = "/var/lib/hermes-infra/releases"
 PREVIOUS_REPO = "hermes-infra/previous"
 ID_PATTERN = "[0-9a-f]" * 12
+STAMP_GLOB = "[0-9]" * 8 + "T" + "[0-9]" * 6  # date +%Y%m%dT%H%M%S
 REGATE_SECONDS = 180
 
 
@@ -43,15 +45,23 @@ def prepare_script(plan: UpgradePlan, releases: str = RELEASES) -> str:
     for name, directory in plan.data_dirs:
         # The setting is quoted on its own; only $stamp expands (F14: `$(…)` in backup_dir is text).
         archive = _q(f'{plan.backup_dir}/snapshot-{name}-') + '"$stamp".tar.gz'
+        quoted = _q(directory)
+        # Bounded like every tar of a data dir (`datatar`); a snapshot that fails stops the
+        # upgrade: a rollback without it could not give this profile its data back.
         snapshots.append(
-            f'if [ -d {_q(directory)} ] && [ ! -L {_q(directory)} ]; then '
-            f'tar -C / -czf {archive} {_q(directory.lstrip("/"))} && '
-            f'printf "%s\\t%s\\t%s\\n" {_q(name)} {_q(directory)} {archive} >> "$rel/snapshots.new"; fi')
-        # Older snapshots go, except those a kept release still needs for its rollback.
+            f'if [ -d {quoted} ] && [ ! -L {quoted} ]; then '
+            f'{datatar.size_check(quoted)} || abort "the data dir {directory} is too large to snapshot"; '
+            f'{datatar.tar_create()} -C / -czf {archive} {_q(directory.lstrip("/"))} '
+            f'|| {{ rc=$?; rm -f -- {archive}; abort "the snapshot of {directory} failed (exit $rc)"; }}; '
+            f'printf "%s\\t%s\\t%s\\n" {_q(name)} {quoted} {archive} >> "$rel/snapshots.new"; fi')
+        # Older snapshots go, except those a kept release still needs for its rollback. The stamp's
+        # own digits in the pattern: `snapshot-{name}-*` also matched profile `{name}-x`'s.
         snapshots.append(
-            f'( cd {_q(plan.backup_dir)} && ls -1t -- snapshot-{name}-*.tar.gz 2>/dev/null | tail -n +{plan.keep + 1} '
+            f'( cd {_q(plan.backup_dir)} && ls -1t -- snapshot-{name}-{STAMP_GLOB}.tar.gz 2>/dev/null '
+            f'| tail -n +{plan.keep + 1} '
             '| while IFS= read -r old; do grep -qF -- "/$old" "$R"/*/snapshots "$rel/snapshots.new" 2>/dev/null '
             '|| rm -f -- "$old"; done )')
+    services = ' '.join(_q(s) for s in plan.services)
     return f"""
 set -e
 umask 077
@@ -69,8 +79,16 @@ oldref=$(docker inspect -f '{{{{.Config.Image}}}}' {_q(first)})
 awk -v from="    image: \\"$oldref\\"" -v to="    image: \\"{PREVIOUS_REPO}:$id\\"" '$0 == from {{print to; next}} {{print}}' \\
   {_q(plan.project_dir + '/compose.yaml')} > "$rel/compose.yaml"
 echo "$id" > "$R/pending"
+# Before any data dir changes, a failure puts the gateways back on the old image and forgets this release.
+abort() {{
+  echo "hermes-infra: upgrade stopped before anything changed: $1; the gateways run the previous image again" >&2
+  docker start {services} >/dev/null 2>&1 || true
+  rm -f "$R/pending"; rm -rf -- "$rel"; docker rmi {PREVIOUS_REPO}:$id >/dev/null 2>&1 || true
+  exit 1
+}}
 echo "upgrade: kept the previous image as {PREVIOUS_REPO}:$id; stopping the gateways for a consistent snapshot"
-docker stop -t {int(plan.stop_grace_seconds)} {' '.join(_q(s) for s in plan.services)} >/dev/null 2>&1 || true
+# A gateway still running while its snapshot is taken would give an inconsistent copy.
+docker stop -t {int(plan.stop_grace_seconds)} {services} >/dev/null || abort "the gateways could not be stopped"
 : > "$rel/snapshots.new"
 {chr(10).join(snapshots)}
 mv -fT "$rel/snapshots.new" "$rel/snapshots"
@@ -87,12 +105,25 @@ echo "upgrade: snapshots in "{_q(plan.backup_dir)}" ($(cut -f3 "$rel/snapshots" 
 """.strip()
 
 
+def _owner_function(owners: dict[str, tuple[int, int]]) -> str:
+    """Shell `owner_of DIR`: the configured uid:gid of a data dir (never what the archive says)."""
+    cases = " ".join(f"{_q(d)}) echo {int(u)}:{int(g)} ;;" for d, (u, g) in sorted(owners.items()))
+    return f'owner_of() {{ case "$1" in {cases} *) return 1 ;; esac; }}'
+
+
 def rollback_script(plan_project_dir: str, project: str, services: tuple[str, ...], grace: int,
-                    release_id: str | None = None, releases: str = RELEASES, keep: int = 3) -> str:
+                    release_id: str | None = None, releases: str = RELEASES, keep: int = 3,
+                    owners: dict[str, tuple[int, int]] | None = None) -> str:
     """Stop the gateways, restore each snapshot of release `release_id` (a kept image's id or
     the revision that ran it; default: the pending upgrade's, else the newest kept), bring the
     previous image's compose file up. Of the data dirs the newer version left, the newest
-    `keep` per profile are kept."""
+    `keep` per profile are kept.
+
+    `owners` (data dir -> uid, gid, from the settings) decides who owns the restored tree. The
+    snapshot was made by root from what the agent wrote, so it is unpacked in a root-only dir
+    and, before it is renamed into place, loses its device nodes and sockets and every setuid
+    and setgid bit, and is given to the configured owner: what an agent with container root
+    planted (root setuid binaries, a raw-disk node) is not planted again by a rollback."""
     if release_id:
         # A release is named by its image id (the directory) or by the revision recorded in it.
         pick = (f'id={_q(release_id)}; if [ ! -d "$R/$id" ]; then '
@@ -111,16 +142,27 @@ if [ -z "$id" ] || [ ! -f "$rel/compose.yaml" ] || [ ! -f "$rel/snapshots" ]; th
   echo "hermes-infra: no kept release ${{id:-(none)}} to roll back to in $R" >&2; exit 1
 fi
 docker image inspect {PREVIOUS_REPO}:$id >/dev/null
-echo "rollback: to {PREVIOUS_REPO}:$id and the snapshots taken before the upgrade"
-docker stop -t {int(grace)} {' '.join(_q(s) for s in services)} >/dev/null 2>&1 || true
-stamp=$(date +%Y%m%dT%H%M%S)-$$
+{_owner_function(owners or {})}
 tab=$(printf '\\t')
+# Everything is checked before anything changes: each snapshot there, each data dir's owner known.
 while IFS="$tab" read -r name dir archive; do
-  [ -f "$archive" ] || {{ echo "hermes-infra: snapshot $archive of $name is missing" >&2; exit 1; }}
+  [ -f "$archive" ] || {{ echo "hermes-infra: snapshot $archive of $name is missing; nothing rolled back" >&2; exit 1; }}
+  owner_of "$dir" >/dev/null || {{ echo "hermes-infra: the settings name no gateway with data dir $dir; nothing rolled back" >&2; exit 1; }}
+done < "$rel/snapshots"
+echo "rollback: to {PREVIOUS_REPO}:$id and the snapshots taken before the upgrade"
+# A gateway still running would write into the dir being replaced.
+docker stop -t {int(grace)} {' '.join(_q(s) for s in services)} >/dev/null || {{
+  echo "hermes-infra: the gateways could not be stopped; nothing rolled back" >&2; exit 1; }}
+stamp=$(date +%Y%m%dT%H%M%S)-$$
+while IFS="$tab" read -r name dir archive; do
   tmp=$(mktemp -d "${{R%/*}}/restore.XXXXXX")
-  tar -C "$tmp" -xzpf "$archive" --numeric-owner
+  tar -C "$tmp" -xzf "$archive" --numeric-owner --no-same-owner --no-acls --no-xattrs
   inner="$tmp/${{dir#/}}"
   if [ ! -d "$inner" ] || [ -L "$inner" ]; then echo "hermes-infra: $archive holds no $dir" >&2; rm -rf "$tmp"; exit 1; fi
+  # In the root-only dir nobody else can reach, so these by-path changes cannot be raced.
+  find "$inner" \\( -type b -o -type c -o -type s \\) -exec rm -f -- {{}} +
+  find "$inner" ! -type l -perm /6000 -exec chmod ug-s -- {{}} +
+  chown -R -h "$(owner_of "$dir")" -- "$inner"
   if [ -e "$dir" ] || [ -L "$dir" ]; then mv -T -- "$dir" "$dir.rolled-back-$stamp"; echo "rollback: $dir as the new version left it: $dir.rolled-back-$stamp"; fi
   mv -T -- "$inner" "$dir"
   rm -rf -- "$tmp"
@@ -140,8 +182,9 @@ rm -f "$R/pending"
 
 def gate_or_rollback_script(plan: UpgradePlan, gates: tuple[HealthPlan, ...], releases: str = RELEASES) -> str:
     checks = " && ".join(f"( {gate_script(g.url, g.container, g.data_dir, g.timeout, g.interval)} )" for g in gates)
+    owners = {g.data_dir.directory: (g.data_dir.uid, g.data_dir.gid) for g in gates}
     rollback = rollback_script(plan.project_dir, plan.project, plan.services, plan.stop_grace_seconds, None, releases,
-                               plan.keep)
+                               plan.keep, owners)
     # The previous image starts from cold after the restore: give it at least REGATE_SECONDS.
     regate = " && ".join(f"( {gate_script(g.url, g.container, g.data_dir, max(g.timeout, REGATE_SECONDS), g.interval)} )"
                          for g in gates)

@@ -14,8 +14,24 @@ class FakeRemote:
         self.stdins: list[bytes] = []
         self.respond = respond or (lambda command: "")
         self.closed = False
+        self.lock_commands: list[str] = []
+        self.lock_held_by: str | None = None
+
+    def lock_answer(self, command: str) -> str | None:
+        if "/var/lib/hermes-infra/lock" not in command:
+            return None
+        if "mkdir -m 0700 /var/lib/hermes-infra/lock" in command:
+            if self.lock_held_by:
+                return f"held\n100\n95\n{self.lock_held_by}\n"
+            return "acquired\n"
+        if "lock.releasing." in command:
+            return "released\n"
+        return "ok\n"
 
     def run(self, command, *, stdin=None, on_stdout=None, timeout=None):
+        if self.lock_answer(command) is not None:  # the deploy lock day-two commands take
+            self.lock_commands.append(command)
+            return RunResult(0, self.lock_answer(command).encode(), "")
         self.commands.append(command)
         if stdin is not None:
             self.stdins.append(stdin if isinstance(stdin, bytes) else stdin.read())

@@ -29,7 +29,8 @@ def test_script_archives_every_profile_as_its_owner_and_keeps_n(tmp_path):
     script = tmp_path / "s.sh"
     script.write_text(text)
     assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
-    assert text.count("setpriv --reuid=10000 --regid=10000 --clear-groups -- tar --numeric-owner") == 2
+    assert text.count("setpriv --reuid=10000 --regid=10000 --clear-groups -- tar --sparse --one-file-system "
+                      "--numeric-owner") == 2
     assert "cd -P -- /root/.hermes-work" in text and "[ ! -L /root/.hermes ]" in text
     assert "tail -n +5" in text and "/var/backups/hermes-infra/scheduled" in text
     assert "umask 077" in text and "API_SERVER_KEY" not in text
@@ -97,3 +98,144 @@ def test_a_scheduled_archive_can_be_restored(tmp_path):
     (tmp_path / (archive.name + ".sha256")).write_text("0" * 64 + "  x\n")
     with pytest.raises(DayTwoError, match="does not match"):
         backup.read_backup(archive)
+
+
+# --- the script itself, run by sh against a scratch dir with a docker that only records ----------
+
+FAKE_DOCKER = """#!/bin/sh
+echo "docker $*" >> "$SANDBOX/docker.log"
+case "$*" in inspect*) echo true ;; esac
+exit 0
+"""
+
+
+def _sandbox(tmp_path, keep=2, lock_wait=0):
+    """The real script with its paths moved under tmp_path, a data dir owned by uid 10000."""
+    (tmp_path / "bin").mkdir(parents=True)
+    (tmp_path / "bin" / "docker").write_text(FAKE_DOCKER)
+    (tmp_path / "bin" / "docker").chmod(0o755)
+    (tmp_path / "opt").mkdir()
+    data = tmp_path / "root" / ".hermes"
+    (data / "sessions").mkdir(parents=True)
+    (data / "sessions" / "s1.json").write_text("{}")
+    (data / "state.db").write_bytes(b"SQLite format 3\x00rows")
+    text = backup_timer.script_text(settings(**DAILY), keep, lock_dir=str(tmp_path / "state" / "lock"),
+                                    lock_wait=lock_wait)
+    for old, new in (("/var/backups/hermes-infra", tmp_path / "backups"), ("/root/.hermes", data),
+                     ("/opt/hermes", tmp_path / "opt")):
+        text = text.replace(old, str(new))
+    script = tmp_path / "backup.sh"
+    script.write_text(text)
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin", "SANDBOX": str(tmp_path)}
+    return script, data, tmp_path / "backups" / "scheduled" / "hermes", env
+
+
+def _own(data):
+    subprocess.run(["chown", "-R", "10000:10000", str(data)], check=True)
+
+
+def _run(script, env):
+    return subprocess.run(["sh", str(script)], env=env, text=True, capture_output=True, timeout=120)
+
+
+def _last(dest):
+    import json
+    return json.loads((dest.parent / "hermes.last.json").read_text())
+
+
+needs_root = pytest.mark.skipif(__import__("os").geteuid() != 0, reason="runs tar as uid 10000 (setpriv)")
+
+
+@needs_root
+def test_a_run_archives_reads_back_records_success_and_releases_the_lock(tmp_path):
+    import tarfile
+    script, data, dest, env = _sandbox(tmp_path)
+    _own(data)
+    done = _run(script, env)
+    assert done.returncode == 0, done.stderr
+    archives = sorted(dest.glob("*.tar.gz"))
+    assert len(archives) == 1 and (archives[0].parent / (archives[0].name + ".sha256")).exists()
+    with tarfile.open(archives[0]) as tar:
+        assert "./sessions/s1.json" in tar.getnames()
+    last = _last(dest)
+    assert last["result"] == "success" and last["archive"] == archives[0].name and last["time"].endswith("Z")
+    log = (tmp_path / "docker.log").read_text()
+    assert log.index(" stop -t 60 hermes") < log.index(" start hermes")
+    assert not (tmp_path / "state" / "lock").exists() and not list(dest.glob("*.partial"))
+
+
+@needs_root
+def test_a_tar_failure_is_a_failed_run_that_keeps_the_good_archives(tmp_path):
+    """The review's F7: `mkdir private && chmod 000 private` made tar fail, yet gzip's status
+    made the run a success, and a data dir gone produced empty archives that rotated good ones out."""
+    script, data, dest, env = _sandbox(tmp_path, keep=1)
+    _own(data)
+    assert _run(script, env).returncode == 0
+    good = sorted(dest.glob("*.tar.gz"))
+    (data / "private").mkdir()
+    _own(data)
+    (data / "private").chmod(0)
+    import time
+    time.sleep(1.1)  # a new stamp
+    done = _run(script, env)
+    assert done.returncode == 1 and "tar failed" in done.stderr
+    assert sorted(dest.glob("*.tar.gz")) == good and not list(dest.glob("*.partial"))
+    assert _last(dest)["result"] == "failed" and "tar failed" in _last(dest)["message"]
+    (data / "private").chmod(0o700)
+    import shutil
+    shutil.rmtree(data)
+    time.sleep(1.1)
+    for _ in range(2):
+        done = _run(script, env)
+        assert done.returncode == 1 and "missing" in _last(dest)["message"]
+    assert sorted(dest.glob("*.tar.gz")) == good
+
+
+@needs_root
+def test_sparse_files_are_stored_as_holes_and_a_huge_apparent_size_is_refused(tmp_path, monkeypatch):
+    from hermes_infra.plan import datatar
+    script, data, dest, env = _sandbox(tmp_path)
+    with open(data / "sparse", "wb") as handle:
+        handle.truncate(64 << 20)
+    _own(data)
+    assert _run(script, env).returncode == 0
+    archive = next(dest.glob("*.tar.gz"))
+    assert archive.stat().st_size < 16 << 10  # 64 MiB of zeros is about 64 KB of gzip without --sparse
+    monkeypatch.setattr(datatar, "MAX_APPARENT_BYTES", 32 << 20)
+    script, data, dest, env = _sandbox(tmp_path / "again")
+    with open(data / "sparse", "wb") as handle:
+        handle.truncate(64 << 20)
+    _own(data)
+    done = _run(script, env)
+    assert done.returncode == 1 and "over the archive size limit" in done.stderr
+    assert not list(dest.glob("*.tar.gz")) and _last(dest)["result"] == "failed"
+    assert " start hermes" in (tmp_path / "again" / "docker.log").read_text()
+
+
+def test_a_held_deploy_lock_skips_the_run_and_says_so(tmp_path):
+    from hermes_infra.release import lock
+    script, data, dest, env = _sandbox(tmp_path)
+    lock_dir = str(tmp_path / "state" / "lock")
+    holder = lock.Holder(who="alice@laptop", pid=7, machine="laptop")
+    assert subprocess.run(["sh", "-c", lock.acquire_command(holder, lock_dir)], capture_output=True,
+                          text=True).stdout.startswith("acquired")
+    done = _run(script, env)
+    assert done.returncode == 1 and "deploy lock is held" in done.stderr
+    assert _last(dest)["result"] == "skipped"
+    assert not (tmp_path / "docker.log").exists()  # nothing stopped
+    assert subprocess.run(["sh", "-c", lock.release_command(holder, lock_dir)], capture_output=True,
+                          text=True).stdout.strip() == "released"
+
+
+def test_the_timers_lock_reads_as_a_deploy_lock_held_by_the_timer(tmp_path):
+    """While the script runs, `hermes-infra lock status` shows who holds it (the timer)."""
+    from hermes_infra.release import lock
+    script, data, dest, env = _sandbox(tmp_path)
+    lock_dir = str(tmp_path / "state" / "lock")
+    text = script.read_text().split("# profile hermes")[0] + f"sh -c {__import__('shlex').quote(lock.status_command(lock_dir))}\n"
+    script.write_text(text)
+    done = _run(script, env)
+    state = lock.parse_state(done.stdout)
+    assert state.held and state.info["who"].startswith("backup-timer@") and state.age_seconds is not None
+    assert "scheduled backup" in state.describe()
+    assert not (tmp_path / "state" / "lock").exists()

@@ -299,3 +299,16 @@ def test_report_specs():
         parse_report_specs(["junit="])
     with pytest.raises(ReportSpecError, match="more than one report goes to the terminal"):
         parse_report_specs(["text", "json"])
+
+
+def test_hostile_messages_keep_junit_well_formed_and_text_free_of_escapes(run_report):
+    """Informational finding: control characters stayed in the text report and made JUnit malformed."""
+    hostile = "\x1b]0;owned\x07\x1b[2J\x00\x0b\u202eswap ok\x1b[0m"
+    for result in run_report.hosts[0].results:
+        result.message = hostile
+        result.subject = "gateway:\x1b[31mx"
+    run_report.hosts[1].connection_error = hostile
+    root = ET.fromstring(render_junit(run_report))  # raises on malformed XML
+    assert root.tag == "testsuites"
+    text = render_text(run_report)
+    assert not any(ch in text for ch in "\x1b\x07\x00\x0b\u202e")

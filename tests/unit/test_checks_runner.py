@@ -154,3 +154,58 @@ def test_only_ssh_and_local_hosts_can_be_checked(name):
     host = type("H", (), {"name": name, "data": {}})()
     with pytest.raises(ValueError, match="only SSH hosts"):
         connect.connection_for(host)
+
+
+def test_host_keys_are_loaded_saved_on_accept_new_and_checked_as_pyinfra_does(tmp_path):
+    """F17: accept-new was AutoAddPolicy in memory only: a host was never authenticated."""
+    import os
+    import stat
+
+    import paramiko
+
+    from hermes_infra.checks import connect
+
+    known = tmp_path / "ssh" / "known_hosts"
+    key = paramiko.RSAKey.generate(1024)
+    accept = connect.Connection(name="h", hostname="203.0.113.7", port=2222, known_hosts_file=str(known))
+    client = paramiko.SSHClient()
+    connect.setup_host_keys(client, accept)
+    policy = client._policy
+    assert isinstance(policy, connect.AcceptNewPolicy)
+    policy.missing_host_key(client, "[203.0.113.7]:2222", key)  # what paramiko calls on first contact
+    assert stat.S_IMODE(os.stat(known).st_mode) == 0o600
+    again = paramiko.SSHClient()
+    connect.setup_host_keys(again, accept)
+    assert again.get_host_keys().lookup("[203.0.113.7]:2222")["ssh-rsa"] == key  # checked from now on
+    strict = paramiko.SSHClient()
+    connect.setup_host_keys(strict, connect.Connection(name="h", hostname="x", known_hosts_file=str(known),
+                                                       strict_host_key_checking="yes"))
+    assert isinstance(strict._policy, paramiko.RejectPolicy) and len(strict.get_host_keys()) == 1
+    off = paramiko.SSHClient()
+    connect.setup_host_keys(off, connect.Connection(name="h", hostname="x", known_hosts_file=str(known),
+                                                    strict_host_key_checking="off"))
+    assert len(off.get_host_keys()) == 0 and not isinstance(off._policy, paramiko.RejectPolicy)
+    with pytest.raises(ValueError, match="ssh_strict_host_key_checking"):
+        connect.setup_host_keys(paramiko.SSHClient(), connect.Connection(name="h", hostname="x",
+                                                                         strict_host_key_checking="maybe"))
+
+
+def test_the_local_vm_pins_its_own_host_key_for_paramiko_too(tmp_path):
+    """`try` and the e2e tests: the VM's known_hosts (its image's keys for [127.0.0.1]:port)
+    is loaded, strict checking stays on."""
+    import paramiko
+
+    from hermes_infra.checks import connect
+    from hermes_infra.localvm.ssh import SSHConnection, known_hosts_lines
+
+    key = paramiko.RSAKey.generate(1024)
+    known = tmp_path / "known_hosts"
+    known.write_text(known_hosts_lines(f"ssh-rsa {key.get_base64()} root@image\n", 2201))
+    data = SSHConnection(port=2201, key_path=tmp_path / "key", known_hosts=known).pyinfra_data()
+    connection = connect.Connection(name="vm", hostname=data["ssh_hostname"], port=data["ssh_port"],
+                                    known_hosts_file=data["ssh_known_hosts_file"],
+                                    strict_host_key_checking=data["ssh_strict_host_key_checking"])
+    client = paramiko.SSHClient()
+    connect.setup_host_keys(client, connection)
+    assert isinstance(client._policy, paramiko.RejectPolicy)
+    assert client.get_host_keys().lookup("[127.0.0.1]:2201")["ssh-rsa"] == key

@@ -53,6 +53,34 @@ def test_hermes_refuses_a_second_gateway_and_notes_restarts():
     assert not hermescli.needs_restart(["pairing", "approve", "weixin", "X"])
 
 
+@pytest.mark.parametrize("args", [
+    ["-p", "x", "gateway", "run"], ["-p", "x", "update"], ["--profile=x", "update"], ["--profile", "x", "gateway"],
+    ["-m", "m", "gateway", "start"], ["--some-new-option", "x", "gateway", "run"], ["--some-flag", "update"],
+    ["--", "update"], ["update", "--check"], ["gateway", "-p", "x", "run"], ["gateway", "install"],
+])
+def test_options_and_their_values_do_not_hide_a_refused_command(args):
+    """F16: an option's value stayed among the words, so `-p x gateway run` was allowed."""
+    with pytest.raises(DayTwoError, match="is not run by hermes-infra"):
+        hermescli.check_args(args)
+
+
+@pytest.mark.parametrize("args", [["-p", "x", "pairing", "list"], ["--profile", "gateway", "pairing", "list"],
+                                  ["gateway", "setup"], ["-p", "work", "gateway", "status"], ["doctor", "--fix"],
+                                  ["config", "set", "update", "gateway"]])
+def test_commands_that_only_look_like_refused_ones_run(args):
+    hermescli.check_args(args)
+
+
+def test_hermes_output_without_a_terminal_is_cleaned():
+    remote = FakeRemote(lambda c: RunResult(0, b"user \x1b]0;owned\x07\xe2\x80\xaeevil\nsecond", "err \x1b[2J\n"))
+    written, errors = [], []
+    hermescli.run_hermes([host()], None, ["pairing", "list"], tty=False, say=lambda m: None, write=written.append,
+                         err=errors.append, remote_for=lambda h: remote)
+    out = b"".join(written).decode()
+    assert out == "user ?]0;owned??evil\nsecond\n"
+    assert "\x1b" not in "".join(errors) and "err" in "".join(errors)
+
+
 def test_hermes_streams_output_and_says_pairing_is_live():
     remote = FakeRemote(lambda c: RunResult(0, b"Approved!\n", ""))
     said, written = [], []

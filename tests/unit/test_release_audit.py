@@ -134,3 +134,22 @@ def test_up_locks_audits_and_releases_even_when_the_deploy_fails(tmp_path, monke
     assert commands.up(commands.Target(inventory="web-1")) == 3
     assert seen["given_up"] and "locked" not in seen
     assert len(audit.tail(remote, 50, audit_path)) == records_before
+
+
+ESCAPES = "\x1b]0;owned\x07\x1b[2J\u202e RESTORE OK\r\n"
+
+
+def test_format_records_and_the_lock_holder_reach_the_terminal_without_escape_sequences():
+    """F10: `hermes-infra audit` printed who, command, message, image and changed raw."""
+    from hermes_infra.release import lock
+
+    record = {key: ESCAPES for key in ("time", "who", "command", "result", "revision", "image", "message")}
+    record["changed"] = [ESCAPES]
+    record["seconds"] = ESCAPES
+    text = audit.format_records("web1", [record])
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text and "\r" not in text
+    assert text.count("\n") == 1 and "owned" in text
+    state = lock.LockState(held=True, info={"who": ESCAPES, "pid": ESCAPES, "time": ESCAPES, "revision": ESCAPES,
+                                            "message": ESCAPES, "heartbeat": None})
+    described = state.describe()
+    assert "\x1b" not in described and "\u202e" not in described and "\n" not in described

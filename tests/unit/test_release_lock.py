@@ -232,3 +232,32 @@ def test_a_fleet_connects_and_locks_side_by_side_and_releases_side_by_side(tmp_p
     for step in range(3):  # connect, acquire, release
         spans = [intervals[name][step] for name in "abc"]
         assert max(start for start, _ in spans) < min(end for _, end in spans), f"step {step} ran host by host"
+
+
+def test_a_release_racing_a_forced_release_and_a_new_holder_leaves_the_new_lock(lock_dir, tmp_path):
+    """F13: A's release tested ownership, then `rm -rf`; if an operator force-released and B took
+    the lock in between, A removed B's lock. Here the interleaving happens inside A's release
+    (a `rm` that lets B in first, once); B must still hold the lock afterwards."""
+    a, b = holder(pid=1), holder(pid=2, who="bob@desk")
+    assert ShellRemote().run(lock.acquire_command(a, lock_dir)).stdout.startswith("acquired")
+    interleave = f"{lock.force_release_command(lock_dir)} >/dev/null; {lock.acquire_command(b, lock_dir)} >/dev/null"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "rm").write_text(f"#!/bin/sh\nif [ ! -e {tmp_path}/raced ]; then : > {tmp_path}/raced; "
+                                f"PATH=/usr/bin:/bin; {interleave}; fi\nexec /bin/rm \"$@\"\n")
+    (bin_dir / "rm").chmod(0o755)
+    done = subprocess.run(["sh", "-c", f"PATH={bin_dir}:$PATH; {lock.release_command(a, lock_dir)}"],
+                          capture_output=True, text=True)
+    assert (tmp_path / "raced").exists()
+    assert done.stdout.strip() == "notours"
+    state = lock.parse_state(ShellRemote().run(lock.status_command(lock_dir)).stdout)
+    assert state.held and state.info["who"] == "bob@desk"
+    # and A's heartbeat neither writes into B's lock nor claims it
+    mine = lock.DeployLock(ShellRemote(), a, lock_dir)
+    mine.held = True
+    before = open(f"{lock_dir}/info.json").read()
+    assert not mine.heartbeat() and mine.lost
+    assert open(f"{lock_dir}/info.json").read() == before
+    theirs = lock.DeployLock(ShellRemote(), b, lock_dir)
+    theirs.held = True
+    assert theirs.release()
