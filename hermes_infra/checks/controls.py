@@ -532,6 +532,20 @@ def dangerous_capabilities_dropped(ctx: HostContext, subject: Subject):
     return f"CapDrop {', '.join(sorted(dropped))}" + (f"; CapAdd {', '.join(sorted(added))}" if added else "")
 
 
+@control("HI-CTR-013", "Gateway keeps the image's own init (no `init: true`)", severity="high",
+         scope="gateway",
+         rationale="The official image runs s6-overlay as PID 1, which supervises the gateway, the dashboard "
+                   "and every profile's gateway. With Docker's `init: true` (tini as PID 1) its entrypoint "
+                   "only logs a warning and runs the command unsupervised: a crashed gateway stays down "
+                   "inside a running container, and no dashboard or profile gateway starts.",
+         remediation="Remove `init: true` (or `--init`) from the compose file or the `docker run` command. "
+                     + REDEPLOY + ".")
+def image_init_kept(ctx: HostContext, subject: Subject):
+    if _host_config(ctx, subject).get("Init"):
+        fail("the container runs with Docker's init (`init: true`): the image's own init is not PID 1")
+    return "the image's entrypoint is PID 1"
+
+
 @control("HI-CTR-010", "Image is the configured, pinned one (not `latest`)", severity="medium",
          scope="container",
          rationale="A moving tag silently changes the version on the next pull or redeploy.",

@@ -274,7 +274,7 @@ def test_companion_reaches_the_api_and_fails_when_the_bridge_port_goes(deployed)
         assert deployed.run("docker ps -aq --no-trunc | sort") == containers
         reach = next(r for r in run.results if r.control.id == "HI-CMP-001")
         assert reach.subject == "companion:hub" and "(python3) -> 200" in reach.message
-        assert sum(r.subject == "companion:hub" for r in run.results) == 11
+        assert sum(r.subject == "companion:hub" for r in run.results) == 12  # 11 container controls and HI-CMP-001
 
         # The gateway published on 127.0.0.1 only: healthy from the host, unreachable for the hub.
         compose_override(deployed, 'services:\n  hermes:\n    ports: !override\n      - "127.0.0.1:8642:8642"')

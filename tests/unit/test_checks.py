@@ -43,8 +43,10 @@ STABLE = {
     "HI-DOCKER-005": ("host", "2.2"), "HI-DOCKER-006": ("host", "2.14"), "HI-CTR-011": ("gateway", "5.27"),
     # added with the capability drop (security review F2)
     "HI-CTR-012": ("container", "5.4"),
+    # added with Hermes 0.23.x's note that `init: true` drops s6's supervision
+    "HI-CTR-013": ("gateway", None),
 }
-CONTROL_COUNT = 30  # the README's controls table has one row per control
+CONTROL_COUNT = 31  # the README's controls table has one row per control
 
 
 

@@ -143,7 +143,8 @@ def outcome(control_id: str, ctx: HostContext, subject_index: int = 0):
 def test_a_compliant_gateway_passes_every_container_and_port_control():
     ctx = context(record=gateway_record())
     for control_id in ("HI-CTR-001", "HI-CTR-002", "HI-CTR-003", "HI-CTR-004", "HI-CTR-005", "HI-CTR-006",
-                       "HI-CTR-007", "HI-CTR-008", "HI-CTR-009", "HI-CTR-010", "HI-CTR-011", "HI-API-001"):
+                       "HI-CTR-007", "HI-CTR-008", "HI-CTR-009", "HI-CTR-010", "HI-CTR-011", "HI-CTR-013",
+                       "HI-API-001"):
         r = outcome(control_id, ctx)
         assert r.status == "passed", (control_id, r.message)
 
@@ -157,6 +158,7 @@ def test_a_compliant_gateway_passes_every_container_and_port_control():
     ("HI-CTR-005", {"PidsLimit": -1}, "no PIDs limit"),
     ("HI-CTR-002", {"RestartPolicy": {"Name": "no"}}, "restart policy is 'no'; settings say 'unless-stopped'"),
     ("HI-CTR-006", {"Privileged": True}, "runs privileged"),
+    ("HI-CTR-013", {"Init": True}, "runs with Docker's init (`init: true`)"),
     ("HI-CTR-007", {"NetworkMode": "host"}, "network mode is 'host'"),
     ("HI-CTR-009", {"SecurityOpt": ["seccomp=unconfined"]}, "`no-new-privileges:true` is missing"),
     ("HI-CTR-009", {"SecurityOpt": ["no-new-privileges=false"]}, "missing"),
@@ -772,8 +774,9 @@ def test_instances_follow_the_settings():
     assert ("HI-API-001", "companion:hub") not in pairs and ("HI-CTR-011", "companion:hub") not in pairs
     assert pairs.count(("HI-HOST-001", "host")) == 1
     assert [p for p in pairs if p[0] == "HI-CMP-001"] == [("HI-CMP-001", "companion:hub")]
-    # 9 host controls, 9 per gateway (4 data dir, the health check, 4 API), 11 per container, 1 per companion
-    assert len(pairs) == 9 + 2 * 9 + 3 * 11 + 1
+    # 9 host controls, 10 per gateway (4 data dir, the health check, the init, 4 API), 11 per container,
+    # 1 per companion
+    assert len(pairs) == 9 + 2 * 10 + 3 * 11 + 1
 
 
 def test_permission_problems_are_errors_not_findings_and_cost_one_command():
