@@ -16,6 +16,16 @@ from hermes_infra.plan.hostplan import DOCKER_KEYRING, DockerPlan, Writer
 RESTART_IF_RUNNING = "if systemctl is-active --quiet docker; then systemctl restart docker; fi"
 
 
+def daemon_json_accepted(path: str) -> str:
+    """dockerd itself judges a new daemon.json before it replaces the old one (and before the
+    restart that would otherwise leave the engine down). `--validate` exists from Docker 23 on
+    (Debian 13's 26.1, Docker's own packages); Debian 12's 20.10 and a host without the engine
+    yet rely on the settings' own checks of `docker.daemon_options`."""
+    return (f"if command -v dockerd >/dev/null && dockerd --help 2>&1 | grep -q -- --validate; then "
+            f"dockerd --validate --config-file {path} >/dev/null || {{ echo 'hermes-infra: dockerd refuses the "
+            f"new daemon.json (above); the current one is kept and Docker was not restarted' >&2; exit 1; }}; fi")
+
+
 def apt_get(plan: DockerPlan, *args: str) -> str:
     # apt waits for dpkg's locks itself; the lists lock is waited out by apt_locks_free.
     return (f"DEBIAN_FRONTEND=noninteractive apt-get -q -y {aptwait.APT_LOCK_TIMEOUT_OPTION(plan.apt_lock_timeout)} "
@@ -85,7 +95,7 @@ def docker_engine(plan: DockerPlan, writer: Writer):
     # daemon.json goes in before the engine, so a fresh engine starts with it and an
     # installed one is restarted only when the file really changed.
     root_file(name=f"Write {plan.daemon_json.path}", file=plan.daemon_json, writer=writer,
-              on_change=RESTART_IF_RUNNING)
+              on_change=RESTART_IF_RUNNING, check=daemon_json_accepted)
     if plan.sources is not None:
         files.directory(name="Create /etc/apt/keyrings", path="/etc/apt/keyrings", mode="0755")
         files.download(name="Download Docker's apt signing key", src=f"{plan.repo_url}/gpg",

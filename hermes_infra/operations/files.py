@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import shlex
 import time
+from collections.abc import Callable
 from io import BytesIO
 
 from pyinfra import host
@@ -67,10 +68,13 @@ def upload(writer: Writer, content: str, path: str, first: str | None = None):
 
 
 @operation()
-def root_file(file: RootFilePlan, writer: Writer, on_change: str | None = None):
+def root_file(file: RootFilePlan, writer: Writer, on_change: str | None = None,
+              check: Callable[[str], str] | None = None):
     """A root-owned file outside data dirs holds the plan's content, owner 0:0 and mode.
 
     + on_change: a shell command run after the content changed (e.g. restart a service)
+    + check: the shell command that must accept the staged file (its path given) before it
+      replaces the old one; when it refuses, the old file stays and the run stops
     """
     quoted = shlex.quote(file.path)
     if file.content_changed:
@@ -81,7 +85,8 @@ def root_file(file: RootFilePlan, writer: Writer, on_change: str | None = None):
             first += " && " + backed_up(writer, file.path, copy)
         staged = yield from upload(writer, file.content, file.path, first=first)
         temp = shlex.quote(f"{file.path}.hermes-infra.new")
-        yield (f"install -m {file.mode} -o 0 -g 0 -T {shlex.quote(staged)} {temp} && mv -fT {temp} {quoted} "
+        checked = f"{{ {check(shlex.quote(staged))}; }} && " if check else ""
+        yield (f"{checked}install -m {file.mode} -o 0 -g 0 -T {shlex.quote(staged)} {temp} && mv -fT {temp} {quoted} "
                f"&& rm -f {shlex.quote(staged)}")
         if on_change:
             yield on_change

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import pytest
+
 from pyinfra.connectors.ssh import SSHConnector
 
 from hermes_infra.operations import datadir, docker_engine, health, image, files as ops, profiles, swap
@@ -329,3 +331,37 @@ def test_swappiness_applied_now_and_persisted():
     converged_swap = converged_plan().swap
     assert not run_op(swap.swappiness, converged_swap).changed
     assert not converged_swap.sysctl_file.content_changed
+
+
+def test_a_new_daemon_json_is_judged_by_dockerd_before_it_replaces_the_old_one():
+    plan = fresh_plan()
+    result = run_op(ops.root_file, plan.docker.daemon_json, plan.writer, check=docker_engine.daemon_json_accepted)
+    rename = result.commands[-1]
+    assert rename.index("dockerd --validate --config-file /var/lib/hermes-infra/stage/") < rename.index("install -m 0644")
+    assert len(result.commands) == 2  # no round trip more: the check travels with the rename
+
+
+@pytest.mark.parametrize(("validate_rc", "expected"), [(0, 0), (1, 1)])
+def test_dockerd_refusing_the_new_daemon_json_stops_before_the_restart(tmp_path, validate_rc, expected):
+    import subprocess
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "dockerd").write_text(f"#!/bin/sh\ncase \"$1\" in --help) echo '      --validate   Validate'; exit 0;; "
+                                  f"--validate) echo 'unknown key \"hosts\"' >&2; exit {validate_rc};; esac\n")
+    (fake / "dockerd").chmod(0o755)
+    script = docker_engine.daemon_json_accepted("/staged/daemon.json") + " && echo replaced"
+    run = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                         env={"PATH": f"{fake}:/usr/bin:/bin"})
+    assert run.returncode == expected
+    assert ("replaced" in run.stdout) == (expected == 0)
+    if expected:
+        assert "dockerd refuses the new daemon.json" in run.stderr and "Docker was not restarted" in run.stderr
+
+
+def test_without_a_dockerd_that_validates_the_settings_checks_stand_alone(tmp_path):
+    import shutil
+    import subprocess
+    (tmp_path / "grep").symlink_to(shutil.which("grep"))  # a PATH with no dockerd, whatever this machine has
+    run = subprocess.run(["/bin/sh", "-c", docker_engine.daemon_json_accepted("/x") + " && echo replaced"],
+                         capture_output=True, text=True, env={"PATH": str(tmp_path)})
+    assert (run.returncode, run.stdout.strip()) == (0, "replaced")
