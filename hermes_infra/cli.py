@@ -29,7 +29,9 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_up(args) -> int:
-    return commands.up(_target(args), dry=args.dry, extra=args.pyinfra_args, lock_wait=args.lock_wait,
+    from hermes_infra.release.up import up
+
+    return up(_target(args), dry=args.dry, extra=args.pyinfra_args, lock_wait=args.lock_wait,
                        message=args.message)
 
 

@@ -1,7 +1,8 @@
 """What the CLI does, as functions that can be called and tested on their own (Kamal-style).
 
-`up` validates every host's settings without connecting, then hands the run to pyinfra with
-the packaged deploy file: the same deploy that `pyinfra inventory/<env>.py deploy.py` runs.
+Targets and inventories, and `validate`: every host's settings checked without connecting.
+`up` (`release/up.py`) then hands the run to pyinfra with the packaged deploy file: the same
+deploy that `pyinfra inventory/<env>.py deploy.py` runs.
 """
 from __future__ import annotations
 
@@ -191,44 +192,6 @@ def _pyinfra_env() -> dict[str, str]:
     # The deploy file imports hermes_infra; make that work from a source checkout too.
     env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_DIR.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
-
-
-def up(target: Target, *, dry: bool = False, extra: list[str] | None = None, lock_wait: float = 0,
-       message: str | None = None) -> int:
-    """Validate, then run the deploy with pyinfra's output on the terminal. Returns its exit code.
-
-    A real run takes each host's deploy lock first, appends a record to each host's audit log
-    and releases the locks on success, failure and Ctrl-C (`hermes_infra/release/`); `--dry`
-    changes nothing and takes no lock.
-    """
-    if dry:
-        validate(target)
-        with child_data_file(target) as env:
-            env[SHOW_DIFF_ENV] = "1"
-            return subprocess.call(pyinfra_command(target, dry=dry, extra=extra), cwd=target.cwd, env=env)
-    from hermes_infra.release.lock import LockError
-    from hermes_infra.release.session import locked_deploy
-
-    try:
-        report = locked_deploy(target, command="up", extra=extra, lock_wait=lock_wait, message=message)
-    except LockError as error:
-        print(f"hermes-infra: {error}", file=sys.stderr)
-        return 3
-    for outcome in report.outcomes.values():
-        detail = f" ({outcome.message})" if outcome.result != "success" and outcome.message else ""
-        print(f"hermes-infra: {outcome.host}: {outcome.result}, revision {outcome.revision or '-'}, "
-              f"{outcome.seconds:.0f}s{detail}", file=sys.stderr)
-    return report.exit_code
-
-
-def up_captured(target: Target, *, dry: bool = False, extra: list[str] | None = None) -> subprocess.CompletedProcess:
-    """`up` with stdout and stderr captured together (tests, benchmarks)."""
-    validate(target)
-    with child_data_file(target) as env:
-        if dry:
-            env[SHOW_DIFF_ENV] = "1"
-        return subprocess.run(pyinfra_command(target, dry=dry, extra=extra), cwd=target.cwd, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
 
 
 def local_vm_data(image_dir: str) -> dict[str, str]:

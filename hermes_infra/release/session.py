@@ -4,7 +4,7 @@ record, release the locks, whatever happened (success, failure, Ctrl-C, SIGTERM)
 pyinfra is started while the locks are taken and waits at a gate before it reads anything
 (`gate.py`); the audit record and the release share one round trip per host, all hosts at once.
 
-`commands.up` and `rollout` both go through `locked_deploy`; only `--dry` runs skip the lock
+`up` (`up.py`) and `rollout` both go through `locked_deploy`; only `--dry` runs skip the lock
 and the audit (they change nothing).
 """
 from __future__ import annotations

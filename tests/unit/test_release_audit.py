@@ -77,8 +77,9 @@ def test_limit_is_split_out_of_pyinfra_arguments():
 
 
 def test_up_locks_audits_and_releases_even_when_the_deploy_fails(tmp_path, monkeypatch):
-    """`commands.up` through the release session, with pyinfra and SSH replaced."""
+    """`up` through the release session, with pyinfra and SSH replaced."""
     from hermes_infra import commands
+    from hermes_infra.release.up import up
     from hermes_infra.release import lock, session
 
     remote = ShellRemote("web-1")
@@ -111,7 +112,7 @@ def test_up_locks_audits_and_releases_even_when_the_deploy_fails(tmp_path, monke
             return 1, False
 
     monkeypatch.setattr(session, "start_child", FakeChild)
-    code = commands.up(commands.Target(inventory="web-1"), message="try v2")
+    code = up(commands.Target(inventory="web-1"), message="try v2")
     assert code == 1 and seen["locked"] and not seen["locked_at_start"] and "given_up" not in seen
     assert seen["argv"][-2:] == ["--limit", "web-1"]
     assert not lock.parse_state(remote.run(lock.status_command(lock_dir)).stdout).held
@@ -123,7 +124,7 @@ def test_up_locks_audits_and_releases_even_when_the_deploy_fails(tmp_path, monke
             raise KeyboardInterrupt
 
     monkeypatch.setattr(session, "start_child", InterruptedChild)
-    assert commands.up(commands.Target(inventory="web-1")) == 130
+    assert up(commands.Target(inventory="web-1")) == 130
     assert not lock.parse_state(remote.run(lock.status_command(lock_dir)).stdout).held
     assert audit.tail(remote, 1, audit_path)[0]["result"] == "interrupted"
 
@@ -131,6 +132,6 @@ def test_up_locks_audits_and_releases_even_when_the_deploy_fails(tmp_path, monke
     remote.run(lock.acquire_command(lock.Holder(command="up", pid=1, machine="elsewhere"), lock_dir))
     seen.clear()
     records_before = len(audit.tail(remote, 50, audit_path))
-    assert commands.up(commands.Target(inventory="web-1")) == 3
+    assert up(commands.Target(inventory="web-1")) == 3
     assert seen["given_up"] and "locked" not in seen
     assert len(audit.tail(remote, 50, audit_path)) == records_before

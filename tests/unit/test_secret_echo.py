@@ -11,6 +11,8 @@ import pytest
 from pydantic import BaseModel, SecretStr
 
 from hermes_infra import commands
+from hermes_infra.release import up as up_module
+from hermes_infra.release.up import up
 from hermes_infra.release import pyinfra_child
 from hermes_infra.settings.schema import HostSettings
 
@@ -87,7 +89,7 @@ def test_a_refused_up_prints_no_secret(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(session, "start_child", Child)
     remote.run(lock.acquire_command(lock.Holder(command="up", pid=1, machine="elsewhere"), lock_dir))
-    assert commands.up(commands.Target("web-1", data=dict(DATA))) == 3
+    assert up(commands.Target("web-1", data=dict(DATA))) == 3
     err = capsys.readouterr().err
     assert "--lock-wait" in err and "hermes-infra lock" in err and "<redacted>" in err
     assert not any(secret in err for secret in SECRETS)
@@ -121,7 +123,7 @@ def test_the_pyinfra_child_gets_the_settings_from_a_0600_file_not_its_argv(tmp_p
             return 0, False
 
     monkeypatch.setattr(session, "start_child", Child)
-    assert commands.up(commands.Target("web-1", data=dict(DATA))) == 0
+    assert up(commands.Target("web-1", data=dict(DATA))) == 0
     argv = " ".join(seen["argv"])
     assert "--data" not in argv and not any(secret in argv for secret in SECRETS)
     assert seen["mode"] == 0o600 and not os.path.exists(seen["path"])
@@ -139,8 +141,8 @@ def test_dry_run_child_argv_has_no_secret(monkeypatch):
         return 0
 
     monkeypatch.setattr(commands, "validate", lambda target: {})
-    monkeypatch.setattr(commands.subprocess, "call", call)
-    assert commands.up(commands.Target("web-1", data=dict(DATA)), dry=True) == 0
+    monkeypatch.setattr(up_module.subprocess, "call", call)
+    assert up(commands.Target("web-1", data=dict(DATA)), dry=True) == 0
     assert not any(secret in " ".join(seen["argv"]) for secret in SECRETS)
     assert seen["data"] == DATA and seen["diff"] == "1"
 
