@@ -6,14 +6,9 @@ deploy that `pyinfra inventory/<env>.py deploy.py` runs.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +18,9 @@ from hermes_infra.settings.loading import SettingsError, collect, host_data_laye
 PACKAGE_DIR = Path(__file__).parent
 DEPLOY_FILE = PACKAGE_DIR / "deploy_file.py"
 SHOW_DIFF_ENV = "HERMES_INFRA_SHOW_DIFF"
-"""Set for `up --dry`: the deploy prints what each managed file would become (masked)."""
-DATA_FILE_ENV = "HERMES_INFRA_DATA_FILE"
-"""The pyinfra child reads the `--data` values from this 0600 file, not from its argv (`ps`)."""
+"""Set to show every managed file's diff (masked), as `up --dry` does, under plain `pyinfra`."""
+SHOW_DIFF_ATTRIBUTE = "hermes_infra_show_diff"
+"""Set on pyinfra's State by `up --dry`: the deploy prints what each managed file would become."""
 REDACTED = "<redacted>"
 # A value is secret by the name of its setting: api.key, weixin.token, model.api_key,
 # dashboard.basic_auth_password_hash, ssh_password, FOO_TOKEN, ... Over-redacting costs nothing
@@ -122,8 +117,8 @@ class Target:
         return self.cli_args(redacted=True)
 
     def pyinfra_args(self) -> list[str]:
-        """pyinfra's arguments without `--data` (see `child_data_file`): a process's arguments
-        are visible to every user of the machine."""
+        """pyinfra's arguments without `--data` (the settings, secrets included, reach pyinfra in
+        memory: `release/pyinfra_run.py`)."""
         user = ["--ssh-user", self.user] if self.user else []
         return [self.inventory, *user, *self._args("--ssh-port", "--ssh-key")]
 
@@ -157,41 +152,6 @@ def validate(target: Target) -> dict[str, object]:
     if problems:
         raise SettingsError("\n".join(problems))
     return result
-
-
-def pyinfra_command(target: Target, *, dry: bool = False, extra: list[str] | None = None) -> list[str]:
-    """pyinfra through `hermes_infra.release.pyinfra_child`, which adds the `--data` values from the
-    file `child_data_file` wrote (inside the process: they never become arguments)."""
-    command = [sys.executable, "-m", "hermes_infra.release.pyinfra_child", *target.pyinfra_args(), str(DEPLOY_FILE)]
-    command.append("--dry" if dry else "-y")
-    return command + list(extra or [])
-
-
-@contextlib.contextmanager
-def child_data_file(target: Target) -> Iterator[dict[str, str]]:
-    """The environment for the pyinfra child: the `--data` values in a 0600 file (mkstemp)
-    that it reads and removes at start; removed here too once the child is done."""
-    env = _pyinfra_env()
-    if not target.data:
-        yield env
-        return
-    handle, path = tempfile.mkstemp(prefix="hermes-infra-data-", suffix=".json")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(target.data, file)
-        env[DATA_FILE_ENV] = path
-        yield env
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
-def _pyinfra_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop(DATA_FILE_ENV, None)
-    # The deploy file imports hermes_infra; make that work from a source checkout too.
-    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_DIR.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
 
 
 def local_vm_data(image_dir: str) -> dict[str, str]:

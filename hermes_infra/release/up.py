@@ -1,13 +1,15 @@
-"""`hermes-infra up`: validate, then run the packaged deploy with pyinfra (locked and audited,
-`session.py`; `--dry` changes nothing and takes no lock)."""
+"""`hermes-infra up`: validate, then run the packaged deploy with pyinfra in this process (locked
+and audited, `session.py`; `--dry` changes nothing and takes no lock)."""
 from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 
 from hermes_infra import commands
-from hermes_infra.commands import SHOW_DIFF_ENV, Target
+from hermes_infra.commands import Target
 from hermes_infra.release.lock import LockError
+from hermes_infra.release.pyinfra_run import PyinfraArgsError, output_to, run_unlocked
 from hermes_infra.release.session import locked_deploy
 
 
@@ -19,13 +21,14 @@ def up(target: Target, *, dry: bool = False, extra: list[str] | None = None, loc
     and releases the locks on success, failure and Ctrl-C (`hermes_infra/release/`); `--dry`
     changes nothing and takes no lock.
     """
-    if dry:
-        commands.validate(target)
-        with commands.child_data_file(target) as env:
-            env[SHOW_DIFF_ENV] = "1"
-            return subprocess.call(commands.pyinfra_command(target, dry=dry, extra=extra), cwd=target.cwd, env=env)
     try:
+        if dry:
+            commands.validate(target)
+            return run_unlocked(target, dry=True, extra=extra)
         report = locked_deploy(target, command="up", extra=extra, lock_wait=lock_wait, message=message)
+    except PyinfraArgsError as error:
+        print(f"hermes-infra: {error}", file=sys.stderr)
+        return 2
     except LockError as error:
         print(f"hermes-infra: {error}", file=sys.stderr)
         return 3
@@ -37,10 +40,13 @@ def up(target: Target, *, dry: bool = False, extra: list[str] | None = None, loc
 
 
 def up_captured(target: Target, *, dry: bool = False, extra: list[str] | None = None) -> subprocess.CompletedProcess:
-    """`up` with stdout and stderr captured together (tests, benchmarks)."""
-    commands.validate(target)
-    with commands.child_data_file(target) as env:
-        if dry:
-            env[SHOW_DIFF_ENV] = "1"
-        return subprocess.run(commands.pyinfra_command(target, dry=dry, extra=extra), cwd=target.cwd, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    """`up` with stdout and stderr captured together (tests, benchmarks), into a 0600 temp file."""
+    with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as captured:
+        with output_to(captured):
+            code = up(target, dry=dry, extra=extra)
+        captured.seek(0)
+        output = captured.read()
+    return subprocess.CompletedProcess(["hermes-infra", "up", *target.shown_cli_args()], code, output)
+
+
+__all__ = ["up", "up_captured"]
