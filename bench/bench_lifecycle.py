@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hermes_infra import commands, trylocal  # noqa: E402
 from hermes_infra.images import build as imagebuild
 from hermes_infra.localvm import disposable_vm, ensure_image  # noqa: E402
+from hermes_infra.release.up import up_captured  # noqa: E402
 
 
 def timed(label: str, results: dict, func):
@@ -42,11 +43,11 @@ def main() -> int:
         print(f"{'vm_boot_to_ssh':28s} {results['vm_boot_to_ssh']:8.1f} s")
         target = trylocal.local_target(vm, built.archive.parent)
         for label in ("bootstrap", "converged_rerun"):
-            run = timed(label, results, lambda: commands.up_captured(target))
+            run = timed(label, results, lambda: up_captured(target))
             if run.returncode != 0:
                 print(run.stdout[-4000:])
                 return 1
-        timed("dry_run", results, lambda: commands.up_captured(target, dry=True))
+        timed("dry_run", results, lambda: up_captured(target, dry=True))
 
         def reboot_to_healthy():
             vm.reboot()

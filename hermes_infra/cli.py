@@ -1,11 +1,18 @@
 """`hermes-infra`: a thin command line over hermes_infra.commands and friends."""
 from __future__ import annotations
 
-import argparse
-import sys
+# pyinfra runs in this process (`up`, `rollout`) on gevent: the standard library is patched
+# before anything imports it, as pyinfra's own CLI does (pyinfra_cli/__init__.py), so no thread,
+# socket or lock exists unpatched.
+from gevent import monkey
 
-from hermes_infra import commands
-from hermes_infra.settings.loading import SettingsError
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+
+from hermes_infra import commands  # noqa: E402
+from hermes_infra.settings.loading import SettingsError  # noqa: E402
 
 
 def _target(args) -> commands.Target:
@@ -29,7 +36,9 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_up(args) -> int:
-    return commands.up(_target(args), dry=args.dry, extra=args.pyinfra_args, lock_wait=args.lock_wait,
+    from hermes_infra.release.up import up
+
+    return up(_target(args), dry=args.dry, extra=args.pyinfra_args, lock_wait=args.lock_wait,
                        message=args.message)
 
 

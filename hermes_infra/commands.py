@@ -1,18 +1,14 @@
 """What the CLI does, as functions that can be called and tested on their own (Kamal-style).
 
-`up` validates every host's settings without connecting, then hands the run to pyinfra with
-the packaged deploy file: the same deploy that `pyinfra inventory/<env>.py deploy.py` runs.
+Targets and inventories, and `validate`: every host's settings checked without connecting.
+`up` (`release/up.py`) then hands the run to pyinfra with the packaged deploy file: the same
+deploy that `pyinfra inventory/<env>.py deploy.py` runs.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +18,9 @@ from hermes_infra.settings.loading import SettingsError, collect, host_data_laye
 PACKAGE_DIR = Path(__file__).parent
 DEPLOY_FILE = PACKAGE_DIR / "deploy_file.py"
 SHOW_DIFF_ENV = "HERMES_INFRA_SHOW_DIFF"
-"""Set for `up --dry`: the deploy prints what each managed file would become (masked)."""
-DATA_FILE_ENV = "HERMES_INFRA_DATA_FILE"
-"""The pyinfra child reads the `--data` values from this 0600 file, not from its argv (`ps`)."""
+"""Set to show every managed file's diff (masked), as `up --dry` does, under plain `pyinfra`."""
+SHOW_DIFF_ATTRIBUTE = "hermes_infra_show_diff"
+"""Set on pyinfra's State by `up --dry`: the deploy prints what each managed file would become."""
 REDACTED = "<redacted>"
 # A value is secret by the name of its setting: api.key, weixin.token, model.api_key,
 # dashboard.basic_auth_password_hash, ssh_password, FOO_TOKEN, ... Over-redacting costs nothing
@@ -121,8 +117,8 @@ class Target:
         return self.cli_args(redacted=True)
 
     def pyinfra_args(self) -> list[str]:
-        """pyinfra's arguments without `--data` (see `child_data_file`): a process's arguments
-        are visible to every user of the machine."""
+        """pyinfra's arguments without `--data` (the settings, secrets included, reach pyinfra in
+        memory: `release/pyinfra_run.py`)."""
         user = ["--ssh-user", self.user] if self.user else []
         return [self.inventory, *user, *self._args("--ssh-port", "--ssh-key")]
 
@@ -156,79 +152,6 @@ def validate(target: Target) -> dict[str, object]:
     if problems:
         raise SettingsError("\n".join(problems))
     return result
-
-
-def pyinfra_command(target: Target, *, dry: bool = False, extra: list[str] | None = None) -> list[str]:
-    """pyinfra through `hermes_infra.release.pyinfra_child`, which adds the `--data` values from the
-    file `child_data_file` wrote (inside the process: they never become arguments)."""
-    command = [sys.executable, "-m", "hermes_infra.release.pyinfra_child", *target.pyinfra_args(), str(DEPLOY_FILE)]
-    command.append("--dry" if dry else "-y")
-    return command + list(extra or [])
-
-
-@contextlib.contextmanager
-def child_data_file(target: Target) -> Iterator[dict[str, str]]:
-    """The environment for the pyinfra child: the `--data` values in a 0600 file (mkstemp)
-    that it reads and removes at start; removed here too once the child is done."""
-    env = _pyinfra_env()
-    if not target.data:
-        yield env
-        return
-    handle, path = tempfile.mkstemp(prefix="hermes-infra-data-", suffix=".json")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(target.data, file)
-        env[DATA_FILE_ENV] = path
-        yield env
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
-def _pyinfra_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop(DATA_FILE_ENV, None)
-    # The deploy file imports hermes_infra; make that work from a source checkout too.
-    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_DIR.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
-
-def up(target: Target, *, dry: bool = False, extra: list[str] | None = None, lock_wait: float = 0,
-       message: str | None = None) -> int:
-    """Validate, then run the deploy with pyinfra's output on the terminal. Returns its exit code.
-
-    A real run takes each host's deploy lock first, appends a record to each host's audit log
-    and releases the locks on success, failure and Ctrl-C (`hermes_infra/release/`); `--dry`
-    changes nothing and takes no lock.
-    """
-    if dry:
-        validate(target)
-        with child_data_file(target) as env:
-            env[SHOW_DIFF_ENV] = "1"
-            return subprocess.call(pyinfra_command(target, dry=dry, extra=extra), cwd=target.cwd, env=env)
-    from hermes_infra.release.lock import LockError
-    from hermes_infra.release.session import locked_deploy
-
-    try:
-        report = locked_deploy(target, command="up", extra=extra, lock_wait=lock_wait, message=message)
-    except LockError as error:
-        print(f"hermes-infra: {error}", file=sys.stderr)
-        return 3
-    for outcome in report.outcomes.values():
-        detail = f" ({outcome.message})" if outcome.result != "success" and outcome.message else ""
-        print(f"hermes-infra: {outcome.host}: {outcome.result}, revision {outcome.revision or '-'}, "
-              f"{outcome.seconds:.0f}s{detail}", file=sys.stderr)
-    return report.exit_code
-
-
-def up_captured(target: Target, *, dry: bool = False, extra: list[str] | None = None) -> subprocess.CompletedProcess:
-    """`up` with stdout and stderr captured together (tests, benchmarks)."""
-    validate(target)
-    with child_data_file(target) as env:
-        if dry:
-            env[SHOW_DIFF_ENV] = "1"
-        return subprocess.run(pyinfra_command(target, dry=dry, extra=extra), cwd=target.cwd, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
 
 
 def local_vm_data(image_dir: str) -> dict[str, str]:

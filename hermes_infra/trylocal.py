@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from hermes_infra import commands
+from hermes_infra.release.up import up
 
 API_PORT = 8642
 PROXY_PORT = 18642
@@ -77,7 +78,7 @@ def run(name: str = "try", *, check: bool = True) -> int:
     say(f"VM up, SSH on 127.0.0.1:{vm.ssh_port}, API forwarded to 127.0.0.1:{vm.host_port(PROXY_PORT)} "
         f"({time.monotonic() - started:.0f}s)")
     target = local_target(vm, built.archive.parent)
-    code = commands.up(target)
+    code = up(target)
     if code != 0:
         say(f"deploy failed (exit {code}); the VM is kept for inspection: "
             f"ssh -i {vm.state.key_path} -p {vm.ssh_port} root@127.0.0.1")

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hermes_infra.host import safeio
-from hermes_infra.settings import topology
 from hermes_infra.plan.capacity import EffectiveLimits, HostResources, derive_limits
 from hermes_infra.checks.registry import CannotCheck, ControlFailure
 from hermes_infra.host.hostfacts import container_api_script
@@ -28,6 +27,7 @@ from hermes_infra.settings.schema import (
     CompanionSettings,
     GatewaySettings,
     HostSettings,
+    publish_addresses,
 )
 from hermes_infra.settings.sizes import parse_size
 
@@ -274,7 +274,7 @@ class HostContext:
 
 def probe_url(settings: HostSettings, gateway: GatewaySettings) -> str:
     """Where the host itself reaches the gateway's published API (the deploy's health gate too)."""
-    address = topology.publish_addresses(settings, gateway)[0]
+    address = publish_addresses(settings, gateway)[0]
     address = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address, address)
     if ":" in address:
         address = f"[{address}]"

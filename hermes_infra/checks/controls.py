@@ -15,6 +15,7 @@ from hermes_infra.settings import topology
 from hermes_infra.checks.context import DAEMON_JSON, HostContext, Subject, probe_url
 from hermes_infra.checks.registry import REGISTRY, CannotCheck, Control, NotApplicable, control, fail
 from hermes_infra.plan.daemon import daemon_json
+from hermes_infra.settings.schema import publish_addresses
 from hermes_infra.settings.sizes import format_bytes
 
 LOOPBACK = ("127.0.0.1", "::1")
@@ -610,7 +611,7 @@ def gateway_health(ctx: HostContext, subject: Subject):
                      "gateways[].api.publish_addresses; `allow_public` only behind a firewall. " + REDEPLOY + ".")
 def api_port_binding(ctx: HostContext, subject: Subject):
     gateway = subject.gateway
-    want = sorted((_normal_ip(a), str(gateway.api.port)) for a in topology.publish_addresses(ctx.settings, gateway))
+    want = sorted((_normal_ip(a), str(gateway.api.port)) for a in publish_addresses(ctx.settings, gateway))
     have = _bindings(_host_config(ctx, subject), 8642)
     public = [a for a, _ in have if _is_public(a)]
     shown = ", ".join(f"{a}:{p}" for a, p in have) or "nothing"

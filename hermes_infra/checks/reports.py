@@ -214,7 +214,7 @@ def render_junit(run: RunReport) -> str:
 # ------------------------------------------------------------------------------ html
 def render_html(run: RunReport) -> str:
     """One self-contained page: verdict, controls by hosts, each failure with its remediation."""
-    from hermes_infra.daytwo.report_html import render_check_html
+    from hermes_infra.checks.report_html import render_check_html
 
     return render_check_html(run)
 

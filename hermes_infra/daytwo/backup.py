@@ -24,7 +24,7 @@ nothing it holds can land outside the data dir or belong to root. A data dir tha
 holds state is moved aside (`<dir>.pre-restore-<time>`) only with `--force`.
 
 Restore onto a new host: the host is deployed first when its gateway does not exist yet
-(`commands.up`, the normal deploy), then: stop, unpack, verify every file's sha256 against
+(`release.up.up`, the normal deploy), then: stop, unpack, verify every file's sha256 against
 the manifest, start, health gate (`/v1/models` answers the *restored* API key).
 """
 from __future__ import annotations
@@ -52,6 +52,7 @@ from hermes_infra.plan import datatar
 from hermes_infra.plan import hostplan as planmod
 from hermes_infra.daytwo.lifecycle import compose_base, gate_command
 from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, deploy_lock, open_remote
+from hermes_infra.release.up import up
 from hermes_infra.settings.schema import GatewaySettings, HostSettings
 
 SCHEMA = "hermes-infra/backup/v1"
@@ -640,7 +641,7 @@ def restore(host: HostTarget, archive: str | Path, *, profile: str | None = None
             if host.target is None:
                 raise DayTwoError(f"{host.name}: the gateway is not deployed and no target to deploy it with")
             say(f"{host.name}: {gateway.service_name} is not deployed yet: deploying first (hermes-infra up)")
-            code = (deploy or commands.up)(host.target)
+            code = (deploy or up)(host.target)
             if code != 0:
                 raise DayTwoError(f"{host.name}: the deploy before the restore failed (exit {code}); nothing restored")
             deployed = True

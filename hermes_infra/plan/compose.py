@@ -14,7 +14,7 @@ from hermes_infra.settings import topology
 from hermes_infra.plan.capacity import EffectiveLimits
 from hermes_infra.plan.hardening import GATEWAY_HEALTHCHECK
 from hermes_infra.plan.render import render_template
-from hermes_infra.settings.schema import CompanionSettings, HostSettings
+from hermes_infra.settings.schema import CompanionSettings, HostSettings, gateway_for, publish_addresses
 from hermes_infra.settings.sizes import parse_size
 
 MAIN_PROJECT = "hermes"
@@ -105,7 +105,7 @@ def gateway_services(settings: HostSettings, limits: dict[str, EffectiveLimits],
     services = []
     for gateway in settings.gateways:
         limit = limits[gateway.name]
-        ports = [port_binding(a, gateway.api.port, 8642) for a in topology.publish_addresses(settings, gateway)]
+        ports = [port_binding(a, gateway.api.port, 8642) for a in publish_addresses(settings, gateway)]
         if gateway.dashboard.enabled:
             ports.append(port_binding(gateway.dashboard.publish_address, gateway.dashboard.port, 9119))
         labels = {LABEL_PROFILE: gateway.name, LABEL_INPUTS: digests[gateway.name]}
@@ -125,7 +125,7 @@ def gateway_services(settings: HostSettings, limits: dict[str, EffectiveLimits],
 
 
 def companion_service(settings: HostSettings, companion: CompanionSettings, secret_digest: str) -> Service:
-    gateway = topology.gateway_for(settings, companion)
+    gateway = gateway_for(settings, companion)
     environment = dict(companion.environment)
     environment.update({
         companion.api_base_url_env: topology.companion_api_url(settings, companion),

@@ -19,10 +19,16 @@ from pyinfra.api.exceptions import PyinfraError
 from hermes_infra.host import safeio
 from hermes_infra.images import identity as imageid
 from hermes_infra.plan import backup_timer, compose, configfile, daemon, envfile, managedkeys
-from hermes_infra.settings import gatewayenv, topology
 from hermes_infra.plan.capacity import EffectiveLimits, HostResources, derive_limits
 from hermes_infra.host.hostfacts import DataDirRequest, HostState, ProbeRequest, StateRequest
-from hermes_infra.settings.schema import GatewaySettings, HostSettings, check_api_key
+from hermes_infra.settings.schema import (
+    GatewaySettings,
+    HostSettings,
+    check_api_key,
+    gateway_for,
+    managed_env,
+    publish_addresses,
+)
 
 SUPPORTED = {"debian": ("bookworm", "trixie", "forky")}
 STAGE_DIR = "/var/lib/hermes-infra/stage"
@@ -300,7 +306,7 @@ def data_dir_request(gateway: GatewaySettings) -> DataDirRequest:
 
 def probe_url(settings: HostSettings, gateway: GatewaySettings) -> str:
     """Where the host itself reaches the published API."""
-    address = topology.publish_addresses(settings, gateway)[0]
+    address = publish_addresses(settings, gateway)[0]
     address = PUBLIC_TO_LOCAL.get(address, address)
     if ":" in address:
         address = f"[{address}]"
@@ -476,7 +482,7 @@ def _gateway(settings: HostSettings, gateway: GatewaySettings, state: HostState,
             "away; to adopt an existing Hermes data dir, make sure its .env has an API_SERVER_KEY line")
 
     key = decide_api_key(gateway, current_env, env_path)
-    env_values = gatewayenv.managed_env(gateway)
+    env_values = managed_env(gateway)
     env_values["API_SERVER_KEY"] = key
     config_values = gateway.config.managed()
     try:
@@ -653,7 +659,7 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
 
     companion_files = tuple(
         _root_file(state, compose.companion_env_path(settings, c),
-                   envfile.render(compose.companion_secret_env(settings, c, by_name[topology.gateway_for(settings, c).name].api_key)),
+                   envfile.render(compose.companion_secret_env(settings, c, by_name[gateway_for(settings, c).name].api_key)),
                    mode="0600", secret=True)
         for c in settings.companions)
     companion_digest = {f.path: hashlib.sha256(f.content.encode()).hexdigest()[:16] for f in companion_files}

@@ -12,12 +12,12 @@ from pyinfra.api import deploy
 
 from hermes_infra.operations import backup_timer, compose, datadir, docker_engine, health, image, profiles, swap
 from hermes_infra.plan import plandiff
-from hermes_infra.commands import SHOW_DIFF_ENV
+from hermes_infra.commands import SHOW_DIFF_ATTRIBUTE, SHOW_DIFF_ENV
 from hermes_infra.host.hostfacts import HermesHostState
 from hermes_infra.settings.loading import settings_for_host
 from hermes_infra.operations.files import root_file
 from hermes_infra.plan.hostplan import Facts, HostPlan, fact_request, make_plan
-from hermes_infra.release import gate, results, upgrade
+from hermes_infra.release import results, upgrade
 from hermes_infra.settings.schema import HostSettings
 
 
@@ -37,8 +37,6 @@ def gather(settings: HostSettings) -> Facts:
 
 
 def host_plan(settings: HostSettings | None = None) -> HostPlan:
-    # `up` and `rollout` start pyinfra before their locks are held: nothing is read before this.
-    gate.wait_at_gate()
     settings = settings or settings_for_host(host)
     try:
         plan = make_plan(settings, gather(settings), host.name)
@@ -54,8 +52,9 @@ def host_plan(settings: HostSettings | None = None) -> HostPlan:
 
 
 def show_diff() -> bool:
-    """`up --dry` (which sets SHOW_DIFF_ENV for the child) or pyinfra's own `--diff`."""
-    return bool(os.environ.get(SHOW_DIFF_ENV)) or bool(getattr(host.state.config, "DIFF", False))
+    """`up --dry` (`PyinfraRun` marks its state), SHOW_DIFF_ENV, or pyinfra's own `--diff`."""
+    return (bool(os.environ.get(SHOW_DIFF_ENV)) or bool(getattr(host.state, SHOW_DIFF_ATTRIBUTE, False))
+            or bool(getattr(host.state.config, "DIFF", False)))
 
 
 def print_diff(plan: HostPlan) -> None:

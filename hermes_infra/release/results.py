@@ -1,19 +1,16 @@
 """What each host's deploy did, handed from the pyinfra run to the command that started it.
 
-`hermes-infra up` runs pyinfra in a child process. With `HERMES_INFRA_RESULTS=<file>` in its
-environment, the deploy records into that file (JSON lines, on the control machine): each
-host's revision and image once its plan is made, each operation's outcome (changed or not,
-failed or not), and at exit which hosts failed. The parent reads it back as one `HostOutcome`
-per host for the audit log and the rollout table. No secret is recorded: names, digests, refs.
+`hermes-infra up` runs pyinfra in its own process and `attach`es a results file (JSON lines, on
+the control machine) to pyinfra's state before the deploy loads: the deploy records each host's
+revision and image once its plan is made, each operation's outcome (changed or not, failed or
+not), and at the end (`finish`) which hosts failed. `read` turns it into one `HostOutcome` per
+host for the audit log and the rollout table. No secret is recorded: names, digests, refs.
+Plain `pyinfra deploy.py` attaches nothing, and records nothing.
 """
 from __future__ import annotations
 
-import atexit
 import json
-import os
 from dataclasses import dataclass, field
-
-ENV = "HERMES_INFRA_RESULTS"
 
 
 def image_label(image_plan) -> str:
@@ -33,6 +30,7 @@ class _Recorder:
     def __init__(self, path: str, state):
         self.path, self.state = path, state
         self.pending: list[tuple] = []
+        self.finished = False
 
     def flush(self) -> None:
         remaining = []
@@ -53,6 +51,9 @@ class _Recorder:
 
     def finish(self) -> None:
         self.flush()
+        if self.finished:
+            return
+        self.finished = True
         failed = {h.name for h in getattr(self.state, "failed_hosts", set())}
         for host in getattr(self.state, "activated_hosts", set()):
             _append(self.path, {"event": "end", "host": host.name, "failed": host.name in failed})
@@ -84,26 +85,31 @@ def _handler_class():
     return Callback
 
 
+def attach(state, path: str) -> _Recorder:
+    """Record this pyinfra run's outcomes into `path`; `finish()` the recorder once it is done."""
+    recorder = _Recorder(path, state)
+    state._hermes_infra_recorder = recorder
+    state.add_callback_handler(_handler_class()(recorder))
+    return recorder
+
+
+def _recorder(host) -> _Recorder | None:
+    return getattr(host.state, "_hermes_infra_recorder", None)
+
+
 def record_plan(host, plan) -> None:
-    """Called by the deploy once per host with its plan (a no-op without HERMES_INFRA_RESULTS)."""
-    path = os.environ.get(ENV)
-    if not path:
-        return
-    state = host.state
-    if not getattr(state, "_hermes_infra_recorder", None):
-        recorder = _Recorder(path, state)
-        state._hermes_infra_recorder = recorder
-        state.add_callback_handler(_handler_class()(recorder))
-        atexit.register(recorder.finish)
-    _append(path, {"event": "plan", "host": host.name, "revision": plan.revision,
-                   "image": image_label(plan.image)})
+    """Called by the deploy once per host with its plan (a no-op without a recorder attached)."""
+    recorder = _recorder(host)
+    if recorder is not None:
+        _append(recorder.path, {"event": "plan", "host": host.name, "revision": plan.revision,
+                                "image": image_label(plan.image)})
 
 
 def record_failure(host, message: str) -> None:
     """A host whose plan could not be made (the deploy stops there)."""
-    path = os.environ.get(ENV)
-    if path:
-        _append(path, {"event": "planerror", "host": host.name, "message": message[:1000]})
+    recorder = _recorder(host)
+    if recorder is not None:
+        _append(recorder.path, {"event": "planerror", "host": host.name, "message": message[:1000]})
 
 
 # --- in the parent ---------------------------------------------------------------------------
@@ -122,7 +128,7 @@ class HostOutcome:
 
 
 def read(path: str, hosts: list[str], *, exit_code: int | None, interrupted: bool, seconds: float) -> dict[str, HostOutcome]:
-    """One outcome per host from the recorded events and how the child ended."""
+    """One outcome per host from the recorded events and how the run ended."""
     outcomes = {name: HostOutcome(host=name, seconds=seconds) for name in hosts}
     ended: dict[str, bool] = {}
     try:

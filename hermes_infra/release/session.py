@@ -1,10 +1,11 @@
-"""A deploy run the release way: lock every host first, run the deploy, write each host's audit
-record, release the locks, whatever happened (success, failure, Ctrl-C, SIGTERM).
+"""A deploy run the release way: connect, lock every host, run the deploy, write each host's
+audit record, release the locks, whatever happened (success, failure, Ctrl-C, SIGTERM).
 
-pyinfra is started while the locks are taken and waits at a gate before it reads anything
-(`gate.py`); the audit record and the release share one round trip per host, all hosts at once.
+pyinfra runs in this process (`pyinfra_run.py`): the locks and the audit records go over the
+SSH connections pyinfra opened, one per host; the audit record and the release share one round
+trip per host, all hosts at once.
 
-`commands.up` and `rollout` both go through `locked_deploy`; only `--dry` runs skip the lock
+`up` (`up.py`) and `rollout` both go through `locked_deploy`; only `--dry` runs skip the lock
 and the audit (they change nothing).
 """
 from __future__ import annotations
@@ -18,13 +19,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hermes_infra.release import audit
-from hermes_infra.release.gate import GatedChild
-from hermes_infra.release.lock import Holder, HostLocks, LockError, interruptible
-from hermes_infra.release.remote import limit_from_args, remotes_for
-from hermes_infra.release.results import ENV, HostOutcome, read
+from pyinfra.api.exceptions import PyinfraError
 
-start_child = GatedChild
+from hermes_infra import commands
+from hermes_infra.release import audit, results
+from hermes_infra.release.lock import Holder, HostLocks, LockError
+from hermes_infra.release.pyinfra_run import PyinfraRemote, PyinfraRun, interrupts_to_main, output_to
+from hermes_infra.release.remote import limit_from_args
+from hermes_infra.release.results import HostOutcome, read
+
+start_run = PyinfraRun
+"""What `locked_deploy` runs (tests put a fake with the same methods here)."""
+remote_for = PyinfraRemote
+"""How the lock and the audit reach a host pyinfra has connected (tests: a shell in a temp dir)."""
 
 
 @dataclass
@@ -43,62 +50,91 @@ def release_hint(target) -> str:
 def locked_deploy(target, *, command: str = "up", extra: list[str] | None = None, limit: list[str] | None = None,
                   lock_wait: float = 0, message: str | None = None, log: Callable[[str], None] | None = None,
                   stdout=None) -> DeployReport:
-    """Validate, lock, deploy (pyinfra, output on the terminal or into `stdout`), audit, unlock."""
-    from hermes_infra import commands
-
+    """Validate, connect, lock, deploy (pyinfra's output on the terminal or into `stdout`),
+    audit, unlock, disconnect."""
     log = log or (lambda text: print(f"hermes-infra: {text}", file=sys.stderr, flush=True))
     extra_limit, rest = limit_from_args(list(extra or []))
     limit = list(limit or []) + extra_limit
     commands.validate(target)
-    remotes = remotes_for(target, limit or None)
-    hosts = list(remotes)
-    holder = Holder(command=command, message=message)
-    locks = HostLocks(remotes, holder, wait=lock_wait, release_hint=release_hint(target), log=log)
+    with output_to(stdout):
+        run = start_run(target, extra=[*rest, *(a for h in limit for a in ("--limit", h))])
+        try:
+            return _locked_run(run, target, command=command, lock_wait=lock_wait, message=message, log=log)
+        finally:
+            run.disconnect()
+
+
+def _locked_run(run, target, *, command: str, lock_wait: float, message: str | None,
+                log: Callable[[str], None]) -> DeployReport:
     handle, results_path = tempfile.mkstemp(prefix="hermes-infra-results-", suffix=".jsonl")
     os.close(handle)
     started = time.monotonic()
-    outcomes: dict[str, HostOutcome] = {}
+    hosts: list[str] = []
+    locks: HostLocks | None = None
     code, interrupted = 1, False
     try:
-        with interruptible():
+        with interrupts_to_main():
             try:
-                # The settings reach pyinfra through a 0600 file, not its arguments (`ps`).
-                with commands.child_data_file(target) as env:
-                    env[ENV] = results_path
-                    argv = commands.pyinfra_command(target, extra=[*rest, *(a for h in hosts for a in ("--limit", h))])
-                    # pyinfra loads and connects while the locks are taken; it waits at the gate.
-                    child = start_child(argv, cwd=target.cwd, env=env, stdout=stdout)
-                    try:
-                        locks.acquire()
-                    except BaseException:
-                        child.give_up()
-                        raise
-                    log(f"deploy lock taken on {', '.join(hosts)}")
-                    child.open()
-                    code, interrupted = child.wait()
+                hosts = _connect(run)
+                remotes = {host.name: remote_for(host, sudo=target.sudo) for host in run.state.inventory
+                           if host.name in hosts}
+                locks = HostLocks(remotes, Holder(command=command, message=message), wait=lock_wait,
+                                  release_hint=release_hint(target), log=log)
+                locks.acquire()
+                log(f"deploy lock taken on {', '.join(hosts)}")
+                recorder = results.attach(run.state, results_path)
+                try:
+                    code = run.deploy()
+                finally:
+                    recorder.finish()
             except KeyboardInterrupt:
-                interrupted = True
-                code = 130
+                interrupted, code = True, 130
+                run.stop()
+            except PyinfraError as error:
+                log(f"pyinfra: {error}")
+                code = 1
             finally:
-                # A second Ctrl-C must not leave the lock behind: cleanup takes a second or two.
-                previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
                 outcomes = read(results_path, hosts, exit_code=code, interrupted=interrupted,
                                 seconds=time.monotonic() - started)
-                records = {name: _record(command, outcome, message) for name, outcome in outcomes.items()}
-                released = locks.release(first={name: audit.append_command(record, audit.AUDIT_PATH)
-                                                for name, record in records.items()},
-                                         first_failed=lambda name: log(f"{name}: WARNING: could not append to "
-                                                                       f"{audit.AUDIT_PATH}"))
-                if released:
-                    log(f"deploy lock released on {', '.join(released)}")
-                signal.signal(signal.SIGINT, previous)
+                if locks is not None and any(lock.held for lock in locks.locks.values()):
+                    _audit_and_release(locks, command, message, outcomes, log)
     finally:
         os.unlink(results_path)
-        for remote in remotes.values():
-            remote.close()
     if interrupted and code == 0:
         code = 130
     return DeployReport(code, outcomes, interrupted)
+
+
+def _connect(run) -> list[str]:
+    """pyinfra connects to every host of the run; returns their names. Every one reachable, or
+    none is touched: the lock of a fleet is all or nothing."""
+    try:
+        state = run.connect()
+    except PyinfraError as error:
+        raise LockError(f"could not connect ({error}; see above): nothing was locked or changed") from None
+    hosts = [host.name for host in state.inventory if state.is_host_in_limit(host)]
+    active = {host.name for host in state.activated_hosts}
+    missing = [name for name in hosts if name not in active]
+    if missing:
+        raise LockError(f"could not connect to {', '.join(missing)} (see above): nothing was locked or changed")
+    return hosts
+
+
+def _audit_and_release(locks: HostLocks, command: str, message: str | None, outcomes: dict[str, HostOutcome],
+                       log: Callable[[str], None]) -> None:
+    """Each host's audit record, then its release, in one round trip; a second Ctrl-C is ignored
+    meanwhile (it must not leave a lock behind)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        records = {name: _record(command, outcome, message) for name, outcome in outcomes.items()}
+        released = locks.release(first={name: audit.append_command(record, audit.AUDIT_PATH)
+                                        for name, record in records.items()},
+                                 first_failed=lambda name: log(f"{name}: WARNING: could not append to "
+                                                               f"{audit.AUDIT_PATH}"))
+        if released:
+            log(f"deploy lock released on {', '.join(released)}")
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _record(command: str, outcome: HostOutcome, message: str | None) -> audit.AuditRecord:
@@ -108,4 +144,4 @@ def _record(command: str, outcome: HostOutcome, message: str | None) -> audit.Au
                              seconds=outcome.seconds, message=text)
 
 
-__all__ = ["DeployReport", "LockError", "locked_deploy", "release_hint", "start_child"]
+__all__ = ["DeployReport", "LockError", "locked_deploy", "release_hint", "remote_for", "start_run"]

@@ -47,7 +47,6 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from hermes_infra.settings import gatewayenv, topology
 from hermes_infra.settings.sizes import parse_size_setting
 
 GIB = 1024**3
@@ -1975,7 +1974,7 @@ class HostSettings(Settings):
             if gateway.dashboard.enabled:
                 claim("tcp", gateway.dashboard.port, f"gateways[{gateway.name}].dashboard.port")
             bridge = self.docker.bridge_gateway_ip
-            for address in topology.publish_addresses(self, gateway):
+            for address in publish_addresses(self, gateway):
                 problem = public_address_problem(
                     classify_address(address, "api.publish_addresses", bridge),
                     f"gateways[{gateway.name}].api.publish_addresses contains", f"gateways[{gateway.name}].api.allow_public")
@@ -2002,7 +2001,7 @@ class HostSettings(Settings):
     def _check_tokens(self, problems: list[str]) -> None:
         seen: dict[str, str] = {}
         for gateway in self.gateways:
-            for key, value in gatewayenv.bot_tokens(gateway).items():
+            for key, value in bot_tokens(gateway).items():
                 if value in seen:
                     problems.append(
                         f"gateways[{gateway.name}].{key} has the same value as {seen[value]}; two gateways "
@@ -2021,12 +2020,12 @@ class HostSettings(Settings):
             if problem and not self.image.allow_latest:
                 problems.append(problem)
             try:
-                target = topology.gateway_for(self, companion)
+                target = gateway_for(self, companion)
             except ValueError as error:
                 problems.append(str(error))
                 continue
             if companion.topology == "host-gateway":
-                reachable = [a for a in topology.publish_addresses(self, target)
+                reachable = [a for a in publish_addresses(self, target)
                              if classify_address(a, "api.publish_addresses").reach != "loopback"]
                 if not reachable:
                     problems.append(
@@ -2037,3 +2036,83 @@ class HostSettings(Settings):
                     )
 
 
+# ------------------------------------------------------------------ derived from the settings
+# Here, not in a module of their own: the validators above check what they derive (published
+# addresses, bot tokens shared by two gateways), and the schema imports nothing that derives from it.
+
+# Env keys whose values identify a messaging bot: two gateways sharing one fight over it.
+BOT_TOKEN_KEY = re.compile(r"^[A-Z0-9_]*(TOKEN|WEBHOOK_SECRET|APP_SECRET)$|^[A-Z0-9_]+_ACCOUNT_ID$")
+
+
+def managed_env(gateway: GatewaySettings) -> dict[str, str]:
+    """Every `.env` key this profile manages, except the API key (decided on the host)."""
+    values = {
+        "API_SERVER_ENABLED": "true",
+        "API_SERVER_HOST": "0.0.0.0",
+        "API_SERVER_PORT": "8642",
+        "API_SERVER_MODEL_NAME": gateway.api.model_name,
+        "HERMES_SKIP_CONFIG_MIGRATION": "1",
+    }
+    if gateway.api.cors_origins:
+        values["API_SERVER_CORS_ORIGINS"] = ",".join(gateway.api.cors_origins)
+    if gateway.weixin is not None:
+        values.update(weixin_env(gateway.weixin))
+    for platform, users in gateway.allowed_users.items():
+        values[f"{platform}_ALLOWED_USERS"] = ",".join(users)
+    if gateway.dashboard.enabled:
+        values.update({"HERMES_DASHBOARD": "1", "HERMES_DASHBOARD_HOST": "0.0.0.0",
+                       "HERMES_DASHBOARD_PORT": "9119"})
+        if gateway.dashboard.basic_auth_username:
+            values["HERMES_DASHBOARD_BASIC_AUTH_USERNAME"] = gateway.dashboard.basic_auth_username
+        if gateway.dashboard.basic_auth_password_hash is not None:
+            values["HERMES_DASHBOARD_BASIC_AUTH_PASSWORD_HASH"] = (
+                gateway.dashboard.basic_auth_password_hash.get_secret_value())
+    values.update({key: secret.get_secret_value() for key, secret in gateway.env.items()})
+    return values
+
+
+def bot_tokens(gateway: GatewaySettings) -> dict[str, str]:
+    """Env keys and values that identify a messaging bot (two gateways must never share one)."""
+    return {key: value for key, value in managed_env(gateway).items() if BOT_TOKEN_KEY.match(key)}
+
+
+def weixin_env(weixin: WeixinSettings) -> dict[str, str]:
+    """The WEIXIN_* keys of one gateway's `.env`."""
+    values = {"WEIXIN_DM_POLICY": weixin.dm_policy, "WEIXIN_GROUP_POLICY": weixin.group_policy}
+    if weixin.token is not None:
+        values["WEIXIN_TOKEN"] = weixin.token.get_secret_value()
+    if weixin.account_id:
+        values["WEIXIN_ACCOUNT_ID"] = weixin.account_id
+    if weixin.allowed_users:
+        values["WEIXIN_ALLOWED_USERS"] = ",".join(weixin.allowed_users)
+    if weixin.allow_all_users:
+        values["WEIXIN_ALLOW_ALL_USERS"] = "true"
+    if weixin.home_channel:
+        values["WEIXIN_HOME_CHANNEL"] = weixin.home_channel
+    return values
+
+
+def gateway_for(settings: HostSettings, companion: CompanionSettings) -> GatewaySettings:
+    if companion.gateway is None:
+        return settings.gateways[0]
+    for gateway in settings.gateways:
+        if gateway.name == companion.gateway:
+            return gateway
+    raise ValueError(
+        f"companions[{companion.name}].gateway is {companion.gateway!r}, which is not a profile. "
+        f"Fix: one of {', '.join(g.name for g in settings.gateways)}"
+    )
+
+
+def publish_addresses(settings: HostSettings, gateway: GatewaySettings) -> list[str]:
+    """Host addresses the gateway's API port is bound to (explicit, or derived)."""
+    if gateway.api.publish_addresses is not None:
+        return list(gateway.api.publish_addresses)
+    addresses = ["127.0.0.1"]
+    if any(c.topology == "host-gateway" and _targets(settings, c, gateway) for c in settings.companions):
+        addresses.append(settings.docker.bridge_gateway_ip)
+    return addresses
+
+
+def _targets(settings: HostSettings, companion: CompanionSettings, gateway: GatewaySettings) -> bool:
+    return (companion.gateway or settings.gateways[0].name) == gateway.name

@@ -200,9 +200,9 @@ def test_backup_restored_onto_a_new_vm(deployed, second_vm, tmp_path):
         deploy_seconds = []
 
         def timed_deploy(target):
-            from hermes_infra import commands
+            from hermes_infra.release.up import up
             t0 = time.monotonic()
-            code = commands.up(target)
+            code = up(target)
             deploy_seconds.append(time.monotonic() - t0)
             return code
 

@@ -53,7 +53,8 @@ def test_a_held_lock_stops_a_second_deploy_and_lock_wait_waits(deployed):
         run = deployed.deploy()
         assert run.returncode == 3, run.output[-3000:]
         assert "held by" in run.output and "maintenance by hand" in run.output and "--lock-wait" in run.output
-        assert "Connecting" not in run.output  # stopped before pyinfra touched anything
+        # pyinfra connected (the lock goes over its connection) and stopped there: no deploy loaded.
+        assert "--> Preparing operation files" not in run.output and "Beginning operation run" not in run.output
         status = hermes_infra("lock", "status", *args)
         assert "maintenance by hand" in status.stdout
         argv = [sys.executable, "-m", "hermes_infra", "up", *args, "--lock-wait", "300"]
@@ -120,7 +121,7 @@ def test_a_deploy_killed_in_the_compose_step_leaves_a_stale_lock_and_the_next_ru
     assert blocked.returncode == 3, blocked.output[-3000:]
     assert "looks stale" in blocked.output and f"holder process {proc.pid}" in blocked.output
     assert "lock release" in blocked.output
-    assert "Connecting" not in blocked.output
+    assert "--> Preparing operation files" not in blocked.output and "Beginning operation run" not in blocked.output
     released = hermes_infra("lock", "release", *args)
     assert released.returncode == 0, released.stdout
     converged = deployed.deploy(**one_gig)

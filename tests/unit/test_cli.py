@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from hermes_infra import cli, commands
 
 
@@ -16,11 +18,15 @@ def test_user_at_host_becomes_pyinfra_arguments():
     assert target.override_data()["swap"] == {"size": "4G"}
 
 
-def test_pyinfra_command_uses_the_packaged_deploy_and_passthrough():
-    command = commands.pyinfra_command(commands.Target("root@h"), dry=True, extra=["--limit", "web"])
-    assert command[1:3] == ["-m", "hermes_infra.release.pyinfra_child"]
-    assert str(commands.DEPLOY_FILE) in command and "--dry" in command
-    assert command[-2:] == ["--limit", "web"]
+def test_pyinfra_runs_the_packaged_deploy_with_the_passthrough_arguments():
+    from hermes_infra.release.pyinfra_run import PyinfraArgsError, pyinfra_params
+
+    params = pyinfra_params(commands.Target("root@h"), dry=True, extra=["--limit", "web", "-vv", "--serial"])
+    assert params["operations"] == (str(commands.DEPLOY_FILE),) and params["inventory"] == "h"
+    assert params["dry"] and params["limit"] == ("web",) and params["verbosity"] == 2 and params["serial"]
+    assert params["ssh_user"] == "root"
+    with pytest.raises(PyinfraArgsError, match="--no-such-option"):
+        pyinfra_params(commands.Target("root@h"), dry=False, extra=["--no-such-option"])
 
 
 def test_invalid_settings_exit_2_before_connecting(capsys):

@@ -12,7 +12,8 @@ import pytest
 
 from hermes_infra.checks.reports import parse_report_specs, write_reports
 from hermes_infra.daytwo import status
-from hermes_infra.daytwo.report_html import render_check_html, render_status_html
+from hermes_infra.checks.report_html import render_check_html
+from hermes_infra.daytwo.report_html import render_status_html
 
 from tests.unit.test_checks import run_report  # noqa: F401 - the fixture
 from tests.unit.test_daytwo_status import sample_output

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from hermes_infra.release import audit, results
+from hermes_infra.release import audit, lock, results
 from tests.unit.test_release_lock import ShellRemote
 
 
@@ -77,62 +77,43 @@ def test_limit_is_split_out_of_pyinfra_arguments():
 
 
 def test_up_locks_audits_and_releases_even_when_the_deploy_fails(tmp_path, monkeypatch):
-    """`commands.up` through the release session, with pyinfra and SSH replaced."""
+    """`up` through the release session, with pyinfra and SSH replaced: one run connects, the
+    lock is taken over its connections, the deploy runs only then, and the connections close last."""
     from hermes_infra import commands
-    from hermes_infra.release import lock, session
+    from hermes_infra.release.up import up
+    from tests.unit.releasefakes import World
 
-    remote = ShellRemote("web-1")
     lock_dir, audit_path = str(tmp_path / "lock"), str(tmp_path / "log" / "audit.jsonl")
     monkeypatch.setattr(lock, "LOCK_DIR", lock_dir)
     monkeypatch.setattr(audit, "AUDIT_PATH", audit_path)
     monkeypatch.setattr(commands, "validate", lambda target: {"web-1": None})
-    monkeypatch.setattr(session, "remotes_for", lambda target, limit=None: {"web-1": remote})
-    seen = {}
-
-    class FakeChild:
-        """pyinfra replaced: it must be started before the lock and run only after it."""
-
-        def __init__(self, argv, *, cwd, env, stdout=None):
-            seen["locked_at_start"] = lock.parse_state(remote.run(lock.status_command(lock_dir)).stdout).held
-            seen["argv"], self.env = argv, env
-
-        def open(self):
-            seen["locked"] = lock.parse_state(remote.run(lock.status_command(lock_dir)).stdout).held
-
-        def give_up(self):
-            seen["given_up"] = True
-
-        def wait(self):
-            with open(self.env[results.ENV], "a") as handle:
-                handle.write(json.dumps({"event": "plan", "host": "web-1", "revision": "r1", "image": "i"}) + "\n")
-                handle.write(json.dumps({"event": "op", "host": "web-1", "name": "Health gate", "ok": False,
-                                         "changed": False}) + "\n")
-                handle.write(json.dumps({"event": "end", "host": "web-1", "failed": True}) + "\n")
-            return 1, False
-
-    monkeypatch.setattr(session, "start_child", FakeChild)
-    code = commands.up(commands.Target(inventory="web-1"), message="try v2")
-    assert code == 1 and seen["locked"] and not seen["locked_at_start"] and "given_up" not in seen
-    assert seen["argv"][-2:] == ["--limit", "web-1"]
-    assert not lock.parse_state(remote.run(lock.status_command(lock_dir)).stdout).held
+    world = World(lock_dir, code=1, events=[
+        {"event": "plan", "host": "web-1", "revision": "r1", "image": "i"},
+        {"event": "op", "host": "web-1", "name": "Health gate", "ok": False, "changed": False},
+        {"event": "end", "host": "web-1", "failed": True}]).install(monkeypatch)
+    remote = world.remotes["web-1"]
+    code = up(commands.Target(inventory="web-1"), message="try v2")
+    assert code == 1
+    assert world.seen == [("connect", False), ("deploy", True), ("disconnect", False)]
+    assert len(world.runs) == 1, "one pyinfra run (one connection per host) does everything"
+    assert not world.locked()
     record = audit.tail(remote, 1, audit_path)[0]
     assert record["result"] == "failed" and record["revision"] == "r1" and record["command"] == "up"
 
-    class InterruptedChild(FakeChild):
-        def wait(self):
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(session, "start_child", InterruptedChild)
-    assert commands.up(commands.Target(inventory="web-1")) == 130
-    assert not lock.parse_state(remote.run(lock.status_command(lock_dir)).stdout).held
+    world.seen.clear()
+    world.deploy_raises = KeyboardInterrupt
+    assert up(commands.Target(inventory="web-1")) == 130
+    assert world.seen == [("connect", False), ("deploy", True), ("stop", True), ("disconnect", False)]
+    assert not world.locked()
     assert audit.tail(remote, 1, audit_path)[0]["result"] == "interrupted"
 
-    # Someone else holds the lock: pyinfra, already started, is given up; no audit record.
+    # Someone else holds the lock: the deploy never runs; no audit record.
+    world.deploy_raises = None
     remote.run(lock.acquire_command(lock.Holder(command="up", pid=1, machine="elsewhere"), lock_dir))
-    seen.clear()
+    world.seen.clear()
     records_before = len(audit.tail(remote, 50, audit_path))
-    assert commands.up(commands.Target(inventory="web-1")) == 3
-    assert seen["given_up"] and "locked" not in seen
+    assert up(commands.Target(inventory="web-1")) == 3
+    assert world.seen == [("connect", True), ("disconnect", True)]
     assert len(audit.tail(remote, 50, audit_path)) == records_before
 
 
@@ -153,3 +134,35 @@ def test_format_records_and_the_lock_holder_reach_the_terminal_without_escape_se
                                             "message": ESCAPES, "heartbeat": None})
     described = state.describe()
     assert "\x1b" not in described and "\u202e" not in described and "\n" not in described
+
+
+def test_an_unreachable_host_stops_the_whole_run_before_any_lock(tmp_path, monkeypatch):
+    from hermes_infra import commands
+    from hermes_infra.release.up import up
+    from tests.unit.releasefakes import World
+
+    monkeypatch.setattr(lock, "LOCK_DIR", str(tmp_path / "lock"))
+    monkeypatch.setattr(audit, "AUDIT_PATH", str(tmp_path / "audit.jsonl"))
+    monkeypatch.setattr(commands, "validate", lambda target: {})
+    world = World(str(tmp_path / "lock"), hosts=["web-1", "web-2"], reachable=["web-1"]).install(monkeypatch)
+    assert up(commands.Target(inventory="inventory.py")) == 3
+    assert [step for step, _ in world.seen] == ["connect", "disconnect"]
+    assert not any("mkdir" in command for remote in world.remotes.values() for command in remote.commands)
+
+
+def test_limit_reaches_pyinfra_and_only_those_hosts_are_locked(tmp_path, monkeypatch):
+    from hermes_infra import commands
+    from hermes_infra.release import session
+    from tests.unit.releasefakes import World
+
+    lock_dir = str(tmp_path / "lock")
+    monkeypatch.setattr(lock, "LOCK_DIR", lock_dir)
+    monkeypatch.setattr(audit, "AUDIT_PATH", str(tmp_path / "audit.jsonl"))
+    monkeypatch.setattr(commands, "validate", lambda target: {})
+    world = World(lock_dir, hosts=["web-1", "web-2"],
+                  events=[{"event": "end", "host": "web-2", "failed": False}]).install(monkeypatch)
+    report = session.locked_deploy(commands.Target(inventory="inventory.py"), extra=["--diff"], limit=["web-2"])
+    assert report.exit_code == 0 and list(report.outcomes) == ["web-2"]
+    assert world.runs[0].extra == ["--diff", "--limit", "web-2"]
+    assert not any("mkdir" in c for c in world.remotes["web-1"].commands), "a host outside the limit is not locked"
+    assert any("mkdir" in c for c in world.remotes["web-2"].commands)

@@ -1,17 +1,16 @@
 """Secrets never echoed: a refused `up` shows its suggested commands with `--data` secrets
-redacted, and the pyinfra child gets the settings from a 0600 file, never its argv."""
+redacted, and pyinfra gets the settings in memory (it runs in this process), never in an argv."""
 from __future__ import annotations
 
 import json
-import os
-import stat
 import typing
 
 import pytest
 from pydantic import BaseModel, SecretStr
 
 from hermes_infra import commands
-from hermes_infra.release import pyinfra_child
+from hermes_infra.release import up as up_module
+from hermes_infra.release.up import up
 from hermes_infra.settings.schema import HostSettings
 
 SECRETS = [f"secret-value-{n}-Qw8vT2mZp9Lx4Rn7" for n in range(10)]
@@ -68,81 +67,56 @@ def test_echoed_command_redacts_every_secret_and_keeps_the_rest():
 
 
 def test_a_refused_up_prints_no_secret(tmp_path, monkeypatch, capsys):
-    from hermes_infra.release import audit, lock, session
-    from tests.unit.test_release_lock import ShellRemote
+    from hermes_infra.release import audit, lock
+    from tests.unit.releasefakes import World
 
-    remote = ShellRemote("web-1")
     lock_dir = str(tmp_path / "lock")
     monkeypatch.setattr(lock, "LOCK_DIR", lock_dir)
     monkeypatch.setattr(audit, "AUDIT_PATH", str(tmp_path / "audit.jsonl"))
     monkeypatch.setattr(commands, "validate", lambda target: {"web-1": None})
-    monkeypatch.setattr(session, "remotes_for", lambda target, limit=None: {"web-1": remote})
-
-    class Child:
-        def __init__(self, argv, *, cwd, env, stdout=None):
-            pass
-
-        def give_up(self):
-            pass
-
-    monkeypatch.setattr(session, "start_child", Child)
-    remote.run(lock.acquire_command(lock.Holder(command="up", pid=1, machine="elsewhere"), lock_dir))
-    assert commands.up(commands.Target("web-1", data=dict(DATA))) == 3
+    world = World(lock_dir).install(monkeypatch)
+    world.remotes["web-1"].run(lock.acquire_command(lock.Holder(command="up", pid=1, machine="elsewhere"), lock_dir))
+    assert up(commands.Target("web-1", data=dict(DATA))) == 3
     err = capsys.readouterr().err
     assert "--lock-wait" in err and "hermes-infra lock" in err and "<redacted>" in err
     assert not any(secret in err for secret in SECRETS)
 
 
-def test_the_pyinfra_child_gets_the_settings_from_a_0600_file_not_its_argv(tmp_path, monkeypatch):
-    from hermes_infra.release import audit, lock, results, session
-    from tests.unit.test_release_lock import ShellRemote
+def test_pyinfra_gets_the_settings_in_memory_and_no_process_is_started(monkeypatch):
+    """The settings reach pyinfra's own option parsing as `--data`, in this process: no child
+    process (whose arguments every user of the machine can read) and no file."""
+    from hermes_infra.release.pyinfra_run import PyinfraRun
 
-    remote = ShellRemote("web-1")
-    monkeypatch.setattr(lock, "LOCK_DIR", str(tmp_path / "lock"))
-    monkeypatch.setattr(audit, "AUDIT_PATH", str(tmp_path / "audit.jsonl"))
-    monkeypatch.setattr(commands, "validate", lambda target: {"web-1": None})
-    monkeypatch.setattr(session, "remotes_for", lambda target, limit=None: {"web-1": remote})
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"a process was started: {args}")
+
+    monkeypatch.setattr(up_module.subprocess, "Popen", no_process)
+    target = commands.Target("web-1", data=dict(DATA))
+    run = PyinfraRun(target, extra=["--diff", "--limit", "web-1"])
+    assert not any(secret in " ".join(target.pyinfra_args()) for secret in SECRETS)
+    pairs = dict(arg.split("=", 1) for arg in run.params["data"])
+    assert pairs == DATA, "pyinfra gets exactly the --data the operator gave"
+    assert run.params["diff"] and run.params["limit"] == ("web-1",) and run.params["yes"] and not run.params["dry"]
+
+
+def test_dry_run_starts_no_process_and_shows_every_managed_file(monkeypatch):
+    from hermes_infra.release.pyinfra_run import PyinfraRun
+
     seen = {}
 
-    class Child:
-        def __init__(self, argv, *, cwd, env, stdout=None):
-            path = env[commands.DATA_FILE_ENV]
-            seen.update(argv=argv, env=env, path=path, mode=stat.S_IMODE(os.stat(path).st_mode))
-            # What the child does at its start: its argv gains the values, inside the process.
-            monkeypatch.setenv(commands.DATA_FILE_ENV, path)
-            seen["child_args"] = pyinfra_child.data_args()
-
-        def open(self):
-            pass
-
-        def wait(self):
-            with open(seen["env"][results.ENV], "a") as handle:
-                handle.write(json.dumps({"event": "end", "host": "web-1", "failed": False}) + "\n")
-            return 0, False
-
-    monkeypatch.setattr(session, "start_child", Child)
-    assert commands.up(commands.Target("web-1", data=dict(DATA))) == 0
-    argv = " ".join(seen["argv"])
-    assert "--data" not in argv and not any(secret in argv for secret in SECRETS)
-    assert seen["mode"] == 0o600 and not os.path.exists(seen["path"])
-    assert not any(secret in value for key, value in seen["env"].items() if key != commands.DATA_FILE_ENV
-                   for secret in SECRETS)
-    pairs = dict(arg.split("=", 1) for arg in seen["child_args"] if arg != "--data")
-    assert pairs == DATA, "the child's pyinfra gets exactly the --data the operator gave"
-
-
-def test_dry_run_child_argv_has_no_secret(monkeypatch):
-    seen = {}
-
-    def call(argv, *, cwd, env):
-        seen.update(argv=argv, data=json.load(open(env[commands.DATA_FILE_ENV])), diff=env.get(commands.SHOW_DIFF_ENV))
+    def run_unlocked(target, *, dry, extra=None):
+        seen.update(params=PyinfraRun(target, dry=dry, extra=extra).params, dry=dry)
         return 0
 
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"a process was started: {args}")
+
     monkeypatch.setattr(commands, "validate", lambda target: {})
-    monkeypatch.setattr(commands.subprocess, "call", call)
-    assert commands.up(commands.Target("web-1", data=dict(DATA)), dry=True) == 0
-    assert not any(secret in " ".join(seen["argv"]) for secret in SECRETS)
-    assert seen["data"] == DATA and seen["diff"] == "1"
+    monkeypatch.setattr(up_module, "run_unlocked", run_unlocked)
+    monkeypatch.setattr(up_module.subprocess, "Popen", no_process)
+    assert up(commands.Target("web-1", data=dict(DATA)), dry=True) == 0
+    assert seen["dry"] and seen["params"]["dry"] and not seen["params"]["yes"], "--dry: change detection shown"
+    assert dict(arg.split("=", 1) for arg in seen["params"]["data"]) == DATA
 
 
 @pytest.mark.parametrize("value, shown", [("plain", "plain"), ("4", "4"), ('{"size": "4G"}', '{"size": "4G"}')])

@@ -7,7 +7,7 @@ from hermes_infra.plan import daemon
 from hermes_infra.settings import topology
 from hermes_infra.plan.capacity import HostResources, derive_limits
 from hermes_infra.settings.loading import SettingsError, collect, settings_from_raw
-from hermes_infra.settings.schema import GIB, HostSettings
+from hermes_infra.settings.schema import GIB, HostSettings, publish_addresses
 
 
 def refused(raw: dict) -> str:
@@ -23,7 +23,7 @@ def test_defaults_are_valid_and_follow_the_guides():
     assert (gateway.uid, gateway.gid) == (10000, 10000)
     assert gateway.restart == "unless-stopped"
     assert gateway.api.port == 8642
-    assert topology.publish_addresses(settings, gateway) == ["127.0.0.1"]
+    assert publish_addresses(settings, gateway) == ["127.0.0.1"]
     assert settings.image.ref == "nousresearch/hermes-agent:0.23.5"
     assert (settings.backup_keep, settings.apt_lock_timeout_seconds, gateway.stop_grace_seconds) == (5, 600, 60)
     assert daemon.daemon_json(settings.docker)["live-restore"] is True
@@ -138,13 +138,13 @@ def test_companion_via_host_gateway_cannot_use_loopback_only():
 
 def test_companion_via_host_gateway_gets_bridge_address_by_default():
     settings = settings_from_raw({"companions": [{"name": "hub", "image": "hub:1.0"}]})
-    assert topology.publish_addresses(settings, settings.gateways[0]) == ["127.0.0.1", "172.17.0.1"]
+    assert publish_addresses(settings, settings.gateways[0]) == ["127.0.0.1", "172.17.0.1"]
     assert topology.companion_api_url(settings, settings.companions[0]) == "http://host.docker.internal:8642/v1"
 
 
 def test_same_project_companion_uses_service_name():
     settings = settings_from_raw({"companions": [{"name": "hub", "image": "hub:1.0", "topology": "same-project"}]})
-    assert topology.publish_addresses(settings, settings.gateways[0]) == ["127.0.0.1"]
+    assert publish_addresses(settings, settings.gateways[0]) == ["127.0.0.1"]
     assert topology.companion_api_url(settings, settings.companions[0]) == "http://hermes:8642/v1"
 
 
