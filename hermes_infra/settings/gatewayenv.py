@@ -34,6 +34,7 @@ def managed_env(gateway: GatewaySettings) -> dict[str, str]:
         if gateway.dashboard.basic_auth_password_hash is not None:
             values["HERMES_DASHBOARD_BASIC_AUTH_PASSWORD_HASH"] = (
                 gateway.dashboard.basic_auth_password_hash.get_secret_value())
+    values.update(gateway.config.model.env_values())
     values.update({key: secret.get_secret_value() for key, secret in gateway.env.items()})
     return values
 
