@@ -1642,6 +1642,12 @@ class HealthSettings(Settings):
     interval_seconds: float = Field(2, gt=0)
     """Pause between health probes (a finite number, shorter than `timeout_seconds`)."""
 
+    require_ready: bool = False
+    """Also wait, within the same timeout, for `/health/detailed` (with the key, on the
+    container's own address) to say `status: ok`: ready to answer a message, not just alive. A
+    gateway without a model provider (`config.model`) never gets there, so this fails its
+    deploy; off by default so a first deploy without a provider succeeds."""
+
     @model_validator(mode="after")
     def _interval_below_timeout(self) -> HealthSettings:
         if self.interval_seconds >= self.timeout_seconds:
