@@ -10,6 +10,7 @@ on this machine that curl reads with `-H @FILE`.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -94,7 +95,7 @@ def run(name: str = "try", *, check: bool = True) -> int:
     header = write_key_header(vm)
     answer = probe(api, header)
     say(f"done in {time.monotonic() - started:.0f}s")
-    print(usage_text(name, vm, data, api, header, answer))
+    print(usage_text(name, vm, data, api, header, answer, up_args=target.shown_cli_args()))
     return code
 
 
@@ -148,16 +149,36 @@ def probe(api: str, header: Path, timeout: float = 60) -> str:
     return last
 
 
-def usage_text(name: str, vm, data: dict, api: str, header: Path, answer: str) -> str:
+PROVIDER_FILE = "~/.config/hermes-infra/try"
+
+
+def provider_steps(up_args: list[str]) -> str:
+    """How to give the try VM a model provider: the key in a 0600 group-data file (a key in
+    `--data` would sit in `ps` for the whole run), the same deploy with `--group-data`. Printed
+    from column 0 so the heredoc can be pasted as it is."""
+    up = " ".join(shlex.quote(arg) for arg in up_args) if up_args else "<the try VM's target>"
+    model = '{"provider": "custom", "default": "MODEL", "base_url": "http://10.0.0.5:8000/v1", "api_key": "KEY"}'
+    return f"""mkdir -p {PROVIDER_FILE} && chmod 700 {PROVIDER_FILE}
+cat > {PROVIDER_FILE}/all.py <<'PY'
+gateways = [{{"name": "hermes", "config": {{"model": {model}}}}}]
+PY
+chmod 600 {PROVIDER_FILE}/all.py
+hermes-infra up {up} --group-data {PROVIDER_FILE}"""
+
+
+def usage_text(name: str, vm, data: dict, api: str, header: Path, answer: str, up_args: list[str] | None = None) -> str:
     ssh = f"ssh -i {data['ssh_key']} -p {vm.ssh_port} -o StrictHostKeyChecking=no root@127.0.0.1"
     target = f"root@127.0.0.1 --port {vm.ssh_port} --key {data['ssh_key']}"
     return f"""
 Hermes gateway running in local VM '{name}' (GET /v1/models with the key just answered {answer}).
   API:        {api}   (forwarded from the VM's 127.0.0.1:{API_PORT}; only this machine reaches it)
   Try it:     curl -H @{header} {api}/v1/models
-  Chat:       set a model provider first (settings: gateways[].config.model, e.g.
-              {{"provider": "custom", "default": "MODEL", "base_url": "http://HOST:PORT/v1"}} and the
-              provider's key in gateways[].env), re-deploy, then:
+  Chat:       alive is not ready: without a model provider every chat answers 500. Set one
+              (the key in a 0600 file, never on the command line, where `ps` shows it; a named
+              provider instead: {{"provider": "openrouter", "default": "MODEL", "api_key": "KEY"}};
+              where each provider's key goes: "The model provider" in the README):
+{provider_steps(up_args or [])}
+              then:
               curl -H @{header} -H 'Content-Type: application/json' {api}/v1/chat/completions \\
                 -d '{{"model": "hermes-agent", "messages": [{{"role": "user", "content": "Hello"}}]}}'
   API key:    in {header} (0600) and in /root/.hermes/.env on the VM; never printed

@@ -52,9 +52,13 @@ class Layout:
 
     @property
     def new_modules(self) -> set[str]:
-        """Every new module and every package above one."""
+        """Every new module and every package above one, and every module the package holds now
+        (modules added since the layout, such as `settings.providers`, are new ones too)."""
         found = set()
-        for new in self.modules.values():
+        package = Path(__file__).resolve().parent.parent / "hermes_infra"
+        on_disk = [".".join(("hermes_infra", *path.relative_to(package).with_suffix("").parts))
+                   for path in package.rglob("*.py") if path.name != "__init__.py"]
+        for new in [*self.modules.values(), *on_disk]:
             parts = new.split(".")
             found.update(".".join(parts[:i]) for i in range(2, len(parts) + 1))
         return found

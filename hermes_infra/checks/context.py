@@ -12,6 +12,8 @@ about it come back over SSH, never its content (testinfra logs command output at
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -264,6 +266,31 @@ class HostContext:
         facts = parse_env_output(out.stdout, f"{directory}/{ENV_NAME}", out.rc, out.stderr)
         status = (facts.lines[-1] if facts.lines else "") or "000"
         return facts, status[-12:]
+
+    def authed_body(self, gateway: GatewaySettings, path: str) -> tuple[EnvFacts, str, str]:
+        """(env facts, status code, body) of `GET path` sent as :meth:`authed_status` sends it
+        (same key path, same address). The body (the agent's, at most 64 KiB) comes back base64
+        on one line, so nothing in it can pass for a line of the env facts. Code `notrunning`:
+        nothing was sent; `nocurl`: the host has no curl."""
+        directory = gateway.host_data_dir.rstrip("/") or "/"
+        curl = (f"curl -s --max-time 10 -H @- -w '\\n%{{http_code}}' \"$hi_api\"{shlex.quote(path)} | head -c 65600 "
+                "| base64 -w0; echo")
+        send = (f"{READ} | sed -n 's/^API_SERVER_KEY=//p' | tail -n 1 | tr -d \"\\\"'\" "
+                f"| sed 's/^/Authorization: Bearer /' | {{ {curl}; }}")
+        body = (f"hi_api=$({container_api_script(gateway.service_name)}); "
+                f"if [ -z \"$hi_api\" ]; then echo notrunning; elif ! command -v curl >/dev/null 2>&1; then echo nocurl; "
+                f"else {send}; fi")
+        out = self.run(env_script(directory, gateway.uid, gateway.gid, body))
+        facts = parse_env_output(out.stdout, f"{directory}/{ENV_NAME}", out.rc, out.stderr)
+        last = (facts.lines[-1] if facts.lines else "").strip()
+        if last in ("notrunning", "nocurl", ""):
+            return facts, last or "000", ""
+        try:
+            text = base64.b64decode(last, validate=True).decode("utf-8", errors="replace")
+        except (binascii.Error, ValueError):
+            return facts, "000", ""
+        answer, _, code = text.rpartition("\n")
+        return facts, (code.strip() or "000")[-3:], answer
 
     # ---------------------------------------------------------------------- HTTP
     def http_status(self, url: str) -> str:

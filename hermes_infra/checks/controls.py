@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import shlex
 
+from hermes_infra.host import readiness
 from hermes_infra.settings import topology
 from hermes_infra.checks.context import DAEMON_JSON, HostContext, Subject, probe_url
 from hermes_infra.checks.registry import REGISTRY, CannotCheck, Control, NotApplicable, control, fail
@@ -684,6 +685,36 @@ def api_requires_key(ctx: HostContext, subject: Subject):
              f"{authed if authed != '000' else 'nothing'}; want 200")
     return ("401 without the key on the published port, 200 with it on the container's own address "
             "(the key went through a pipe, never shown)")
+
+
+@control("HI-API-005", "Gateway is ready, not just alive (`/health/detailed` says `status: ok`)",
+         severity="advisory", scope="gateway",
+         rationale="`/health` answers 200 for a gateway that cannot answer a message: without a model provider "
+                   "every chat answers 500. Only `/health/detailed` (key required) says so, and it answers 200 "
+                   "when degraded, so its `status` and failing `readiness.checks` are read. Advisory: a fresh "
+                   "gateway without a provider is a setup step, not a broken host.",
+         remediation="For a failing `model` check set `gateways[].config.model` (provider, default, base_url for "
+                     "custom, api_key: see \"The model provider\" in the README). For other checks read "
+                     "`hermes-infra status`. " + REDEPLOY + ".")
+def gateway_ready(ctx: HostContext, subject: Subject):
+    gateway = subject.gateway
+    ctx.require_access(gateway.host_data_dir)
+    env, code, body = ctx.authed_body(gateway, "/health/detailed")
+    if not env.usable:
+        raise CannotCheck(f"the key was not sent: {env.path} is {env.describe()} (HI-DATA-003 reports it)")
+    if code == "notrunning":
+        raise CannotCheck(f"container {gateway.service_name!r} is not running (HI-CTR-001 reports it)")
+    if code == "nocurl":
+        raise CannotCheck("curl is not installed on the host to read /health/detailed")
+    if code != "200":
+        fail(f"GET /health/detailed with the key answered {code if code != '000' else 'nothing'}; want 200")
+    found = readiness.parse(body)
+    if found.status is None:
+        fail("GET /health/detailed answered 200 with a body that is not Hermes's readiness report")
+    if not found.ready:
+        fail(f"healthy, not ready: {', '.join(found.failing_names) or found.status} "
+             f"(status {found.status}; failing: {'; '.join(found.failing) or 'none named'})")
+    return "ready: /health/detailed status ok, every readiness check ok"
 
 
 # ------------------------------------------------------------------------- companions

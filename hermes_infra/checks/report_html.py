@@ -19,7 +19,7 @@ body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:
 h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:24px 0 8px}
 .meta{color:#5b6478;margin-bottom:16px}
 .verdict{display:inline-block;padding:4px 12px;border-radius:4px;font-weight:700;color:#fff}
-.verdict.pass{background:#1f7a3d} .verdict.fail{background:#b3261e}
+.verdict.pass{background:#1f7a3d} .verdict.fail{background:#b3261e} .verdict.warn{background:#8a6d00}
 table{border-collapse:collapse;margin:8px 0 16px} th,td{border:1px solid #d5d9e2;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f1f3f7;position:sticky;top:0}
 td.s{font-weight:700;text-align:center;white-space:nowrap}

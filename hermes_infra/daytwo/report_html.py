@@ -14,11 +14,16 @@ def render_status_html(report) -> str:
     healthy = report.exit_code == 0
     total = sum(len(h.gateways) for h in report.hosts)
     good = sum(1 for h in report.hosts for g in h.gateways if g.healthy)
+    ready = sum(1 for h in report.hosts for g in h.gateways if g.ready)
+    # Alive decides pass or fail (the exit code); a live gateway that cannot answer a message
+    # is a warning the page must not call plain HEALTHY.
+    verdict, css = ("UNHEALTHY", "fail") if not healthy else ("HEALTHY", "pass") if ready == total else \
+        ("HEALTHY, NOT READY", "warn")
     parts = ["<h1>hermes-infra status</h1>",
              f"<div class=\"meta\">{esc(report.started.isoformat(timespec='seconds'))}, {len(report.hosts)} host(s), "
              f"{report.seconds:.1f}s</div>",
-             f"<p><span class=\"verdict {'pass' if healthy else 'fail'}\" id=\"verdict\">"
-             f"{'HEALTHY' if healthy else 'UNHEALTHY'}</span> {good}/{total} gateways healthy</p>",
+             f"<p><span class=\"verdict {css}\" id=\"verdict\">{verdict}</span> {good}/{total} gateways healthy, "
+             f"{ready}/{total} ready</p>",
              "<table id=\"status\"><thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in st.COLUMNS)
              + "<th>LAST DEPLOY</th></tr></thead><tbody>"]
     for host in report.hosts:
@@ -35,7 +40,7 @@ def render_status_html(report) -> str:
                 elif column == "HEALTH":
                     css = "passed" if g.health_code == "200" else "failed"
                 elif column == "READY":
-                    css = "passed" if g.ready_status == "ok" else "warning" if g.ready_status else ""
+                    css = "passed" if g.ready else "warning" if g.ready_status else ""
                 elif column == "OOM" and g.oom_kills:
                     css = "failed"
                 cells.append(f"<td class=\"{css}\">{esc(value)}</td>")
@@ -45,8 +50,11 @@ def render_status_html(report) -> str:
     for host in report.hosts:
         for g in host.gateways:
             if g.failing_checks:
-                notes.append(f"<div class=\"finding warning\"><b>{esc(host.name)}/{esc(g.profile)}: readiness "
-                             f"{esc(g.ready_status)}</b>{'<br>'.join(esc(c) for c in g.failing_checks)}</div>")
+                fix = f"<div class=\"fix\"><i>Fix:</i> {esc(st.MODEL_FIX.strip('()'))}</div>" if any(
+                    check.split(":")[0] == "model" for check in g.failing_checks) else ""
+                notes.append(f"<div class=\"finding warning\"><b>{esc(host.name)}/{esc(g.profile)}: {esc(g.verdict)} "
+                             f"(readiness {esc(g.ready_status)})</b>{'<br>'.join(esc(c) for c in g.failing_checks)}"
+                             f"{fix}</div>")
             if not g.healthy:
                 notes.append(f"<div class=\"finding\"><b>{esc(host.name)}/{esc(g.profile)}: {esc(g.container)} is "
                              f"{esc(g.state)}, /health {esc(g.health_code)}</b><div class=\"fix\"><i>Fix:</i> hermes-infra logs "
@@ -54,4 +62,4 @@ def render_status_html(report) -> str:
                              f"{esc(host.name)} --profile {esc(g.profile)}</div></div>")
     if notes:
         parts.append("<h2>Attention</h2>" + "\n".join(notes))
-    return page("hermes-infra status: " + ("HEALTHY" if healthy else "UNHEALTHY"), "\n".join(parts))
+    return page("hermes-infra status: " + verdict, "\n".join(parts))

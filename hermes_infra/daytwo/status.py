@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 from hermes_infra.plan import hostplan as planmod
 from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, for_each_host, open_remote
+from hermes_infra.host import readiness
 from hermes_infra.host.hostfacts import container_api_script, key_header_script
 from hermes_infra.settings.schema import GatewaySettings, HostSettings
 
@@ -59,7 +60,31 @@ class GatewayStatus:
 
     @property
     def healthy(self) -> bool:
+        """Alive: the container runs and `/health` answers (what the exit code stands for)."""
         return self.state == "running" and self.health_code == "200"
+
+    @property
+    def ready(self) -> bool:
+        """Able to answer a message: `/health/detailed` says `status: ok` (a gateway without a
+        model provider is alive and `degraded`)."""
+        return self.healthy and self.ready_status == "ok"
+
+    @property
+    def not_ready_because(self) -> str:
+        """Why a live gateway is not ready, in a few words: the failing checks' names, or what
+        kept `/health/detailed` from saying."""
+        if self.failing_checks:
+            return ", ".join(dict.fromkeys(check.split(":")[0] for check in self.failing_checks))
+        if self.ready_status:
+            return self.ready_status
+        return "readiness unknown" if self.detailed_code == "000" else f"/health/detailed http {self.detailed_code}"
+
+    @property
+    def verdict(self) -> str:
+        """`down`, `healthy, ready` or `healthy, not ready: model`."""
+        if not self.healthy:
+            return "down"
+        return "healthy, ready" if self.ready else f"healthy, not ready: {self.not_ready_because}"
 
 
 @dataclass
@@ -276,35 +301,12 @@ def _gateway(settings: HostSettings, gateway: GatewaySettings, sections: dict[st
             pass
     body, g.detailed_code = _body_code(_decoded(sections.get(f"detailed {gateway.name}", [])))
     if g.detailed_code == "200":
-        try:
-            detailed = json.loads(body)
-            g.ready_status = clean(detailed.get("status"), 20) or None
-            checks = (detailed.get("readiness") or {}).get("checks") or {}
-            items = checks.items() if isinstance(checks, dict) else enumerate(checks)
-            for name, check in items:
-                ok, label = _check_state(check)
-                if not ok:
-                    label_name = clean(check.get("name") if isinstance(check, dict) and "name" in check else name, 40)
-                    g.failing_checks.append(f"{label_name}: {label}" if label else label_name)
-        except (json.JSONDecodeError, AttributeError):
-            g.ready_status = "unreadable"
+        found = readiness.parse(body)
+        g.ready_status = found.status or "unreadable"
+        g.failing_checks = list(found.failing)
     elif g.detailed_code == "401":
         g.ready_status = "key refused"
     return g
-
-
-def _check_state(check) -> tuple[bool, str]:
-    """(ok, short reason) of one readiness check, whatever shape Hermes gives it."""
-    if isinstance(check, bool):
-        return check, ""
-    if isinstance(check, str):
-        return check.lower() in ("ok", "pass", "passed", "healthy", "ready"), clean(check, 60)
-    if isinstance(check, dict):
-        state = check.get("status", check.get("ok", check.get("healthy")))
-        ok = state is True or (isinstance(state, str) and state.lower() in ("ok", "pass", "passed", "healthy", "ready"))
-        reason = check.get("message") or check.get("detail") or check.get("error") or (state if isinstance(state, str) else "")
-        return ok, clean(reason, 100)
-    return True, ""
 
 
 def status_host(host: HostTarget, remote: Remote | None = None) -> HostStatus:
@@ -369,7 +371,15 @@ def health_cell(g: GatewayStatus) -> str:
     return "ok" if g.health_code == "200" else f"DOWN ({g.health_code})"
 
 
+MODEL_FIX = ("(model: no inference provider configured; set gateways[].config.model with its api_key, see "
+             "\"The model provider\" in the README, then hermes-infra up)")
+
+
 def ready_cell(g: GatewayStatus) -> str:
+    if g.ready:
+        return "ok"
+    if g.healthy and g.failing_checks:
+        return f"NOT READY ({g.not_ready_because})"
     return g.ready_status or ("-" if g.detailed_code == "000" else f"http {g.detailed_code}")
 
 
@@ -420,10 +430,9 @@ def render_text(report: StatusReport) -> str:
                      f", last deploy: {deploy_cell(host.last_deploy)} ({host.seconds:.1f}s)")
         for g in host.gateways:
             if g.failing_checks:
-                lines.append(f"  {g.profile}: readiness {g.ready_status}: " + "; ".join(g.failing_checks))
+                lines.append(f"  {g.profile}: {g.verdict} (readiness {g.ready_status}: " + "; ".join(g.failing_checks) + ")")
                 if any(check.split(":")[0] == "model" for check in g.failing_checks):
-                    lines.append("    (model: no inference provider answers; set gateways[].config.model and the "
-                                 "provider's key in gateways[].env, then hermes-infra up)")
+                    lines.append(f"    {MODEL_FIX}")
             if g.state != "running":
                 lines.append(f"  {g.profile}: container {g.container} is {g.state}. "
                              f"Fix: hermes-infra logs {host.name} --profile {g.profile}, then hermes-infra up or restart")
@@ -431,8 +440,10 @@ def render_text(report: StatusReport) -> str:
                 lines.append(f"  {g.profile}: {g.url}/health answers {g.health_code}. "
                              f"Fix: hermes-infra logs {host.name} --profile {g.profile} -n 100")
     healthy = sum(1 for h in report.hosts for g in h.gateways if g.healthy)
+    ready = sum(1 for h in report.hosts for g in h.gateways if g.ready)
     total = sum(len(h.gateways) for h in report.hosts)
-    lines.append(f"{healthy}/{total} gateways healthy on {len(report.hosts)} host(s) in {report.seconds:.1f}s")
+    lines.append(f"{healthy}/{total} gateways healthy, {ready}/{total} ready, on {len(report.hosts)} host(s) in "
+                 f"{report.seconds:.1f}s")
     return "\n".join(lines) + "\n"
 
 
@@ -442,7 +453,8 @@ def to_json(report: StatusReport) -> dict:
         "duration_seconds": round(report.seconds, 2), "healthy": report.exit_code == 0,
         "hosts": [{**{k: v for k, v in asdict(h).items() if k != "gateways"}, "healthy": h.healthy,
                    "seconds": round(h.seconds, 2),
-                   "gateways": [{**asdict(g), "healthy": g.healthy} for g in h.gateways]} for h in report.hosts],
+                   "gateways": [{**asdict(g), "healthy": g.healthy, "ready": g.ready, "verdict": g.verdict}
+                                for g in h.gateways]} for h in report.hosts],
     }
 
 

@@ -17,9 +17,49 @@ from hermes_infra.host.hostfacts import DataDirRequest, container_api_script, ke
 from hermes_infra.plan.hostplan import HealthPlan
 
 
+READY_VERDICT = r"""
+import json, re, sys
+try:
+    body = json.loads(sys.stdin.read())
+except ValueError:
+    body = None
+if not isinstance(body, dict):
+    print("unreadable")
+    sys.exit()
+checks = body.get("readiness") if isinstance(body.get("readiness"), dict) else {}
+checks = checks.get("checks") if isinstance(checks.get("checks"), dict) else {}
+bad = [name for name, check in checks.items() if not (isinstance(check, dict) and check.get("status") == "ok")]
+status = body.get("status") if isinstance(body.get("status"), str) else "?"
+word = lambda text: re.sub(r"[^a-z0-9_]", "?", str(text).lower())[:40]
+print("ok" if status == "ok" else "not-ready:" + word(status) + ":" + ",".join(word(name) for name in bad[:10]))
+"""
+"""Reads the agent's `/health/detailed` answer by meaning (JSON) and prints one word built only
+of `[a-z0-9_?:,-]`: the gate's message can show it without the agent writing to the terminal."""
+
+
+def ready_script(container: str, data_dir: DataDirRequest, timeout: int, interval: float) -> str:
+    """Wait (within the same deadline) until `/health/detailed` on the container's own address,
+    with the key, says `status: ok`: a gateway without a model provider is alive but degraded."""
+    return f"""
+while :; do
+  verdict=$( {key_header_script(data_dir)} | curl -s --max-time 5 -H @- "$hi_api/health/detailed" 2>/dev/null | head -c 65536 \
+    | {{ if command -v python3 >/dev/null 2>&1; then python3 -c {shlex.quote(READY_VERDICT)}; else cat >/dev/null; echo nopython3; fi; }} )
+  [ "$verdict" = ok ] && break
+  if [ "$(date +%s)" -ge "$deadline" ]; then
+    echo "hermes-infra: $hi_container is alive but not ready within {int(timeout)}s (/health/detailed: $verdict; health.require_ready is set)." >&2
+    echo "Check: a failing model check means no model provider: set gateways[].config.model (provider, default, base_url, api_key; see the README's 'The model provider')." >&2
+    exit 1
+  fi
+  sleep {interval}
+done
+echo "$hi_container: /health/detailed status ok (ready)"
+"""
+
+
 def gate_script(url: str, container: str, data_dir: DataDirRequest, timeout: int, interval: float,
-                container_port: int | None = None) -> str:
+                container_port: int | None = None, require_ready: bool = False) -> str:
     curl = "curl -s -o /dev/null -w '%{http_code}' --max-time 5"
+    ready = ready_script(container, data_dir, timeout, interval) if require_ready else ""
     # Settings reach the messages through quoted variables, never pasted into "…" (F14: a data
     # dir with `$(…)` in it stays text).
     return f"""
@@ -56,7 +96,7 @@ if [ "$anon" != 401 ] || [ "$authed" != 200 ]; then
   exit 1
 fi
 echo "$hi_container: /health 200, /v1/models 401 without key, 200 with key"
-""".strip()
+{ready}""".strip()
 
 
 @operation(is_idempotent=True)
@@ -66,4 +106,5 @@ def healthy(plan: HealthPlan):
     if not plan.gate_needed:
         host.noop(f"{plan.container} is healthy at {plan.url}")
         return
-    yield gate_script(plan.url, plan.container, plan.data_dir, plan.timeout, plan.interval)
+    yield gate_script(plan.url, plan.container, plan.data_dir, plan.timeout, plan.interval,
+                      require_ready=plan.require_ready)

@@ -143,6 +143,8 @@ class HealthPlan:
     interval: float
     healthy_now: bool
     gate_needed: bool
+    require_ready: bool = False
+    """Also wait for `/health/detailed` to say `status: ok` (`health.require_ready`)."""
 
 
 @dataclass(frozen=True)
@@ -692,8 +694,10 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
             container=gateway.service, url=probe_url(settings, gateway_settings),
             data_dir=data_dir_request(gateway_settings), timeout=settings.health.timeout_seconds,
             interval=settings.health.interval_seconds, healthy_now=healthy_now,
+            # Readiness is not among the host's probes: with require_ready the gate always asks.
             gate_needed=not healthy_now or projects[0].up_reason is not None or daemon_restart
-            or not image.present))
+            or not image.present or settings.health.require_ready,
+            require_ready=settings.health.require_ready))
 
     manifest = _root_file(state, manifest_path(settings), manifest_text(settings))
     managed_keys = _root_file(state, managed_keys_path(settings),

@@ -181,7 +181,10 @@ rm -f "$R/pending"
 
 
 def gate_or_rollback_script(plan: UpgradePlan, gates: tuple[HealthPlan, ...], releases: str = RELEASES) -> str:
-    checks = " && ".join(f"( {gate_script(g.url, g.container, g.data_dir, g.timeout, g.interval)} )" for g in gates)
+    # The new image's gate asks for readiness when health.require_ready is set; the re-gate of the
+    # restored previous image below only for liveness (a rollback must not fail on a provider).
+    checks = " && ".join("( " + gate_script(g.url, g.container, g.data_dir, g.timeout, g.interval,
+                                            require_ready=g.require_ready) + " )" for g in gates)
     owners = {g.data_dir.directory: (g.data_dir.uid, g.data_dir.gid) for g in gates}
     rollback = rollback_script(plan.project_dir, plan.project, plan.services, plan.stop_grace_seconds, None, releases,
                                plan.keep, owners)

@@ -47,6 +47,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from hermes_infra.settings import providers
 from hermes_infra.settings.sizes import parse_size_setting
 
 GIB = 1024**3
@@ -1088,8 +1089,10 @@ class ModelConfig(Settings):
     """`model.*` of `config.yaml`. Unset keys are not written (what is there stays)."""
 
     provider: Annotated[str | None, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")] = None
-    """`model.provider`: `custom` for any OpenAI-compatible endpoint, or a provider Hermes knows
-    (`openrouter`, `anthropic`, ...)."""
+    """`model.provider`: `custom` for any OpenAI-compatible endpoint (vLLM, Ollama, LiteLLM, a
+    provider without a name in Hermes), or a provider Hermes knows (`openrouter`, `openai-api`,
+    `anthropic`, `gemini`, `deepseek`, ...; bare `openai` is not one in Hermes 0.19.0). Without
+    a provider the gateway is alive but not ready: every chat answers 500."""
 
     default: Annotated[str | None, Field(min_length=1, max_length=200)] = None
     """`model.default`: the model id sent to the provider (e.g. `my-model`)."""
@@ -1099,7 +1102,11 @@ class ModelConfig(Settings):
     it (put the key in `api_key`)."""
 
     api_key: SecretStr | None = None
-    """`model.api_key`: the endpoint's key (a secret: never printed; not a placeholder)."""
+    """The provider's key (a secret: never printed; not a placeholder), written where Hermes
+    reads it: `model.api_key` in config.yaml for `custom` (which Hermes reads only together
+    with `base_url`), the provider's variable in `.env` for a named provider
+    (`OPENROUTER_API_KEY`, `ANTHROPIC_API_KEY`, ...: see the table in the README). Not
+    `env.OPENAI_API_KEY` for a custom endpoint: Hermes sends that only to openai.com."""
 
     @field_validator("base_url")
     @classmethod
@@ -1128,15 +1135,53 @@ class ModelConfig(Settings):
             check_secret_value(value.get_secret_value(), "config.model.api_key")
         return value
 
+    @model_validator(mode="after")
+    def _key_has_a_place(self) -> ModelConfig:
+        if self.provider in providers.REFUSED:
+            raise ValueError(f"config.model.provider {self.provider!r} is not a provider in Hermes 0.19.0 (it refuses "
+                             f"to start a chat). Fix: provider: {providers.REFUSED[self.provider]}")
+        place = providers.key_place(self.provider)
+        if self.base_url is not None and place is not None and not place.base_url:
+            raise ValueError(f"config.model.base_url is set for provider {self.provider!r}, whose endpoint Hermes "
+                             f"fixes (it ignores model.base_url, {place.source}). Fix: remove base_url, or use "
+                             "provider: custom for another endpoint")
+        if self.api_key is None:
+            return self
+        if self.provider is None:
+            raise ValueError("config.model.api_key is set without config.model.provider, so nothing says where "
+                             "Hermes should send it. Fix: provider: custom (with base_url) for an OpenAI-compatible "
+                             "endpoint, or a named provider such as openrouter")
+        if place is None:
+            raise ValueError(
+                f"config.model.api_key is set for provider {self.provider!r}, whose key hermes-infra does not know "
+                f"where Hermes reads. Fix: one of {', '.join(sorted(providers.PROVIDER_KEYS))}, or leave api_key "
+                "unset and put the key in env under the variable Hermes reads for that provider")
+        if place.env is None and self.base_url is None:
+            raise ValueError("config.model.api_key is set for provider custom without config.model.base_url; "
+                             f"Hermes reads model.api_key only together with model.base_url ({place.source}) and "
+                             "would send 'no-key-required'. Fix: set base_url, e.g. http://10.0.0.5:8000/v1")
+        return self
+
+    @property
+    def key_env(self) -> str | None:
+        """The `.env` variable the key is written to (None: config.yaml, or no key)."""
+        place = providers.key_place(self.provider)
+        return place.env if self.api_key is not None and place is not None else None
+
     def values(self) -> dict[str, Any]:
-        """The keys that are set, as config.yaml holds them."""
+        """The keys that are set, as config.yaml holds them (a named provider's key is not
+        among them: it goes to `.env`, see :meth:`env_values`)."""
         out: dict[str, Any] = {}
         for name in ("provider", "default", "base_url"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
-        if self.api_key is not None:
+        if self.api_key is not None and self.key_env is None:
             out["api_key"] = self.api_key.get_secret_value()
         return out
+
+    def env_values(self) -> dict[str, str]:
+        """The `.env` key of a named provider's key."""
+        return {self.key_env: self.api_key.get_secret_value()} if self.key_env and self.api_key else {}
 
 
 class HermesConfig(Settings):
@@ -1361,6 +1406,24 @@ class GatewaySettings(Settings):
                 check_secret_value(secret.get_secret_value(), f"env.{key}")
         return value
 
+    @model_validator(mode="after")
+    def _provider_key_once(self) -> GatewaySettings:
+        model = self.config.model
+        if model.key_env and model.key_env in self.env:
+            raise ValueError(f"env.{model.key_env} and config.model.api_key both set the key of provider "
+                             f"{model.provider!r} (hermes-infra writes api_key to {model.key_env}). Fix: keep one, "
+                             "preferably config.model.api_key")
+        place = providers.key_place(model.provider)
+        host = (urllib.parse.urlsplit(model.base_url).hostname or "") if model.base_url else ""
+        to_openai = host == "openai.com" or host.endswith((".openai.com", ".openai.azure.com"))
+        if (place is not None and place.env is None and model.api_key is None and "OPENAI_API_KEY" in self.env
+                and model.base_url is not None and not to_openai):
+            raise ValueError(
+                f"env.OPENAI_API_KEY is set for provider custom at {host!r}, but Hermes 0.19.0 sends OPENAI_API_KEY "
+                "only to openai.com and Azure hosts (hermes_cli/runtime_provider.py:1150): the endpoint would get "
+                "'Bearer no-key-required'. Fix: move the key to config.model.api_key")
+        return self
+
     @property
     def service_name(self) -> str:
         return "hermes" if self.name == "hermes" else f"hermes-{self.name}"
@@ -1578,6 +1641,12 @@ class HealthSettings(Settings):
 
     interval_seconds: float = Field(2, gt=0)
     """Pause between health probes (a finite number, shorter than `timeout_seconds`)."""
+
+    require_ready: bool = False
+    """Also wait, within the same timeout, for `/health/detailed` (with the key, on the
+    container's own address) to say `status: ok`: ready to answer a message, not just alive. A
+    gateway without a model provider (`config.model`) never gets there, so this fails its
+    deploy; off by default so a first deploy without a provider succeeds."""
 
     @model_validator(mode="after")
     def _interval_below_timeout(self) -> HealthSettings:
@@ -2067,6 +2136,7 @@ def managed_env(gateway: GatewaySettings) -> dict[str, str]:
         if gateway.dashboard.basic_auth_password_hash is not None:
             values["HERMES_DASHBOARD_BASIC_AUTH_PASSWORD_HASH"] = (
                 gateway.dashboard.basic_auth_password_hash.get_secret_value())
+    values.update(gateway.config.model.env_values())
     values.update({key: secret.get_secret_value() for key, secret in gateway.env.items()})
     return values
 

@@ -146,3 +146,23 @@ def test_try_ends_with_a_forwarded_port_and_a_curl_line_without_the_key(tmp_path
     text = trylocal.usage_text("try", vm, {"ssh_key": "/k"}, "http://127.0.0.1:40001", header, "200")
     assert f"curl -H @{header} http://127.0.0.1:40001/v1/models" in text
     assert "answered 200" in text and "Bearer" not in text
+
+
+def test_try_prints_how_to_set_a_provider_with_the_key_in_a_file_not_the_command_line(tmp_path):
+    from types import SimpleNamespace
+
+    from hermes_infra import trylocal
+
+    up_args = ["hermes-vm-try", "--port", "2222", "--key", "/k", "--data", 'image={"ref": "hermes-agent:0.19.0-local"}']
+    text = trylocal.usage_text("try", SimpleNamespace(ssh_port=2222), {"ssh_key": "/k"}, "http://127.0.0.1:40001",
+                               tmp_path / "h", "200", up_args=up_args)
+    assert "chmod 600 ~/.config/hermes-infra/try/all.py" in text and '"api_key": "KEY"' in text
+    assert "hermes-infra up hermes-vm-try --port 2222 --key /k --data 'image={\"ref\": \"hermes-agent:0.19.0-local\"}' " \
+           "--group-data ~/.config/hermes-infra/try" in text
+    assert "gateways[].env" not in text, "the old advice (OPENAI_API_KEY in env) never reaches a custom endpoint"
+    snippet = text.split("<<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+    from hermes_infra.settings.loading import collect, settings_from_raw
+    namespace: dict = {}
+    exec(snippet.replace('"KEY"', '"sk-0123456789abcdef0123"'), namespace)  # noqa: S102 - our own printed example
+    model = settings_from_raw(collect([{"gateways": namespace["gateways"]}])).gateways[0].config.model
+    assert model.provider == "custom" and model.key_env is None

@@ -12,7 +12,8 @@ HUB = {"name": "hub", "image": "example/hub:1.2", "secret_env": {"HUB_TOKEN": "h
 
 
 def _gateway(memory: str | None = None, secret: str = OLD, **extra) -> dict:
-    gateway = {"env": {"OPENROUTER_API_KEY": secret}, "config": {"model": {"provider": "custom", "api_key": secret}}}
+    gateway = {"env": {"OPENROUTER_API_KEY": secret}, "config": {"model": {"provider": "custom", "base_url": "http://10.0.0.5:8000/v1",
+                                                                          "api_key": secret}}}
     if memory:
         gateway["limits"] = {"memory": memory}
     return {**gateway, **extra}
