@@ -1,8 +1,9 @@
 """Compliance checks against a real deployed VM: a fresh host passes every control, and a host
 broken on purpose fails exactly the controls that match the break, nothing else.
 
-Every break is undone in a `finally` (by hand where the deploy cannot see the drift, then a
-default redeploy that must exit 0), so later tests see a healthy host.
+Every break is undone in a `finally`: by a default redeploy that must exit 0 and put the drift
+back (by hand first where the deploy cannot see it), or, where another test already proves that
+repair, by going back to the VM's saved bootstrapped state; later tests see a healthy host.
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def redeploy(deployed, **sections) -> None:
 
 @contextlib.contextmanager
 def broken(deployed, undo: str | None = None):
-    """Yield with the host broken; always undo by hand (if given) and redeploy the defaults."""
+    """Yield with the host broken; always undo by hand (if given) and redeploy the defaults: the
+    redeploy putting the drift back is part of what these tests prove."""
     try:
         yield
     finally:
@@ -71,15 +73,23 @@ def broken(deployed, undo: str | None = None):
         redeploy(deployed)
 
 
+@contextlib.contextmanager
+def broken_then_reset(deployed):
+    """Yield with the host broken; afterwards the VM goes back to its bootstrapped state (about a
+    second). For breaks whose repair another test already proves: a changed setting put back
+    (test_bootstrap's memory limit) or a recreated container (the limits removed, below)."""
+    try:
+        yield
+    finally:
+        print(f"[timing] back to the bootstrapped state: {deployed.reset():.1f}s")
+
+
 def compose_override(deployed, text: str) -> None:
     """Recreate the gateway from the deployed compose file plus an override (same project)."""
     deployed.run(f"cat > /tmp/hermes-override.yaml <<'EOF'\n{text}\nEOF\n"
                  "cd /opt/hermes && docker compose -p hermes -f compose.yaml -f /tmp/hermes-override.yaml "
                  "up -d --quiet-pull 2>&1")
     wait_healthy(deployed)
-
-
-RESTORE_COMPOSE = "cd /opt/hermes && docker compose -p hermes -f compose.yaml up -d 2>&1 && rm -f /tmp/hermes-override.yaml"
 
 
 # --------------------------------------------------------------------------- fresh host
@@ -181,7 +191,7 @@ def test_gateway_without_limits_fails_only_the_limit_controls(deployed):
 
 
 def test_api_on_all_interfaces_fails_only_the_port_control(deployed):
-    with broken(deployed):
+    with broken_then_reset(deployed):
         redeploy(deployed, gateways=[{"name": "hermes", "api": {"publish_addresses": ["0.0.0.0"],
                                                                 "allow_public": True}}])
         run = check(deployed)  # the default settings are the expected values
@@ -209,7 +219,7 @@ def test_gateway_has_a_working_health_check_and_losing_it_fails_only_that_contro
     assert config["Test"][:3] == ["CMD", "bash", "-c"] and "/dev/tcp/127.0.0.1/8642" in config["Test"][3]
     # Run it once by hand, exactly as Docker does, to prove it works in this image.
     deployed.run(f"docker exec hermes bash -c {shlex.quote(config['Test'][3])}")
-    with broken(deployed, undo="rm -f /tmp/hermes-override.yaml"):
+    with broken_then_reset(deployed):
         compose_override(deployed, "services:\n  hermes:\n    healthcheck:\n      disable: true")
         run = check(deployed)
         assert failing_ids(run) == {"HI-CTR-011"}, not_passing(run)
@@ -281,8 +291,9 @@ def test_companion_reaches_the_api_and_fails_when_the_bridge_port_goes(deployed)
         run = check(deployed, companions=[companion])
         assert failing_ids(run) == {"HI-API-001", "HI-CMP-001"}, not_passing(run)
     finally:
-        deployed.run(RESTORE_COMPOSE)
-        redeploy(deployed)  # the companion left the settings: the deploy retires it
+        # Retiring a companion that left the settings is test_profiles' proof; here the VM goes
+        # back to its bootstrapped state.
+        print(f"[timing] back to the bootstrapped state: {deployed.reset():.1f}s")
     assert "hub" not in deployed.run("docker ps -a --format '{{.Names}}'").split()
 
 
