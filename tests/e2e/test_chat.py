@@ -14,7 +14,6 @@ import base64
 import json
 import secrets
 import shlex
-import time
 from pathlib import Path
 
 import pytest
@@ -52,15 +51,16 @@ def start_provider(deployed, key: str) -> int:
     deployed.run(f"command -v python3 >/dev/null || {{ echo 'the VM has no python3 for the provider' >&2; exit 1; }}; "
                  f"umask 077; mkdir -p {WORK} && echo {script} | base64 -d > {WORK}/provider.py && "
                  f"printf %s {shlex.quote(key)} > {WORK}/key && : > {LOG}")
-    pid = int(deployed.run(
-        f"cd {WORK} && setsid nohup python3 provider.py --host {BRIDGE} --port {PORT} --key-file {WORK}/key "
-        f"--log {LOG} > {WORK}/stderr 2>&1 < /dev/null & echo $!").strip())
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if deployed.run(f"curl -s -o /dev/null -w '%{{http_code}}' http://{BRIDGE}:{PORT}/v1/models || true").strip() == "401":
-            return pid
-        time.sleep(0.5)
-    raise AssertionError(f"the scripted provider did not start: {deployed.run(f'cat {WORK}/stderr')}")
+    # In a subshell, so the SSH command's own shell does not take it down at the end; its pid is
+    # the provider's own (the `sh` execs python3). The wait runs on the VM, not one SSH per try:
+    # a Python start under emulation, on a VM busy with its gateway, takes seconds.
+    started = deployed.run(
+        f"cd {WORK} && (setsid nohup sh -c 'echo $$ > pid; exec python3 provider.py --host {BRIDGE} --port {PORT} "
+        f"--key-file {WORK}/key --log {LOG}' > {WORK}/stderr 2>&1 < /dev/null &); "
+        f"for i in $(seq 1 240); do [ \"$(curl -s -o /dev/null -w '%{{http_code}}' http://{BRIDGE}:{PORT}/v1/models)\" "
+        f"= 401 ] && {{ cat pid; exit 0; }}; sleep 0.5; done; echo 'the scripted provider did not start:' >&2; "
+        f"cat stderr >&2; exit 1", timeout=240)
+    return int(started.strip())
 
 
 def stop_provider(deployed, pid: int) -> None:
