@@ -15,6 +15,7 @@ import shlex
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,12 +57,19 @@ def locked_deploy(target, *, command: str = "up", extra: list[str] | None = None
     extra_limit, rest = limit_from_args(list(extra or []))
     limit = list(limit or []) + extra_limit
     commands.validate(target)
-    with output_to(stdout):
-        run = start_run(target, extra=[*rest, *(a for h in limit for a in ("--limit", h))])
-        try:
-            return _locked_run(run, target, command=command, lock_wait=lock_wait, message=message, log=log)
-        finally:
-            run.disconnect()
+    ctrl_c = signal.getsignal(signal.SIGINT)
+    try:
+        with output_to(stdout):
+            run = start_run(target, extra=[*rest, *(a for h in limit for a in ("--limit", h))])
+            try:
+                return _locked_run(run, target, command=command, lock_wait=lock_wait, message=message, log=log)
+            finally:
+                run.disconnect()
+    finally:
+        # Called as a library too (`restore` deploys in its caller's process): Ctrl-C is left as
+        # it was found, whatever gevent's watchers and the release's SIG_IGN did to it meanwhile.
+        if ctrl_c is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, ctrl_c)
 
 
 def _locked_run(run, target, *, command: str, lock_wait: float, message: str | None,

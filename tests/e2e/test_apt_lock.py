@@ -120,5 +120,4 @@ def test_deploy_gives_up_after_the_timeout_and_changes_nothing(deployed):
     # With the lock released, the same settings deploy (then the defaults are put back).
     released = deployed.deploy(apt_lock_timeout_seconds=5)
     assert released.returncode == 0, released.output[-4000:]
-    restore = deployed.deploy()
-    assert restore.returncode == 0, restore.output[-4000:]
+    print(f"[timing] back to the bootstrapped state: {deployed.reset():.1f}s")

@@ -153,8 +153,7 @@ def test_changed_memory_limit_recreates_only_the_container(deployed):
     assert changed <= {"Compose file /opt/hermes/compose.yaml", "Compose project hermes up",
                        "Health gate: hermes answers /health and /v1/models", "Record revision (new) as deployed"}, changed
     assert "Compose project hermes up" in changed
-    restore = deployed.deploy()
-    assert restore.returncode == 0, restore.output[-4000:]
+    print(f"[timing] back to the bootstrapped state: {deployed.reset():.1f}s")
 
 
 def test_gateway_comes_back_after_a_reboot(deployed):

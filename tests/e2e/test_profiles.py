@@ -1,6 +1,8 @@
 """Several gateways per host and the WeChat hub in both topologies (issue 5), on a real VM.
 
-The tests run in order on the session's VM and leave it as they found it (default settings).
+The tests run in order on the session's VM; the module ends by putting the VM back into its
+bootstrapped state (a saved VM state, not a redeploy: retiring profiles is what the last test
+proves).
 """
 from __future__ import annotations
 
@@ -35,8 +37,7 @@ def container_env(deployed, container: str) -> dict[str, str]:
 @pytest.fixture(scope="module", autouse=True)
 def restore_default(deployed):
     yield
-    run = deployed.deploy()
-    assert run.returncode == 0, run.output[-4000:]
+    print(f"[timing] back to the bootstrapped state: {deployed.reset():.1f}s")
 
 
 def test_adding_a_profile_leaves_the_first_untouched(deployed):

@@ -80,6 +80,9 @@ def test_the_deploy_prints_the_diff_in_one_block_when_asked(monkeypatch, caplog)
 
     facts = converged(settings(gateways=[_gateway()]))
     plan = plan_for(settings(gateways=[_gateway("1G", NEW)]), facts)
+    # pyinfra's CLI logging (set up once a process, by any in-process run before this test)
+    # stops propagation to the root logger, where caplog listens.
+    monkeypatch.setattr(logging.getLogger("pyinfra"), "propagate", True)
     with caplog.at_level(logging.INFO, logger="pyinfra"):
         deploy.print_diff(plan)
     assert len(caplog.records) == 1 and "mem_limit" in caplog.text and NEW not in caplog.text

@@ -4,6 +4,7 @@ session can stop the operations and release the locks."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -40,7 +41,9 @@ print("handler back:", signal.getsignal(signal.SIGINT) is signal.default_int_han
 
 def test_ctrl_c_reaches_pyinfra_whichever_greenlet_it_lands_in():
     script = INTERRUPTED_RUN.format(root=os.getcwd())
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    # A fresh process as an operator starts it: Ctrl-C at its default, whatever this one has.
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert "main got KeyboardInterrupt after" in run.stdout, run.stdout + run.stderr
     assert "went on to the end" not in run.stdout
     assert "handler back: True" in run.stdout, "Ctrl-C is Python's again after the run"
