@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hermes_infra.host import safeio
-from hermes_infra.daytwo.lifecycle import compose_base, restart
+from hermes_infra.daytwo.lifecycle import LineFilter, compose_base, restart
 from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, clean_lines, open_remote, ssh_argv
 from hermes_infra.settings.schema import GatewaySettings, HostSettings
 
@@ -164,7 +164,7 @@ def run_hermes(hosts: list[HostTarget], profile: str | None, args: Sequence[str]
             remote: Remote = remote_for(host)
             # Without a terminal the output is data (`pairing list` shows names chat users chose):
             # cleaned line by line, like `logs`.
-            lines = CleanLines(write)
+            lines = LineFilter(lambda line: write((line + "\n").encode()))
             try:
                 result = remote.run(command, on_stdout=lines.feed)
             finally:
@@ -182,27 +182,6 @@ def run_hermes(hosts: list[HostTarget], profile: str | None, args: Sequence[str]
             if not all(r.ok for r in results):
                 runs[-1].rc = 1
     return runs
-
-
-class CleanLines:
-    """Bytes in, cleaned whole lines out (as bytes, each with its newline)."""
-
-    def __init__(self, write: Callable[[bytes], None]):
-        self.write, self.buffer = write, b""
-
-    def feed(self, data: bytes) -> None:
-        self.buffer += data
-        *complete, self.buffer = self.buffer.split(b"\n")
-        for raw in complete:
-            self._line(raw)
-
-    def flush(self) -> None:
-        if self.buffer:
-            self._line(self.buffer)
-            self.buffer = b""
-
-    def _line(self, raw: bytes) -> None:
-        self.write((clean(raw.decode("utf-8", errors="replace").rstrip("\r"), 8000) + "\n").encode())
 
 
 def shortcut_args(action: str, *values: str) -> list[str]:
