@@ -53,12 +53,13 @@ def start_provider(deployed, key: str) -> int:
                  f"printf %s {shlex.quote(key)} > {WORK}/key && : > {LOG}")
     # In a subshell, so the SSH command's own shell does not take it down at the end; its pid is
     # the provider's own (the `sh` execs python3). The wait runs on the VM, not one SSH per try:
-    # a Python start under emulation, on a VM busy with its gateway, takes seconds.
+    # a Python start under emulation, on a VM busy with its gateway, takes seconds. The log then
+    # starts empty: the wait's own keyless probe is not Hermes's.
     started = deployed.run(
         f"cd {WORK} && (setsid nohup sh -c 'echo $$ > pid; exec python3 provider.py --host {BRIDGE} --port {PORT} "
         f"--key-file {WORK}/key --log {LOG}' > {WORK}/stderr 2>&1 < /dev/null &); "
         f"for i in $(seq 1 240); do [ \"$(curl -s -o /dev/null -w '%{{http_code}}' http://{BRIDGE}:{PORT}/v1/models)\" "
-        f"= 401 ] && {{ cat pid; exit 0; }}; sleep 0.5; done; echo 'the scripted provider did not start:' >&2; "
+        f"= 401 ] && {{ : > {LOG}; cat pid; exit 0; }}; sleep 0.5; done; echo 'the scripted provider did not start:' >&2; "
         f"cat stderr >&2; exit 1", timeout=240)
     return int(started.strip())
 
