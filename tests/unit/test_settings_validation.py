@@ -1034,35 +1034,28 @@ def test_health_interval_shorter_than_its_timeout(interval, timeout):
                    "Fix")
 
 
-@pytest.mark.parametrize("schedule", ["minutely", "*:*", "*:0/15", "*-*-* *:00,30", "hourly hourly", "03:60",
-                                      "*-13-01", "Mon..Funday 03:00", "*:*:0/10", "2024-02-30x"])
-@pytest.mark.parametrize("with_systemd", [True, False])
-def test_backup_calendars_systemd_accepts_and_not_too_often(schedule, with_systemd, monkeypatch):
-    if not with_systemd:
+@pytest.fixture(params=[True, False], ids=["systemd-analyze", "parser"])
+def calendar_checker(request, monkeypatch):
+    """Calendars judged by systemd-analyze, then by the parser alone (as where it is missing)."""
+    if not request.param:
         monkeypatch.setattr(settings_module.shutil, "which", lambda name: None)
     elif settings_module.shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed here")
     settings_module.calendar_gap_seconds.cache_clear()
-    try:
-        refused_naming({"scheduled_backups": {"schedule": schedule}}, "scheduled_backups.schedule", repr(schedule),
-                       "Fix")
-    finally:
-        settings_module.calendar_gap_seconds.cache_clear()
+    yield
+    settings_module.calendar_gap_seconds.cache_clear()
+
+
+@pytest.mark.parametrize("schedule", ["minutely", "*:*", "*:0/15", "*-*-* *:00,30", "hourly hourly", "03:60",
+                                      "*-13-01", "Mon..Funday 03:00", "*:*:0/10", "2024-02-30x"])
+def test_backup_calendars_systemd_accepts_and_not_too_often(schedule, calendar_checker):
+    refused_naming({"scheduled_backups": {"schedule": schedule}}, "scheduled_backups.schedule", repr(schedule), "Fix")
 
 
 @pytest.mark.parametrize("schedule", ["daily", "weekly", "hourly", "*-*-* 03:30", "Mon..Fri 02:00", "Sun *-*-* 04:00:00",
                                       "*-*-01 05:00 UTC", "Sat,Sun 01:15"])
-@pytest.mark.parametrize("with_systemd", [True, False])
-def test_good_backup_calendars_pass_both_ways(schedule, with_systemd, monkeypatch):
-    if not with_systemd:
-        monkeypatch.setattr(settings_module.shutil, "which", lambda name: None)
-    elif settings_module.shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed here")
-    settings_module.calendar_gap_seconds.cache_clear()
-    try:
-        assert accepted({"scheduled_backups": {"schedule": schedule}}).scheduled_backups.schedule == schedule
-    finally:
-        settings_module.calendar_gap_seconds.cache_clear()
+def test_good_backup_calendars_pass_both_ways(schedule, calendar_checker):
+    assert accepted({"scheduled_backups": {"schedule": schedule}}).scheduled_backups.schedule == schedule
 
 
 @pytest.mark.parametrize("raw, where", [
