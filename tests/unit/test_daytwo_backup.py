@@ -29,6 +29,21 @@ def uploaded_sha(remote) -> str:
     return hashlib.sha256(remote.stdins[-1]).hexdigest() + "\n"
 
 
+def restore_remote(sums: dict[str, str], owners=()) -> FakeRemote:
+    """A host answering restore's steps: an empty data dir, the upload's checksum, the verify."""
+    def respond(command):
+        if "datadir=" in command:
+            return "datadir=empty compose=present container=false\n"
+        if "install -d -m 0700 /var/lib/hermes-infra/stage" in command:
+            return uploaded_sha(remote)
+        if "sha256sum -z" in command:
+            return verify_answer(command, sums, owners)
+        return ""
+
+    remote = FakeRemote(respond)
+    return remote
+
+
 def make_data_tar(tmp_path: Path, extra=None) -> Path:
     """A data dir archive like `tar -c .` makes, with a state.db holding rows."""
     src = tmp_path / "src"
@@ -213,16 +228,7 @@ def test_restore_onto_a_new_host_deploys_unpacks_as_owner_verifies_and_gates(tmp
 def test_restore_stops_when_a_file_differs(tmp_path):
     archive = saved_backup(tmp_path)
 
-    def respond(command):
-        if "datadir=" in command:
-            return "datadir=empty compose=present container=false\n"
-        if "install -d -m 0700 /var/lib/hermes-infra/stage" in command:
-            return uploaded_sha(remote)
-        if "sha256sum -z --" in command:
-            return verify_answer(command, {".env": "0" * 64}, ["./state.db"])
-        return ""
-
-    remote = FakeRemote(respond)
+    remote = restore_remote({".env": "0" * 64}, ["./state.db"])
     with pytest.raises(DayTwoError, match="differ from the backup"):
         backup.restore(host(), archive, remote_for=lambda h: remote, say=lambda m: None)
     assert not any(" start hermes" in c for c in remote.commands)
@@ -296,17 +302,8 @@ def test_a_lying_manifest_reaches_neither_the_terminal_nor_the_audit_log_raw(tmp
             outer.addfile(info, io.BytesIO(body))
     sums = {name: info["sha256"] for name, info in found.files.items()}
 
-    def respond(command):
-        if "datadir=" in command:
-            return "datadir=empty compose=present container=false\n"
-        if "install -d -m 0700 /var/lib/hermes-infra/stage" in command:
-            return uploaded_sha(remote)
-        if "sha256sum -z" in command:
-            return verify_answer(command, sums)
-        return ""
-
     said = []
-    remote = FakeRemote(respond)
+    remote = restore_remote(sums)
     backup.restore(host(), lying, remote_for=lambda h: remote, say=said.append)
     shown = "\n".join(said) + "\n".join(remote.commands)
     assert "restored" in said[-1] and "\x1b" not in shown and "\u202e" not in shown and "\x07" not in shown
@@ -341,16 +338,7 @@ def _restore_uploads(tmp_path: Path, data_tar: bytes, sums=None) -> tuple[list[b
     archive.write_bytes(data_tar)
     sums = sums or {}
 
-    def respond(command):
-        if "datadir=" in command:
-            return "datadir=empty compose=present container=false\n"
-        if "install -d -m 0700 /var/lib/hermes-infra/stage" in command:
-            return uploaded_sha(remote)
-        if "sha256sum -z" in command:
-            return verify_answer(command, sums)
-        return ""
-
-    remote = FakeRemote(respond)
+    remote = restore_remote(sums)
     try:
         backup.restore(host(), archive, remote_for=lambda h: remote, say=lambda m: None)
     except DayTwoError as error:
