@@ -8,6 +8,13 @@ itself and not as part of whichever test happened to need it first.
 Under `CI=true` a skipped test fails instead: a skip there means the machine lacks something the
 suite needs (the reason names the install line), and "the tests passed" would not mean what it
 says.
+
+A failure is printed the moment it happens (one line: the test, its phase, the assertion), not
+only in the summary at the end: CI kills a run that passes its time limit, and a killed run
+prints no summary. For the same reason the suite keeps its own budget
+(`HERMES_INFRA_SUITE_BUDGET`, seconds from the session's start; 4500 under CI): once it is
+spent, each remaining test fails at once with that reason, so an over-long run still ends with
+its summary, and with what went slow, instead of being cut off with none.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from pathlib import Path
 import pytest
 
 SLOWEST = 40
+CI_BUDGET_SECONDS = 4500  # CI's limit is 5400 s, and setup.sh plus the docs check come first
 _records: list[dict] = []
 _teardown_started: dict[int, float] = {}
 
@@ -29,6 +37,35 @@ def durations_path(rootdir: Path) -> Path:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def suite_budget() -> float | None:
+    """Seconds the session may run before the remaining tests fail at once; None: no budget."""
+    value = os.environ.get("HERMES_INFRA_SUITE_BUDGET")
+    if value:
+        return float(value) if float(value) > 0 else None
+    return CI_BUDGET_SECONDS if in_ci() else None
+
+
+def pytest_configure(config):
+    global _config
+    _config = config
+
+
+def pytest_runtest_setup(item):
+    budget = suite_budget()
+    spent = time.monotonic() - _started
+    if budget is not None and spent > budget:
+        pytest.fail(f"the suite's time budget is spent ({spent:.0f} s of {budget:.0f} s, "
+                    "HERMES_INFRA_SUITE_BUDGET): not started, so the run ends with its summary", pytrace=False)
+
+
+def failure_line(report) -> str:
+    """One line for a failure: the test, its phase and the first line of what failed."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    message = crash.message if crash is not None else str(report.longrepr)
+    first = next((line for line in message.splitlines() if line.strip()), "")
+    return f"FAILED NOW {report.nodeid} ({report.when}, {report.duration:.0f} s): {first[:300]}"
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -64,6 +101,10 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_runtest_logreport(report):
+    terminal = _config.pluginmanager.get_plugin("terminalreporter") if _config is not None else None
+    if report.failed and terminal is not None:
+        terminal.write_line("")
+        terminal.write_line(failure_line(report))
     if report.when == "call" or report.duration >= 0.05:
         _records.append({"kind": f"test {report.when}", "name": report.nodeid, "outcome": report.outcome,
                          "seconds": round(report.duration, 3)})
@@ -87,3 +128,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 _started = time.monotonic()
+_config = None
