@@ -2,6 +2,7 @@
 `hermes_infra.daytwo` (each callable and testable on its own).
 
     hermes-infra status   TARGET [--json] [--html PATH]
+    hermes-infra smoke    TARGET [--profile P] [--message TEXT] [--timeout S] [--json]   (costs tokens)
     hermes-infra logs     TARGET [--profile P] [-f] [-n N] [--since T] [--grep RE]
     hermes-infra restart  TARGET [--profile P]
     hermes-infra hermes   TARGET [--profile P] [--restart] [--tty|--no-tty] -- ARGS...
@@ -18,6 +19,12 @@ from pathlib import Path
 from hermes_infra.daytwo.remote import DayTwoError
 
 PROFILE_HELP = "only this profile (gateway name in the settings; default: every profile of the host)"
+
+
+def smoke_default_message() -> str:
+    from hermes_infra.daytwo.smoke import DEFAULT_MESSAGE
+
+    return DEFAULT_MESSAGE
 
 
 def _guard(func):
@@ -59,6 +66,32 @@ def add_commands(sub, add_target_options, make_target) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--html", metavar="PATH", help="also write a self-contained HTML page")
     p.set_defaults(func=_guard(cmd_status))
+
+    # ------------------------------------------------------------------- smoke
+    def cmd_smoke(args) -> int:
+        from hermes_infra.daytwo import smoke
+
+        results = smoke.smoke(hosts(args), args.profile, message=args.message, timeout=args.timeout)
+        sys.stdout.write(smoke.render_json(results) if args.json else smoke.render_text(results))
+        return smoke.exit_code(results)
+
+    p = sub.add_parser("smoke", help="send one real chat turn through each gateway (costs tokens; opt-in)",
+                       description="Send one chat message (POST /v1/chat/completions) through each chosen gateway "
+                       "and print the HTTP code, the time to the first byte and in total (measured on the host), "
+                       "and the answer's first characters. COSTS TOKENS: each gateway's model provider bills one "
+                       "chat turn, so it never runs unless you run it. The key goes from the data dir's .env to "
+                       "curl through a pipe, only to the running container's own address. Exit 0 when every "
+                       "gateway answers 200 with a non-empty answer; otherwise each failure says what to check "
+                       "(readiness, HI-API-005; the provider's key).")
+    add_target_options(p)
+    p.add_argument("--profile", help=PROFILE_HELP)
+    p.add_argument("--message", default=smoke_default_message(),
+                   help="the message to send (no secrets: it is a process argument on the host; "
+                   "default: %(default)r)")
+    p.add_argument("--timeout", type=int, default=120, metavar="SECONDS",
+                   help="how long to wait for each answer (default 120)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=_guard(cmd_smoke))
 
     # -------------------------------------------------------------------- logs
     def cmd_logs(args) -> int:
