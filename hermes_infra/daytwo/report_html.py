@@ -48,18 +48,11 @@ def render_status_html(report) -> str:
     parts.append("</tbody></table>")
     notes = []
     for host in report.hosts:
-        for g in host.gateways:
-            if g.failing_checks:
-                fix = f"<div class=\"fix\"><i>Fix:</i> {esc(st.MODEL_FIX.strip('()'))}</div>" if any(
-                    check.split(":")[0] == "model" for check in g.failing_checks) else ""
-                notes.append(f"<div class=\"finding warning\"><b>{esc(host.name)}/{esc(g.profile)}: {esc(g.verdict)} "
-                             f"(readiness {esc(g.ready_status)})</b>{'<br>'.join(esc(c) for c in g.failing_checks)}"
-                             f"{fix}</div>")
-            if not g.healthy:
-                notes.append(f"<div class=\"finding\"><b>{esc(host.name)}/{esc(g.profile)}: {esc(g.container)} is "
-                             f"{esc(g.state)}, /health {esc(g.health_code)}</b><div class=\"fix\"><i>Fix:</i> hermes-infra logs "
-                             f"{esc(host.name)} --profile {esc(g.profile)} -n 100, then hermes-infra restart "
-                             f"{esc(host.name)} --profile {esc(g.profile)}</div></div>")
+        for item in st.attention(host):
+            details = "<br>".join(esc(detail) for detail in item.details)
+            fix = f"<div class=\"fix\"><i>Fix:</i> {esc(item.fix)}</div>" if item.fix else ""
+            notes.append(f"<div class=\"finding{' warning' if item.level == 'warning' else ''}\"><b>{esc(host.name)}/"
+                         f"{esc(item.profile)}: {esc(item.finding)}</b>{details}{fix}</div>")
     if notes:
         parts.append("<h2>Attention</h2>" + "\n".join(notes))
     return page("hermes-infra status: " + verdict, "\n".join(parts))

@@ -371,8 +371,42 @@ def health_cell(g: GatewayStatus) -> str:
     return "ok" if g.health_code == "200" else f"DOWN ({g.health_code})"
 
 
-MODEL_FIX = ("(model: no inference provider configured; set gateways[].config.model with its api_key, see "
-             "\"The model provider\" in the README, then hermes-infra up)")
+MODEL_FIX = ("set gateways[].config.model with its api_key (model: no inference provider configured), see "
+             "\"The model provider\" in the README, then hermes-infra up")
+
+
+@dataclass(frozen=True)
+class Attention:
+    """One thing `status` asks the operator to look at, and its fix. The text and the HTML page
+    both render these, so a hint cannot reach one and not the other."""
+
+    host: str
+    profile: str
+    level: str  # "warning": alive but not ready; "failure": down
+    finding: str
+    details: tuple[str, ...] = ()
+    fix: str | None = None
+
+
+def attention(host: HostStatus) -> list[Attention]:
+    items = []
+    for g in host.gateways:
+        logs = f"hermes-infra logs {host.name} --profile {g.profile} -n 100"
+        if g.failing_checks:
+            model = any(check.split(":")[0] == "model" for check in g.failing_checks)
+            items.append(Attention(host.name, g.profile, "warning", f"{g.verdict} (readiness {g.ready_status})",
+                                   tuple(g.failing_checks), MODEL_FIX if model else f"{logs}, then hermes-infra up"))
+        elif g.healthy and g.ready_status == "key refused":
+            items.append(Attention(host.name, g.profile, "warning", "/health/detailed refused the key from .env",
+                                   fix=f"hermes-infra check {host.name} (HI-API-002 and HI-DATA-003 say why)"))
+        if g.state != "running":
+            items.append(Attention(host.name, g.profile, "failure", f"container {g.container} is {g.state}",
+                                   fix=f"{logs}, then hermes-infra up or hermes-infra restart {host.name} "
+                                       f"--profile {g.profile}"))
+        elif g.health_code != "200":
+            items.append(Attention(host.name, g.profile, "failure", f"{g.url}/health answers {g.health_code}",
+                                   fix=f"{logs}, then hermes-infra restart {host.name} --profile {g.profile}"))
+    return items
 
 
 def ready_cell(g: GatewayStatus) -> str:
@@ -391,6 +425,9 @@ def deploy_cell(record: dict | None) -> str:
         parts.append(f"rev {record['revision']}")
     if record.get("who"):
         parts.append(f"by {record['who']}")
+    seconds = record.get("seconds")
+    if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
+        parts.append(f"took {seconds:.1f}s")
     return " ".join(parts) or "-"
 
 
@@ -425,20 +462,16 @@ def render_text(report: StatusReport) -> str:
             continue
         swap = (f"swap {human_bytes(host.swap_used_bytes)}/{human_bytes(host.swap_total_bytes)}"
                 if host.swap_total_bytes else "no swap")
-        lines.append(f"{host.name} ({host.address}): docker {host.docker_version or 'missing'}, {swap}, "
+        # The time this read took goes with the host, not after the deploy (where it read as the deploy's).
+        lines.append(f"{host.name} ({host.address}, read in {host.seconds:.1f}s): docker "
+                     f"{host.docker_version or 'missing'}, {swap}, "
                      f"memory available {human_bytes(host.memory_available_bytes)}/{human_bytes(host.memory_total_bytes)}"
-                     f", last deploy: {deploy_cell(host.last_deploy)} ({host.seconds:.1f}s)")
-        for g in host.gateways:
-            if g.failing_checks:
-                lines.append(f"  {g.profile}: {g.verdict} (readiness {g.ready_status}: " + "; ".join(g.failing_checks) + ")")
-                if any(check.split(":")[0] == "model" for check in g.failing_checks):
-                    lines.append(f"    {MODEL_FIX}")
-            if g.state != "running":
-                lines.append(f"  {g.profile}: container {g.container} is {g.state}. "
-                             f"Fix: hermes-infra logs {host.name} --profile {g.profile}, then hermes-infra up or restart")
-            elif g.health_code != "200":
-                lines.append(f"  {g.profile}: {g.url}/health answers {g.health_code}. "
-                             f"Fix: hermes-infra logs {host.name} --profile {g.profile} -n 100")
+                     f", last deploy: {deploy_cell(host.last_deploy)}")
+        for item in attention(host):
+            details = f": {'; '.join(item.details)}" if item.details else ""
+            lines.append(f"  {item.profile}: {item.finding}{details}")
+            if item.fix:
+                lines.append(f"    Fix: {item.fix}")
     healthy = sum(1 for h in report.hosts for g in h.gateways if g.healthy)
     ready = sum(1 for h in report.hosts for g in h.gateways if g.ready)
     total = sum(len(h.gateways) for h in report.hosts)

@@ -91,3 +91,21 @@ def test_status_page_as_chromium_shows_it(tmp_path):
     assert "web1" in text and "web2" in text and "1/2 gateways healthy" in text
     assert "DOWN (000)" in text and "model: no provider configured" in text
     assert "hermes-infra logs web2 --profile hermes" in text
+
+
+def test_the_page_shows_every_fix_the_text_shows():
+    """Issue 19: the page dropped hints the text gave (a missing container: `up`, not only `restart`)."""
+    import html
+
+    missing = status.parse_status(host("web1"), "\n".join([f"{status.SECTION} host", "100",
+                                                           f"{status.SECTION} inspect hermes", "missing"]))
+    degraded = status.parse_status(host("web2"), sample_output())
+    down = status.parse_status(host("web3"), sample_output(health_code="000"))
+    report = status.StatusReport([missing, degraded, down], dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc), 1.0)
+    text = status.render_text(report)
+    page = html.unescape(re.sub(r"<[^>]+>", " ", render_status_html(report)))
+    fixes = [line.split("Fix: ", 1)[1].strip() for line in text.splitlines() if "Fix: " in line]
+    assert len(fixes) >= 2 and any("hermes-infra up" in fix for fix in fixes)
+    assert any("The model provider" in fix for fix in fixes)  # the readiness hint is a Fix: line too
+    for fix in fixes:
+        assert fix in " ".join(page.split()), fix

@@ -203,3 +203,15 @@ def test_the_key_goes_only_to_the_running_containers_own_address(tmp_path):
     finally:
         for home in homes:
             shutil.rmtree(home, ignore_errors=True)
+
+
+def test_the_time_status_took_is_not_shown_as_the_last_deploys():
+    """Issue 19: `last deploy: ... by ops (0.3s)` read as the deploy's duration; it was status's."""
+    import datetime as dt
+    parsed = status.parse_status(host(), sample_output())
+    parsed.seconds = 0.3
+    text = status.render_text(status.StatusReport([parsed], dt.datetime.now().astimezone(), 0.4))
+    line = next(line for line in text.splitlines() if "last deploy:" in line)
+    assert "(0.3s)" not in line and "read in 0.3s" in line
+    assert line.index("read in 0.3s") < line.index("last deploy:")
+    assert "took 12.5s" in line  # the deploy's own duration, from its audit record
