@@ -166,3 +166,25 @@ def test_try_prints_how_to_set_a_provider_with_the_key_in_a_file_not_the_command
     exec(snippet.replace('"KEY"', '"sk-0123456789abcdef0123"'), namespace)  # noqa: S102 - our own printed example
     model = settings_from_raw(collect([{"gateways": namespace["gateways"]}])).gateways[0].config.model
     assert model.provider == "custom" and model.key_env is None
+
+
+def test_check_with_only_an_html_report_still_prints_the_recap_and_the_path(tmp_path, capsys):
+    """Issue 19: `check --report html=PATH` alone printed nothing and exited 1."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])  # nothing listens: every control is an error, at once
+    page = tmp_path / "check.html"
+    assert cli.main(["check", "root@127.0.0.1", "--port", port, "--report", f"html={page}"]) == 1
+    out, err = capsys.readouterr()
+    assert page.exists()
+    assert "Host 127.0.0.1: " in out and "cannot connect" in out and out.rstrip().splitlines()[-1].startswith(
+        "FAILED: 1 host(s)")
+    assert f"html report: {page}" in err
+    # a JSON report on the terminal stays JSON: the recap goes to stderr
+    assert cli.main(["check", "root@127.0.0.1", "--port", port, "--report", "json"]) == 1
+    out, err = capsys.readouterr()
+    import json
+    json.loads(out)
+    assert "FAILED: 1 host(s)" in err
