@@ -152,11 +152,16 @@ def probe(api: str, header: Path, timeout: float = 60) -> str:
 PROVIDER_FILE = "~/.config/hermes-infra/try"
 
 
+def shown_target(up_args: list[str]) -> str:
+    """The try VM's target as the deploy ran it (connection and try's settings), quoted to paste."""
+    return " ".join(shlex.quote(arg) for arg in up_args) if up_args else "<the try VM's target>"
+
+
 def provider_steps(up_args: list[str]) -> str:
     """How to give the try VM a model provider: the key in a 0600 group-data file (a key in
     `--data` would sit in `ps` for the whole run), the same deploy with `--group-data`. Printed
     from column 0 so the heredoc can be pasted as it is."""
-    up = " ".join(shlex.quote(arg) for arg in up_args) if up_args else "<the try VM's target>"
+    up = shown_target(up_args)
     model = '{"provider": "custom", "default": "MODEL", "base_url": "http://10.0.0.5:8000/v1", "api_key": "KEY"}'
     return f"""mkdir -p {PROVIDER_FILE} && chmod 700 {PROVIDER_FILE}
 cat > {PROVIDER_FILE}/all.py <<'PY'
@@ -168,7 +173,7 @@ hermes-infra up {up} --group-data {PROVIDER_FILE}"""
 
 def usage_text(name: str, vm, data: dict, api: str, header: Path, answer: str, up_args: list[str] | None = None) -> str:
     ssh = f"ssh -i {data['ssh_key']} -p {vm.ssh_port} -o StrictHostKeyChecking=no root@127.0.0.1"
-    target = f"root@127.0.0.1 --port {vm.ssh_port} --key {data['ssh_key']}"
+    target = shown_target(up_args or [])
     return f"""
 Hermes gateway running in local VM '{name}' (GET /v1/models with the key just answered {answer}).
   API:        {api}   (forwarded from the VM's 127.0.0.1:{API_PORT}; only this machine reaches it)
@@ -182,7 +187,14 @@ Hermes gateway running in local VM '{name}' (GET /v1/models with the key just an
               curl -H @{header} -H 'Content-Type: application/json' {api}/v1/chat/completions \\
                 -d '{{"model": "hermes-agent", "messages": [{{"role": "user", "content": "Hello"}}]}}'
   API key:    in {header} (0600) and in /root/.hermes/.env on the VM; never printed
-  Day two:    hermes-infra status {target}   (also: logs, restart, pairing, hermes, backup)
+  Day two:    the same target as the deploy, with try's own settings (Debian's Docker packages, the
+              local image archive, swap): without them `check` fails twice and `up` would swap the
+              Docker packages and pull an image the VM cannot reach.
+              hermes-infra status {target}
+              hermes-infra check {target}
+              hermes-infra smoke {target}   (one real chat turn: costs tokens)
+              (also: logs, restart, pairing, hermes, backup, with the same target)
+  Redeploy:   hermes-infra up {target}
   SSH:        {ssh}
   Remove:     hermes-infra try --destroy{'' if name == 'try' else ' --name ' + name}
 """

@@ -188,3 +188,26 @@ def test_check_with_only_an_html_report_still_prints_the_recap_and_the_path(tmp_
     import json
     json.loads(out)
     assert "FAILED: 1 host(s)" in err
+
+
+def test_try_prints_day_two_commands_and_the_redeploy_with_its_own_settings(tmp_path):
+    """Issue 19: the Day-two target lacked try's settings (`check` on it failed twice, `up` on it
+    would have swapped the Docker packages and pulled an unreachable image)."""
+    from types import SimpleNamespace
+
+    from hermes_infra import commands, trylocal
+
+    target = commands.Target(inventory="hermes-vm-try", port=2222, user="root", key="/k", data={
+        "ssh_hostname": "127.0.0.1", "docker": '{"install_source": "distro"}',
+        "image": '{"ref": "hermes-agent:0.19.0-local", "source": "archive", "archive": "/img"}'})
+    up_args = target.shown_cli_args()
+    text = trylocal.usage_text("try", SimpleNamespace(ssh_port=2222), {"ssh_key": "/k"}, "http://127.0.0.1:40001",
+                               tmp_path / "h", "200", up_args=up_args)
+    shown = " ".join(__import__("shlex").quote(a) for a in up_args)
+    assert "install_source" in shown and '"source": "archive"' in shown
+    for command in ("status", "check", "smoke", "up"):
+        assert f"hermes-infra {command} {shown}" in text, command
+    assert "Redeploy:   hermes-infra up " in text
+    for line in text.splitlines():
+        if "hermes-infra status" in line or "hermes-infra check" in line:
+            assert "install_source" in line, line
