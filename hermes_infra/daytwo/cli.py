@@ -151,15 +151,18 @@ def add_commands(sub, add_target_options, make_target) -> None:
                        description="Run `hermes ARGS` in a one-off container of the gateway's service (same image, "
                        "data dir, environment; the image's user, uid 10000, never root), with a terminal when "
                        "yours is one, so `hermes-infra hermes HOST -- gateway setup` does the WeChat QR login. "
-                       "Pairing changes are live; after config set, setup, model, auth, login or tools, restart "
-                       "(or pass --restart).",
+                       "Pairing changes are live; after any command that may change config (config set|unset, setup, "
+                       "model, auth, login, tools, ...), restart (or pass --restart). Hermes's own `status` runs "
+                       "in that one-off container, so it reports the gateway as stopped: `hermes-infra status` "
+                       "tells the gateway's state.",
                        epilog="Examples: hermes-infra hermes root@203.0.113.7 -- pairing list;  "
                        "hermes-infra hermes inventory/production.py --profile work -- cron list;  "
                        "hermes-infra hermes HOST --restart -- config set display.tool_progress off")
     add_target_options(p)
     p.add_argument("--profile", help=PROFILE_HELP)
     p.add_argument("--restart", action="store_true",
-                   help="restart the gateway (health-gated) after a command Hermes reads only at start")
+                   help="restart the gateway (health-gated) after a command that may change what Hermes reads at "
+                   "start (every command but the live ones: pairing, cron, doctor, status, logs, config get)")
     tty_options(p)
     p.set_defaults(func=_guard(cmd_hermes))
 

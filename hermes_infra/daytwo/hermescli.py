@@ -12,10 +12,13 @@ but the owner are given back to it (`safeio.chown_foreign_script`).
 
 What Hermes picks up live and what needs a restart:
 - `pairing approve|revoke|clear-pending`: live (the gateway reads the pairing store on each
-  message);
-- `config set`, `setup`, `gateway setup`, `model`, `auth`, `login`, `logout`, `tools`, `import`:
-  read at start; hermes-infra says so, and `--restart` restarts the gateway and waits for the
-  health gate. Keys hermes-infra manages (settings) are put back by the next `up`.
+  message); `cron`, `doctor` (without `--fix`), `status`, `logs`, `config get|show`, `sessions`,
+  `version` change nothing the gateway reads at start (`LIVE`, an allow-list);
+- anything else (`config set|unset|edit`, `setup`, `gateway setup`, `model`, `auth`, `login`,
+  `tools`, `import`, a command this list does not know): may change what Hermes reads at start;
+  hermes-infra says so, and `--restart` restarts the gateway and waits for the health gate (and
+  says why when it does not). Keys hermes-infra manages (settings) are put back by the next `up`.
+- `status` runs in its one-off container, so Hermes reports the gateway "stopped": a note says so.
 - `gateway` with anything but `setup` or `status`, and `update`, are refused: two gateways on
   one data dir fight over it (`restart` instead), and an image does not update itself. Hermes's
   global options are read with their values (`-p work update` is `update`); an unknown option is
@@ -34,10 +37,15 @@ from hermes_infra.daytwo.lifecycle import LineFilter, compose_base, restart
 from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, clean_lines, open_remote, ssh_argv
 from hermes_infra.settings.schema import GatewaySettings, HostSettings
 
-READ_AT_START = (("config", "set"), ("config", "edit"), ("config", "migrate"), ("setup",), ("gateway", "setup"),
-                 ("model",), ("auth",), ("login",), ("logout",), ("tools",), ("import",), ("plugins",))
+# What Hermes picks up without a restart, or what changes nothing: an allow-list. Any other
+# command may change what the gateway reads only at start (`config unset` was missing from the
+# old list of commands that do, so `--restart` skipped it without a word), so it gets the note
+# and `--restart` restarts after it.
 LIVE = (("pairing",), ("cron",), ("doctor",), ("status",), ("logs",), ("config", "get"), ("config", "show"),
-        ("version",), ("--version",), ("sessions",))
+        ("version",), ("--version",), ("sessions",), ("gateway", "status"))
+LIVE_UNLESS = {("doctor",): "--fix"}
+"""A live command that changes config with this option (`doctor --fix` may rewrite config.yaml)."""
+STATUS_COMMANDS = (("status",), ("gateway", "status"))
 # Hermes's global options that take a value (`hermes -p work pairing list`): the word after
 # them is that value, not the command. An option not listed here may take one or not: both
 # readings are checked, and a command is refused when either reading is refused.
@@ -91,9 +99,24 @@ def refusal(args: Sequence[str]) -> str | None:
     return None
 
 
-def _starts(args: Sequence[str], prefixes) -> bool:
-    words = tuple(a for a in args if not a.startswith("-") or a == "--version")
+def _readings(args: Sequence[str]) -> list[tuple[str, ...]]:
+    """The command words (options left out) for each place the subcommand may start: a global
+    option's value (`-p work config set ...`) is never read as the command."""
+    return [tuple(a for a in args[start:] if not a.startswith("-")) for start in sorted(_command_starts(args))]
+
+
+def _is(words: tuple[str, ...], prefixes) -> bool:
     return any(words[:len(p)] == p for p in prefixes)
+
+
+def _live(words: tuple[str, ...], args: Sequence[str]) -> bool:
+    if not _is(words, LIVE):
+        return False
+    return not any(_is(words, (prefix,)) and option in args for prefix, option in LIVE_UNLESS.items())
+
+
+def _starts(args: Sequence[str], prefixes) -> bool:
+    return any(_is(words, prefixes) for words in _readings(args))
 
 
 def check_args(args: Sequence[str]) -> None:
@@ -105,7 +128,8 @@ def check_args(args: Sequence[str]) -> None:
 
 
 def needs_restart(args: Sequence[str]) -> bool:
-    return _starts(args, READ_AT_START)
+    """True unless every reading of `args` is a command known to be live (see LIVE)."""
+    return any(not _live(words, args) for words in _readings(args))
 
 
 def hermes_command(settings: HostSettings, gateway: GatewaySettings, args: Sequence[str], tty: bool) -> str:
@@ -125,12 +149,22 @@ class HermesRun:
 
 def after_note(host: HostTarget, gateway: GatewaySettings, args: Sequence[str]) -> str | None:
     if needs_restart(args):
-        return (f"note: Hermes reads what `hermes {' '.join(args[:2])}` changed only at start. Restart "
+        return (f"note: Hermes reads what `hermes {clean(' '.join(args[:3]), 200)}` changes only at start. Restart "
                 f"{gateway.service_name} now: hermes-infra restart {host.name} --profile {gateway.name} "
                 "(or pass --restart). Settings hermes-infra manages are put back by the next `up`.")
     if _starts(args, (("pairing",),)):
         return "note: the gateway picks pairing changes up on the next message; no restart needed."
     return None
+
+
+def one_off_note(host: HostTarget, gateway: GatewaySettings, args: Sequence[str]) -> str | None:
+    """Hermes's own `status` looks for a gateway in its own container, and this one is a one-off
+    beside the running gateway: what it says about the gateway is not the gateway's state."""
+    if not _starts(args, STATUS_COMMANDS):
+        return None
+    return (f"note: this `hermes status` ran in a one-off container beside the gateway, so what it says about "
+            f"the gateway (\"stopped\") is about that container, not {gateway.service_name}. The gateway's own "
+            f"state: hermes-infra status {host.name}")
 
 
 def run_hermes(hosts: list[HostTarget], profile: str | None, args: Sequence[str], *, tty: bool | None = None,
@@ -174,14 +208,30 @@ def run_hermes(hosts: list[HostTarget], profile: str | None, args: Sequence[str]
             if result.stderr.strip():
                 err(clean_lines(result.stderr) + "\n")
         runs.append(HermesRun(host.name, gateway.name, rc))
-        note = after_note(host, gateway, args)
-        if rc == 0 and note and not (restart_after and needs_restart(args)):
+        if (note := one_off_note(host, gateway, args)) is not None:
             say(note)
-        if rc == 0 and restart_after and needs_restart(args):
-            results = restart([host], gateway.name, say=say, remote_for=remote_for)
-            if not all(r.ok for r in results):
-                runs[-1].rc = 1
+        if restart_after:
+            _restart_after(host, gateway, args, runs[-1], say, remote_for)
+        elif rc == 0 and (note := after_note(host, gateway, args)) is not None:
+            say(note)
     return runs
+
+
+def _restart_after(host: HostTarget, gateway: GatewaySettings, args: Sequence[str], run: HermesRun,
+                   say: Callable[[str], None], remote_for) -> None:
+    """`--restart`: restart after a command that may change what Hermes reads at start; say why
+    when it does not restart."""
+    if not needs_restart(args):
+        say(f"note: --restart: not restarting {gateway.service_name}: Hermes picks up "
+            f"`hermes {clean(' '.join(args[:2]), 200)}` live (or it changes nothing).")
+        return
+    if run.rc != 0:
+        say(f"note: --restart: not restarting {gateway.service_name}: hermes exited {run.rc}. Restart it "
+            f"yourself once the change is made: hermes-infra restart {host.name} --profile {gateway.name}")
+        return
+    results = restart([host], gateway.name, say=say, remote_for=remote_for)
+    if not all(r.ok for r in results):
+        run.rc = 1
 
 
 def shortcut_args(action: str, *values: str) -> list[str]:

@@ -211,3 +211,49 @@ def test_try_prints_day_two_commands_and_the_redeploy_with_its_own_settings(tmp_
     for line in text.splitlines():
         if "hermes-infra status" in line or "hermes-infra check" in line:
             assert "install_source" in line, line
+
+
+@pytest.mark.parametrize("args", [["config", "unset", "display.tool_progress"], ["-p", "work", "config", "set", "a", "b"],
+                                  ["config", "set", "x", "y"], ["doctor", "--fix"], ["some-new-command"]])
+def test_restart_follows_any_command_that_may_change_config(args):
+    """Issue 19: `hermes --restart -- config unset ...` neither restarted nor warned (`config unset`
+    was missing from a list of commands that change config; `-p work` was read as the command)."""
+    remote = FakeRemote(lambda c: "")
+    said = []
+    runs = hermescli.run_hermes([host()], None, args, tty=False, restart_after=True, say=said.append,
+                                write=lambda data: None, remote_for=lambda h: remote)
+    assert runs[0].rc == 0
+    assert any("restart -t 60 hermes" in c for c in remote.commands), said
+    assert hermescli.needs_restart(args)
+
+
+def test_restart_says_why_it_does_not_restart():
+    said = []
+    remote = FakeRemote(lambda c: "")
+    hermescli.run_hermes([host()], None, ["pairing", "list"], tty=False, restart_after=True, say=said.append,
+                         write=lambda data: None, remote_for=lambda h: remote)
+    assert not any("restart -t" in c for c in remote.commands)
+    assert any("--restart: not restarting hermes" in s and "live" in s for s in said)
+    said.clear()
+    failing = FakeRemote(lambda c: RunResult(2, b"", "no such key"))
+    runs = hermescli.run_hermes([host()], None, ["config", "unset", "nope"], tty=False, restart_after=True,
+                                say=said.append, write=lambda data: None, err=lambda text: None,
+                                remote_for=lambda h: failing)
+    assert runs[0].rc == 2 and not any("restart -t" in c for c in failing.commands)
+    assert any("hermes exited 2" in s for s in said)
+    said.clear()
+    hermescli.run_hermes([host()], None, ["config", "unset", "x"], tty=False, say=said.append,
+                         write=lambda data: None, remote_for=lambda h: remote)
+    assert any("only at start" in s and "hermes-infra restart web1 --profile hermes" in s for s in said)
+
+
+@pytest.mark.parametrize("args", [["status"], ["status", "--all"], ["-p", "work", "gateway", "status"]])
+def test_hermes_status_says_it_ran_beside_the_gateway(args):
+    """Issue 19: Hermes's own `status` says the gateway is "stopped": it runs in a one-off container."""
+    said, written = [], []
+    remote = FakeRemote(lambda c: RunResult(0, b"Gateway: stopped\n", ""))
+    hermescli.run_hermes([host()], None, args, tty=False, say=said.append, write=written.append,
+                         remote_for=lambda h: remote)
+    assert b"".join(written) == b"Gateway: stopped\n"  # Hermes's output untouched
+    assert any("one-off container" in s and "hermes-infra status web1" in s for s in said)
+    assert not hermescli.needs_restart(args)
