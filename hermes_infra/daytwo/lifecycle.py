@@ -4,7 +4,8 @@ and `docker restart`, for every host and profile a target names.
 Logs come from Docker (`docker logs`, what the gateway writes to stdout/stderr: rotated by
 the daemon's json-file limits). `--grep` filters on the control machine with a Python regex,
 so the pattern never passes through a remote shell. Lines are cleaned of control characters
-(a message from a chat user could carry terminal escape sequences).
+(a message from a chat user could carry terminal escape sequences). `-f` ends on the host with
+the session (`follow_command`): Ctrl-C here ends `docker logs` there.
 
 `restart` restarts the container through compose (its stop_grace_period lets Hermes drain),
 then runs the deploy's own health gate (`health.gate_script`: `/health` 200, `/v1/models` 401
@@ -61,6 +62,33 @@ def logs_command(container: str, options: LogOptions) -> str:
     return f"{shlex.join(argv)} 2>&1"
 
 
+def follow_command(command: str) -> str:
+    """`command` (a `docker logs --follow`) ended with the SSH session. Without a terminal, sshd
+    signals nothing when the client goes (Ctrl-C), and `docker logs` on a quiet log never writes
+    again to notice its closed pipe: it stayed on the host for good. The session's stdin is held
+    open by the client for as long as it follows (`HeldOpen`); a watcher reads it (fd 3: a
+    background job's own stdin is /dev/null) and kills the command when it ends. When the command
+    ends first, the watcher goes with it (its `cat` ends with the session)."""
+    return (f"exec 3<&0; {command} & hi_logs=$!; "
+            "{ cat <&3 >/dev/null 2>&1; kill $hi_logs 2>/dev/null; } & hi_watch=$!; "
+            "wait $hi_logs; hi_rc=$?; kill $hi_watch 2>/dev/null; exit $hi_rc")
+
+
+class HeldOpen:
+    """A stdin that sends nothing and stays open until `close()`: the session's end is the
+    follow's end (`follow_command`)."""
+
+    def __init__(self) -> None:
+        self._closed = threading.Event()
+
+    def read(self, size: int = -1) -> bytes:
+        self._closed.wait()
+        return b""
+
+    def close(self) -> None:
+        self._closed.set()
+
+
 class LineFilter:
     """Bytes in, whole cleaned lines out (prefixed, filtered by --grep)."""
 
@@ -108,11 +136,18 @@ def show_logs(hosts: list[HostTarget], profile: str | None, options: LogOptions,
     jobs = [(h, g) for h in hosts for g in h.gateways(profile)]
     many = len(jobs) > 1
     codes: list[int] = []
+    held: list[HeldOpen] = []
 
     def one(host: HostTarget, gateway: GatewaySettings, remote: Remote) -> None:
         prefix = f"{host.name}/{gateway.name} | " if many else ""
         lines = LineFilter(locked, prefix, pattern)
-        result = remote.run(logs_command(gateway.service_name, options), on_stdout=lines.feed)
+        command = logs_command(gateway.service_name, options)
+        if options.follow:
+            stdin = HeldOpen()
+            held.append(stdin)
+            result = remote.run(follow_command(command), stdin=stdin, on_stdout=lines.feed)
+        else:
+            result = remote.run(command, on_stdout=lines.feed)
         lines.flush()
         if result.rc != 0:
             locked(f"{prefix}hermes-infra: `docker logs {gateway.service_name}` exited {result.rc} "
@@ -133,6 +168,8 @@ def show_logs(hosts: list[HostTarget], profile: str | None, options: LogOptions,
     finally:
         for remote in remotes.values():
             remote.close()
+        for stdin in held:
+            stdin.close()
     return 0 if all(code == 0 for code in codes) else 1
 
 

@@ -257,3 +257,86 @@ def test_hermes_status_says_it_ran_beside_the_gateway(args):
     assert b"".join(written) == b"Gateway: stopped\n"  # Hermes's output untouched
     assert any("one-off container" in s and "hermes-infra status web1" in s for s in said)
     assert not hermescli.needs_restart(args)
+
+
+FOLLOWED_DOCKER = """#!/bin/sh
+echo $$ > "$PID_FILE"
+echo started
+exec sleep 600
+"""
+
+
+def test_logs_follow_ends_docker_logs_on_the_host_when_the_session_hangs_up(tmp_path):
+    """Issue 19: after Ctrl-C, `docker logs --follow` stayed on the host (no terminal, so no
+    SIGHUP; a quiet log never writes to find its pipe closed). The command `logs -f` sends is run
+    by sh against a fake docker on a quiet log; closing its stdin (what the session's end does)
+    must end it."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    sent = []
+
+    class Recording(FakeRemote):
+        def run(self, command, *, stdin=None, on_stdout=None, timeout=None):
+            sent.append((command, stdin))
+            return RunResult(0, b"", "")
+
+    lifecycle.show_logs([host()], None, lifecycle.LogOptions(follow=True), emit=lambda line: None,
+                        remote_for=lambda h: Recording())
+    [(command, stdin)] = sent
+    assert stdin is not None and not isinstance(stdin, bytes), "the session's stdin must stay open while following"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FOLLOWED_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    pid_file = tmp_path / "pid"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PID_FILE=str(pid_file))
+    shell = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                             start_new_session=True)
+    try:
+        assert shell.stdout.readline() == b"started\n"
+        child = int(pid_file.read_text())
+        shell.stdin.close()  # the client went away
+        shell.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("docker logs outlived the session")
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)
+            shell.wait()
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError, FileNotFoundError):
+            pass
+
+
+def test_logs_follow_ends_with_docker_logs_and_keeps_its_exit_code(tmp_path):
+    """The other way round: a log that ends (the container removed) ends the follow, its code kept,
+    though the session's stdin is still open."""
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text("#!/bin/sh\necho last line\nexit 3\n")
+    (bin_dir / "docker").chmod(0o755)
+    command = lifecycle.follow_command(lifecycle.logs_command("hermes", lifecycle.LogOptions(follow=True)))
+    shell = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    try:
+        out = shell.stdout.read()  # EOF once nothing but the watcher holds the pipe: it holds none
+        assert out == b"last line\n" and shell.wait(timeout=10) == 3
+    finally:
+        shell.stdin.close()
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait()
