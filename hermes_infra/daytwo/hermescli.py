@@ -29,6 +29,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,14 @@ LIVE = (("pairing",), ("cron",), ("doctor",), ("status",), ("logs",), ("config",
 LIVE_UNLESS = {("doctor",): "--fix"}
 """A live command that changes config with this option (`doctor --fix` may rewrite config.yaml)."""
 STATUS_COMMANDS = (("status",), ("gateway", "status"))
+PAIRING_CHANGES = (("pairing", "approve"), ("pairing", "revoke"), ("pairing", "clear-pending"))
+# What an audit record names of a Hermes command: only words from these lists, never an argument
+# (`config set KEY VALUE`, `auth add TOKEN`: a value may be a secret).
+AUDIT_COMMANDS = frozenset({"config", "setup", "gateway", "model", "auth", "login", "logout", "tools", "import",
+                            "plugins", "pairing", "cron", "doctor", "sessions", "skills", "mcp", "memory", "backup"})
+AUDIT_VERBS = frozenset({"set", "unset", "edit", "migrate", "setup", "approve", "revoke", "clear-pending", "add",
+                         "remove", "pause", "resume", "run", "enable", "disable", "install", "uninstall", "reset",
+                         "delete", "login", "logout"})
 # Hermes's global options that take a value (`hermes -p work pairing list`): the word after
 # them is that value, not the command. An option not listed here may take one or not: both
 # readings are checked, and a command is refused when either reading is refused.
@@ -132,6 +141,31 @@ def needs_restart(args: Sequence[str]) -> bool:
     return any(not _live(words, args) for words in _readings(args))
 
 
+def changes_something(args: Sequence[str]) -> bool:
+    """Worth an audit record: it may change config, or it changes who may talk to the agent."""
+    return needs_restart(args) or _starts(args, PAIRING_CHANGES)
+
+
+def audit_name(args: Sequence[str]) -> str:
+    """`hermes config unset`, `hermes pairing approve`: the command's words from allow-lists only."""
+    for words in _readings(args):
+        if words and words[0] in AUDIT_COMMANDS:
+            verb = [words[1]] if len(words) > 1 and words[1] in AUDIT_VERBS else []
+            return " ".join(["hermes", words[0], *verb])
+    return "hermes (a command hermes-infra does not name)"
+
+
+def _audit(host: HostTarget, gateway: GatewaySettings, args: Sequence[str], rc: int, seconds: float,
+           remote: Remote, say: Callable[[str], None]) -> None:
+    from hermes_infra.release import audit
+
+    record = audit.AuditRecord(command="hermes", result="success" if rc == 0 else "failed",
+                               changed=(f"{audit_name(args)} on {gateway.name}",), seconds=seconds,
+                               message=f"{gateway.name}: {audit_name(args)} (exit {rc})")
+    if not audit.write_quietly(remote, record):
+        say(f"{host.name}: warning: `{audit_name(args)}` was not written to {audit.AUDIT_PATH}")
+
+
 def hermes_command(settings: HostSettings, gateway: GatewaySettings, args: Sequence[str], tty: bool) -> str:
     """Shell text for the host: the one-off container, then the data dir's files given back."""
     run = [*(["-T"] if not tty else []), gateway.service_name, *args]
@@ -192,8 +226,15 @@ def run_hermes(hosts: list[HostTarget], profile: str | None, args: Sequence[str]
         if len(jobs) > 1:
             say(f"==> {host.name}/{gateway.name}: hermes {shlex.join(args)}")
         command = hermes_command(host.settings, gateway, args, tty=bool(tty))
+        started = time.monotonic()
         if tty:
             rc = interactive_runner(ssh_argv(host.connection, command, tty=True))
+            if changes_something(args):
+                remote = remote_for(host)
+                try:
+                    _audit(host, gateway, args, rc, time.monotonic() - started, remote, say)
+                finally:
+                    remote.close()
         else:
             remote: Remote = remote_for(host)
             # Without a terminal the output is data (`pairing list` shows names chat users chose):
@@ -201,6 +242,9 @@ def run_hermes(hosts: list[HostTarget], profile: str | None, args: Sequence[str]
             lines = LineFilter(lambda line: write((line + "\n").encode()))
             try:
                 result = remote.run(command, on_stdout=lines.feed)
+                lines.flush()
+                if changes_something(args):
+                    _audit(host, gateway, args, result.rc, time.monotonic() - started, remote, say)
             finally:
                 lines.flush()
                 remote.close()

@@ -207,12 +207,32 @@ def restart(hosts: list[HostTarget], profile: str | None, say: Callable[[str], N
         remote = remote_for(host)
         try:
             with deploy_lock(host, remote, "restart"):
-                failed = _restart_host(host, profile, remote, say, results)
+                first = len(results)
+                started = time.monotonic()
+                try:
+                    failed = _restart_host(host, profile, remote, say, results)
+                except KeyboardInterrupt:
+                    _audit_restart(host, remote, results[first:], "interrupted", time.monotonic() - started, say)
+                    raise
+                _audit_restart(host, remote, results[first:], "failed" if failed else "success",
+                               time.monotonic() - started, say)
             if failed:
                 return results
         finally:
             remote.close()
     return results
+
+
+def _audit_restart(host: HostTarget, remote: Remote, steps: list[StepResult], result: str, seconds: float,
+                   say: Callable[[str], None]) -> None:
+    """One audit record per host restarted (under its deploy lock, as a deploy's is written)."""
+    from hermes_infra.release import audit
+
+    record = audit.AuditRecord(command="restart", result=result, changed=tuple(f"restart {s.profile}" for s in steps),
+                               seconds=seconds, message=", ".join(f"{s.profile} {'ok' if s.ok else 'FAILED'}"
+                                                                  for s in steps) or None)
+    if not audit.write_quietly(remote, record):
+        say(f"{host.name}: warning: the restart was not written to {audit.AUDIT_PATH}")
 
 
 def _restart_host(host: HostTarget, profile: str | None, remote: Remote, say: Callable[[str], None],

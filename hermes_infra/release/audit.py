@@ -103,3 +103,13 @@ def tail(remote, lines: int = 20, path: str | None = None) -> list[dict]:
     if result.rc != 0:
         raise RuntimeError(f"{remote.name}: could not read {path}: {result.stderr.strip()[-300:]}")
     return parse(result.stdout)
+
+
+def write_quietly(remote, record: AuditRecord, path: str | None = None) -> bool:
+    """`write` for a command whose work is done before its record is (a restart, a Hermes CLI
+    change, a manual lock or release): a host that cannot take the line must not turn work done
+    into an error. False when the line was not written (the caller says so)."""
+    try:
+        return write(remote, record, path)
+    except Exception:  # noqa: BLE001 - the connection may be gone; the work is done either way
+        return False

@@ -71,15 +71,26 @@ def cmd_lock(args, make_target) -> int:
             for name, deploy_lock in locks.locks.items():
                 state = deploy_lock.try_acquire()
                 print(f"{name}: " + ("locked" if state is None else f"not locked: it is {state.describe()}"))
+                _audit_lock(name, remotes[name], "lock acquire", state is None,
+                            args.message if state is None else f"held: {state.describe()}")
             return 0 if all(l.held for l in locks.locks.values()) else 1
         for name, remote in remotes.items():
             result = remote.run(lock.force_release_command())
             state = lock.parse_state(result.stdout)
             print(f"{name}: " + (f"released (it was {state.describe()})" if state.held else "was not locked"))
+            _audit_lock(name, remote, "lock release", result.rc == 0,
+                        f"it was {state.describe()}" if state.held else "was not locked")
         return 0
     finally:
         for remote in remotes.values():
             remote.close()
+
+
+def _audit_lock(name: str, remote, command: str, ok: bool, message: str | None) -> None:
+    """A manual lock or release is a change to who may deploy: the audit log has it."""
+    record = audit.AuditRecord(command=command, result="success" if ok else "failed", message=message)
+    if not audit.write_quietly(remote, record):
+        _say(f"{name}: warning: `{command}` was not written to {audit.AUDIT_PATH}")
 
 
 def cmd_audit(args, make_target) -> int:

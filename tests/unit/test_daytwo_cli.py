@@ -92,9 +92,12 @@ def test_hermes_streams_output_and_says_pairing_is_live():
 
 def test_interactive_uses_ssh_with_a_tty_and_one_gateway_only():
     calls = []
+    audit_remote = FakeRemote()  # the audit record of `gateway setup` goes over its own connection
     runs = hermescli.run_hermes([host()], None, ["gateway", "setup"], tty=True, say=lambda m: None,
-                                interactive_runner=lambda argv: calls.append(argv) or 0)
+                                interactive_runner=lambda argv: calls.append(argv) or 0,
+                                remote_for=lambda h: audit_remote)
     assert runs[0].rc == 0 and calls[0][:2] == ["ssh", "-t"] and "root@203.0.113.7" in calls[0]
+    assert [c for c in audit_remote.commands if "audit.jsonl" in c]
     two = host(gateways=[{"name": "hermes"}, {"name": "work", "api": {"port": 8643}}])
     with pytest.raises(DayTwoError, match="one gateway at a time"):
         hermescli.run_hermes([two], None, ["gateway", "setup"], tty=True)
@@ -340,3 +343,83 @@ def test_logs_follow_ends_with_docker_logs_and_keeps_its_exit_code(tmp_path):
         if shell.poll() is None:
             shell.kill()
             shell.wait()
+
+
+def audit_lines(remote) -> list[dict]:
+    """The records a fake host was asked to append (the line is the quoted printf argument)."""
+    import json
+    import shlex
+
+    found = []
+    for command in remote.commands:
+        if "audit.jsonl" in command:
+            words = shlex.split(command.split("printf %s ", 1)[1].split(" >> ", 1)[0])
+            found.append(json.loads(words[0]))
+    return found
+
+
+def test_restart_is_audited_per_host():
+    """Issue 19: the audit log missed restarts."""
+    remote = FakeRemote(lambda c: "")
+    results = lifecycle.restart([host()], None, say=lambda m: None, remote_for=lambda h: remote)
+    assert results[0].ok
+    [record] = audit_lines(remote)
+    assert (record["command"], record["result"], record["changed"]) == ("restart", "success", ["restart hermes"])
+    assert set(record) == {"time", "who", "command", "revision", "image", "result", "changed", "seconds", "message"}
+    failing = FakeRemote(lambda c: "" if "audit.jsonl" in c else RunResult(1, b"", "no"))
+    lifecycle.restart([host()], None, say=lambda m: None, remote_for=lambda h: failing)
+    assert audit_lines(failing)[0]["result"] == "failed"
+
+
+@pytest.mark.parametrize("args, name", [
+    (["config", "set", "model.api_key", "sk-secret-0123456789"], "hermes config set"),
+    (["config", "unset", "display.tool_progress"], "hermes config unset"),
+    (["pairing", "approve", "weixin", "ABCD2345"], "hermes pairing approve"),
+    (["--token", "sk-secret-0123456789", "login"], "hermes login"),
+])
+def test_hermes_changes_are_audited_without_their_arguments(args, name):
+    """Issue 19: the audit log missed Hermes CLI changes. A value may be a secret: only the
+    command's words from allow-lists are recorded."""
+    remote = FakeRemote(lambda c: "")
+    hermescli.run_hermes([host()], None, args, tty=False, say=lambda m: None, write=lambda d: None,
+                         remote_for=lambda h: remote)
+    [record] = audit_lines(remote)
+    assert record["command"] == "hermes" and record["result"] == "success"
+    assert record["changed"] == [f"{name} on hermes"]
+    audited = [c for c in remote.commands if "audit.jsonl" in c][0]
+    assert "sk-secret" not in audited and "ABCD2345" not in audited and "display.tool_progress" not in audited
+
+
+def test_reading_commands_are_not_audited():
+    remote = FakeRemote(lambda c: "")
+    for args in (["pairing", "list"], ["status"], ["config", "get", "x"]):
+        hermescli.run_hermes([host()], None, args, tty=False, say=lambda m: None, write=lambda d: None,
+                             remote_for=lambda h: remote)
+    assert audit_lines(remote) == []
+
+
+def test_manual_lock_acquire_and_release_are_audited(monkeypatch, capsys):
+    """Issue 19: the audit log missed `lock acquire` and `lock release`."""
+    from hermes_infra.release import cli as release_cli
+    from hermes_infra.release.remote import Result
+
+    class LockHost:
+        name = "web1"
+
+        def __init__(self):
+            self.commands = []
+
+        def run(self, command, timeout=120):
+            self.commands.append(command)
+            return Result(0, "acquired\n" if "mkdir -m 0700" in command else "", "")
+
+        def close(self):
+            pass
+
+    remote = LockHost()
+    monkeypatch.setattr(release_cli, "remotes_for", lambda target, limit: {"web1": remote})
+    assert cli.main(["lock", "acquire", "root@203.0.113.7", "-m", "maintenance"]) == 0
+    assert cli.main(["lock", "release", "root@203.0.113.7"]) == 0
+    records = audit_lines(remote)
+    assert [(r["command"], r["result"]) for r in records] == [("lock acquire", "success"), ("lock release", "success")]
+    assert records[0]["message"] == "maintenance"
