@@ -19,7 +19,7 @@ import json
 import shlex
 from dataclasses import asdict, dataclass
 
-from hermes_infra.daytwo.remote import HostTarget, Remote, clean, for_each_host, open_remote
+from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, for_each_host, open_remote
 from hermes_infra.host.hostfacts import container_api_script, key_header_script
 from hermes_infra.plan import hostplan as planmod
 from hermes_infra.settings.schema import GatewaySettings
@@ -74,23 +74,26 @@ def _preview(text: str) -> str:
     return clean(" ".join(text.split()), PREVIEW_CHARS)
 
 
-def _answer(body: str) -> tuple[str | None, str | None]:
-    """(the answer's text, the error the body names): `choices[0].message.content`, or
-    `error.message` (Hermes's 500 "No inference provider configured")."""
+def _answer(body: str) -> tuple[str | None, str | None, bool]:
+    """(the answer's text, the error the body names, whether Hermes marks the turn failed):
+    `choices[0].message.content`, `error.message` (Hermes's 500 "No inference provider
+    configured"), and `hermes.failed` (Hermes 0.19.0 answers a provider's 401 with a 200 whose
+    content is the error, and `"hermes": {"failed": true}`: measured in tests/e2e/test_chat.py)."""
     try:
         data = json.loads(body)
     except json.JSONDecodeError:
-        return None, None
+        return None, None, False
     if not isinstance(data, dict):
-        return None, None
+        return None, None, False
     error = data.get("error")
     if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return None, error["message"]
+        return None, error["message"], False
+    failed = isinstance(data.get("hermes"), dict) and data["hermes"].get("failed") is True
     try:
         content = data["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
-        return None, None
-    return (content if isinstance(content, str) else None), None
+        return None, None, failed
+    return (content if isinstance(content, str) else None), None, failed
 
 
 def fix_hint(host: str, profile: str) -> str:
@@ -115,7 +118,7 @@ def parse_smoke(host: str, gateway: GatewaySettings, output: str, timeout: int) 
     if len(parts) == 3 and parts[0].isdigit():
         result.code = parts[0]
         result.first_byte_seconds, result.total_seconds = _seconds(parts[1]), _seconds(parts[2])
-    answer, error = _answer(body)
+    answer, error, failed = _answer(body)
     result.answer = _preview(answer or "")
     if result.code == "000":
         result.problem = (f"no answer within {timeout}s (the gateway or its provider is slow or unreachable; "
@@ -126,6 +129,9 @@ def parse_smoke(host: str, gateway: GatewaySettings, output: str, timeout: int) 
     elif result.code != "200":
         said = f": {clean(error, 200)}" if error else ""
         result.problem = f"answered http {result.code}{said}. {fix_hint(host, gateway.name)}"
+    elif failed:
+        result.problem = (f"answered 200, but Hermes marks the turn failed (the provider refused it: its key, "
+                          f"its model name, its quota): \"{result.answer}\". {fix_hint(host, gateway.name)}")
     elif not result.answer:
         result.problem = f"answered 200 with an empty answer. {fix_hint(host, gateway.name)}"
     return result
@@ -154,6 +160,10 @@ def smoke_host(host: HostTarget, profile: str | None, message: str = DEFAULT_MES
 
 def smoke(hosts: list[HostTarget], profile: str | None, message: str = DEFAULT_MESSAGE,
           timeout: int = DEFAULT_TIMEOUT) -> list[SmokeResult]:
+    if not 1 <= timeout <= 3600:
+        raise DayTwoError(f"--timeout {timeout} is not a wait in seconds. Fix: 1 to 3600 (default {DEFAULT_TIMEOUT})")
+    if not message.strip():
+        raise DayTwoError("--message is empty. Fix: a short message, e.g. --message 'Say hello'")
     for host in hosts:
         host.gateways(profile)  # an unknown --profile is refused before any host is touched
     per_host = for_each_host(hosts, lambda h: smoke_host(h, profile, message, timeout))

@@ -87,6 +87,22 @@ def test_anything_but_a_200_with_an_answer_fails_and_says_what_to_check(output, 
     assert "FAILED" in smoke.render_text(results)
 
 
+def test_a_200_that_hermes_marks_failed_is_a_failure():
+    """Hermes 0.19.0 answers a provider's 401 with a 200 whose content is the error (tests/e2e/test_chat.py)."""
+    body = json.dumps({"choices": [{"message": {"content": "Error: provider answered 401 Unauthorized"}}],
+                       "hermes": {"failed": True}})
+    r = smoke.parse_smoke("web1", host().settings.gateways[0], answer(body), 120)
+    assert r.code == "200" and not r.ok and "marks the turn failed" in r.problem and "401" in r.problem
+
+
+@pytest.mark.parametrize("options, why", [({"timeout": 0}, "--timeout 0"), ({"message": " "}, "--message is empty")])
+def test_bad_options_are_refused_before_any_host_is_touched(options, why):
+    from hermes_infra.daytwo.remote import DayTwoError
+
+    with pytest.raises(DayTwoError, match=why):
+        smoke.smoke([host()], None, **options)
+
+
 def test_an_unreachable_host_is_a_failed_row_not_a_crash():
     class Broken(FakeRemote):
         def run(self, command, **kwargs):
