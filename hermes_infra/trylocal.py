@@ -152,6 +152,15 @@ def probe(api: str, header: Path, timeout: float = 60) -> str:
 PROVIDER_FILE = "~/.config/hermes-infra/try"
 
 
+def local_inventory_note(name: str) -> str:
+    """inventory/local.py names the VM `try` and group_data/local.py holds try's settings: from the
+    repository's directory it is the same target, shorter (another VM name is not in it)."""
+    if name != "try":
+        return ""
+    return ("\n              or, from the repository's directory, the same target as an inventory: "
+            "inventory/local.py\n              (its settings: group_data/local.py), e.g. hermes-infra status inventory/local.py")
+
+
 def shown_target(up_args: list[str]) -> str:
     """The try VM's target as the deploy ran it (connection and try's settings), quoted to paste."""
     return " ".join(shlex.quote(arg) for arg in up_args) if up_args else "<the try VM's target>"
@@ -193,7 +202,7 @@ Hermes gateway running in local VM '{name}' (GET /v1/models with the key just an
               hermes-infra status {target}
               hermes-infra check {target}
               hermes-infra smoke {target}   (one real chat turn: costs tokens)
-              (also: logs, restart, pairing, hermes, backup, with the same target)
+              (also: logs, restart, pairing, hermes, backup, with the same target){local_inventory_note(name)}
   Redeploy:   hermes-infra up {target}
   SSH:        {ssh}
   Remove:     hermes-infra try --destroy{'' if name == 'try' else ' --name ' + name}

@@ -211,8 +211,12 @@ def test_try_prints_day_two_commands_and_the_redeploy_with_its_own_settings(tmp_
     for command in ("status", "check", "smoke", "up"):
         assert f"hermes-infra {command} {shown}" in text, command
     assert "Redeploy:   hermes-infra up " in text
+    assert "hermes-infra status inventory/local.py" in text  # the VM `try`: group_data/local.py has its settings
+    other = trylocal.usage_text("other", SimpleNamespace(ssh_port=2222), {"ssh_key": "/k"}, "http://127.0.0.1:40001",
+                                tmp_path / "h", "200", up_args=up_args)
+    assert "inventory/local.py" not in other  # it names the VM `try` only
     for line in text.splitlines():
-        if "hermes-infra status" in line or "hermes-infra check" in line:
+        if ("hermes-infra status" in line or "hermes-infra check" in line) and "inventory/local.py" not in line:
             assert "install_source" in line, line
 
 
