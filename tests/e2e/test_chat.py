@@ -1,6 +1,9 @@
 """The agent answers (issue 19): a chat through the deployed gateway reaches a model provider
 with the right key, and a hub in each topology gets the provider's answer through its gateway.
 
+`hermes-infra smoke` (one real chat turn per gateway, timed) is proven here too, on the same
+deploys: failing without a provider, answering with the right key, failing with a wrong one.
+
 The provider is `scripted_provider.py`, run ON the VM (never outside this machine and its VMs),
 bound to the docker bridge's address 172.17.0.1 so containers reach it as
 `host.docker.internal` (every service has `extra_hosts: host-gateway`). It refuses any key but
@@ -19,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_bootstrap import inspect
+from tests.e2e.test_daytwo import cli
 from tests.e2e.test_profiles import container_env, hub
 
 BRIDGE = "172.17.0.1"
@@ -114,9 +118,19 @@ def provider(deployed):
         print(f"[timing] back to the bootstrapped state: {deployed.reset():.1f}s")
 
 
+def smoke(deployed, *args: str) -> tuple[int, dict, str]:
+    run = cli(deployed, "smoke", "--json", *args, timeout=600)
+    return run.returncode, json.loads(run.stdout), run.stdout + run.stderr
+
+
 def test_a_gateway_without_a_provider_is_alive_but_not_ready(deployed):
     assert deployed.http_status(f"{API}/health") == "200"
     assert detailed_status(deployed, deployed.api_key()) == "degraded"
+    # smoke fails, and says what to check.
+    code, report, _ = smoke(deployed)
+    [gateway] = report["gateways"]
+    assert code == 1 and not gateway["ok"] and gateway["code"] == "500", report
+    assert "No inference provider configured" in gateway["problem"] and "HI-API-005" in gateway["problem"]
 
 
 def test_chat_reaches_the_provider_with_its_key_and_hubs_in_both_topologies_get_the_answer(deployed, provider):
@@ -154,6 +168,21 @@ def test_chat_reaches_the_provider_with_its_key_and_hubs_in_both_topologies_get_
     assert all(entry["stream"] for entry in chats), "Hermes streams from its provider"
     assert inspect(deployed, "hermes")["State"]["Running"]
 
+    # smoke: one timed turn through each gateway, twice (the first turn of a gateway and a later one).
+    before, timings = len(requests_seen(deployed)), []
+    for turn in ("first", "second"):
+        code, report, output = smoke(deployed, "--message", f"ping {turn}")
+        assert code == 0, report
+        assert {g["profile"]: g["answer"] for g in report["gateways"]} == {"hermes": f"pong: ping {turn}",
+                                                                       "coder": f"pong: ping {turn}"}, report
+        for gateway in report["gateways"]:
+            assert gateway["ok"] and 0 < gateway["first_byte_seconds"] <= gateway["total_seconds"], gateway
+        assert provider not in output and key not in output
+        timings.append([(g["first_byte_seconds"], g["total_seconds"]) for g in report["gateways"]])
+    chats = [entry for entry in requests_seen(deployed)[before:] if entry["path"] == "/v1/chat/completions"]
+    assert len(chats) >= 4 and all(entry["key_ok"] and entry["status"] == 200 for entry in chats), chats
+    print(f"[timing] smoke turns per gateway (first byte, total): first {timings[0]}, second {timings[1]}")
+
 
 def test_a_wrong_provider_key_makes_the_chat_fail_with_the_providers_401(deployed, provider):
     wrong = secrets.token_hex(20)
@@ -169,3 +198,7 @@ def test_a_wrong_provider_key_makes_the_chat_fail_with_the_providers_401(deploye
     assert answer.get("hermes", {}).get("failed") is True, answer
     chats = [entry for entry in requests_seen(deployed)[before:] if entry["path"] == "/v1/chat/completions"]
     assert chats and all(not entry["key_ok"] and entry["status"] == 401 for entry in chats), chats
+    # smoke calls that turn a failure, although Hermes answered it with a 200.
+    code, report, _ = smoke(deployed, "--message", "ping wrong")
+    [gateway] = report["gateways"]
+    assert code == 1 and gateway["code"] == "200" and "marks the turn failed" in gateway["problem"], report
