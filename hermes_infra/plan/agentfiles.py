@@ -31,7 +31,7 @@ from hermes_infra.settings.schema import GatewaySettings, HostSettings
 
 VERSION = 1
 RECORD_NAME = "agent-code.json"
-JOBS_FILE = "cron/jobs.json"
+JOBS_FILE = cronjobs.JOBS_FILE
 _SHA = re.compile(r"[0-9a-f]{64}")
 MAX_ENTRIES = 5000
 

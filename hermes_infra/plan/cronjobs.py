@@ -33,6 +33,7 @@ from hermes_infra.plan import compose
 from hermes_infra.settings.schema import CronJobSettings, GatewaySettings, HostSettings
 
 PREFIX = "hermes-infra/"
+JOBS_FILE = "cron/jobs.json"
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_SHOWN = 120
 
