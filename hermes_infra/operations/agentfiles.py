@@ -31,23 +31,39 @@ def parents_command(plan: AgentFilesPlan, dest: str) -> str | None:
             f"mkdir -p -- {shlex.quote(parent)} )")
 
 
+def enter_parent(plan: AgentFilesPlan, dest: str) -> str:
+    """`cd` into the directory that holds `dest`, and only if it really is inside the data dir.
+
+    The agent can replace `scripts/` with a link (to another profile's data dir, which has the
+    same owner): after `cd -P` the working directory is pinned to one inode, and its real path
+    must be the data dir's own plus `dest`'s parent, so what follows (run relative to it) cannot
+    be redirected, whatever is swapped afterwards."""
+    parent = posixpath.dirname(dest)
+    if not parent:
+        return safeio.enter(plan.directory)
+    outside = shlex.quote(f"{plan.path(parent)} is not a directory inside {plan.directory} (a link?): not written")
+    return (f"{{ {safeio.enter(plan.directory)} && hi_base=$(pwd -P) && cd -P -- {shlex.quote(parent)} 2>/dev/null "
+            f"&& [ \"$(pwd -P)\" = \"$hi_base\"/{shlex.quote(parent)} ] || {{ echo {outside} >&2; false; }}; }}")
+
+
 def write_commands(plan: AgentFilesPlan, write: FileWrite, writer: Writer):
-    path = plan.path(write.dest)
+    path, name = plan.path(write.dest), posixpath.basename(write.dest)
     first = parents_command(plan, write.dest)
     if write.backup:
-        copy = safeio.backup_script(plan.directory, write.dest, plan.uid, plan.gid, backup_target(path, writer))
+        copy = (f"( {enter_parent(plan, write.dest)} && "
+                f"{safeio.backup_script('.', name, plan.uid, plan.gid, backup_target(path, writer))} )")
         first = " && ".join(filter(None, (first, backed_up(writer, path, copy))))
     staged = yield from upload(writer, write.content, path, first=first)
-    yield (f"{safeio.write_script(plan.directory, write.dest, staged, plan.uid, plan.gid, write.mode)} "
-           f"&& rm -f {shlex.quote(staged)}")
+    yield (f"( {enter_parent(plan, write.dest)} && "
+           f"{safeio.write_script('.', name, staged, plan.uid, plan.gid, write.mode)} ) && rm -f {shlex.quote(staged)}")
 
 
 def removal_command(plan: AgentFilesPlan, removal: FileRemoval) -> str:
     """Remove `dest` as the owner if it still holds exactly what hermes-infra wrote; say so if not."""
-    quoted = shlex.quote(removal.dest)
-    read = safeio.owner_read(removal.dest, plan.uid, plan.gid, safeio.MAX_READ_BYTES + 1)
+    quoted = shlex.quote(posixpath.basename(removal.dest))
+    read = safeio.owner_read(posixpath.basename(removal.dest), plan.uid, plan.gid, safeio.MAX_READ_BYTES + 1)
     kept = shlex.quote(f"kept {plan.path(removal.dest)}: changed since hermes-infra wrote it, no longer managed")
-    return (f"( {safeio.enter(plan.directory)} || exit 0; "
+    return (f"( {enter_parent(plan, removal.dest)} || exit 0; "
             f"if [ -f {quoted} ] && [ ! -L {quoted} ] && [ \"$( {{ {read}; }} | sha256sum | cut -c1-64 )\" = "
             f"{shlex.quote(removal.sha256)} ]; then {safeio.as_owner(plan.uid, plan.gid)} rm -f -- {quoted}; "
             f"elif [ -e {quoted} ] || [ -L {quoted} ]; then echo {kept}; fi )")

@@ -17,6 +17,7 @@ from pyinfra.api.exceptions import PyinfraError
 from hermes_infra.host import hostfacts, safeio
 from hermes_infra.host.safeio import FileRead
 from hermes_infra.operations import agentfiles as agentfiles_op
+from hermes_infra.operations.files import staged_path
 from hermes_infra.plan import agentfiles, plandiff
 from hermes_infra.plan.hostplan import Writer, fact_request
 from tests.unit.hostfakes import converged, fresh, plan_for, root_file, run_op, settings, with_state
@@ -219,7 +220,8 @@ def test_a_file_that_left_the_settings_is_removed_only_if_unchanged_and_leaves_t
     assert json.loads(plan.agent_record.content)["profiles"]["hermes"]["files"] == {"SOUL.md": sha(SOUL)}
     command = agentfiles_op.removal_command(plan.agent[0].files, plan.agent[0].files.removals[0])
     assert "sha256sum" in command and "= " + "a" * 64 + " ]; then" in command
-    assert "setpriv --reuid=10000 --regid=10000 --clear-groups -- rm -f -- interview/old.md" in command
+    assert "cd -P -- interview" in command and '= "$hi_base"/interview ]' in command
+    assert "setpriv --reuid=10000 --regid=10000 --clear-groups -- rm -f -- old.md" in command
 
 
 @pytest.mark.parametrize("forged", [
@@ -247,7 +249,7 @@ def test_a_nested_file_is_written_by_the_owner_into_directories_the_owner_made(r
     result = run_op(agentfiles_op.agent_files, plan=plan.agent[0].files, writer=plan.writer)
     text = result.text()
     assert "setpriv --reuid=10000 --regid=10000 --clear-groups -- mkdir -p -- scripts" in text
-    assert "mv -fT" in text and "sh scripts/check.sh 0700 <" in text
+    assert "mv -fT" in text and "cd -P -- scripts" in text and "sh check.sh 0700 <" in text
     assert "chown" not in text and "chmod 0700 scripts" not in text
     assert [u.dest.startswith("/var/lib/hermes-infra/stage/") for u in result.uploads] == [True, True]
 
@@ -271,6 +273,16 @@ def sh(command: str) -> subprocess.CompletedProcess:
     return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30, check=False)
 
 
+def write_for_real(files, write, staged) -> subprocess.CompletedProcess:
+    """The operation's own write command, the upload replaced by a file already staged."""
+    commands = agentfiles_op.write_commands(files, write, Writer())
+    shell = []
+    for command in commands:
+        if isinstance(command, str):
+            shell.append(command.replace(staged_path(Writer(), files.path(write.dest)), str(staged)))
+    return sh(" && ".join(c for c in shell if "install -d -m 0700 -o" not in c))
+
+
 @needs_root
 def test_for_real_write_and_remove_as_the_owner_without_following_a_planted_link(data_dir, tmp_path):
     victim = tmp_path / "victim"
@@ -282,8 +294,8 @@ def test_for_real_write_and_remove_as_the_owner_without_following_a_planted_link
     staged = tmp_path / "staged"
     staged.write_bytes(SCRIPT)
     write = agentfiles.FileWrite("scripts/check.sh", "x", "0700", SCRIPT.decode(), sha(SCRIPT), "new")
-    assert sh(agentfiles_op.parents_command(files, write.dest)).returncode == 0
-    assert sh(safeio.write_script(str(data_dir), write.dest, str(staged), 10000, 10000, "0700")).returncode == 0
+    done = write_for_real(files, write, staged)
+    assert done.returncode == 0, done.stderr
     placed = data_dir / "scripts" / "check.sh"
     assert not placed.is_symlink() and placed.read_bytes() == SCRIPT and victim.read_text() == "root's file\n"
     info = placed.stat()
@@ -300,3 +312,24 @@ def test_for_real_write_and_remove_as_the_owner_without_following_a_planted_link
     placed.symlink_to(victim)
     sh(agentfiles_op.removal_command(files, agentfiles.FileRemoval(write.dest, sha(victim.read_bytes()))))
     assert victim.exists()
+
+
+@needs_root
+def test_for_real_a_parent_swapped_for_a_link_to_another_data_dir_is_not_written_through(data_dir, tmp_path):
+    other = Path(tempfile.mkdtemp(prefix=".hermes-infra-test-other-", dir=Path.home()))
+    try:
+        os.chown(other, 10000, 10000)
+        (other / "check.sh").write_bytes(b"the other profile's\n")
+        (data_dir / "scripts").symlink_to(other)
+        files = agentfiles.AgentFilesPlan("hermes", str(data_dir), 10000, 10000)
+        staged = tmp_path / "staged"
+        staged.write_bytes(SCRIPT)
+        write = agentfiles.FileWrite("scripts/check.sh", "x", "0700", SCRIPT.decode(), sha(SCRIPT), "new")
+        done = write_for_real(files, write, staged)
+        assert done.returncode != 0 and "not a directory inside" in done.stderr
+        assert (other / "check.sh").read_bytes() == b"the other profile's\n"
+        (other / "check.sh").write_bytes(SCRIPT)
+        sh(agentfiles_op.removal_command(files, agentfiles.FileRemoval(write.dest, sha(SCRIPT))))
+        assert (other / "check.sh").exists(), "nothing is removed through a linked parent"
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
