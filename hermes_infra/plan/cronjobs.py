@@ -4,9 +4,10 @@ Hermes CLI calls that make the managed ones match.
 How the pinned Hermes (0.19.0) keeps jobs, read from its source:
 - one file, `<data dir>/cron/jobs.json` (`{"jobs": [...], "updated_at": ...}`), written under a
   cross-process lock (`cron/jobs.py` `_jobs_lock`) with a temp file and a rename;
-- the gateway's ticker (`gateway/run.py` `_start_cron_ticker`, every 60 s) reads the file again
-  on each tick (`get_due_jobs` -> `load_jobs`): a job added, changed or removed by another process
-  is seen within a minute, so no restart is needed;
+- the gateway's ticker (`gateway/run.py` `_start_cron_ticker` -> `cron/scheduler_provider.py`
+  `InProcessCronScheduler`, every 60 s) reads the file again on each tick (`tick` ->
+  `get_due_jobs` -> `load_jobs`): a job added, changed or removed by another process is seen
+  within a minute, so no restart is needed;
 - `hermes cron create|pause|resume|remove` change it (the same code the agent's `cronjob` tool
   runs), and validate what they are given; `hermes cron list` prints text for people only, so the
   jobs are read from `cron/jobs.json` itself (owner's read, never followed, parsed as JSON by

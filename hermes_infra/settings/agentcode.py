@@ -212,10 +212,12 @@ def check_agent_code(files: list[tuple[str, str]], jobs: list[tuple[str, str | N
             if other.startswith(dest + "/"):
                 raise ValueError(f"{where}.files: dest {dest!r} is a file and {other!r} would need it to be a "
                                  "directory. Fix: rename one of them")
-    names = [name for name, _ in jobs]
-    for name in names:
-        if names.count(name) > 1:
-            raise ValueError(f"{where}.cron: job name {name!r} is used twice. Fix: one entry per job")
+    # Hermes finds a job by name ignoring case (`resolve_job_ref`): `Brief` and `brief` are one name.
+    names = [name.lower() for name, _ in jobs]
+    for name, _ in jobs:
+        if names.count(name.lower()) > 1:
+            raise ValueError(f"{where}.cron: job name {name!r} is used twice (Hermes ignores case). Fix: one entry "
+                             "per job")
     for name, script in jobs:
         if script is not None:
             check_script(script, f"{where}.cron[{name}].script", set(dests))

@@ -77,6 +77,7 @@ def test_a_script_must_be_among_the_managed_files(tmp_path, monkeypatch):
 def test_a_job_needs_something_to_run_a_unique_name_and_a_prompt_that_is_no_option():
     assert "neither prompt nor script" in error_of({"name": "x", "schedule": "every 1m"})
     assert "used twice" in error_of(job(), job())
+    assert "Hermes ignores case" in error_of(job(), job(name="Brief"))
     assert "read by the Hermes CLI as an option" in error_of(job(prompt="--help"))
     assert "not a job name" in error_of(job(name="hermes-infra/x"))
 
