@@ -22,13 +22,19 @@ from hermes_infra.plan.agentfiles import AgentFilesPlan, FileRemoval, FileWrite
 from hermes_infra.plan.hostplan import Writer
 
 
+# Run as the owner, one directory at a time from where the last `cd -P` pinned it: a link in the
+# way stops it (the write after it checks the real path again, whatever is swapped meanwhile).
+_MAKE_PARENTS = ('for d; do if [ -L "$d" ]; then echo "$d is a link: not followed" >&2; exit 1; fi; '
+                 '[ -d "$d" ] || mkdir -- "$d" || exit 1; cd -P -- "$d" || exit 1; done')
+
+
 def parents_command(plan: AgentFilesPlan, dest: str) -> str | None:
     """The owner makes the directories above `dest` (None: it sits in the data dir itself)."""
     parent = posixpath.dirname(dest)
     if not parent:
         return None
     return (f"( {safeio.enter(plan.directory)} && {safeio.as_owner(plan.uid, plan.gid)} "
-            f"mkdir -p -- {shlex.quote(parent)} )")
+            f"sh -c {shlex.quote(_MAKE_PARENTS)} sh {' '.join(shlex.quote(p) for p in parent.split('/'))} )")
 
 
 def enter_parent(plan: AgentFilesPlan, dest: str) -> str:

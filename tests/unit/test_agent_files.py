@@ -248,7 +248,9 @@ def test_a_nested_file_is_written_by_the_owner_into_directories_the_owner_made(r
     plan = plan_for(two_files(), fresh())
     result = run_op(agentfiles_op.agent_files, plan=plan.agent[0].files, writer=plan.writer)
     text = result.text()
-    assert "setpriv --reuid=10000 --regid=10000 --clear-groups -- mkdir -p -- scripts" in text
+    assert "setpriv --reuid=10000 --regid=10000 --clear-groups -- sh -c" in text and "mkdir -- \"$d\"" in text
+    nested = agentfiles_op.parents_command(plan.agent[0].files, "skills/coach/SKILL.md")
+    assert nested.endswith("sh skills coach )")
     assert "mv -fT" in text and "cd -P -- scripts" in text and "sh check.sh 0700 <" in text
     assert "chown" not in text and "chmod 0700 scripts" not in text
     assert [u.dest.startswith("/var/lib/hermes-infra/stage/") for u in result.uploads] == [True, True]
@@ -325,6 +327,9 @@ def test_for_real_a_parent_swapped_for_a_link_to_another_data_dir_is_not_written
         staged = tmp_path / "staged"
         staged.write_bytes(SCRIPT)
         write = agentfiles.FileWrite("scripts/check.sh", "x", "0700", SCRIPT.decode(), sha(SCRIPT), "new")
+        made = sh(agentfiles_op.parents_command(files, "scripts/sub/x.sh"))
+        assert made.returncode != 0 and "scripts is a link: not followed" in made.stderr
+        assert not (other / "sub").exists()
         done = write_for_real(files, write, staged)
         assert done.returncode != 0 and "not a directory inside" in done.stderr
         assert (other / "check.sh").read_bytes() == b"the other profile's\n"
@@ -333,3 +338,21 @@ def test_for_real_a_parent_swapped_for_a_link_to_another_data_dir_is_not_written
         assert (other / "check.sh").exists(), "nothing is removed through a linked parent"
     finally:
         shutil.rmtree(other, ignore_errors=True)
+
+
+@needs_root
+def test_for_real_the_batched_read_sees_nested_managed_files_as_the_owner(data_dir):
+    (data_dir / "scripts").mkdir()
+    (data_dir / "scripts" / "check.sh").write_bytes(SCRIPT)
+    (data_dir / "knowledge").mkdir()
+    (data_dir / "knowledge" / "e2e.md").symlink_to("/etc/shadow")
+    for path in (data_dir / "scripts", data_dir / "scripts" / "check.sh", data_dir / "knowledge"):
+        os.chown(path, 10000, 10000)
+    request = hostfacts.DataDirRequest("hermes", str(data_dir), 10000, 10000,
+                                       extra_files=("scripts/check.sh", "knowledge/e2e.md", "cron/jobs.json"))
+    script = safeio.read_script(request.directory, [".env", "config.yaml", *request.extra_files], 10000, 10000,
+                                "hermes")
+    files = safeio.parse_reads(sh(script).stdout.splitlines())["hermes"]["files"]
+    assert files["scripts/check.sh"].kind == "regular" and files["scripts/check.sh"].text == SCRIPT.decode()
+    assert files["knowledge/e2e.md"].kind == "symlink" and files["knowledge/e2e.md"].text is None
+    assert files["cron/jobs.json"].kind == "missing"
