@@ -182,7 +182,11 @@ def files_plan(gateway: GatewaySettings, state_dir: dict, previous: ProfileRecor
     recorded = previous.files if previous is not None else {}
     writes, unchanged, placed = [], [], {}
     for item in gateway.files:
-        data = agentcode.read_src(item.src)
+        try:
+            data = agentcode.read_src(item.src)
+        except (OSError, ValueError) as error:  # changed on the control machine since validation
+            raise AgentCodeError(f"gateways[{gateway.name}].files: {item.src!r} cannot be read: "
+                                 f"{getattr(error, 'strerror', None) or error}. Fix: a regular file, no link") from None
         write = _write_for(gateway, item.dest, item.src, item.mode, data, reads.get(item.dest), recorded.get(item.dest))
         placed[item.dest] = sha256(data)
         if write is None:

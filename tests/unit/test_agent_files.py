@@ -356,3 +356,11 @@ def test_for_real_the_batched_read_sees_nested_managed_files_as_the_owner(data_d
     assert files["scripts/check.sh"].kind == "regular" and files["scripts/check.sh"].text == SCRIPT.decode()
     assert files["knowledge/e2e.md"].kind == "symlink" and files["knowledge/e2e.md"].text is None
     assert files["cron/jobs.json"].kind == "missing"
+
+
+def test_a_source_swapped_for_a_link_after_validation_stops_the_plan_with_a_message(repo):
+    host = host_with(("files/SOUL.md", "SOUL.md", None))
+    (repo / "files" / "SOUL.md").unlink()
+    (repo / "files" / "SOUL.md").symlink_to("/etc/hostname")
+    with pytest.raises(PyinfraError, match=r"'files/SOUL.md' cannot be read.*Fix"):
+        plan_for(host, fresh())
