@@ -11,7 +11,8 @@ from __future__ import annotations
 import ipaddress
 import shlex
 
-from hermes_infra.host import readiness
+from hermes_infra.host import readiness, safeio
+from hermes_infra.plan import cronjobs
 from hermes_infra.settings import topology
 from hermes_infra.checks.context import DAEMON_JSON, HostContext, Subject, probe_url
 from hermes_infra.checks.registry import REGISTRY, CannotCheck, Control, NotApplicable, control, fail
@@ -393,6 +394,56 @@ def api_key_rules(ctx: HostContext, subject: Subject):
 
 
 # -------------------------------------------------------------------------- containers
+def _listed_jobs(ctx: HostContext, gateway) -> list[cronjobs.ListedJob]:
+    """The gateway's `cron/jobs.json`, read as its owner (never followed), parsed as data."""
+    out = ctx.run(safeio.read_script(gateway.host_data_dir, [cronjobs.JOBS_FILE], gateway.uid, gateway.gid, "jobs"))
+    reads = safeio.parse_reads(out.stdout.splitlines()).get("jobs", {"dir": "missing", "files": {}})
+    if reads["dir"] != "present":
+        raise CannotCheck(f"{gateway.host_data_dir} is {reads['dir']} (HI-DATA-001 reports it)")
+    found = reads["files"].get(cronjobs.JOBS_FILE)
+    if found is None or found.kind == "missing":
+        return []
+    if found.kind != "regular":
+        fail(f"{gateway.host_data_dir}/{cronjobs.JOBS_FILE} is not a regular file ({found.kind}): Hermes's jobs cannot "
+             "be read")
+    try:
+        return cronjobs.parse_jobs(found.text)
+    except ValueError as error:
+        fail(f"{gateway.host_data_dir}/{cronjobs.JOBS_FILE} is not the job list Hermes writes ({error})")
+
+
+@control("HI-AGT-001", "Every cron job in the settings exists in Hermes and is enabled (or paused, as set)",
+         severity="medium", scope="gateway",
+         rationale="A scheduled job the settings declare (a morning brief, a check that sends to WeChat) that is "
+                   "missing, paused by hand or changed never runs, and nothing else says so.",
+         remediation=REDEPLOY + ": it creates, edits, resumes or pauses the `hermes-infra/<name>` jobs through the "
+                     "Hermes CLI. Jobs made by hand are not checked.")
+def cron_jobs_present(ctx: HostContext, subject: Subject):
+    gateway = subject.gateway
+    if not gateway.cron:
+        raise NotApplicable("no cron jobs in the settings")
+    ctx.require_access(gateway.host_data_dir)
+    listed = {job.managed_name: job for job in reversed(_listed_jobs(ctx, gateway)) if job.managed_name}
+    problems, shown = [], []
+    for desired in cronjobs.desired_jobs(gateway):
+        job = listed.get(desired.name)
+        if job is None:
+            problems.append(f"{desired.hermes_name} is missing")
+            continue
+        fields = cronjobs.differences(desired, job)
+        if "enabled" in fields:
+            problems.append(f"{desired.hermes_name} is {'paused' if desired.enabled else 'enabled'}, want "
+                            f"{'enabled' if desired.enabled else 'paused'}")
+        other = [name for name in fields if name != "enabled"]
+        if other:
+            problems.append(f"{desired.hermes_name} differs from the settings: {', '.join(other)}")
+        last = f"last run {_printable(job.last_run_at or 'never', 40)}"
+        shown.append(f"{desired.hermes_name} ({last}{', ' + _printable(job.last_status, 40) if job.last_status else ''})")
+    if problems:
+        fail("; ".join(problems))
+    return "; ".join(shown)
+
+
 @control("HI-CTR-001", "Container is running", severity="critical", scope="container",
          remediation="`docker compose -p <project> -f <project dir>/compose.yaml up -d`, then read "
                      "`docker logs <container>` if it stops again. " + REDEPLOY + ".")

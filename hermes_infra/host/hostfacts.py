@@ -34,6 +34,8 @@ class DataDirRequest:
     directory: str
     uid: int
     gid: int
+    extra_files: tuple[str, ...] = ()
+    """Data-dir files read besides `.env` and `config.yaml` (the agent's managed files, cron jobs)."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,8 @@ def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
             f"[ -d {quoted} ] && [ ! -L {quoted} ] && [ -z \"$(find {quoted} -mindepth 1 -maxdepth 1 -print -quit "
             "2>/dev/null)\" ] && echo empty || echo notempty"]))
         sections.append((f"datadir {item.label}", [
-            safeio.read_script(item.directory, [".env", "config.yaml"], item.uid, item.gid, item.label)]))
+            safeio.read_script(item.directory, [".env", "config.yaml", *item.extra_files], item.uid, item.gid,
+                              item.label)]))
     if request.root_files:
         # One tar for every root file (two processes, not two per file; under emulation each
         # process start costs tens of milliseconds). -P keeps the names as asked; tar stores a

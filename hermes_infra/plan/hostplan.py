@@ -9,6 +9,7 @@ checked first: a `.env` that is not a regular file stops the plan with a message
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -18,7 +19,7 @@ from pyinfra.api.exceptions import PyinfraError
 
 from hermes_infra.host import safeio
 from hermes_infra.images import identity as imageid
-from hermes_infra.plan import backup_timer, compose, configfile, daemon, envfile, managedkeys
+from hermes_infra.plan import agentfiles, backup_timer, compose, configfile, daemon, envfile, managedkeys
 from hermes_infra.plan.capacity import EffectiveLimits, HostResources, derive_limits
 from hermes_infra.host.hostfacts import DataDirRequest, HostState, ProbeRequest, StateRequest
 from hermes_infra.settings.schema import (
@@ -263,6 +264,10 @@ class HostPlan:
     deployed: RootFilePlan
     backup_timer: BackupTimerPlan
     """The revision, written once the gates pass: what `rollback --to REVISION` finds later."""
+    agent: tuple[agentfiles.AgentPlan, ...] = ()
+    """Each gateway's agent files and cron jobs (plan/agentfiles.py, plan/cronjobs.py)."""
+    agent_record: RootFilePlan | None = None
+    """Which files and jobs hermes-infra placed (None on a host that never had any)."""
     upgrade: UpgradePlan | None = None
     """Set when the main project will be brought up over existing gateway containers: the
     deploy then keeps the previous image, snapshots the data dirs (gateways stopped) and rolls
@@ -306,6 +311,11 @@ def data_dir_request(gateway: GatewaySettings) -> DataDirRequest:
     return DataDirRequest(gateway.name, gateway.host_data_dir, gateway.uid, gateway.gid)
 
 
+def data_dir_read(gateway: GatewaySettings) -> DataDirRequest:
+    """The batched read of a data dir: `.env`, `config.yaml`, and the agent's files and jobs."""
+    return dataclasses.replace(data_dir_request(gateway), extra_files=agentfiles.read_names(gateway))
+
+
 def probe_url(settings: HostSettings, gateway: GatewaySettings) -> str:
     """Where the host itself reaches the published API."""
     address = publish_addresses(settings, gateway)[0]
@@ -347,8 +357,8 @@ def fact_request(settings: HostSettings) -> StateRequest:
     packages = OFFICIAL_PACKAGES if settings.docker.install_source == "official" else DISTRO_PACKAGES
     packages = PREREQUISITES + packages + CONFLICTS[settings.docker.install_source]
     return StateRequest(
-        data_dirs=tuple(data_dir_request(g) for g in settings.gateways),
-        root_files=tuple(dict.fromkeys(files)),
+        data_dirs=tuple(data_dir_read(g) for g in settings.gateways),
+        root_files=tuple(dict.fromkeys([*files, *agentfiles.request_paths(settings)])),
         projects=tuple(projects),
         swap_path=settings.swap.path,
         probes=tuple(ProbeRequest(g.name, probe_url(settings, g), data_dir_request(g), g.service_name)
@@ -717,8 +727,16 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
             data_dirs=tuple((g.name, g.host_data_dir) for g in settings.gateways),
             stop_grace_seconds=max(g.stop_grace_seconds for g in settings.gateways),
             backup_dir=settings.backup_dir, keep=settings.backup_keep)
+    agent_file = state.root_files.get(agentfiles.record_path(settings.project_dir))
+    agent_text = agent_file["text"].text if agent_file else None
+    try:
+        agent = agentfiles.agent_plans(settings, state.data_dirs, agent_text)
+    except agentfiles.AgentCodeError as error:
+        raise PlanError(str(error)) from None
+    agent_record = (_root_file(state, agentfiles.record_path(settings.project_dir), agentfiles.record_text(agent), "0600")
+                    if agentfiles.in_use(settings, agent_text) else None)
     return HostPlan(
-        host=host, codename=codename, writer=writer, docker=docker_plan,
+        host=host, codename=codename, writer=writer, docker=docker_plan, agent=agent, agent_record=agent_record,
         swap=SwapPlan(path=settings.swap.path, size_bytes=settings.swap.size_bytes - settings.swap.size_bytes % (1 << 20),
                       swappiness=settings.swap.swappiness, current=state.swap,
                       sysctl_file=_root_file(state, SYSCTL_FILE, f"vm.swappiness = {settings.swap.swappiness}\n")),

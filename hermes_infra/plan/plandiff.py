@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from hermes_infra.plan import configfile, envfile
+from hermes_infra.plan import agentfiles, configfile, envfile
 from hermes_infra.plan.hostplan import DataFilePlan, HostPlan, RootFilePlan, fstab_line
 
 REDACTED = "<redacted>"
@@ -171,4 +171,5 @@ def plan_diff(plan: HostPlan) -> list[str]:
         lines += data_file_diff(gateway.env) + data_file_diff(gateway.config)
     for path in (*plan.retire.files, *(p for p in plan.backup_timer.present if plan.backup_timer.calendar is None)):
         lines.append(_safe(f"{path}: removed"))
+    lines += [_safe(line) for line in agentfiles.agent_drift(plan.agent)]
     return lines

@@ -11,6 +11,7 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 
 from hermes_infra.operations import backup_timer, compose, datadir, docker_engine, health, image, profiles, swap
+from hermes_infra.operations import agentfiles, cronjobs
 from hermes_infra.plan import plandiff
 from hermes_infra.commands import SHOW_DIFF_ATTRIBUTE, SHOW_DIFF_ENV
 from hermes_infra.host.hostfacts import HermesHostState
@@ -78,6 +79,9 @@ def hermes_host(settings: HostSettings | None = None):
         upgrade.prepared(name="Upgrade: keep the previous image, snapshot the data dirs", plan=plan.upgrade)
     for gateway in plan.gateways:
         datadir.data_dir(gateway, writer)
+    for agent in (a for a in plan.agent if a.files_in_use):
+        agentfiles.agent_files(name=f"Agent files of {agent.profile} in {agent.files.directory}", plan=agent.files,
+                               writer=writer)
     # After the data files: a run that fails before this keeps the old record, and the keys it
     # lists are still found (and removed) next time.
     root_file(name="Record the .env and config.yaml keys hermes-infra manages", file=plan.managed_keys,
@@ -94,6 +98,12 @@ def hermes_host(settings: HostSettings | None = None):
     else:
         for gate in plan.health:
             health.healthy(name=f"Health gate: {gate.container} answers /health and /v1/models", plan=gate)
+    for agent in (a for a in plan.agent if a.cron_in_use):
+        cronjobs.cron_jobs(name=f"Cron jobs of {agent.profile} (hermes-infra/* as in the settings)", plan=agent)
+    if plan.agent_record is not None:
+        # After the files and jobs: a run that fails before this keeps the old record.
+        root_file(name="Record the agent files and cron jobs hermes-infra manages", file=plan.agent_record,
+                  writer=writer)
     root_file(name=f"Record revision {plan.revision} as deployed", file=plan.deployed, writer=writer)
     timer = plan.backup_timer
     for file in timer.files:

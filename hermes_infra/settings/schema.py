@@ -47,7 +47,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from hermes_infra.settings import providers
+from hermes_infra.settings import agentcode, providers
 from hermes_infra.settings.sizes import parse_size_setting
 
 GIB = 1024**3
@@ -1306,6 +1306,88 @@ def owned_env_setting(key: str) -> str | None:
     return next((setting for pattern, setting in OWNED_ENV if pattern.fullmatch(key)), None)
 
 
+class AgentFileSettings(Settings):
+    """One file of the agent's, copied from the operator's repository into the data dir."""
+
+    src: str
+    """Path of the file in the repository hermes-infra runs from (the current directory), e.g.
+    `files/hermes/SOUL.md`: relative, no `..`, a regular file (no link anywhere on the way), at
+    most 1 MiB."""
+
+    dest: str
+    """Where it goes, relative to the data dir (`/root/.hermes` on the host is `/opt/data` in the
+    container): `SOUL.md`, `interview/notes.md`, `scripts/check.sh`, `skills/<name>/SKILL.md`.
+    Letters, digits, `. _ -` per segment; never `.env`, `config.yaml` or state Hermes writes
+    (`sessions/`, `state.db`, `cron/`, `memories/`, `logs/`, `weixin/`, ...)."""
+
+    mode: Literal["0600", "0644", "0700", "0755"] = "0644"
+    """File mode, set by the data dir's owner on its own file."""
+
+    @field_validator("dest")
+    @classmethod
+    def _dest(cls, value: str) -> str:
+        return agentcode.check_dest(value, "files[].dest")
+
+    @field_validator("src")
+    @classmethod
+    def _src(cls, value: str) -> str:
+        agentcode.check_src_name(value, "files[].src")
+        problem = agentcode.src_problem(value)
+        if problem:
+            raise ValueError(f"files[].src {value!r} {problem}")
+        return value
+
+
+class CronJobSettings(Settings):
+    """One scheduled job, kept in the gateway's `cron/jobs.json` through the Hermes CLI."""
+
+    name: str
+    """The job's name, unique per gateway; in Hermes it is `hermes-infra/<name>` (how the deploy
+    knows its own jobs from those made by hand). Letters, digits, `. _ -`."""
+
+    schedule: str
+    """`every 30m`, `every 2h`, `every 1d`, or five cron fields (`0 9 * * 1-5`), in the gateway's
+    `timezone`. One-shot schedules are not declared in settings."""
+
+    prompt: str | None = None
+    """What the agent is asked at each run (with `script`: the script's output comes first)."""
+
+    script: str | None = None
+    """A script under `scripts/` in the data dir (`check_and_send.sh`), which must be one of this
+    gateway's `files`. Alone (no `prompt`), its output is delivered as it is, without the agent."""
+
+    deliver: str = "local"
+    """Where the result goes: `local` (kept in `cron/output/`), `weixin` (the home channel set by
+    `/sethome`), `weixin:<chat id>`, another platform the same way, or `all`; several joined by `,`."""
+
+    enabled: bool = True
+    """False pauses the job (kept, not run)."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return agentcode.check_job_name(value, "cron[].name")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        return agentcode.check_schedule(value, "cron[].schedule")
+
+    @field_validator("deliver")
+    @classmethod
+    def _deliver(cls, value: str) -> str:
+        return agentcode.check_deliver(value, "cron[].deliver")
+
+    @model_validator(mode="after")
+    def _something_to_run(self) -> CronJobSettings:
+        if not self.prompt and not self.script:
+            raise ValueError(f"cron job {self.name!r} has neither prompt nor script. Fix: set one (or both)")
+        if self.prompt and self.prompt.startswith("-"):
+            raise ValueError(f"cron job {self.name!r}: a prompt starting with '-' would be read by the Hermes CLI as "
+                             "an option. Fix: start it with a word")
+        return self
+
+
 class GatewaySettings(Settings):
     """One Hermes gateway (a profile): its own container, data dir, API port, limits and `.env`."""
 
@@ -1359,6 +1441,13 @@ class GatewaySettings(Settings):
 
     dashboard: DashboardSettings = DashboardSettings()
     """The web dashboard."""
+
+    files: list[AgentFileSettings] = []
+    """The agent's files (knowledge, `SOUL.md`, scripts, skills), synced into the data dir as its
+    owner. Only files hermes-infra placed are updated or removed; the agent's own files stay."""
+
+    cron: list[CronJobSettings] = []
+    """Scheduled jobs hermes-infra keeps in Hermes; jobs made by hand are left alone."""
 
     @field_validator("name")
     @classmethod
@@ -1422,6 +1511,12 @@ class GatewaySettings(Settings):
                 f"env.OPENAI_API_KEY is set for provider custom at {host!r}, but Hermes 0.19.0 sends OPENAI_API_KEY "
                 "only to openai.com and Azure hosts (hermes_cli/runtime_provider.py:1150): the endpoint would get "
                 "'Bearer no-key-required'. Fix: move the key to config.model.api_key")
+        return self
+
+    @model_validator(mode="after")
+    def _agent_code(self) -> GatewaySettings:
+        agentcode.check_agent_code([(f.src, f.dest) for f in self.files],
+                                   [(j.name, j.script) for j in self.cron], f"gateways[{self.name}]")
         return self
 
     @property

@@ -45,8 +45,10 @@ STABLE = {
     "HI-CTR-012": ("container", "5.4"),
     # added with Hermes 0.23.x's note that `init: true` drops s6's supervision
     "HI-CTR-013": ("gateway", None),
+    # added with the agent as code (issue 22)
+    "HI-AGT-001": ("gateway", None),
 }
-CONTROL_COUNT = 32  # the README's controls table has one row per control
+CONTROL_COUNT = 33  # the README's controls table has one row per control
 
 
 

@@ -774,9 +774,9 @@ def test_instances_follow_the_settings():
     assert ("HI-API-001", "companion:hub") not in pairs and ("HI-CTR-011", "companion:hub") not in pairs
     assert pairs.count(("HI-HOST-001", "host")) == 1
     assert [p for p in pairs if p[0] == "HI-CMP-001"] == [("HI-CMP-001", "companion:hub")]
-    # 9 host controls, 11 per gateway (4 data dir, the health check, the init, 5 API), 11 per container,
-    # 1 per companion
-    assert len(pairs) == 9 + 2 * 11 + 3 * 11 + 1
+    # 9 host controls, 12 per gateway (4 data dir, the cron jobs, the health check, the init, 5 API),
+    # 11 per container, 1 per companion
+    assert len(pairs) == 9 + 2 * 12 + 3 * 11 + 1
 
 
 def test_permission_problems_are_errors_not_findings_and_cost_one_command():

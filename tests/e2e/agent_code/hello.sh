@@ -1,0 +1,2 @@
+#!/bin/sh
+echo agent-code-e2e ran
