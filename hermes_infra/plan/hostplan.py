@@ -19,7 +19,7 @@ from pyinfra.api.exceptions import PyinfraError
 
 from hermes_infra.host import safeio
 from hermes_infra.images import identity as imageid
-from hermes_infra.plan import agentfiles, backup_timer, compose, configfile, daemon, envfile, managedkeys
+from hermes_infra.plan import agentfiles, alerts, backup_timer, compose, configfile, daemon, envfile, managedkeys
 from hermes_infra.plan.capacity import EffectiveLimits, HostResources, derive_limits
 from hermes_infra.host.hostfacts import DataDirRequest, HostState, ProbeRequest, StateRequest
 from hermes_infra.settings.schema import (
@@ -268,6 +268,10 @@ class HostPlan:
     """Each gateway's agent files and cron jobs (plan/agentfiles.py, plan/cronjobs.py)."""
     agent_record: RootFilePlan | None = None
     """Which files and jobs hermes-infra placed (None on a host that never had any)."""
+    alerts: alerts.AlertsPlan | None = None
+    """The watchdog (settings alerts, metrics): its files, or what to remove."""
+    metrics: alerts.MetricsPlan | None = None
+    """The node exporter (setting metrics)."""
     upgrade: UpgradePlan | None = None
     """Set when the main project will be brought up over existing gateway containers: the
     deploy then keeps the previous image, snapshots the data dirs (gateways stopped) and rolls
@@ -344,7 +348,7 @@ def fact_request(settings: HostSettings) -> StateRequest:
     """What to read from the host, from settings alone (so it can run before any plan)."""
     # The managed-keys record comes with the root files (one tar, links never followed).
     files = [DAEMON_JSON, APT_CONF, SYSCTL_FILE, manifest_path(settings), deployed_path(settings),
-             managed_keys_path(settings), *backup_timer.PATHS]
+             managed_keys_path(settings), *backup_timer.PATHS, *alerts.requested_files(settings)]
     if settings.docker.install_source == "official":
         files.append(DOCKER_SOURCES)
     projects = [(compose.MAIN_PROJECT, settings.project_dir)]
@@ -355,7 +359,7 @@ def fact_request(settings: HostSettings) -> StateRequest:
     for _, directory in projects:
         files += [f"{directory}/compose.yaml", f"{directory}/{compose.STAMP_NAME}"]
     packages = OFFICIAL_PACKAGES if settings.docker.install_source == "official" else DISTRO_PACKAGES
-    packages = PREREQUISITES + packages + CONFLICTS[settings.docker.install_source]
+    packages = PREREQUISITES + packages + CONFLICTS[settings.docker.install_source] + alerts.requested_packages(settings)
     return StateRequest(
         data_dirs=tuple(data_dir_read(g) for g in settings.gateways),
         root_files=tuple(dict.fromkeys([*files, *agentfiles.request_paths(settings)])),
@@ -745,6 +749,10 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
         projects=tuple(projects), health=tuple(health),
         revision=revision, deployed=_root_file(state, deployed_path(settings), revision + "\n"),
         backup_timer=_backup_timer(settings, state), upgrade=upgrade,
+        alerts=alerts.plan_alerts(settings, state, host, {g.name: g.api_key for g in gateways},
+                                  lambda *args: _root_file(state, *args),
+                                  {g.name: g.limits.memory_bytes for g in gateways}),
+        metrics=alerts.plan_metrics(settings, state, lambda *args: _root_file(state, *args)),
     )
 
 

@@ -10,9 +10,10 @@ import os
 from pyinfra import host, logger
 from pyinfra.api import deploy
 
+from hermes_infra.operations import alerts as alert_ops
 from hermes_infra.operations import backup_timer, compose, datadir, docker_engine, health, image, profiles, swap
 from hermes_infra.operations import agentfiles, cronjobs
-from hermes_infra.plan import plandiff
+from hermes_infra.plan import alerts, plandiff
 from hermes_infra.commands import SHOW_DIFF_ATTRIBUTE, SHOW_DIFF_ENV
 from hermes_infra.host.hostfacts import HermesHostState
 from hermes_infra.settings.loading import settings_for_host
@@ -109,3 +110,30 @@ def hermes_host(settings: HostSettings | None = None):
     for file in timer.files:
         root_file(name=f"Scheduled backups: {file.path}", file=file, writer=writer)
     backup_timer.timer_running(name=f"Scheduled backups: {timer.calendar or 'none'}", plan=timer)
+    watchdog(plan)
+
+
+def watchdog(plan: HostPlan) -> None:
+    """The watchdog and the node exporter (settings alerts, metrics), after the gateways: its
+    first round then sees what this deploy made. The exporter's drop-in goes in before the
+    package, so its first start already listens where the settings say."""
+    watch, metrics, writer = plan.alerts, plan.metrics, plan.writer
+    if watch is None or metrics is None:
+        return
+    if metrics.dropin is not None:
+        root_file(name=f"Node exporter: {metrics.dropin.path}", file=metrics.dropin, writer=writer,
+                  on_change="systemctl daemon-reload")
+    missing = (alerts.PYTHON_PACKAGE,) * watch.python_missing + (alerts.EXPORTER_PACKAGE,) * (
+        metrics.wanted and not metrics.installed)
+    if missing:
+        docker = plan.docker
+        updated = docker.prerequisites_missing or docker.packages_missing or (
+            docker.sources is not None and docker.sources.content_changed)
+        docker_engine.apt_installed(name=f"Install {', '.join(missing)} (alerts and metrics)", plan=docker,
+                                    packages=missing, update=docker.lists_stale and not updated)
+    for file in watch.files:
+        root_file(name=f"Watchdog: {file.path}" + (" (0600, values not shown)" if file.secret else ""), file=file,
+                  writer=writer)
+    alert_ops.exporter_running(name=f"Node exporter: {metrics.url or 'none'}", plan=metrics,
+                               dropin_changed=bool(metrics.dropin and metrics.dropin.content_changed))
+    alert_ops.timer_running(name=f"Watchdog: {'every %d s' % watch.interval if watch.wanted else 'none'}", plan=watch)

@@ -1919,6 +1919,184 @@ def _raw_overrides(data: Any) -> frozenset[str]:
     return frozenset(paths)
 
 
+# ----------------------------------------------------------------------------- alerts and metrics
+ALERT_RECEIVER_KINDS = ("webhook", "telegram", "wecom", "feishu", "dingtalk")
+"""The receivers the watchdog knows how to talk to (each with its documented JSON body)."""
+TELEGRAM_BOT_TOKEN = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{30,100}")
+TELEGRAM_CHANNEL = re.compile(r"@[A-Za-z][A-Za-z0-9_]{4,31}")
+# Characters a URL of a receiver may hold (RFC 3986's unreserved, reserved and `%`): no space,
+# quote, backslash or control character, so the URL reads the same to every parser.
+_URL_CHARS = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]{1,2000}")
+
+
+def check_receiver_url(value: str, setting: str, bridge: str | None = None, *, syntax_only: bool = False) -> str:
+    """A receiver's URL, parsed: https, or plain http only to this host itself (a loopback or
+    the docker bridge address, for a relay or a test receiver on the host). The message never
+    repeats the URL: webhook URLs of robots carry their key. `syntax_only`: the field's own
+    check; where plain http may go needs the bridge address, so the host's settings check it."""
+    if not _URL_CHARS.fullmatch(value):
+        raise ValueError(f"{setting} (value not shown) is not a URL: it is empty, too long or holds spaces, quotes or "
+                         "other characters a URL cannot. Fix: the receiver's URL as its documentation gives it")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{setting} (value not shown) does not parse as a URL (a bad port or host). "
+                         "Fix: https://host/path as the receiver's documentation gives it") from None
+    host = parts.hostname or ""
+    if parts.scheme not in ("https", "http") or not host:
+        raise ValueError(f"{setting} (value not shown) is not an http(s) URL with a host (scheme {parts.scheme!r}). "
+                         "Fix: https://host/path")
+    if port == 0:
+        raise ValueError(f"{setting} (value not shown) names port 0. Fix: leave the port out or give the real one")
+    if parts.scheme == "http" and not syntax_only:
+        try:
+            reach = classify_address(host, setting, bridge).reach
+        except ValueError:
+            reach = "name"
+        if reach not in ("loopback", "bridge"):
+            raise ValueError(
+                f"{setting} (value not shown) is plain http to {host if reach != 'name' else 'a host name'}: the "
+                "message and the URL's key would cross the network unencrypted. Fix: https, or http only to "
+                "127.0.0.1 or the docker bridge address (a relay on this host)")
+    return value
+
+
+class AlertReceiverSettings(Settings):
+    """One place alerts go. Which fields it needs depends on `kind`."""
+
+    kind: Literal["webhook", "telegram", "wecom", "feishu", "dingtalk"]
+    """`webhook` (a generic JSON POST: `{"host", "profile", "check", "state", "severity", "text",
+    "time"}`), `telegram` (the Bot API's sendMessage), `wecom` (a WeCom group robot), `feishu` (a
+    Feishu/Lark custom bot) or `dingtalk` (a DingTalk custom robot)."""
+
+    name: Annotated[str | None, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,38}$")] = None
+    """A label for `alerts test` and the journal (default: the kind and its position)."""
+
+    secret_url: SecretStr | None = None
+    """The webhook URL (webhook, wecom, feishu, dingtalk; WeCom's, Feishu's and DingTalk's carry
+    the robot's key, so it is a secret: kept only in a root 0600 file on the host). https, or
+    http to 127.0.0.1 or the docker bridge address."""
+
+    sign_secret: SecretStr | None = None
+    """Feishu and DingTalk only: the robot's signing secret ("sign" security setting), when set
+    on the robot. Each message is then signed with it (HMAC-SHA256 and a timestamp)."""
+
+    bot_token: SecretStr | None = None
+    """Telegram only: the bot's token from @BotFather (`123456:ABC...`)."""
+
+    chat_id: int | str | None = None
+    """Telegram only: the chat to write to, a number (`-1001234567890` for a group) or a public
+    channel's `@name`."""
+
+    api_url: str = "https://api.telegram.org"
+    """Telegram only: the Bot API's base URL (a local Bot API server or a relay)."""
+
+    @field_validator("secret_url")
+    @classmethod
+    def _url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_receiver_url(value.get_secret_value(), "alerts.receivers[].secret_url", syntax_only=True)
+        return value
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        return check_receiver_url(value, "alerts.receivers[].api_url", syntax_only=True).rstrip("/")
+
+    @field_validator("sign_secret")
+    @classmethod
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_secret_value(value.get_secret_value(), "alerts.receivers[].sign_secret")
+            if any(char.isspace() for char in value.get_secret_value()):
+                raise ValueError("alerts.receivers[].sign_secret holds whitespace (value not shown). Fix: copy the robot's "
+                                 "signing secret exactly (it starts with SEC for DingTalk)")
+        return value
+
+    @field_validator("bot_token")
+    @classmethod
+    def _bot_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not TELEGRAM_BOT_TOKEN.fullmatch(value.get_secret_value()):
+            raise ValueError("alerts.receivers[].bot_token is not a Telegram bot token (value not shown). "
+                             "Fix: the token @BotFather gave, digits, ':' and 30 or more letters, digits, '-', '_'")
+        return value
+
+    @field_validator("chat_id")
+    @classmethod
+    def _chat_id(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, str) and not TELEGRAM_CHANNEL.fullmatch(value):
+            raise ValueError(f"alerts.receivers[].chat_id {value!r} is neither a number nor a channel's @name. "
+                             "Fix: the chat's numeric id (e.g. -1001234567890, as a number, not text) or @channelname")
+        return value
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> AlertReceiverSettings:
+        label = f"alerts.receivers[{self.name or self.kind}]"
+        wanted = {"telegram": {"bot_token", "chat_id"}}.get(self.kind, {"secret_url"})
+        allowed = wanted | ({"sign_secret"} if self.kind in ("feishu", "dingtalk") else set()) | {"kind", "name"}
+        allowed |= {"api_url"} if self.kind == "telegram" else set()
+        missing = sorted(name for name in wanted if getattr(self, name) is None)
+        if missing:
+            raise ValueError(f"{label}: a {self.kind} receiver needs {' and '.join(missing)}. Fix: set "
+                             f"{', '.join(missing)} (see the README's Alerts and metrics section)")
+        extra = sorted(name for name in self.model_fields_set - allowed)
+        if extra:
+            raise ValueError(f"{label}: {', '.join(extra)} means nothing to a {self.kind} receiver. "
+                             f"Fix: remove {', '.join(extra)}, or use the kind it belongs to")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+class AlertSettings(Settings):
+    """The on-host watchdog: a systemd timer that checks every gateway and sends a message to
+    each receiver when a check changes state (down/up, not ready/ready, restarted, OOM-killed,
+    a scheduled backup failed, WeChat session expired, disk nearly full)."""
+
+    receivers: list[AlertReceiverSettings] = Field(min_length=1, max_length=20)
+    """Where messages go: each item is an AlertReceiverSettings."""
+
+    interval_seconds: int = Field(60, ge=10, le=3600)
+    """How often the watchdog runs (seconds)."""
+
+    min_free_percent: int = Field(10, ge=1, le=90)
+    """Free space on each data dir's filesystem below which the watchdog warns (a full disk is a
+    top cause of a corrupted `state.db`)."""
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> AlertSettings:
+        labels = [r.name for r in self.receivers if r.name]
+        twice = sorted({n for n in labels if labels.count(n) > 1})
+        if twice:
+            raise ValueError(f"alerts.receivers: name {twice[0]!r} is used twice. Fix: give each receiver its own name")
+        return self
+
+
+class MetricsSettings(Settings):
+    """Debian's `prometheus-node-exporter`, with the textfile collector the watchdog feeds
+    (`hermes_up`, `hermes_ready`, `hermes_restarts_total`, `hermes_oom_kills_total`, memory used
+    and its limit, seconds since the last good scheduled backup)."""
+
+    listen_address: str = "127.0.0.1"
+    """The address the exporter listens on: loopback (default) or the docker bridge address
+    (for a Prometheus in a container); anything else needs `allow_public`."""
+
+    port: int = Field(9100, ge=1, le=65535)
+    """The exporter's port."""
+
+    allow_public: bool = False
+    """Allow a listen address strangers could reach (behind a firewall you manage)."""
+
+    @field_validator("listen_address")
+    @classmethod
+    def _listen_address(cls, value: str) -> str:
+        return classify_address(value, "metrics.listen_address").address
+
+
+
 class HostSettings(Settings):
     """Everything hermes-infra manages on one host.
 
@@ -1948,6 +2126,12 @@ class HostSettings(Settings):
 
     scheduled_backups: ScheduledBackupSettings = ScheduledBackupSettings()
     """Backups the host takes by itself on a schedule (a systemd timer); off by default."""
+
+    alerts: AlertSettings | None = None
+    """The on-host watchdog and where its messages go; off by default (see AlertSettings)."""
+
+    metrics: MetricsSettings | None = None
+    """A Prometheus node exporter fed by the watchdog; off by default (see MetricsSettings)."""
 
     project_dir: str = "/opt/hermes"
     """Directory on the host holding the compose files and companion env files (absolute,
@@ -2017,9 +2201,27 @@ class HostSettings(Settings):
         self._check_ports(problems, ssh_port)
         self._check_tokens(problems)
         self._check_companions(problems)
+        self._check_metrics(problems)
         if problems:
             raise ValueError("\n".join(dict.fromkeys(problems)))
         return self
+
+    def _check_metrics(self, problems: list[str]) -> None:
+        """The exporter's address against the bridge; receivers' plain-http URLs may name it too."""
+        bridge = self.docker.bridge_gateway_ip
+        if self.metrics is not None and not self.metrics.allow_public:
+            problem = public_address_problem(classify_address(self.metrics.listen_address, "metrics.listen_address", bridge),
+                                             "metrics.listen_address", "metrics.allow_public")
+            if problem:
+                problems.append(problem)
+        for receiver in self.alerts.receivers if self.alerts else ():
+            urls = {"api_url": receiver.api_url} if receiver.kind == "telegram" else {
+                "secret_url": receiver.secret_url.get_secret_value() if receiver.secret_url else ""}
+            for name, value in urls.items():
+                try:
+                    check_receiver_url(value, f"alerts.receivers[{receiver.label}].{name}", bridge)
+                except ValueError as error:
+                    problems.append(str(error))
 
     def _data_dir_setting(self, gateway: GatewaySettings) -> str:
         if gateway.data_dir:
