@@ -76,7 +76,7 @@ def cmd_check(args) -> int:
 
 
 # Each module has `add_commands(subparsers, add_target_options, make_target)`.
-COMMAND_MODULES = ("hermes_infra.release.cli", "hermes_infra.daytwo.cli")
+COMMAND_MODULES = ("hermes_infra.release.cli", "hermes_infra.daytwo.cli", "hermes_infra.daytwo.alerts")
 
 
 def build_parser() -> argparse.ArgumentParser:
