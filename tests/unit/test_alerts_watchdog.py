@@ -13,6 +13,7 @@ import os
 import stat
 import sys
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -399,7 +400,12 @@ def test_the_test_mode_reports_each_receiver_without_its_url(watchdog, receiver,
 def test_main_reads_the_config_file_and_runs_the_test(watchdog, receiver, tmp_path, capsys):
     path = tmp_path / "alerts.json"
     path.write_text(json.dumps({"receivers": [{"label": "ops", "kind": "webhook", "url": receiver.url}]}))
-    assert watchdog.main(["--test", "--config", str(path)]) == 0
+    umask = os.umask(0o022)
+    try:
+        assert watchdog.main(["--test", "--config", str(path)]) == 0
+        assert os.umask(0o022) == 0o077, "the script's files are root's alone"
+    finally:
+        os.umask(umask)  # main() sets the process's umask: give pytest's back
     assert "ops (webhook): sent" in capsys.readouterr().out
 
 
@@ -453,3 +459,13 @@ def test_the_data_dirs_log_is_read_as_its_owner_below_a_root_only_parent(world):
     os.chown(world.data / "logs" / "gateway.log", 0, 0)
     os.chmod(world.data / "logs" / "gateway.log", 0o600)
     assert world.round() == [], "a root-only file in the data dir is not read (the child is not root)"
+
+
+def test_a_hung_docker_does_not_hang_the_round(world, watchdog, monkeypatch):
+    world.round()
+    (world.bin / "docker").write_text("#!/bin/sh\nexec sleep 30\n")
+    monkeypatch.setattr(watchdog, "COMMAND_SECONDS", 0.5)
+    started = time.monotonic()
+    messages = world.round()
+    assert time.monotonic() - started < 10, "each docker call is cut at COMMAND_SECONDS"
+    assert states(messages) == [("up", "down")]
