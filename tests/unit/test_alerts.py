@@ -275,3 +275,18 @@ def test_alerts_test_is_on_the_command_line():
 
     args = build_parser().parse_args(["alerts", "test", "root@203.0.113.7"])
     assert args.alerts_command == "test" and callable(args.func)
+
+
+def test_the_batched_read_asks_for_the_watchdogs_timer_the_exporter_and_their_files():
+    from hermes_infra.host.hostfacts import SECTION, parse_state, state_command
+    from hermes_infra.plan.hostplan import fact_request
+
+    request = fact_request(settings(**ALERTS))
+    assert {alerts.CONFIG, alerts.SCRIPT, alerts.EXPORTER_DROPIN} <= set(request.root_files)
+    assert {"python3", "prometheus-node-exporter"} <= set(request.packages)
+    assert "hermes-infra-alerts.timer prometheus-node-exporter.service" in state_command(request)
+    state = parse_state([f"{SECTION} services", "Id=docker.service", "UnitFileState=enabled", "ActiveState=active", "",
+                         "Id=hermes-infra-alerts.timer", "UnitFileState=enabled", "ActiveState=active", "",
+                         "Id=prometheus-node-exporter.service", "UnitFileState=disabled", "ActiveState=inactive"])
+    assert (state.alerts_timer_enabled, state.alerts_timer_active) == (True, True)
+    assert (state.exporter_enabled, state.exporter_active, state.backup_timer_enabled) == (False, False, False)

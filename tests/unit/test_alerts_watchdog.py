@@ -469,3 +469,10 @@ def test_a_hung_docker_does_not_hang_the_round(world, watchdog, monkeypatch):
     messages = world.round()
     assert time.monotonic() - started < 10, "each docker call is cut at COMMAND_SECONDS"
     assert states(messages) == [("up", "down")]
+
+
+def test_a_missing_textfile_directory_does_not_lose_the_alerts(world, receiver):
+    world.config["textfile"] = str(world.tmp / "absent" / "hermes.prom")
+    world.container(running=False, health="")
+    assert states(world.round()) == [("up", "down")] and len(receiver.requests) == 1
+    assert world.state()["gateways"]["hermes"]["values"]["up"] == "down"
