@@ -27,10 +27,11 @@ HOSTILE = b"\x1b[31m<b>PWNED</b> $(reboot) `id`"
 FAKE_DOCKER = """#!/bin/sh
 d=$(dirname "$0")
 printf '%s\\n' "$*" >> "$d/argv.log"
+echo "WARNING: Error loading config file: $HOME/.docker/config.json" >&2
 case "$1" in
   inspect) cat "$d/inspect.out" 2>/dev/null ;;
   events) cat "$d/events.out" 2>/dev/null ;;
-  logs) cat "$d/logs.out" 2>/dev/null ;;
+  logs) cat "$d/logs.out" 2>/dev/null; cat "$d/logs.err" >&2 2>/dev/null ;;
 esac
 """
 
@@ -280,6 +281,9 @@ def test_wechat_lines_from_the_engines_log_count_too_and_silence_clears(world):
     assert states(world.round()) == [("wechat", "expired")]
     (world.bin / "logs.out").write_bytes(b"")
     assert world.round() == []
+    (world.bin / "logs.err").write_bytes(b"[weixin] Session expired; pausing for 10 minutes\n")  # the container's stderr
+    assert world.round() == []
+    (world.bin / "logs.err").unlink()
     assert states(world.round(world.watchdog.WECHAT_QUIET_SECONDS + 1)) == [("wechat", "ok")]
 
 
