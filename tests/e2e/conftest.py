@@ -52,24 +52,30 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
 
 
+_failed_in_module: dict[str, list[str]] = {}
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    setattr(item, f"report_{report.when}", report)
+    if report.failed and "deployed" in item.fixturenames:
+        _failed_in_module.setdefault(item.module.__name__, []).append(item.name)
 
 
-@pytest.fixture(autouse=True)
-def bootstrapped_again_after_a_failure(request):
+@pytest.fixture(scope="module", autouse=True)
+def bootstrapped_again_after_a_failed_module(request):
     """A test that fails half-way skips its own clean-up and leaves the shared VM changed; the
-    next tests would then fail for its reason, not theirs. After a failed test the VM goes back
-    to its saved bootstrapped state, so one failure stays one failure."""
+    next test files would then fail for its reason, not theirs. After a module in which a test
+    on the shared VM failed, the VM goes back to its saved bootstrapped state, so one failure
+    stays in its own file. (Not after each failed test: a module's own fixtures, a provider
+    started on the VM or images built there, must outlive one failure.)"""
     yield
-    report = getattr(request.node, "report_call", None)
-    if report is None or not report.failed or "deployed" not in request.fixturenames:
-        return
-    host = request.getfixturevalue("deployed")
-    print(f"\n[recovery] {request.node.nodeid} failed: VM back to its bootstrapped state in {host.reset():.1f}s")
+    failed = _failed_in_module.pop(request.module.__name__, [])
+    if failed:
+        host = request.getfixturevalue("deployed")
+        report(f"[recovery] {request.module.__name__}: {len(failed)} failed ({', '.join(failed)[:200]}): "
+               f"VM back to its bootstrapped state in {host.reset():.1f}s")
 
 
 @dataclass

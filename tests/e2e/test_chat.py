@@ -17,12 +17,14 @@ import base64
 import json
 import secrets
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import REPO
 from tests.e2e.test_bootstrap import inspect
-from tests.e2e.test_daytwo import cli
 from tests.e2e.test_profiles import container_env, hub
 
 BRIDGE = "172.17.0.1"
@@ -118,8 +120,10 @@ def provider(deployed):
         print(f"[timing] back to the bootstrapped state: {deployed.reset():.1f}s")
 
 
-def smoke(deployed, *args: str) -> tuple[int, dict, str]:
-    run = cli(deployed, "smoke", "--json", *args, timeout=600)
+def smoke(deployed, *args: str, **sections) -> tuple[int, dict, str]:
+    """`hermes-infra smoke --json ARGS TARGET`, the target carrying the settings deployed."""
+    argv = [sys.executable, "-m", "hermes_infra", "smoke", "--json", *args, *deployed.target(**sections).cli_args()]
+    run = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, stdin=subprocess.DEVNULL, timeout=600)
     return run.returncode, json.loads(run.stdout), run.stdout + run.stderr
 
 
@@ -136,8 +140,9 @@ def test_a_gateway_without_a_provider_is_alive_but_not_ready(deployed):
 def test_chat_reaches_the_provider_with_its_key_and_hubs_in_both_topologies_get_the_answer(deployed, provider):
     companions = [hub(deployed, "hub-outside", gateway="hermes", topology="host-gateway"),
                   hub(deployed, "hub-inside", gateway="coder", topology="same-project")]
-    run = deployed.deploy(gateways=[{**HERMES, "config": model(provider)}, {**CODER, "config": model(provider)}],
-                          companions=companions)
+    both = {"gateways": [{**HERMES, "config": model(provider)}, {**CODER, "config": model(provider)}],
+            "companions": companions}
+    run = deployed.deploy(**both)
     assert run.returncode == 0, run.output[-4000:]
     assert provider not in run.output, "the provider key was printed by the deploy"
     assert provider not in deployed.run("cat /opt/hermes/compose.yaml /opt/hermes/companions/hub-outside/compose.yaml")
@@ -171,7 +176,7 @@ def test_chat_reaches_the_provider_with_its_key_and_hubs_in_both_topologies_get_
     # smoke: one timed turn through each gateway, twice (the first turn of a gateway and a later one).
     before, timings = len(requests_seen(deployed)), []
     for turn in ("first", "second"):
-        code, report, output = smoke(deployed, "--message", f"ping {turn}")
+        code, report, output = smoke(deployed, "--message", f"ping {turn}", **both)
         assert code == 0, report
         assert {g["profile"]: g["answer"] for g in report["gateways"]} == {"hermes": f"pong: ping {turn}",
                                                                        "coder": f"pong: ping {turn}"}, report
@@ -186,7 +191,8 @@ def test_chat_reaches_the_provider_with_its_key_and_hubs_in_both_topologies_get_
 
 def test_a_wrong_provider_key_makes_the_chat_fail_with_the_providers_401(deployed, provider):
     wrong = secrets.token_hex(20)
-    run = deployed.deploy(gateways=[{**HERMES, "config": model(wrong)}])
+    settings = {"gateways": [{**HERMES, "config": model(wrong)}]}
+    run = deployed.deploy(**settings)
     assert run.returncode == 0, run.output[-4000:]
     before = len(requests_seen(deployed))
     answer = json.loads(post(deployed, "/v1/chat/completions",
@@ -199,6 +205,6 @@ def test_a_wrong_provider_key_makes_the_chat_fail_with_the_providers_401(deploye
     chats = [entry for entry in requests_seen(deployed)[before:] if entry["path"] == "/v1/chat/completions"]
     assert chats and all(not entry["key_ok"] and entry["status"] == 401 for entry in chats), chats
     # smoke calls that turn a failure, although Hermes answered it with a 200.
-    code, report, _ = smoke(deployed, "--message", "ping wrong")
+    code, report, _ = smoke(deployed, "--message", "ping wrong", **settings)
     [gateway] = report["gateways"]
     assert code == 1 and gateway["code"] == "200" and "marks the turn failed" in gateway["problem"], report
