@@ -81,7 +81,9 @@ def test_a_killed_gateway_is_reported_down_then_up_and_the_exporter_serves_herme
         deployed.run("for i in $(seq 60); do [ -s /var/lib/hermes-infra/alerts/state.json ] && exit 0; sleep 1; done; exit 1")
         assert deployed.run("stat -c '%a %U' /var/lib/hermes-infra/alerts/state.json").split() == ["600", "root"]
 
-        argv = [sys.executable, "-m", "hermes_infra", "alerts", "test", *deployed.target().cli_args()]
+        # The target carries the settings deployed: `alerts test` reads its receivers from them.
+        target = deployed.target(alerts=ALERTS, metrics={})
+        argv = [sys.executable, "-m", "hermes_infra", "alerts", "test", *target.cli_args()]
         tested = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, stdin=subprocess.DEVNULL, timeout=120)
         assert tested.returncode == 0, tested.stdout + tested.stderr
         assert "e2e (webhook): sent" in tested.stdout
