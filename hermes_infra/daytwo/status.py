@@ -21,9 +21,10 @@ import shlex
 import time
 from dataclasses import asdict, dataclass, field
 
+from hermes_infra.plan import cronjobs
 from hermes_infra.plan import hostplan as planmod
 from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, for_each_host, open_remote
-from hermes_infra.host import readiness
+from hermes_infra.host import readiness, safeio
 from hermes_infra.host.hostfacts import container_api_script, key_header_script
 from hermes_infra.settings.schema import GatewaySettings, HostSettings
 
@@ -32,6 +33,29 @@ AUDIT_LOG = "/var/log/hermes-infra/audit.jsonl"
 INSPECT_FORMAT = ("{{json .State}}\n{{.RestartCount}}\n{{json .Config.Image}}\n{{json .Image}}\n"
                   "{{.HostConfig.Memory}}\n{{json .Created}}")
 SCHEMA = "hermes-infra/status/v1"
+
+
+@dataclass
+class ManagedJob:
+    """A cron job of the settings as the host has it: `found` False when Hermes does not list it.
+    Every value but the name comes from the agent-writable `cron/jobs.json`: cleaned, short."""
+    name: str
+    found: bool = False
+    enabled: bool | None = None
+    want_enabled: bool = True
+    last_run_at: str | None = None
+    last_status: str | None = None
+
+    @property
+    def in_order(self) -> bool:
+        return self.found and self.enabled == self.want_enabled
+
+    def describe(self) -> str:
+        if not self.found:
+            return f"{self.name}: missing"
+        state = "enabled" if self.enabled else "paused"
+        last = f"last run {self.last_run_at or 'never'}" + (f" ({self.last_status})" if self.last_status else "")
+        return f"{self.name}: {state}, {last}"
 
 
 @dataclass
@@ -57,6 +81,8 @@ class GatewayStatus:
     ready_status: str | None = None
     failing_checks: list[str] = field(default_factory=list)
     detailed_code: str = "000"
+    jobs: list[ManagedJob] = field(default_factory=list)  # the settings' cron jobs, as Hermes lists them
+    jobs_unreadable: str | None = None  # why cron/jobs.json could not be read, when it could not
 
     @property
     def healthy(self) -> bool:
@@ -147,7 +173,13 @@ def gateway_sections(settings: HostSettings, gateway: GatewaySettings) -> tuple[
         _section(f"health {gateway.name}"),
         f"( {curl} {shlex.quote(url + '/health')} 2>/dev/null | base64 -w0; echo )",
     ])
+    jobs = []
+    if gateway.cron:
+        # Read as the data dir's owner, never followed, contents base64-encoded (safeio's reader).
+        jobs = [_section(f"jobs {gateway.name}"),
+                f"( {safeio.read_script(gateway.host_data_dir, [cronjobs.JOBS_FILE], gateway.uid, gateway.gid, 'jobs')} )"]
     foreground = "; ".join([
+        *jobs,
         _section(f"detailed {gateway.name}"),
         # The key goes to the running container's own address only (F4); a stopped gateway gets none.
         f"( hi_api=$({container_api_script(gateway.service_name)}); if [ -n \"$hi_api\" ]; then "
@@ -306,7 +338,32 @@ def _gateway(settings: HostSettings, gateway: GatewaySettings, sections: dict[st
         g.failing_checks = list(found.failing)
     elif g.detailed_code == "401":
         g.ready_status = "key refused"
+    if gateway.cron:
+        g.jobs, g.jobs_unreadable = _managed_jobs(gateway, sections.get(f"jobs {gateway.name}"))
     return g
+
+
+def _managed_jobs(gateway: GatewaySettings, lines: list[str] | None) -> tuple[list[ManagedJob], str | None]:
+    jobs = [ManagedJob(name=job.hermes_name, want_enabled=job.enabled) for job in cronjobs.desired_jobs(gateway)]
+    reads = safeio.parse_reads(lines or []).get("jobs")
+    if reads is None or reads["dir"] != "present":
+        return jobs, f"data dir {reads['dir'] if reads else 'not read'}"
+    found = reads["files"].get(cronjobs.JOBS_FILE)
+    if found is None or found.kind == "missing":
+        return jobs, None
+    if found.kind != "regular":
+        return jobs, f"{cronjobs.JOBS_FILE} is not a regular file ({found.kind})"
+    try:
+        listed = {job.name: job for job in cronjobs.parse_jobs(found.text)}
+    except ValueError:
+        return jobs, f"{cronjobs.JOBS_FILE} is not the job list Hermes writes"
+    for job in jobs:
+        seen = listed.get(job.name)
+        if seen is not None:
+            job.found, job.enabled = True, seen.enabled
+            job.last_run_at = clean(seen.last_run_at, 40) or None
+            job.last_status = clean(seen.last_status, 40) or None
+    return jobs, None
 
 
 def status_host(host: HostTarget, remote: Remote | None = None) -> HostStatus:
@@ -406,6 +463,12 @@ def attention(host: HostStatus) -> list[Attention]:
         elif g.health_code != "200":
             items.append(Attention(host.name, g.profile, "failure", f"{g.url}/health answers {g.health_code}",
                                    fix=f"{logs}, then hermes-infra restart {host.name} --profile {g.profile}"))
+        astray = [job.describe() for job in g.jobs if not job.in_order]
+        if g.jobs_unreadable or astray:
+            items.append(Attention(host.name, g.profile, "warning", "cron jobs of the settings are not as set",
+                                   tuple(astray) + ((f"cannot read them: {g.jobs_unreadable}",) if g.jobs_unreadable else ()),
+                                   f"hermes-infra up {host.name} (it creates, edits, resumes or pauses them); "
+                                   f"hermes-infra check {host.name} (HI-AGT-001)"))
     return items
 
 
@@ -467,6 +530,9 @@ def render_text(report: StatusReport) -> str:
                      f"{host.docker_version or 'missing'}, {swap}, "
                      f"memory available {human_bytes(host.memory_available_bytes)}/{human_bytes(host.memory_total_bytes)}"
                      f", last deploy: {deploy_cell(host.last_deploy)}")
+        for g in host.gateways:
+            if g.jobs and not g.jobs_unreadable:
+                lines.append(f"  {g.profile} cron: " + "; ".join(job.describe() for job in g.jobs))
         for item in attention(host):
             details = f": {'; '.join(item.details)}" if item.details else ""
             lines.append(f"  {item.profile}: {item.finding}{details}")

@@ -215,3 +215,61 @@ def test_the_time_status_took_is_not_shown_as_the_last_deploys():
     assert "(0.3s)" not in line and "read in 0.3s" in line
     assert line.index("read in 0.3s") < line.index("last deploy:")
     assert "took 12.5s" in line  # the deploy's own duration, from its audit record
+
+
+JOBS_SETTINGS = {"gateways": [{"name": "hermes", "cron": [
+    {"name": "brief", "schedule": "every 1h", "prompt": "the morning brief", "deliver": "local"},
+    {"name": "sweep", "schedule": "every 2h", "prompt": "sweep", "deliver": "local"},
+    {"name": "gone", "schedule": "every 3h", "prompt": "gone", "deliver": "local"}]}]}
+
+
+def jobs_section(kind: str = "regular file", text: str | None = None) -> str:
+    """`cron/jobs.json` as safeio's reader prints it (the contents base64 on one line)."""
+    mark = "@@hermes-infra"
+    stat = f"{kind}|77|1|10000|10000|600"
+    body = base64.b64encode((text or "").encode()).decode()
+    return "\n".join([f"{S} jobs hermes", f"{mark} dir jobs", "present",
+                      f"{mark} file jobs cron/jobs.json", stat, body, stat])
+
+
+def listed(last_status: str = "ok") -> str:
+    return json.dumps({"jobs": [
+        {"id": "a1b2c3d4e5f6", "name": "hermes-infra/brief", "enabled": True, "schedule": {"kind": "interval", "minutes": 60},
+         "last_run_at": "2026-12-01T07:00:00", "last_status": last_status},
+        {"id": "b1b2c3d4e5f6", "name": "hermes-infra/sweep", "enabled": False, "state": "paused"},
+        {"id": "c1b2c3d4e5f6", "name": "by hand", "enabled": True}]})
+
+
+def test_status_reads_the_settings_cron_jobs_as_the_owner_and_shows_each_with_its_last_run():
+    target = host(**JOBS_SETTINGS)
+    command = status.status_command(target.settings)
+    assert "cron/jobs.json" in command and "setpriv --reuid=10000" in command
+    parsed = status.parse_status(target, sample_output() + jobs_section(text=listed()) + "\n")
+    jobs = {job.name: job for job in parsed.gateways[0].jobs}
+    assert jobs["hermes-infra/brief"].describe() == "hermes-infra/brief: enabled, last run 2026-12-01T07:00:00 (ok)"
+    assert jobs["hermes-infra/sweep"].describe().startswith("hermes-infra/sweep: paused")
+    assert jobs["hermes-infra/gone"].describe() == "hermes-infra/gone: missing"
+    assert "by hand" not in jobs  # jobs made by hand are Hermes's business, not the settings'
+    import datetime as dt
+    text = status.render_text(status.StatusReport([parsed], dt.datetime.now().astimezone(), 0.4))
+    assert "hermes cron: hermes-infra/brief: enabled, last run 2026-12-01T07:00:00 (ok)" in text
+    assert "cron jobs of the settings are not as set: hermes-infra/sweep: paused" in text
+    assert "hermes-infra/gone: missing" in text and "HI-AGT-001" in text
+    assert status.to_json(status.StatusReport([parsed], dt.datetime.now().astimezone(), 0.4))[
+        "hosts"][0]["gateways"][0]["jobs"][0]["last_status"] == "ok"
+
+
+def test_job_values_from_the_data_dir_are_cleaned_and_a_linked_jobs_file_is_not_believed():
+    target = host(**JOBS_SETTINGS)
+    parsed = status.parse_status(target, sample_output() + jobs_section(text=listed("ok\x1b[2J\x07")) + "\n")
+    brief = next(job for job in parsed.gateways[0].jobs if job.name == "hermes-infra/brief")
+    assert "\x1b" not in brief.last_status and "\x07" not in brief.last_status
+    linked = status.parse_status(target, sample_output() + jobs_section(kind="symbolic link") + "\n")
+    g = linked.gateways[0]
+    assert g.jobs_unreadable == "cron/jobs.json is not a regular file (symlink)"
+    assert not any(job.found for job in g.jobs)
+
+
+def test_no_cron_in_the_settings_reads_no_jobs():
+    assert "cron/jobs.json" not in status.status_command(host().settings)
+    assert status.parse_status(host(), sample_output()).gateways[0].jobs == []
