@@ -89,7 +89,9 @@ def test_a_killed_gateway_is_reported_down_then_up_and_the_exporter_serves_herme
         assert "e2e (webhook): sent" in tested.stdout
         assert any(m.get("check") == "test" for m in received(deployed))
 
-        deployed.run("docker kill hermes")
+        # The gateway's process dies (as a crash or an OOM kill does): Docker's restart policy
+        # brings it back. `docker kill` would count as a stop by hand, which no policy restarts.
+        deployed.run("kill -KILL $(docker inspect --format '{{.State.Pid}}' hermes)")
         down = wait_for(deployed, "up", "down", timeout=60)
         print(f"\n[timing] gateway killed -> 'down' at the receiver: {down:.1f}s")
         up = wait_for(deployed, "up", "up", timeout=180)
