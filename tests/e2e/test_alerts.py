@@ -2,7 +2,7 @@
 
 A tiny webhook receiver runs on the VM (python3's http.server, bound to 127.0.0.1 there, its pid
 recorded and killed by that pid at the end). The deploy sets `alerts` (that receiver, a 10 s
-interval) and `metrics`; then: `alerts test` reaches the receiver; `docker kill` of the gateway
+interval) and `metrics`; then: `alerts test` reaches the receiver; a kill of the gateway's process
 brings "down", and "up" once Docker's restart policy has it healthy again, each said once; the
 node exporter on 127.0.0.1 serves `hermes_up` from the watchdog's textfile. `deployed.reset()`
 puts the host back as it was.
