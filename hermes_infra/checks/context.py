@@ -80,8 +80,9 @@ class ContainerExpectation:
 def subjects_for(scope: str, settings: HostSettings) -> list[Subject]:
     gateways = [Subject("gateway", g.name, gateway=g) for g in settings.gateways]
     companions = [Subject("companion", c.name, companion=c) for c in settings.companions]
+    scheduled = [subject for subject in gateways if subject.gateway.cron]
     return {"host": [Subject("host")], "gateway": gateways, "container": gateways + companions,
-            "companion": companions}[scope]
+            "companion": companions, "scheduled": scheduled}[scope]
 
 
 class HostContext:

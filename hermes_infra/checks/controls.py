@@ -413,15 +413,13 @@ def _listed_jobs(ctx: HostContext, gateway) -> list[cronjobs.ListedJob]:
 
 
 @control("HI-AGT-001", "Every cron job in the settings exists in Hermes and is enabled (or paused, as set)",
-         severity="medium", scope="gateway",
+         severity="medium", scope="scheduled",
          rationale="A scheduled job the settings declare (a morning brief, a check that sends to WeChat) that is "
                    "missing, paused by hand or changed never runs, and nothing else says so.",
          remediation=REDEPLOY + ": it creates, edits, resumes or pauses the `hermes-infra/<name>` jobs through the "
                      "Hermes CLI. Jobs made by hand are not checked.")
 def cron_jobs_present(ctx: HostContext, subject: Subject):
     gateway = subject.gateway
-    if not gateway.cron:
-        raise NotApplicable("no cron jobs in the settings")
     ctx.require_access(gateway.host_data_dir)
     listed = {job.managed_name: job for job in reversed(_listed_jobs(ctx, gateway)) if job.managed_name}
     problems, shown = [], []

@@ -19,8 +19,10 @@ SEVERITIES: tuple[str, ...] = ("critical", "high", "medium", "low", "advisory")
 #   gateway   - once per gateway profile in the settings
 #   container - once per gateway and once per companion (both are containers we run)
 #   companion - once per companion
-Scope = Literal["host", "gateway", "container", "companion"]
-SCOPES: tuple[str, ...] = ("host", "gateway", "container", "companion")
+# `scheduled`: each gateway whose settings declare cron jobs (a control about them has no subject
+# on a gateway without: it is not part of that host's report at all, rather than "not applicable").
+Scope = Literal["host", "gateway", "container", "companion", "scheduled"]
+SCOPES: tuple[str, ...] = ("host", "gateway", "container", "companion", "scheduled")
 
 ID_PATTERN = re.compile(r"^HI-[A-Z]+-\d{3}$")
 

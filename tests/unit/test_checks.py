@@ -46,7 +46,7 @@ STABLE = {
     # added with Hermes 0.23.x's note that `init: true` drops s6's supervision
     "HI-CTR-013": ("gateway", None),
     # added with the agent as code (issue 22)
-    "HI-AGT-001": ("gateway", None),
+    "HI-AGT-001": ("scheduled", None),
 }
 CONTROL_COUNT = 33  # the README's controls table has one row per control
 

@@ -597,6 +597,7 @@ def test_every_control_only_reads(monkeypatch):
     secret = "Zq8" + "x7Yp" * 9
     settings = HostSettings(
         gateways=[{"name": "hermes", "api": {"key": secret},
+                   "cron": [{"name": "brief", "schedule": "every 1h", "prompt": "the brief"}],
                    "dashboard": {"enabled": True, "publish_address": "0.0.0.0", "allow_public": True, "basic_auth_username": "ops",
                                  "basic_auth_password_hash": "$2b$12$abcdefghijklmnopqrstuv"}}],
         companions=[{"name": "hub", "image": "example/hub:1.0", "gateway": "hermes", "topology": "host-gateway"},
@@ -774,9 +775,13 @@ def test_instances_follow_the_settings():
     assert ("HI-API-001", "companion:hub") not in pairs and ("HI-CTR-011", "companion:hub") not in pairs
     assert pairs.count(("HI-HOST-001", "host")) == 1
     assert [p for p in pairs if p[0] == "HI-CMP-001"] == [("HI-CMP-001", "companion:hub")]
-    # 9 host controls, 12 per gateway (4 data dir, the cron jobs, the health check, the init, 5 API),
-    # 11 per container, 1 per companion
-    assert len(pairs) == 9 + 2 * 12 + 3 * 11 + 1
+    # 9 host controls, 11 per gateway (4 data dir, the health check, the init, 5 API), 11 per container,
+    # 1 per companion; none of the cron jobs' (no gateway here declares one)
+    assert len(pairs) == 9 + 2 * 11 + 3 * 11 + 1
+    assert not any(control_id == "HI-AGT-001" for control_id, _ in pairs)
+    scheduled = HostSettings(gateways=[{"name": "hermes"}, {"name": "work", "api": {"port": 8643}, "cron": [
+        {"name": "brief", "schedule": "every 1h", "prompt": "the brief"}]}])
+    assert [s.label for c, s in instances(scheduled) if c.id == "HI-AGT-001"] == ["gateway:work"]
 
 
 def test_permission_problems_are_errors_not_findings_and_cost_one_command():

@@ -56,6 +56,7 @@ def test_a_planted_job_store_fails_without_being_followed():
     assert result.status == "failed" and "not a regular file (symlink)" in result.message
 
 
-def test_a_gateway_without_cron_settings_is_not_applicable():
-    result, _ = run([], settings=HostSettings())
-    assert result.status == "skipped"
+def test_a_gateway_without_cron_settings_has_no_such_check():
+    """Not a "not applicable" line in every report: no instance at all (like companions' controls)."""
+    from hermes_infra.checks.context import subjects_for
+    assert subjects_for("scheduled", HostSettings()) == []
