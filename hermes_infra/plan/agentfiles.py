@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pyinfra.api.exceptions import PyinfraError
 
 from hermes_infra.host import safeio
-from hermes_infra.plan import cronjobs
+from hermes_infra.plan import cronjobs, managedkeys
 from hermes_infra.settings import agentcode
 from hermes_infra.settings.schema import GatewaySettings, HostSettings
 
@@ -96,13 +96,8 @@ def read_names(gateway: GatewaySettings) -> tuple[str, ...]:
 def parse_record(text: str | None) -> dict[str, ProfileRecord] | None:
     """The record on the host, or None when there is none or it is not exactly what hermes-infra
     writes (then nothing is removed this run and a correct record is written)."""
-    if not text:
-        return None
-    try:
-        raw = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        return None
-    if not isinstance(raw, dict) or raw.get("version") != VERSION or not isinstance(raw.get("profiles"), dict):
+    raw = managedkeys.load_versioned(text, VERSION)
+    if raw is None:
         return None
     profiles: dict[str, ProfileRecord] = {}
     count = 0

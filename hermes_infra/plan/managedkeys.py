@@ -59,16 +59,26 @@ def digest(salt: str, value: Any) -> str:
     return hmac.new(salt.encode(), text.encode("utf-8", errors="surrogateescape"), hashlib.sha256).hexdigest()[:16]
 
 
-def parse(text: str | None) -> Record | None:
-    """The record on the host, or None when there is none or it is not exactly what hermes-infra
-    writes (then nothing is removed this run and a correct record is written)."""
+def load_versioned(text: str | None, version: int) -> dict | None:
+    """A root-only record's JSON as hermes-infra writes it (this `version`, a `profiles` object),
+    or None when there is none or it is anything else. Shared by the records of managed keys and
+    of the agent's files and jobs."""
     if not text:
         return None
     try:
         raw = json.loads(text)
     except (json.JSONDecodeError, RecursionError):
         return None
-    if not isinstance(raw, dict) or raw.get("version") != VERSION or not isinstance(raw.get("profiles"), dict):
+    if not isinstance(raw, dict) or raw.get("version") != version or not isinstance(raw.get("profiles"), dict):
+        return None
+    return raw
+
+
+def parse(text: str | None) -> Record | None:
+    """The record on the host, or None when there is none or it is not exactly what hermes-infra
+    writes (then nothing is removed this run and a correct record is written)."""
+    raw = load_versioned(text, VERSION)
+    if raw is None:
         return None
     salt = raw.get("salt")
     if not isinstance(salt, str) or not _SALT.fullmatch(salt):

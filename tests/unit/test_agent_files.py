@@ -256,19 +256,8 @@ def test_a_nested_file_is_written_by_the_owner_into_directories_the_owner_made(r
     assert [u.dest.startswith("/var/lib/hermes-infra/stage/") for u in result.uploads] == [True, True]
 
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
-                                reason="writes as the data dir's owner: needs root and setpriv")
-
-
-@pytest.fixture()
-def data_dir():
-    path = Path(tempfile.mkdtemp(prefix=".hermes-infra-test-", dir=Path.home()))
-    os.chown(path, 10000, 10000)
-    path.chmod(0o700)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+# The same owner-side fixtures as the controls' real-shell tests: a data dir owned by uid 10000.
+from tests.unit.test_checks_controls import data_dir, needs_root  # noqa: E402,F401 - fixture and mark
 
 
 def sh(command: str) -> subprocess.CompletedProcess:
