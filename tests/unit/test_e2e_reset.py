@@ -22,6 +22,10 @@ class FakeVM:
         if self.restore_error:
             raise self.restore_error
 
+    def reboot(self) -> float:
+        self.commands.append("reboot")
+        return 1.0
+
     def ssh(self, command: str, timeout: float = 300, **_) -> SSHResult:
         self.commands.append(command)
         if "curl" in command:
@@ -63,13 +67,16 @@ def test_a_failed_loadvm_falls_back_to_a_redeploy_and_says_why(host):
     assert e2e.DeployedHost.restores_fell_back == 1
 
 
-def test_a_restored_gateway_that_does_not_answer_is_redeployed_and_later_waits_are_short(host):
+def test_a_restored_gateway_that_does_not_answer_is_rebooted_and_redeployed_and_not_restored_again(host):
     deployed, lines = host(FakeVM(health="000"))
     deployed.reset()
     assert "does not answer /health (000) within 30 s" in lines[0] and "hermes Up 3 minutes" in lines[0]
+    assert "reboot" in deployed.vm.commands
+    deployed.vm.commands.clear()
     deployed.reset()
-    assert "within 10 s" in lines[2]
-    assert deployed.deploys == [{}, {}]
+    # Once seen, the saved state is not loaded again (it would undo the fix): a redeploy only.
+    assert "did not answer earlier in this session" in lines[2]
+    assert deployed.vm.commands == [] and deployed.deploys == [{}, {}]
 
 
 def test_a_redeploy_that_fails_too_fails_the_reset_with_both_reasons(host):
