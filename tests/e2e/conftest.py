@@ -30,11 +30,6 @@ REPO = Path(__file__).resolve().parents[2]
 _config = None
 
 
-def pytest_configure(config):
-    global _config
-    _config = config
-
-
 def report(line: str) -> None:
     """A line on the terminal now, outside pytest's capture: what CI's log must show even when
     the run is cut off before its summary."""
@@ -69,7 +64,7 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session", autouse=True)
 def _terminal_for_reports(request):
-    """`report` needs the session's config even where this conftest's pytest_configure came late."""
+    """The session's config, for `report` (set once, before any test of the session runs)."""
     global _config
     _config = request.config
 
