@@ -25,6 +25,7 @@ import secrets
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -157,9 +158,17 @@ def test_a_gateway_without_a_provider_is_alive_but_not_ready(deployed):
     assert "No inference provider configured" in gateway["problem"] and "HI-API-005" in gateway["problem"]
 
 
-def gateways(key: str, *names: str) -> list[dict]:
-    """The module's gateways, each with the scripted provider (and `key`) as its model."""
-    return [{**{"hermes": HERMES, "coder": CODER}[name], "config": model(key)} for name in names]
+# A job of the agent as code (issue 22) whose prompt the scripted provider answers: created by
+# the hubs deploy, it runs while the chat test runs, and is looked at after it.
+PROMPT_JOB = {"name": "e2e-brief", "schedule": "every 1m", "prompt": "ping cron", "deliver": "local"}
+
+
+def gateways(key: str, *names: str, cron: tuple[dict, ...] = ()) -> list[dict]:
+    """The module's gateways, each with the scripted provider (and `key`) as its model; `cron`
+    goes to the first."""
+    chosen = [{**{"hermes": HERMES, "coder": CODER}[name], "config": model(key)} for name in names]
+    chosen[0]["cron"] = list(cron)
+    return chosen
 
 
 def both_hubs(deployed) -> list[dict]:
@@ -187,7 +196,7 @@ def test_adding_a_profile_leaves_the_first_untouched(deployed, provider):
 
 def test_hubs_in_both_topologies_reach_their_own_profile(deployed, provider):
     companions = both_hubs(deployed)
-    run = deployed.deploy(gateways=gateways(provider, "hermes", "coder"), companions=companions)
+    run = deployed.deploy(gateways=gateways(provider, "hermes", "coder", cron=(PROMPT_JOB,)), companions=companions)
     assert run.returncode == 0, run.output[-4000:]
     assert provider not in run.output, "the provider key was printed by the deploy"
 
@@ -221,13 +230,13 @@ def test_hubs_in_both_topologies_reach_their_own_profile(deployed, provider):
     assert deployed.run("grep -c '^  api_key: ' /root/.hermes/config.yaml").strip() == "1"
     assert provider not in deployed.run("cat /root/.hermes/.env")
 
-    again = deployed.deploy(gateways=gateways(provider, "hermes", "coder"), companions=companions)
+    again = deployed.deploy(gateways=gateways(provider, "hermes", "coder", cron=(PROMPT_JOB,)), companions=companions)
     assert again.returncode == 0 and again.changed_operations() == 0, again.output[-4000:]
 
 
 def test_chat_reaches_the_provider_with_its_key_and_hubs_in_both_topologies_get_the_answer(deployed, provider):
     """On the host the hubs test deployed: two profiles on the provider, a hub on each."""
-    both = {"gateways": gateways(provider, "hermes", "coder"), "companions": both_hubs(deployed)}
+    both = {"gateways": gateways(provider, "hermes", "coder", cron=(PROMPT_JOB,)), "companions": both_hubs(deployed)}
     key = deployed.api_key()
     assert detailed_status(deployed, key) == "ok"
 
@@ -269,13 +278,33 @@ def test_chat_reaches_the_provider_with_its_key_and_hubs_in_both_topologies_get_
     print(f"[timing] smoke turns per gateway (first byte, total): first {timings[0]}, second {timings[1]}")
 
 
+def scheduled_jobs(deployed) -> dict[str, dict]:
+    text = deployed.run("cat /root/.hermes/cron/jobs.json 2>/dev/null || echo '{\"jobs\": []}'")
+    return {job.get("name"): job for job in json.loads(text)["jobs"]}
+
+
+def test_a_scheduled_prompt_is_answered_by_the_provider_and_delivered_locally(deployed, provider):
+    """The job the hubs deploy made runs in the gateway's scheduler (a tick a minute): Hermes sends
+    its prompt to the provider with the key, and keeps the answer as the job's local delivery."""
+    name = f"hermes-infra/{PROMPT_JOB['name']}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and scheduled_jobs(deployed)[name].get("last_status") is None:
+        time.sleep(10)
+    ran = scheduled_jobs(deployed)[name]
+    assert ran.get("last_status") == "ok" and ran.get("enabled", True), ran
+    output = deployed.run(f"cat /root/.hermes/cron/output/{shlex.quote(ran['id'])}/*.md")
+    assert "pong: " in output and PROMPT_JOB["prompt"] in output, output[-2000:]
+    chats = [entry for entry in requests_seen(deployed) if entry["path"] == "/v1/chat/completions"]
+    assert chats and all(entry["key_ok"] and entry["status"] == 200 for entry in chats), chats
+
+
 def test_removing_a_profile_keeps_its_data_and_the_other_container(deployed, provider):
     companions = both_hubs(deployed)[:1]
     hermes_id = inspect(deployed, "hermes")["Id"]
     hub_id = inspect(deployed, "hub-outside")["Id"]
     hermes_data = deployed.run("sha256sum /root/.hermes/.env /root/.hermes/config.yaml")
     coder_files = deployed.run("ls -A /root/.hermes-coder")
-    run = deployed.deploy(gateways=gateways(provider, "hermes"), companions=companions)
+    run = deployed.deploy(gateways=gateways(provider, "hermes", cron=(PROMPT_JOB,)), companions=companions)
     assert run.returncode == 0, run.output[-4000:]
     assert inspect(deployed, "hermes")["Id"] == hermes_id
     assert inspect(deployed, "hub-outside")["Id"] == hub_id
@@ -295,6 +324,7 @@ def test_a_wrong_provider_key_makes_the_chat_fail_with_the_providers_401(deploye
     settings = {"gateways": [{**HERMES, "config": model(wrong)}]}
     run = deployed.deploy(**settings)
     assert run.returncode == 0, run.output[-4000:]
+    assert f"hermes-infra/{PROMPT_JOB['name']}" not in scheduled_jobs(deployed), "a job that left the settings stayed"
     before = len(requests_seen(deployed))
     answer = json.loads(post(deployed, "/v1/chat/completions",
                              {"model": "hermes-agent", "messages": [{"role": "user", "content": "ping wrong"}]},
