@@ -442,8 +442,8 @@ def _snap_listed(lines: list[str]) -> tuple[str, ...]:
         return ()
     for row in rows[1:]:
         if row[0] == "docker":
-            shown = [f for f in row[1:3] if _SNAP_FIELD.fullmatch(f)]
-            detail = f" {shown[0]}" + (f" (revision {shown[1]})" if len(shown) > 1 else "") if shown else ""
+            version, revision = (field if _SNAP_FIELD.fullmatch(field) else None for field in (row + ["", ""])[1:3])
+            detail = f" {version}" + (f" (revision {revision})" if revision else "") if version else ""
             return (f"`snap list` shows the snap docker{detail}",)
     return ()
 
