@@ -390,7 +390,21 @@ def fact_request(settings: HostSettings) -> StateRequest:
                      for g in settings.gateways),
         packages=tuple(dict.fromkeys(packages)),
         image_ref=settings.image.ref,
+        apt_repositories=docker_repositories_read(settings),
     )
+
+
+def docker_repositories_read(settings: HostSettings) -> tuple[str, ...]:
+    """Which repositories to look for in the host's other apt sources (the OS is not known yet)."""
+    if settings.docker.install_source != "official":
+        return ()
+    urls = ([settings.docker.official_repo_url] if settings.docker.official_repo_url
+            else [f"{DOCKER_REPOSITORY}/{os_id}" for os_id in SUPPORTED])
+    return tuple(_without_scheme(url) for url in urls)
+
+
+def _without_scheme(url: str) -> str:
+    return url.split("://", 1)[-1].rstrip("/")
 
 
 # --- the plan ---------------------------------------------------------------------------------
@@ -731,6 +745,55 @@ def _project(name: str, directory: str, text: str, services: list[str], drift_ch
                        drift_checked=drift_checked, up_reason=reason)
 
 
+def apt_entries(path: str, text: str) -> list[tuple[str, str, str]]:
+    """(URI without scheme, suite, Signed-By or "") of each enabled entry of an apt source file:
+    one-line `deb [signed-by=...] URI SUITE ...` in .list files, deb822 stanzas in .sources files."""
+    entries = []
+    if path.endswith(".sources"):
+        for stanza in re.split(r"\n[ \t]*\n", text):
+            fields: dict[str, str] = {}
+            key = None
+            for line in stanza.splitlines():
+                if line.startswith("#"):
+                    continue
+                if line[:1].isspace() and key:
+                    fields[key] += "\n" + line.strip()
+                elif ":" in line:
+                    key, _, value = line.partition(":")
+                    key = key.strip().lower()
+                    fields[key] = value.strip()
+            if fields.get("enabled", "yes").lower() == "no":
+                continue
+            for uri in fields.get("uris", "").split():
+                entries += [(_without_scheme(uri), suite, fields.get("signed-by", "").strip())
+                            for suite in fields.get("suites", "").split()]
+        return entries
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        options = re.match(r"(deb|deb-src)\s+(?:\[(?P<options>[^\]]*)\]\s*)?(?P<uri>\S+)\s+(?P<suite>\S+)", line)
+        if not options:
+            continue
+        signed = re.search(r"(?:^|\s)signed-by=(\S+)", options["options"] or "")
+        entries.append((_without_scheme(options["uri"]), options["suite"], signed.group(1) if signed else ""))
+    return entries
+
+
+def check_other_docker_sources(state: HostState, repo_url: str, codename: str) -> None:
+    """apt refuses one repository and suite listed twice with different keys ("Conflicting values
+    set for option Signed-By"), and every apt-get update fails from then on: say so before any change."""
+    wanted = _without_scheme(repo_url)
+    for path, text in sorted(state.apt_sources.items()):
+        for uri, suite, signed_by in apt_entries(path, text.text):
+            if (uri, suite) == (wanted, codename) and signed_by != DOCKER_KEYRING:
+                key = f"Signed-By {signed_by}" if signed_by and "\n" not in signed_by else (
+                    "an inline key" if signed_by else "no Signed-By")
+                raise PlanError(
+                    f"{path} already lists Docker's repository ({repo_url} {suite}) with {key}; hermes-infra's "
+                    f"{DOCKER_SOURCES} lists it with Signed-By {DOCKER_KEYRING}, and apt refuses one repository "
+                    "with two keys, so nothing was changed on this host. Fix: remove "
+                    f"{path} (Docker's install guide writes it; hermes-infra's file replaces it), then deploy again")
+
+
 def _docker(settings: HostSettings, state: HostState, os_id: str, codename: str) -> DockerPlan:
     """The engine: the packages of the chosen source for this OS, Docker's repository for it."""
     docker_settings = settings.docker
@@ -744,6 +807,7 @@ def _docker(settings: HostSettings, state: HostState, os_id: str, codename: str)
         from hermes_infra.plan.render import render_template
 
         repo_url = docker_repository(settings, os_id)
+        check_other_docker_sources(state, repo_url, codename)
         sources = _root_file(state, DOCKER_SOURCES, render_template(
             "docker.sources.j2", url=repo_url, suite=codename, keyring=DOCKER_KEYRING))
     return DockerPlan(

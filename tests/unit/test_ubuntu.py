@@ -313,3 +313,70 @@ def test_the_deploy_warning_names_the_holder_too():
     finally:
         logger.removeHandler(handler)
     assert any("held by apt.systemd.daily (apt-daily.service) (pid 812)" in line for line in seen)
+
+
+# --- a Docker source left by Docker's install guide ------------------------------------------------
+
+def with_sources(state: HostState, **files: str) -> HostState:
+    """The read's `aptsources` section as it prints these files (each line behind "| ")."""
+    lines = [f"{SECTION} aptsources"]
+    for path, name in files.items():
+        lines += [f"file /etc/apt/sources.list.d/{path.replace('_', '.')}",
+                  *(f"| {line}" for line in (FIXTURES / "ubuntu_2404" / name).read_text().splitlines()), ""]
+    state.apt_sources = parse_state(lines).apt_sources
+    return state
+
+
+def test_the_guides_docker_list_with_another_key_is_refused_before_apt_breaks():
+    state = with_sources(recorded(HOSTS["noble"]), docker_list="docker.list-guide-2023")
+    with pytest.raises(PlanError) as error:
+        make_plan(settings(), facts_of(state))
+    message = str(error.value)
+    assert "/etc/apt/sources.list.d/docker.list already lists Docker's repository" in message
+    assert "Signed-By /etc/apt/keyrings/docker.gpg" in message and "nothing was changed" in message
+    assert "Fix: remove /etc/apt/sources.list.d/docker.list" in message
+
+
+def test_the_same_key_a_commented_line_or_ubuntus_own_sources_are_no_conflict():
+    for name in ("docker.list-guide-2024", "docker.list-disabled-on-upgrade", "ubuntu.sources"):
+        state = with_sources(recorded(HOSTS["noble"]), docker_list=name)
+        assert make_plan(settings(), facts_of(state)).docker.sources is not None, name
+    # distro: hermes-infra writes no Docker source, so another one is not its business
+    state = with_sources(recorded(HOSTS["noble"]), docker_list="docker.list-guide-2023")
+    assert make_plan(settings(docker={"install_source": "distro"}), facts_of(state)).docker.sources is None
+
+
+def test_deb822_sources_are_read_by_stanza():
+    text = (FIXTURES / "ubuntu_2404" / "ubuntu.sources").read_text()
+    entries = hostplan.apt_entries("/etc/apt/sources.list.d/ubuntu.sources", text)
+    assert entries == [("archive.ubuntu.com/ubuntu", suite, "/usr/share/keyrings/ubuntu-archive-keyring.gpg")
+                       for suite in ("noble", "noble-updates", "noble-backports")] + [
+        ("security.ubuntu.com/ubuntu", "noble-security", "/usr/share/keyrings/ubuntu-archive-keyring.gpg")]
+    inline = ("Types: deb\nURIs: https://download.docker.com/linux/ubuntu/\nSuites: noble\nComponents: stable\n"
+              "Signed-By:\n -----BEGIN PGP PUBLIC KEY BLOCK-----\n .\n mQINBFit2ioBEADhWpZ8\n")
+    state = recorded(HOSTS["noble"])
+    state.apt_sources = {"/etc/apt/sources.list.d/docker-ce.sources": hostfacts_file(inline)}
+    with pytest.raises(PlanError, match="with an inline key"):
+        make_plan(settings(), facts_of(state))
+    disabled = inline.replace("Types: deb\n", "Enabled: no\nTypes: deb\n")
+    state.apt_sources = {"/etc/apt/sources.list.d/docker-ce.sources": hostfacts_file(disabled)}
+    assert make_plan(settings(), facts_of(state)).docker.sources is not None
+
+
+def hostfacts_file(text: str):
+    from hermes_infra.host.hostfacts import RootFile
+
+    return RootFile(text)
+
+
+def test_the_sources_read_asks_for_dockers_repositories_and_runs_here():
+    request = fact_request(settings())
+    assert request.apt_repositories == ("download.docker.com/linux/debian", "download.docker.com/linux/ubuntu")
+    assert fact_request(settings(docker={"official_repo_url": "http://mirror.example/docker/"})).apt_repositories == (
+        "mirror.example/docker",)
+    assert fact_request(settings(docker={"install_source": "distro"})).apt_repositories == ()
+    script = dict(state_sections(request))["aptsources"][0]
+    run = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0
+    found = parse_state([f"{SECTION} aptsources", *run.stdout.splitlines()]).apt_sources
+    assert all(path.startswith("/etc/apt/") and path != DOCKER_SOURCES for path in found)
