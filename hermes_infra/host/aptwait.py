@@ -78,9 +78,14 @@ T=__TIMEOUT__
 P=__POLL__
 L=__LOCKS__
 hi_holder() {
+  # One read of /proc/locks (cat: one large read() is one consistent snapshot). The shell's
+  # `read` takes it a byte per read(), and a lock released meanwhile shifts the kernel's place
+  # in the list: the holder's line could be skipped and a held lock taken for free.
+  table=
+  if [ -r "$L" ] && table=$(cat -- "$L" 2>/dev/null); then readable=1; else readable=; fi
   for f in "$R/var/lib/dpkg/lock-frontend" "$R/var/lib/dpkg/lock" "$R/var/lib/apt/lists/lock" "$R/var/cache/apt/archives/lock"; do
     [ -f "$f" ] || continue
-    if [ -r "$L" ]; then
+    if [ -n "$readable" ]; then
       s=$(stat -L -c '%i %d' -- "$f" 2>/dev/null) || continue
       ino=${s% *}
       dev=${s#* }
@@ -99,7 +104,9 @@ hi_holder() {
         [ -n "$ok" ] || continue
         echo "$pid $f"
         return 0
-      done < "$L"
+      done <<HI_LOCKS
+$table
+HI_LOCKS
     elif command -v fuser >/dev/null 2>&1; then
       pids=$(fuser "$f" 2>/dev/null) || continue
       for pid in $pids; do
