@@ -380,3 +380,10 @@ def test_the_sources_read_asks_for_dockers_repositories_and_runs_here():
     assert run.returncode == 0
     found = parse_state([f"{SECTION} aptsources", *run.stdout.splitlines()]).apt_sources
     assert all(path.startswith("/etc/apt/") and path != DOCKER_SOURCES for path in found)
+
+
+def test_debian_12_keeps_dockers_debian_repository_and_its_own_suite():
+    facts = dataclasses.replace(hostfakes.fresh(), os_release={
+        "id": "debian", "version_codename": "bookworm", "pretty_name": "Debian GNU/Linux 12 (bookworm)"})
+    docker = plan_for(settings(), facts).docker
+    assert docker.repo_url == "https://download.docker.com/linux/debian" and "Suites: bookworm\n" in docker.sources.content
