@@ -53,7 +53,8 @@ OFFICIAL_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io", "docker-buil
 # jammy (jammy-updates), as Ubuntu's DockerUpdates policy (https://wiki.ubuntu.com/DockerUpdates)
 # keeps docker.io-app, containerd-app, runc-app, docker-buildx and docker-compose-v2 updated on
 # every supported release; Ubuntu's `docker-compose` is the Python compose v1.
-DISTRO_PACKAGES = {"debian": ("docker.io", "docker-cli", "docker-compose"), "ubuntu": ("docker.io", "docker-compose-v2")}
+DISTRO_PACKAGES = {"debian": ("docker.io", "docker-cli", "docker-compose"),
+                   "ubuntu": ("docker.io", "docker-compose-v2")}
 # The engine package of each source: the other source's engine is what a host already runs Docker with.
 ENGINE_PACKAGE = {"official": "docker-ce", "distro": "docker.io"}
 # Installed side by side, these fight over /usr/bin/docker, containerd and the compose plugin
@@ -746,7 +747,7 @@ def _project(name: str, directory: str, text: str, services: list[str], drift_ch
 
 
 def apt_entries(path: str, text: str) -> list[tuple[str, str, str]]:
-    """(URI without scheme, suite, Signed-By or "") of each enabled entry of an apt source file:
+    """(URI without a trailing slash, suite, Signed-By or "") of each enabled entry of an apt source file:
     one-line `deb [signed-by=...] URI SUITE ...` in .list files, deb822 stanzas in .sources files."""
     entries = []
     if path.endswith(".sources"):
@@ -765,7 +766,7 @@ def apt_entries(path: str, text: str) -> list[tuple[str, str, str]]:
             if fields.get("enabled", "yes").lower() == "no":
                 continue
             for uri in fields.get("uris", "").split():
-                entries += [(_without_scheme(uri), suite, fields.get("signed-by", "").strip())
+                entries += [(uri.rstrip("/"), suite, fields.get("signed-by", "").strip())
                             for suite in fields.get("suites", "").split()]
         return entries
     for line in text.splitlines():
@@ -774,16 +775,17 @@ def apt_entries(path: str, text: str) -> list[tuple[str, str, str]]:
         if not options:
             continue
         signed = re.search(r"(?:^|\s)signed-by=(\S+)", options["options"] or "")
-        entries.append((_without_scheme(options["uri"]), options["suite"], signed.group(1) if signed else ""))
+        entries.append((options["uri"].rstrip("/"), options["suite"], signed.group(1) if signed else ""))
     return entries
 
 
 def check_other_docker_sources(state: HostState, repo_url: str, codename: str) -> None:
     """apt refuses one repository and suite listed twice with different keys ("Conflicting values
     set for option Signed-By"), and every apt-get update fails from then on: say so before any change."""
-    wanted = _without_scheme(repo_url)
+    wanted = repo_url.rstrip("/")
     for path, text in sorted(state.apt_sources.items()):
         for uri, suite, signed_by in apt_entries(path, text.text):
+            # apt tells sources apart by the URI as written (http:// and https:// are two) and the suite.
             if (uri, suite) == (wanted, codename) and signed_by != DOCKER_KEYRING:
                 key = f"Signed-By {signed_by}" if signed_by and "\n" not in signed_by else (
                     "an inline key" if signed_by else "no Signed-By")

@@ -349,9 +349,9 @@ def test_the_same_key_a_commented_line_or_ubuntus_own_sources_are_no_conflict():
 def test_deb822_sources_are_read_by_stanza():
     text = (FIXTURES / "ubuntu_2404" / "ubuntu.sources").read_text()
     entries = hostplan.apt_entries("/etc/apt/sources.list.d/ubuntu.sources", text)
-    assert entries == [("archive.ubuntu.com/ubuntu", suite, "/usr/share/keyrings/ubuntu-archive-keyring.gpg")
+    assert entries == [("http://archive.ubuntu.com/ubuntu", suite, "/usr/share/keyrings/ubuntu-archive-keyring.gpg")
                        for suite in ("noble", "noble-updates", "noble-backports")] + [
-        ("security.ubuntu.com/ubuntu", "noble-security", "/usr/share/keyrings/ubuntu-archive-keyring.gpg")]
+        ("http://security.ubuntu.com/ubuntu", "noble-security", "/usr/share/keyrings/ubuntu-archive-keyring.gpg")]
     inline = ("Types: deb\nURIs: https://download.docker.com/linux/ubuntu/\nSuites: noble\nComponents: stable\n"
               "Signed-By:\n -----BEGIN PGP PUBLIC KEY BLOCK-----\n .\n mQINBFit2ioBEADhWpZ8\n")
     state = recorded(HOSTS["noble"])
