@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from pyinfra import logger
 
 from hermes_infra.host import aptwait
-from hermes_infra.host.hostfacts import BACKGROUND, SECTION, HostState, parse_state, state_sections
+from hermes_infra.host.hostfacts import BACKGROUND, SECTION, HostState, RootFile, parse_state, state_sections
 from hermes_infra.operations import docker_engine, files as ops
 from hermes_infra.plan import hostplan
 from hermes_infra.plan.hostplan import DOCKER_SOURCES, PlanError, fact_request, make_plan, manifest_path
@@ -303,8 +304,6 @@ def test_the_lock_wait_names_unattended_upgrades_as_such(tmp_path):
 
 def test_the_deploy_warning_names_the_holder_too():
     plan = plan_for(settings(), hostfakes.fresh(apt_lock_holder="812 apt.systemd.dai"))
-    from pyinfra import logger
-
     seen = []
     handler = type("H", (), {"level": 0, "handle": lambda self, record: seen.append(record.getMessage())})()
     logger.addHandler(handler)
@@ -355,18 +354,12 @@ def test_deb822_sources_are_read_by_stanza():
     inline = ("Types: deb\nURIs: https://download.docker.com/linux/ubuntu/\nSuites: noble\nComponents: stable\n"
               "Signed-By:\n -----BEGIN PGP PUBLIC KEY BLOCK-----\n .\n mQINBFit2ioBEADhWpZ8\n")
     state = recorded(HOSTS["noble"])
-    state.apt_sources = {"/etc/apt/sources.list.d/docker-ce.sources": hostfacts_file(inline)}
+    state.apt_sources = {"/etc/apt/sources.list.d/docker-ce.sources": RootFile(inline)}
     with pytest.raises(PlanError, match="with an inline key"):
         make_plan(settings(), facts_of(state))
     disabled = inline.replace("Types: deb\n", "Enabled: no\nTypes: deb\n")
-    state.apt_sources = {"/etc/apt/sources.list.d/docker-ce.sources": hostfacts_file(disabled)}
+    state.apt_sources = {"/etc/apt/sources.list.d/docker-ce.sources": RootFile(disabled)}
     assert make_plan(settings(), facts_of(state)).docker.sources is not None
-
-
-def hostfacts_file(text: str):
-    from hermes_infra.host.hostfacts import RootFile
-
-    return RootFile(text)
 
 
 def test_the_sources_read_asks_for_dockers_repositories_and_runs_here():
