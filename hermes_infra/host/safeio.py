@@ -28,6 +28,7 @@ MAX_READ_BYTES = 1 << 20
 # A `.env` is a few KiB; reading more only for the key would be a disk-sized read (F1).
 MAX_ENV_BYTES = 64 << 10
 MARK = "@@hermes-infra"
+READ_ATTEMPTS = 3  # reads of one file that saw it replaced, before it is reported `changed`
 
 
 def as_owner(uid: int, gid: int) -> str:
@@ -76,9 +77,13 @@ def read_script(directory: str, names: list[str], uid: int, gid: int, label: str
     body = []
     for name in names:
         quoted = shlex.quote(name)
+        # Hermes replaces its files by rename (jobs.json on every scheduler tick): a read that
+        # saw the path change under it is tried again, twice, before it is called `changed`.
         body.append(
-            f"echo '{MARK} file {label} {name}'; {_lstat(name)}; "
-            f"{{ {owner_read(name, uid, gid, MAX_READ_BYTES + 1)}; }} | base64 -w0; echo; {_lstat(name)}"
+            f"echo '{MARK} file {label} {name}'; hi_n=0; while :; do hi_n=$((hi_n+1)); hi_b=$({_lstat(name)}); "
+            f"hi_d=$({{ {owner_read(name, uid, gid, MAX_READ_BYTES + 1)}; }} | base64 -w0); hi_a=$({_lstat(name)}); "
+            f"if [ \"$hi_b\" = \"$hi_a\" ] || [ $hi_n -ge {READ_ATTEMPTS} ]; then break; fi; sleep 0.2; done; "
+            f"printf '%s\\n%s\\n%s\\n' \"$hi_b\" \"$hi_d\" \"$hi_a\""
         )
     parts.append(f"( if {enter(directory)}; then echo present; {'; '.join(body)}; "
                  f"elif [ -L {shlex.quote(directory)} ]; then echo symlink; "

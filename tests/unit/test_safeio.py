@@ -191,3 +191,44 @@ def test_the_owner_believes_only_the_inode_root_checked(data_dir, tmp_path):
     env.unlink()
     plant_device(env)
     assert open_as_owner(f"{env.lstat().st_dev}:{env.lstat().st_ino}") == ""  # a device, even its own inode
+
+
+def replaced_once_during_the_first_read(tmp_path, path, new_text: str) -> dict[str, str]:
+    """An environment whose `stat` replaces `path` by rename (as Hermes writes jobs.json) right
+    after the first lstat of a read, once: the owner then opens the new file, so the read saw the
+    path change under it."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    real = subprocess.run(["sh", "-c", "command -v stat"], capture_output=True, text=True).stdout.strip()
+    (shim / "stat").write_text(
+        "#!/bin/sh\n"
+        f"{real} \"$@\"; rc=$?\n"
+        f"if [ ! -e {tmp_path}/replaced ]; then : > {tmp_path}/replaced; "
+        f"printf %s {new_text!r} > {path}.tmp && chown {OWNER}:{OWNER} {path}.tmp && mv {path}.tmp {path}; fi\n"
+        "exit $rc\n")
+    (shim / "stat").chmod(0o755)
+    return {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"}
+
+
+def test_a_file_replaced_by_rename_during_the_read_is_read_again(data_dir, tmp_path):
+    directory, _ = data_dir
+    jobs = directory / "jobs.json"
+    jobs.write_text('{"jobs": []}')
+    os.chown(jobs, OWNER, OWNER)
+    env = replaced_once_during_the_first_read(tmp_path, jobs, '{"jobs": [1]}')
+    result = subprocess.run(["sh", "-c", safeio.read_script(str(directory), ["jobs.json"], OWNER, OWNER, "t")],
+                            capture_output=True, text=True, timeout=20, env=env)
+    found = safeio.parse_reads(result.stdout.splitlines())["t"]["files"]["jobs.json"]
+    assert (tmp_path / "replaced").exists(), "the shim never replaced the file: the test proves nothing"
+    assert found.kind == "regular" and found.text == '{"jobs": [1]}', found
+
+
+def test_a_file_replaced_on_every_read_is_reported_changed(data_dir, tmp_path, monkeypatch):
+    directory, _ = data_dir
+    (directory / "jobs.json").write_text("{}")
+    os.chown(directory / "jobs.json", OWNER, OWNER)
+    monkeypatch.setattr(safeio, "READ_ATTEMPTS", 1)  # one read: the one the shim races
+    env = replaced_once_during_the_first_read(tmp_path, directory / "jobs.json", "{}")
+    result = subprocess.run(["sh", "-c", safeio.read_script(str(directory), ["jobs.json"], OWNER, OWNER, "t")],
+                            capture_output=True, text=True, timeout=20, env=env)
+    assert safeio.parse_reads(result.stdout.splitlines())["t"]["files"]["jobs.json"].kind == "changed"
