@@ -112,7 +112,7 @@ def _profile_lines(settings: HostSettings, gateway, keep: int) -> list[str]:
         'mv -- "$base.partial" "$base" && sha256sum -- "$base" > "$base.sha256.new" && '
         'mv -f -- "$base.sha256.new" "$base.sha256" ); then why=\'the archive could not be stored\'; fi',
         '  rm -rf -- "$w"',
-        "else why='no work dir could be made for the copy'; fi",
+        f"else why={shlex.quote(datatar.REASONS[datatar.WORK_DIR_RC])}; fi",
         'if [ -n "$why" ]; then',
         f'  rm -f -- "$out.partial" "$out.databases.json"; fail {name} "$why"',
         "else",

@@ -276,6 +276,7 @@ INTEGRITY_RC = 21
 TAR_FAILED_RC = 22
 APPEND_FAILED_RC = 23
 GZIP_FAILED_RC = 24
+WORK_DIR_RC = 25
 REASONS = {
     MISSING_RC: "the data dir is missing, not a directory, or a symbolic link",
     TOO_LARGE_RC: f"the data dir is over the archive size limit of {MAX_APPARENT_BYTES} bytes (apparent size), "
@@ -286,6 +287,7 @@ REASONS = {
     TAR_FAILED_RC: "tar failed: some files could not be read",
     APPEND_FAILED_RC: "the database copies could not be added to the archive",
     GZIP_FAILED_RC: "gzip failed (disk full?)",
+    WORK_DIR_RC: "no root-only work dir could be made for the copy (disk full?)",
 }
 """Fixed texts only: a reason is recorded on the host and shown by `status`, so nothing the agent
 wrote (a file name, tar's messages) may be part of one."""
