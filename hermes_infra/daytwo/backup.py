@@ -106,7 +106,8 @@ def archive_command(gateway: GatewaySettings, image: str, stage: str = STAGE_DIR
     directory = gateway.host_data_dir
     archive = datatar.online_archive_script(directory, gateway.uid, gateway.gid, gateway.name, gateway.service_name,
                                             image, '"$w"')
-    return (f"umask 077; install -d -m 0700 {shlex.quote(stage)} && "
+    # A work dir an interrupted backup left goes first: backups hold the deploy lock, so no other uses one.
+    return (f"umask 077; install -d -m 0700 {shlex.quote(stage)} && rm -rf -- {shlex.quote(stage)}/backup.* && "
             f"w=$(mktemp -d {shlex.quote(stage + '/backup.XXXXXX')}) || exit {WORK_DIR_RC}; "
             f"( {safeio.chown_foreign_script(directory, gateway.uid, gateway.gid)} ) >/dev/null 2>&1; "
             f"( {archive} ); rc=$?; rm -rf -- \"$w\"; exit $rc")

@@ -136,6 +136,8 @@ def script_text(settings: HostSettings, keep: int, lock_dir: str = lock.LOCK_DIR
              "umask 077", "status=0", f"root={shlex.quote(scheduled_dir(settings))}",
              'mkdir -p "$root" && chmod 0700 "$root" || exit 1', _PRELUDE]
     lines += _lock_lines(profiles, lock_dir, lock_wait)
+    # Work dirs of a run that was killed (under the lock, no other run can be using one).
+    lines.append('rm -rf -- "$root"/.work-*')
     for gateway in settings.gateways:
         lines += _profile_lines(settings, gateway, keep)
     lines.append("exit $status")

@@ -341,6 +341,8 @@ def online_archive_script(data_dir: str, uid: int, gid: int, profile: str, conta
         f"[ -d {quoted} ] && [ ! -L {quoted} ] || exit {MISSING_RC}",
         image,
         f"install -d -o {int(uid)} -g {int(gid)} -m 0700 -- {out} || exit {COPY_FAILED_RC}",
+        # A copy container an interrupted run left behind would hold the name.
+        f"docker rm -f {shlex.quote(copy_container_name(profile))} >/dev/null 2>&1",
         f"{copy_command(data_dir, uid, gid, profile, out, chosen_image)} > {work}/databases.json; hi_c=$?",
         f"docker rm -f {shlex.quote(copy_container_name(profile))} >/dev/null 2>&1",
         f"case $hi_c in 0|{INTEGRITY_FAILED_RC}) ;; 124|137) exit {TIMED_OUT_RC} ;; *) exit {COPY_FAILED_RC} ;; esac",

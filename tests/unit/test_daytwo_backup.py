@@ -572,3 +572,33 @@ def test_pre_restore_dirs_are_pruned_to_backup_keep(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["hermes", "hermes.pre-restore-notes", "hermes-x.pre-restore-20261101T000000Z",
          f"hermes.pre-restore-{stamps[3]}", f"hermes.pre-restore-{stamps[4]}"])
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="runs tar as uid 10000 (setpriv)")
+def test_an_online_backup_restores_its_database_copies(tmp_path):
+    """The archive the real command makes, through backup and restore: the upload holds the
+    database copy (its rows), not a live file, and no -wal beside it."""
+    import subprocess
+
+    from tests.unit.copyfakes import make_state_db
+    data = tmp_path / "data"
+    data.mkdir()
+    make_state_db(data / "state.db", rows=4)
+    (data / ".env").write_text("API_SERVER_KEY=" + "k" * 20 + "\n")
+    subprocess.run(["chown", "-R", "10000:10000", str(data)], check=True)
+    (tmp_path / "host").mkdir()
+    done = _run_archive(tmp_path / "host", _gateway_at(data))
+    assert done.returncode == 0, done.stderr
+    remote = FakeRemote(lambda c: RunResult(0, done.stdout, "") if "docker run --rm" in c else "")
+    made = backup.backup_gateway(host(), host().settings.gateways[0], remote, backup.prepare_out_dir(tmp_path / "o"),
+                                 say=lambda m: None)
+    assert made.manifest["sqlite"]["state.db"]["tables"] == {"sessions": 4}
+    sums = {name: info["sha256"] for name, info in made.manifest["files"].items()}
+    target = restore_remote(sums)
+    backup.restore(host(), made.path, remote_for=lambda h: target, say=lambda m: None)
+    uploaded = tmp_path / "up.tar.gz"
+    uploaded.write_bytes(target.stdins[-1])
+    with tarfile.open(uploaded) as tar:
+        assert sorted(tar.getnames()) == [".env", "state.db"]
+        (tmp_path / "r.db").write_bytes(tar.extractfile("state.db").read())
+    assert sqlite3.connect(tmp_path / "r.db").execute("SELECT count(*) FROM sessions").fetchone() == (4,)

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -51,7 +52,7 @@ def test_gnu_tar_leaves_out_exactly_what_the_rule_names(tmp_path):
 
 def _run_copy(src, out, env_user=()):
     return subprocess.run([*env_user, "/usr/bin/python3", "-I", "-S", "-c", datatar.copy_program(),
-                           *datatar.copy_arguments(), str(src), str(out)], capture_output=True, text=True, timeout=120)
+                           *datatar.copy_arguments(), str(src), str(out)], capture_output=True, text=True, timeout=60)
 
 
 def test_the_copy_of_a_database_being_written_is_whole_and_consistent(tmp_path):
@@ -73,7 +74,8 @@ def test_the_copy_of_a_database_being_written_is_whole_and_consistent(tmp_path):
 
     def write():
         db = sqlite3.connect(src / "state.db", timeout=30)
-        while not stop.is_set():
+        db.execute("PRAGMA synchronous=OFF")  # no fsync per commit: a busy disk must not slow the test
+        while not stop.is_set() and len(batches) < 1000:
             with db:
                 db.executemany("INSERT INTO messages VALUES (?, ?)", [(i, "x" * 200) for i in range(100)])
                 db.execute("UPDATE total SET n = n + 100")
@@ -83,8 +85,9 @@ def test_the_copy_of_a_database_being_written_is_whole_and_consistent(tmp_path):
     writer = threading.Thread(target=write)
     writer.start()
     try:
-        while len(batches) < 20:
-            threading.Event().wait(0.01)
+        deadline = time.monotonic() + 30
+        while len(batches) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
         done = _run_copy(src, out)
         written_before_end = len(batches)
     finally:
@@ -95,7 +98,7 @@ def test_the_copy_of_a_database_being_written_is_whole_and_consistent(tmp_path):
     summary = report["databases"]["state.db"]
     assert summary["integrity"] == "ok"
     rows = summary["tables"]["messages"]
-    assert rows % 100 == 0 and 20 * 100 <= rows <= written_before_end * 100
+    assert rows % 100 == 0 and 5 * 100 <= rows <= written_before_end * 100
     assert sorted(p.name for p in out.iterdir()) == ["state.db"]  # one self-contained file
     copy = sqlite3.connect(out / "state.db")
     assert copy.execute("SELECT n FROM total").fetchone() == (rows,)
