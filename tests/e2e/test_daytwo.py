@@ -54,8 +54,8 @@ def plant(deployed, path: str, text: str) -> None:
 
 def start_health_probe(deployed) -> str:
     """A loop on the VM asking /health every 0.25 s (curl's code per line, 000 when nothing
-    answers within 2 s); returns its pid."""
-    loop = ("while :; do curl -s -o /dev/null -w '%{http_code}\\n' --max-time 2 " + f"{API}/health"
+    answers within 5 s); returns its pid."""
+    loop = ("while :; do curl -s -o /dev/null -w '%{http_code}\\n' --max-time 5 " + f"{API}/health"
             " >> /tmp/e2e-health-probe.log; sleep 0.25; done")
     return deployed.run(f"rm -f /tmp/e2e-health-probe.log; setsid sh -c {shlex.quote(loop)} "
                         "</dev/null >/dev/null 2>&1 & echo $!").strip()
