@@ -53,14 +53,10 @@ def tar_create(prefix: str = "") -> str:
 
 
 def describe_rc(rc: int | None) -> str:
-    """What a bounded tar step's exit code means, for a message."""
-    if rc in REASONS and rc not in (TOO_LARGE_RC, TIMED_OUT_RC):
+    """What an archive step's exit code means, for a message and the host's record (fixed texts)."""
+    if rc in REASONS:
         return REASONS[rc]
-    if rc == TOO_LARGE_RC:
-        return f"the data dir is over the archive size limit ({MAX_APPARENT_BYTES} bytes)"
-    if rc == TIMED_OUT_RC:
-        return f"tar did not finish within {TAR_SECONDS}s"
-    return f"tar exit {rc}"
+    return f"the archive step failed (exit {rc})"
 
 
 # ------------------------------------------------------------------ what an archive leaves out
