@@ -162,6 +162,9 @@ def test_scheduled_backups_are_a_setting_the_deploy_applies(deployed):
     assert "OnCalendar=*-*-* 03:30:00" in deployed.run("systemctl show -p TimersCalendar --value hermes-infra-backup.timer")
     key = deployed.api_key()
     assert key not in deployed.run("cat /usr/local/sbin/hermes-infra-backup")
+    deployed.run(in_gateway("import sqlite3; c = sqlite3.connect('state.db'); "
+                            "c.execute('create table if not exists e2e_sched (v)'); "
+                            "c.execute('insert into e2e_sched values (1)'); c.commit()"))
     started_at = deployed.run("docker inspect -f '{{.State.StartedAt}}' hermes").strip()
     for _ in range(2):
         started = time.monotonic()
@@ -180,6 +183,7 @@ def test_scheduled_backups_are_a_setting_the_deploy_applies(deployed):
     assert "./state.db" in listing and "state.db-wal" not in listing
     copies = json.loads(deployed.run(f"cat /var/backups/hermes-infra/scheduled/hermes/{newest}.databases.json"))
     assert copies["databases"]["state.db"]["integrity"] == "ok"
+    assert copies["databases"]["state.db"]["tables"]["e2e_sched"] == 1
     last = json.loads(deployed.run("cat /var/backups/hermes-infra/scheduled/hermes.last.json"))
     assert (last["result"], last["kind"], last["archive"]) == ("success", "scheduled", newest)
     assert last["bytes"] == int(deployed.run(f"stat -c %s /var/backups/hermes-infra/scheduled/hermes/{newest}"))
@@ -194,6 +198,8 @@ def test_scheduled_backups_are_a_setting_the_deploy_applies(deployed):
     assert deployed.run("test ! -e /usr/local/sbin/hermes-infra-backup && ls /var/backups/hermes-infra/scheduled/hermes"
                         ).count(".tar.gz") == 3  # the archive, its checksum, its databases' checks
     deployed.run("rm -rf /var/backups/hermes-infra/scheduled")
+    deployed.run(in_gateway("import sqlite3; c = sqlite3.connect('state.db'); "
+                            "c.execute('drop table if exists e2e_sched'); c.commit()"))
 
 
 def test_backup_restored_onto_a_new_vm(deployed, second_vm, tmp_path):
