@@ -85,3 +85,16 @@ def corrupt_index(path) -> None:
         handle.seek((root - 1) * page_size)
         # A key the table does not hold: the page stays well-formed, the index disagrees with the table.
         handle.write(page[:-page_size // 4] + page[-page_size // 4:].replace(b"s1", b"x1"))
+
+
+def _can_run_fake_containers() -> bool:
+    import os
+    import subprocess
+    if os.geteuid() != 0:
+        return False
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True)
+    return done.returncode == 0
+
+
+CAN_RUN = _can_run_fake_containers()
+"""Root with mount namespaces: what the fake `docker run` needs (setpriv, bind mounts)."""

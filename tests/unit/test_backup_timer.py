@@ -14,7 +14,7 @@ from hermes_infra.daytwo import backup
 from hermes_infra.daytwo.remote import DayTwoError
 from hermes_infra.settings.loading import SettingsError
 from tests.unit.hostfakes import converged, fresh, plan_for, root_file, run_op, settings
-from tests.unit.copyfakes import corrupt_index, install_fake_docker, make_state_db
+from tests.unit.copyfakes import CAN_RUN, corrupt_index, install_fake_docker, make_state_db
 from tests.unit.test_daytwo_backup import make_data_tar
 
 DAILY = {"scheduled_backups": {"schedule": "daily", "keep": 4}}
@@ -135,7 +135,7 @@ def _last(dest):
     return json.loads((dest.parent / "hermes.last.json").read_text())
 
 
-needs_root = pytest.mark.skipif(__import__("os").geteuid() != 0, reason="runs tar as uid 10000 (setpriv)")
+needs_root = pytest.mark.skipif(not CAN_RUN, reason="runs tar and the copy as uid 10000 (setpriv, a mount namespace)")
 
 
 @needs_root

@@ -13,6 +13,7 @@ import pytest
 from hermes_infra.daytwo import backup
 from hermes_infra.daytwo.remote import DayTwoError, RunResult
 
+from tests.unit.copyfakes import CAN_RUN
 from tests.unit.daytwo_fakes import FakeRemote, host
 
 MARKER = __import__("re").compile(r"@@hermes-infra-owners-[0-9a-f]{32}")
@@ -306,7 +307,7 @@ def _run_archive(tmp_path, gateway):
                           capture_output=True, env=env)
 
 
-@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="runs tar as uid 10000 (setpriv)")
+@pytest.mark.skipif(not CAN_RUN, reason="runs tar and the copy as uid 10000 (setpriv, a mount namespace)")
 def test_archive_command_stores_holes_as_holes_and_refuses_a_huge_apparent_size(tmp_path, monkeypatch):
     """F6: `truncate -s 16T x` made tar read every zero with the gateway stopped."""
     import subprocess
@@ -331,7 +332,7 @@ def test_archive_command_stores_holes_as_holes_and_refuses_a_huge_apparent_size(
     assert list((tmp_path / "stage").iterdir()) == [], "the work dir is removed"
 
 
-@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="runs tar as uid 10000 (setpriv)")
+@pytest.mark.skipif(not CAN_RUN, reason="runs tar and the copy as uid 10000 (setpriv, a mount namespace)")
 def test_archive_command_holds_the_database_copies_in_place_of_the_live_files(tmp_path):
     import subprocess
 
@@ -574,7 +575,7 @@ def test_pre_restore_dirs_are_pruned_to_backup_keep(tmp_path):
          f"hermes.pre-restore-{stamps[3]}", f"hermes.pre-restore-{stamps[4]}"])
 
 
-@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="runs tar as uid 10000 (setpriv)")
+@pytest.mark.skipif(not CAN_RUN, reason="runs tar and the copy as uid 10000 (setpriv, a mount namespace)")
 def test_an_online_backup_restores_its_database_copies(tmp_path):
     """The archive the real command makes, through backup and restore: the upload holds the
     database copy (its rows), not a live file, and no -wal beside it."""
