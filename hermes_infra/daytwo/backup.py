@@ -7,15 +7,22 @@ every SQLite database's integrity and row counts) and `data.tar.gz` (the data di
 stores it: numeric owners, links and FIFOs stored, never followed or read). Secrets (`.env`,
 WeChat login, tokens) are inside it only: nothing is printed, nothing lands elsewhere.
 
-Consistency: the gateway is stopped for the copy (`compose stop`, which lets Hermes drain and
-close `state.db`), then started again and health-gated: a few seconds of downtime buy a copy
-in which every SQLite file, its WAL and the JSON state agree. The control machine then opens
-each database from the archive (never on the host; read-only, virtual tables skipped, cell
-sizes checked, bounded in time) and records `PRAGMA integrity_check` and row counts: a corrupt
-`state.db` is reported at backup time, not at restore time.
+Consistency, online: the gateway keeps running. Each SQLite database (every regular `*.db`)
+is copied with SQLite's online backup API, which reads one consistent snapshot under SQLite's
+own locks while Hermes writes; the copy runs as the data dir's owner in a one-off, confined
+container of the gateway's image (`datatar.copy_command`). The rest of the data dir goes by
+tar, leaving out the live and derived files `datatar.LEFT_OUT` names (WAL, shm and journal
+files, pid, lock and heartbeat files, `cache/`, upstream's `backups/`), each with its reason.
+The control machine then opens each database *copy* from the archive (never on the host;
+read-only, virtual tables skipped, cell sizes checked, bounded in time) and records `PRAGMA
+integrity_check` and row counts: a corrupt `state.db` is reported at backup time, and such a
+backup is a failed one. Each run's result (time, size, ok or failed, a fixed-text reason) is
+recorded on the host (`manual_record_path`), where `status` shows it.
 
 Safety (the data dir is the agent's): `tar -c` runs as the data dir's owner (`setpriv`) from
-a directory entered by root without following a link; root only moves bytes. A restore
+a directory entered by root without following a link, the database copies are written into a
+root-only directory no process of the owner but the copy container can reach; root only moves
+bytes. A restore
 checks every member of the archive on the control machine first (no absolute path, no `..`,
 no device, nothing under a symlink member, nothing after a damaged header; a hard link becomes
 a copy of its file), re-packs exactly those members with fresh headers (the host's GNU tar never
@@ -62,6 +69,7 @@ DATA = "data.tar.gz"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 AUDIT_LOG = "/var/log/hermes-infra/audit.jsonl"
 STAGE_DIR = planmod.STAGE_DIR
+WORK_DIR_RC = datatar.WORK_DIR_RC
 ASIDE_STAMP_GLOB = "[0-9]" * 8 + "T" + "[0-9]" * 6 + "Z"  # %Y%m%dT%H%M%SZ
 
 Say = Callable[[str], None]
@@ -88,17 +96,36 @@ def start_command(settings: HostSettings, gateway: GatewaySettings) -> str:
             f"{{ {gate_command(settings, gateway)}\n}}")
 
 
-def archive_command(gateway: GatewaySettings) -> str:
-    """gzip'd tar of the data dir on stdout, made by the owner; tar's exit code on stderr.
+def archive_command(gateway: GatewaySettings, image: str, stage: str = STAGE_DIR) -> str:
+    """gzip'd tar of the data dir on stdout while the gateway runs (`datatar.online_archive_script`:
+    the databases copied online as the owner, the rest by tar as the owner); the exit code is the
+    archive step's (0, or one of `datatar.REASONS`). The copies wait in a fresh root-only dir under
+    `stage`, removed afterwards. `image` is used when the gateway's container is gone.
 
     Files root left in the data dir are given back first (the owner could not read them)."""
     directory = gateway.host_data_dir
-    owner = safeio.as_owner(gateway.uid, gateway.gid)
-    tar = f"{datatar.tar_create(owner)} --warning=no-file-ignored -cf - ."
-    return (f"( {safeio.chown_foreign_script(directory, gateway.uid, gateway.gid)} ) >/dev/null 2>&1; "
-            f"{safeio.enter(directory)} || {{ echo 'hermes-infra: {directory} is not a directory' >&2; exit 3; }}; "
-            f"{datatar.size_check(prefix=owner)} || exit {datatar.TOO_LARGE_RC}; "
-            f"{{ {tar}; echo \"hermes-infra-tar-rc=$?\" >&2; }} | gzip -1 -c")
+    archive = datatar.online_archive_script(directory, gateway.uid, gateway.gid, gateway.name, gateway.service_name,
+                                            image, '"$w"')
+    # A work dir an interrupted backup left goes first: backups hold the deploy lock, so no other uses one.
+    return (f"umask 077; install -d -m 0700 {shlex.quote(stage)} && rm -rf -- {shlex.quote(stage)}/backup.* && "
+            f"w=$(mktemp -d {shlex.quote(stage + '/backup.XXXXXX')}) || exit {WORK_DIR_RC}; "
+            f"( {safeio.chown_foreign_script(directory, gateway.uid, gateway.gid)} ) >/dev/null 2>&1; "
+            f"( {archive} ); rc=$?; rm -rf -- \"$w\"; exit $rc")
+
+
+def record_command(settings: HostSettings, gateway: GatewaySettings, record: dict) -> str:
+    """Replace the profile's record of its last manual backup (root's, 0600 in a 0700 dir), at once."""
+    path = manual_record_path(settings, gateway.name)
+    text = json.dumps(record, sort_keys=True, ensure_ascii=True)
+    directory = shlex.quote(path.rsplit("/", 1)[0])
+    return (f"umask 077; install -d -m 0700 {directory} && printf '%s\\n' {shlex.quote(text)} > "
+            f"{shlex.quote(path + '.new')} && mv -f -- {shlex.quote(path + '.new')} {shlex.quote(path)}")
+
+
+def manual_record_path(settings: HostSettings, profile: str) -> str:
+    """Where `hermes-infra backup` records a profile's last run on the host, in the scheduled
+    backup's format (`backup_timer.last_run_path`) with `kind` `manual`; `status` shows both."""
+    return f"{settings.backup_dir.rstrip('/')}/manual/{profile}.last.json"
 
 
 def probe_command(settings: HostSettings, gateway: GatewaySettings) -> str:
@@ -437,18 +464,26 @@ def prepare_out_dir(out_dir: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------- backup
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _record(remote: Remote, settings: HostSettings, gateway: GatewaySettings, result: str, message: str,
+            archive: str = "", size: int = 0) -> None:
+    """The run's result on the host (`manual_record_path`); `message` is a fixed text, never the host's."""
+    remote.run(record_command(settings, gateway, {
+        "profile": gateway.name, "kind": "manual", "result": result, "time": _now(), "archive": archive,
+        "bytes": size, "message": message}))
+
+
 def backup_gateway(host: HostTarget, gateway: GatewaySettings, remote: Remote, out_dir: Path,
                    say: Say = _say_default) -> Backup:
+    """Back up one profile while its gateway runs (see `archive_command`). The result goes to the
+    host's record whatever happens; a failed step, or a database copy failing its integrity check,
+    is a failed backup (`DayTwoError`), never a good-looking one."""
     settings = host.settings
     started = time.monotonic()
-    state = remote.run(running_command(gateway)).text.strip()
-    was_running = state == "true"
-    stopping = time.monotonic()
-    if was_running:
-        say(f"{host.name}/{gateway.name}: stopping {gateway.service_name} for a consistent copy")
-        stopped = remote.run(stop_command(settings, gateway))
-        if stopped.rc != 0:
-            raise DayTwoError(f"{host.name}/{gateway.name}: could not stop the gateway: {clean(stopped.text, 500)}")
+    say(f"{host.name}/{gateway.name}: copying {gateway.host_data_dir} online (the gateway keeps running)")
     fd, tmp_name = tempfile.mkstemp(prefix=".hermes-infra-", suffix=".tar.gz", dir=out_dir)
     data_tmp = Path(tmp_name)
     digest, size = hashlib.sha256(), 0
@@ -459,43 +494,29 @@ def backup_gateway(host: HostTarget, gateway: GatewaySettings, remote: Remote, o
                 sink.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
-            result = remote.run(archive_command(gateway), on_stdout=write)
-        tar_rc = None
-        for line in result.stderr.splitlines():
-            if line.startswith("hermes-infra-tar-rc="):
-                tar_rc = int(line.split("=", 1)[1] or 1)
-        messages = clean("\n".join(l for l in result.stderr.splitlines() if not l.startswith("hermes-infra-tar-rc=")), 1500)
-        if result.rc != 0 or tar_rc not in (0, 1):
-            why = datatar.describe_rc(tar_rc if tar_rc is not None else result.rc)
+            result = remote.run(archive_command(gateway, settings.image.ref), on_stdout=write)
+        if result.rc not in (0, datatar.INTEGRITY_RC):
+            why = datatar.describe_rc(result.rc)
+            _record(remote, settings, gateway, "failed", why)
             raise DayTwoError(f"{host.name}/{gateway.name}: archiving {gateway.host_data_dir} failed "
-                              f"({why}; tar exit {tar_rc}, shell exit {result.rc}): {messages}")
+                              f"({why}; exit {result.rc}): {clean(result.stderr, 1500)}")
     except BaseException:
         data_tmp.unlink(missing_ok=True)
         raise
-    finally:
-        downtime = 0.0
-        if was_running:
-            say(f"{host.name}/{gateway.name}: copied; starting {gateway.service_name} again")
-            back = remote.run(start_command(settings, gateway))
-            downtime = time.monotonic() - stopping
-            if back.rc == 0:
-                say(f"{host.name}/{gateway.name}: healthy again; down {downtime:.1f}s in all")
-            else:
-                say(f"{host.name}/{gateway.name}: WARNING: the gateway did not come back healthy:\n"
-                    f"{clean(back.text + back.stderr, 3000)}\nFix: hermes-infra restart {host.name} "
-                    f"--profile {gateway.name}; hermes-infra logs {host.name} --profile {gateway.name}")
     try:
         found = inventory_of(data_tmp)
         if found.problems:
             say(f"{host.name}/{gateway.name}: note: the data dir holds entries a restore will refuse: "
                 + "; ".join(clean(p, 300) for p in found.problems[:5]))
+        # Checked here again, on the copies the archive holds (not the live files), by the control machine.
         bad = {n: s["integrity"] for n, s in found.sqlite.items() if s["integrity"] != "ok"}
         manifest = {
-            "schema": SCHEMA, "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "schema": SCHEMA, "created": _now(),
             "host": host.name, "profile": gateway.name, "data_dir": gateway.host_data_dir,
             "uid": gateway.uid, "gid": gateway.gid, "image": settings.image.ref,
-            "consistency": "gateway stopped during the copy" if was_running else "gateway was not running",
-            "downtime_seconds": round(downtime, 1) if was_running else 0,
+            "consistency": "online: each SQLite database copied with SQLite's backup API while the gateway ran",
+            "downtime_seconds": 0,
+            "left_out": {rule.pattern: rule.reason for rule in datatar.LEFT_OUT},
             "data_sha256": digest.hexdigest(), "data_bytes": size,
             "files": found.files, "links": found.links, "dirs": found.dirs, "others": found.others,
             "sqlite": found.sqlite, "problems": found.problems,
@@ -507,8 +528,16 @@ def backup_gateway(host: HostTarget, gateway: GatewaySettings, remote: Remote, o
     tables = sum(len(s["tables"]) for s in found.sqlite.values())
     say(f"{host.name}/{gateway.name}: {path} ({size / 1e6:.1f} MB, {len(found.files)} files, "
         f"{len(found.sqlite)} SQLite databases with {tables} tables, {seconds:.1f}s)")
-    if bad:
-        say(f"{host.name}/{gateway.name}: WARNING: SQLite integrity check failed: {clean(bad, 1000)}")
+    if bad or result.rc == datatar.INTEGRITY_RC:
+        why = datatar.REASONS[datatar.INTEGRITY_RC]
+        _record(remote, settings, gateway, "failed", why, path.name, size)
+        remote.run(audit_command(audit_record("backup", settings, "failed", False, seconds,
+                                              f"backup of {gateway.name}: {why}")))
+        raise DayTwoError(f"{host.name}/{gateway.name}: {why}: {clean(bad, 1000) if bad else 'on the host'}. "
+                          f"The archive is kept as {path} for inspection, but it is not a good backup. Fix: look at "
+                          f"hermes-infra logs {host.name} --profile {gateway.name}; if the live database is damaged, "
+                          "restore an earlier backup")
+    _record(remote, settings, gateway, "success", "archived online, every database copy checked", path.name, size)
     remote.run(audit_command(audit_record("backup", settings, "ok", False, seconds,
                                           f"backup of {gateway.name} ({len(found.files)} files)")))
     return Backup(path, manifest)

@@ -215,8 +215,9 @@ def add_commands(sub, add_target_options, make_target) -> None:
         return 0 if made else 1
 
     p = sub.add_parser("backup", help="pull a consistent, checksummed archive of each data dir (0600)",
-                       description="For each chosen profile: stop the gateway for a consistent copy (seconds), "
-                       "archive its data dir as its owner, start it again behind the health gate, and write "
+                       description="For each chosen profile, while the gateway keeps running: copy every SQLite "
+                       "database with SQLite's online backup API and archive the rest of the data dir, both as "
+                       "its owner, record the result on the host (shown by status), and write "
                        "DIR/<host>_<profile>_<time>.hermes-backup.tar (0600, in a 0700 dir) with a manifest of "
                        "every file's sha256 and every SQLite database's integrity and row counts. Secrets are "
                        "inside the archive only. Backups on a schedule, taken by the host itself: the setting "

@@ -17,6 +17,7 @@ import base64
 import binascii
 import datetime as dt
 import json
+import re
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
@@ -83,6 +84,7 @@ class GatewayStatus:
     detailed_code: str = "000"
     jobs: list[ManagedJob] = field(default_factory=list)  # the settings' cron jobs, as Hermes lists them
     jobs_unreadable: str | None = None  # why cron/jobs.json could not be read, when it could not
+    backups: list[dict] = field(default_factory=list)  # the last scheduled and manual backup runs, as recorded
 
     @property
     def healthy(self) -> bool:
@@ -178,14 +180,53 @@ def gateway_sections(settings: HostSettings, gateway: GatewaySettings) -> tuple[
         # Read as the data dir's owner, never followed, contents base64-encoded (safeio's reader).
         jobs = [_section(f"jobs {gateway.name}"),
                 f"( {safeio.read_script(gateway.host_data_dir, [cronjobs.JOBS_FILE], gateway.uid, gateway.gid, 'jobs')} )"]
+    # Root's records of the last runs (backup_timer.last_run_path, backup.manual_record_path): one
+    # base64 line each, empty when there is none.
+    records = " ".join(shlex.quote(path) for path in backup_records(settings, gateway))
     foreground = "; ".join([
         *jobs,
+        _section(f"backups {gateway.name}"),
+        f'for hi_f in {records}; do if [ -f "$hi_f" ] && [ ! -L "$hi_f" ]; then head -c 4096 -- "$hi_f" | base64 -w0; '
+        "fi; echo; done",
         _section(f"detailed {gateway.name}"),
         # The key goes to the running container's own address only (F4); a stopped gateway gets none.
         f"( hi_api=$({container_api_script(gateway.service_name)}); if [ -n \"$hi_api\" ]; then "
         f"{key_header_script(request)} | {curl} -H @- \"$hi_api/health/detailed\" 2>/dev/null | base64 -w0; echo; fi; true )",
     ])
     return background, foreground
+
+
+def backup_records(settings: HostSettings, gateway: GatewaySettings) -> tuple[str, str]:
+    from hermes_infra.daytwo.backup import manual_record_path
+    from hermes_infra.plan.backup_timer import last_run_path
+
+    return last_run_path(settings, gateway.name), manual_record_path(settings, gateway.name)
+
+
+BACKUP_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+def _backup_record(kind: str, lines: list[str]) -> dict | None:
+    """One recorded run, checked field by field (root wrote it, but it is shown: cleaned, short)."""
+    try:
+        record = json.loads("\n".join(_decoded(lines)) or "null")
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or record.get("result") not in ("success", "failed", "skipped") \
+            or not BACKUP_TIME.fullmatch(str(record.get("time"))):
+        return None
+    size = record.get("bytes")
+    return {"kind": kind, "result": record["result"], "time": record["time"],
+            "bytes": size if isinstance(size, int) and not isinstance(size, bool) else None,
+            "message": clean(record.get("message"), 200) or None}
+
+
+def backup_cell(record: dict) -> str:
+    result = record["result"] if record["result"] == "success" else record["result"].upper()
+    text = f"{record['kind']} {result} {record['time']}"
+    if record["result"] == "success" and record["bytes"]:
+        return f"{text} {human_bytes(record['bytes'])}"
+    return f"{text}: {record['message']}" if record["result"] != "success" and record["message"] else text
 
 
 def status_command(settings: HostSettings) -> str:
@@ -340,6 +381,8 @@ def _gateway(settings: HostSettings, gateway: GatewaySettings, sections: dict[st
         g.ready_status = "key refused"
     if gateway.cron:
         g.jobs, g.jobs_unreadable = _managed_jobs(gateway, sections.get(f"jobs {gateway.name}"))
+    lines = sections.get(f"backups {gateway.name}", [])
+    g.backups = [r for kind, line in zip(("scheduled", "manual"), lines) if (r := _backup_record(kind, [line]))]
     return g
 
 
@@ -533,6 +576,8 @@ def render_text(report: StatusReport) -> str:
         for g in host.gateways:
             if g.jobs and not g.jobs_unreadable:
                 lines.append(f"  {g.profile} cron: " + "; ".join(job.describe() for job in g.jobs))
+            if g.backups:
+                lines.append(f"  {g.profile} backups: " + "; ".join(backup_cell(r) for r in g.backups))
         for item in attention(host):
             details = f": {'; '.join(item.details)}" if item.details else ""
             lines.append(f"  {item.profile}: {item.finding}{details}")

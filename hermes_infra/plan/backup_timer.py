@@ -1,13 +1,17 @@
 """Scheduled backups on the host, as a setting (`scheduled_backups.schedule`): a systemd timer
 runs a root script that archives each profile's data dir and keeps the newest N.
 
-The script does what `hermes-infra backup` does (stop for a consistent copy, `tar` as the data
-dir's owner from a directory entered without following a link, start again; Docker's health
-check and restart policy watch the gateway from there), writing
-`<backup_dir>/scheduled/<profile>/<profile>_<UTC time>.tar.gz` with a `.sha256` beside it, 0600
-in 0700 directories, root's. It is written by hermes-infra outside any data dir, holds no
-secret and never executes anything from a data dir. `hermes-infra restore TARGET FILE.tar.gz
---profile P` restores such an archive (after copying it to the control machine).
+The script does what `hermes-infra backup` does, with the gateway running: every SQLite
+database is copied with SQLite's online backup API as the data dir's owner in a one-off
+container of the gateway's image, the rest goes with `tar` as the owner from a directory
+entered without following a link (`datatar.online_archive_script`; live and derived files left
+out by `datatar.LEFT_OUT`). It writes `<backup_dir>/scheduled/<profile>/<profile>_<UTC
+time>.tar.gz` with a `.sha256` and the copies' integrity and row counts (`.databases.json`)
+beside it, 0600 in 0700 directories, root's. Every step's exit status is checked; an archive
+is named, counted and rotated only when all of them passed and it reads back, and each run's
+result is recorded (`last_run_path`). The script is written by hermes-infra outside any data
+dir, holds no secret and never executes anything from a data dir. `hermes-infra restore TARGET
+FILE.tar.gz --profile P` restores such an archive (after copying it to the control machine).
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import shlex
 
 from hermes_infra.host import lockcommands as lock
 from hermes_infra.host import safeio
-from hermes_infra.plan import compose, datatar
+from hermes_infra.plan import datatar
 from hermes_infra.settings.schema import HostSettings
 
 SCRIPT = "/usr/local/sbin/hermes-infra-backup"
@@ -36,16 +40,19 @@ def scheduled_dir(settings: HostSettings) -> str:
 
 def last_run_path(settings: HostSettings, profile: str) -> str:
     """Where the script records a profile's last run (root's, beside the profile's archives), as
-    one JSON object: profile, result (`success`, `failed`, `skipped`), time, archive, message."""
+    one JSON object: profile, kind (`scheduled`), result (`success`, `failed`, `skipped`), time,
+    archive, bytes, message (a fixed text: the reason of a failure). `status` shows it, the
+    alerts watchdog reads it."""
     return f"{scheduled_dir(settings)}/{profile}.last.json"
 
 
 _PRELUDE = r"""now() { date -u +%Y-%m-%dT%H:%M:%SZ; }
-# record PROFILE RESULT MESSAGE [ARCHIVE]: the last run, replaced at once (rename). Every value is
+# record PROFILE RESULT MESSAGE [ARCHIVE [SIZE]]: the last run, replaced at once (rename). Every value is
 # a fixed text of this script or a checked profile name: nothing from a data dir.
+# SIZE is the archive's bytes (0 when none was kept).
 record() {
-  printf '{"profile": "%s", "result": "%s", "time": "%s", "archive": "%s", "message": "%s"}\n' \
-    "$1" "$2" "$(now)" "${4:-}" "$3" > "$root/$1.last.json.new" && mv -f -- "$root/$1.last.json.new" "$root/$1.last.json"
+  printf '{"archive": "%s", "bytes": %s, "kind": "scheduled", "message": "%s", "profile": "%s", "result": "%s", "time": "%s"}\n' \
+    "${4:-}" "${5:-0}" "$3" "$1" "$2" "$(now)" > "$root/$1.last.json.new" && mv -f -- "$root/$1.last.json.new" "$root/$1.last.json"
 }
 fail() { status=1; echo "hermes-infra-backup: $1: $2" >&2; record "$1" failed "$2"; }"""
 
@@ -79,61 +86,41 @@ def _lock_lines(profiles: str, lock_dir: str, wait: int) -> list[str]:
     ]
 
 
-def _archive_line(gateway) -> str:
-    """tar's status travels beside the pipe (the pipe's is gzip's): a tar that could not read a
-    file, or found no data dir, must not become a good-looking archive."""
-    owner = safeio.as_owner(gateway.uid, gateway.gid)
-    return (f'{{ ( {safeio.enter(gateway.host_data_dir)} || exit 3; {datatar.size_check(prefix=owner)} || '
-            f'exit {datatar.TOO_LARGE_RC}; exec {datatar.tar_create(owner)} -cf - . ); echo "$?" > "$out.rc"; }} '
-            '| gzip -1 > "$out.partial"')
-
-
-def _why_lines() -> list[str]:
-    return [
-        '  gz=$?; rc=$(cat "$out.rc" 2>/dev/null); rm -f -- "$out.rc"',
-        '  case "$rc" in',
-        "    0|1) [ \"$gz\" = 0 ] || why='gzip failed (disk full?)' ;;",
-        "    3) why='the data dir is missing, not a directory, or a symbolic link' ;;",
-        f"    {datatar.TOO_LARGE_RC}) why='the data dir is over the archive size limit of "
-        f"{datatar.MAX_APPARENT_BYTES} bytes (apparent size), or could not be measured' ;;",
-        f"    {datatar.TIMED_OUT_RC}) why='tar did not finish within {datatar.TAR_SECONDS}s' ;;",
-        '    *) why="tar failed (exit ${rc:-unknown}): some files could not be read (see the journal)" ;;',
-        "  esac",
-        # Read back before it gets its name: only verified archives are named, so count and rotate.
-        "  if [ -z \"$why\" ] && ! tar -tzf \"$out.partial\" >/dev/null 2>&1; then why='the archive does not read back'; fi",
-    ]
+def _reason_lines() -> list[str]:
+    """`why` from the archive step's exit code: fixed texts (`datatar.REASONS`), never tar's words."""
+    cases = [f"    {rc}) why={shlex.quote(text)} ;;" for rc, text in sorted(datatar.REASONS.items())]
+    return ['  case "$rc" in', "    0) ;;", *cases, "    *) why=\"the archive step failed (exit $rc)\" ;;", "  esac"]
 
 
 def _profile_lines(settings: HostSettings, gateway, keep: int) -> list[str]:
-    compose_base = compose.compose_command(settings.project_dir, compose.MAIN_PROJECT)
     name = shlex.quote(gateway.name)
-    service = shlex.quote(gateway.service_name)
     dest = f'"$root"/{name}'
+    archive = datatar.online_archive_script(gateway.host_data_dir, gateway.uid, gateway.gid, gateway.name,
+                                            gateway.service_name, settings.image.ref, '"$w"')
     return [
         f"# profile {gateway.name}",
         f"mkdir -p {dest} && chmod 0700 {dest} || exit 1",
-        f"stamp=$(date -u +%Y%m%dT%H%M%SZ); out={dest}/{name}_$stamp.tar.gz; why=",
-        f"running=$(docker inspect --format '{{{{.State.Running}}}}' {service} 2>/dev/null)",
-        f'if [ "$running" = true ] && ! ( {compose_base} stop -t {int(gateway.stop_grace_seconds)} {service} ); then '
-        "why='the gateway could not be stopped for a consistent copy'; fi",
-        'if [ -z "$why" ]; then',
-        f"  ( {safeio.chown_foreign_script(gateway.host_data_dir, gateway.uid, gateway.gid)} ) >/dev/null 2>&1",
-        f"  {_archive_line(gateway)}",
-        *_why_lines(),
-        "fi",
-        f'[ "$running" = true ] && {{ ( {compose_base} start {service} ) || '
-        f"echo 'hermes-infra-backup: {gateway.name}: the gateway did not start again' >&2; }}",
-        'base=${out##*/}',
-        'if [ -z "$why" ] && ! ( cd "${out%/*}" && mv -- "$base.partial" "$base" && '
-        'sha256sum -- "$base" > "$base.sha256.new" && mv -f -- "$base.sha256.new" "$base.sha256" ); then '
-        "why='the archive could not be stored'; fi",
+        f"stamp=$(date -u +%Y%m%dT%H%M%SZ); out={dest}/{name}_$stamp.tar.gz; base=${{out##*/}}; why=; size=",
+        f"( {safeio.chown_foreign_script(gateway.host_data_dir, gateway.uid, gateway.gid)} ) >/dev/null 2>&1",
+        # The gateway keeps running: its databases are copied online (datatar.online_archive_script).
+        f'if w=$(mktemp -d "$root/.work-{gateway.name}.XXXXXX"); then',
+        f'  ( {archive} ) > "$out.partial"; rc=$?',
+        *_reason_lines(),
+        # Read back before it gets its name: only verified archives are named, so count and rotate.
+        "  if [ -z \"$why\" ] && ! tar -tzf \"$out.partial\" >/dev/null 2>&1; then why='the archive does not read back'; fi",
+        '  if [ -z "$why" ] && ! ( cd "${out%/*}" && mv -f -- "$w/databases.json" "$base.databases.json" && '
+        'mv -- "$base.partial" "$base" && sha256sum -- "$base" > "$base.sha256.new" && '
+        'mv -f -- "$base.sha256.new" "$base.sha256" ); then why=\'the archive could not be stored\'; fi',
+        '  rm -rf -- "$w"',
+        f"else why={shlex.quote(datatar.REASONS[datatar.WORK_DIR_RC])}; fi",
         'if [ -n "$why" ]; then',
-        f'  rm -f -- "$out.partial"; fail {name} "$why"',
+        f'  rm -f -- "$out.partial" "$out.databases.json"; fail {name} "$why"',
         "else",
-        f"  record {name} success 'archived and read back' \"$base\"",
+        '  size=$(stat -c %s -- "$out" 2>/dev/null)',
+        f"  record {name} success 'archived online, every database copy checked, read back' \"$base\" \"$size\"",
         # Rotation only after a verified success: a failed run never deletes a good archive.
         f"  ls -1t {dest}/*.tar.gz 2>/dev/null | tail -n +{int(keep) + 1} | while IFS= read -r old; do "
-        'rm -f -- "$old" "$old.sha256"; done',
+        'rm -f -- "$old" "$old.sha256" "$old.databases.json"; done',
         "fi",
     ]
 
@@ -149,6 +136,8 @@ def script_text(settings: HostSettings, keep: int, lock_dir: str = lock.LOCK_DIR
              "umask 077", "status=0", f"root={shlex.quote(scheduled_dir(settings))}",
              'mkdir -p "$root" && chmod 0700 "$root" || exit 1', _PRELUDE]
     lines += _lock_lines(profiles, lock_dir, lock_wait)
+    # Work dirs of a run that was killed (under the lock, no other run can be using one).
+    lines.append('rm -rf -- "$root"/.work-*')
     for gateway in settings.gateways:
         lines += _profile_lines(settings, gateway, keep)
     lines.append("exit $status")

@@ -11,6 +11,14 @@ On the host (all root-only, 0700):
 - `<backup_dir>/snapshot-<profile>-<stamp>.tar.gz`: `tar` of the data dir (never follows a link,
   never reads a FIFO), made while the gateway is stopped, so SQLite files are consistent.
 
+Unlike `hermes-infra backup` and the scheduled backups, which copy online (`datatar`), this
+snapshot stops the gateways, on purpose: the upgrade stops them anyway to replace their
+containers, so the stop costs no extra outage beyond the tar itself, and a snapshot of a
+stopped tree is exactly what the old version left. An online copy taken before the stop would
+lose, on rollback, everything written between the copy and the stop; and with the gateway
+stopped the `-wal` files must stay in the snapshot (a gateway killed after its stop grace
+leaves committed rows there), so `datatar.LEFT_OUT` does not apply to it.
+
 Rollback restores a snapshot without extracting into the agent's data dir: it is unpacked into
 a fresh root-only directory, the current data dir is renamed aside (`<dir>.rolled-back-<stamp>`,
 kept: nothing the new version wrote is lost) and the restored tree renamed into place.
@@ -53,6 +61,9 @@ def prepare_script(plan: UpgradePlan, releases: str = RELEASES) -> str:
             f'{datatar.size_check(quoted)} || abort "the data dir {directory} is too large to snapshot"; '
             f'{datatar.tar_create()} -C / -czf {archive} {_q(directory.lstrip("/"))} '
             f'|| {{ rc=$?; rm -f -- {archive}; abort "the snapshot of {directory} failed (exit $rc)"; }}; '
+            # Read back too: a snapshot is only believed (and older ones pruned) when it lists whole.
+            f'tar -tzf {archive} >/dev/null 2>&1 '
+            f'|| {{ rm -f -- {archive}; abort "the snapshot of {directory} does not read back"; }}; '
             f'printf "%s\\t%s\\t%s\\n" {_q(name)} {quoted} {archive} >> "$rel/snapshots.new"; fi')
         # Older snapshots go, except those a kept release still needs for its rollback. The stamp's
         # own digits in the pattern: `snapshot-{name}-*` also matched profile `{name}-x`'s.

@@ -1864,10 +1864,11 @@ def parse_calendar(expression: str) -> float | None:
 class ScheduledBackupSettings(Settings):
     schedule: str | None = None
     """When the host backs up each profile's data dir by itself: a systemd calendar expression
-    (`daily`, `weekly`, `*-*-* 03:30`). The deploy installs a systemd timer that stops each
-    gateway for a consistent copy (seconds), archives its data dir as its owner into
-    `<backup_dir>/scheduled/<profile>/` (0600, with a `.sha256`) and starts it again. Unset: no
-    timer (one installed earlier is removed; its archives stay)."""
+    (`daily`, `weekly`, `*-*-* 03:30`). The deploy installs a systemd timer that archives each
+    profile's data dir while its gateway runs (SQLite databases copied online, the rest by tar,
+    as the owner) into `<backup_dir>/scheduled/<profile>/` (0600, with a `.sha256` and the
+    copies' integrity checks) and records each run for `status`. Unset: no timer (one installed
+    earlier is removed; its archives stay)."""
 
     keep: int = Field(7, ge=1, le=1000)
     """Scheduled archives kept per profile; older ones are deleted."""

@@ -52,6 +52,21 @@ def plant(deployed, path: str, text: str) -> None:
     deployed.run(as_owner(f"umask 077; mkdir -p ./{directory} && echo {encoded} | base64 -d > ./{path}"), timeout=60)
 
 
+def start_health_probe(deployed) -> str:
+    """A loop on the VM asking /health every 0.25 s (curl's code per line, 000 when nothing
+    answers within 5 s); returns its pid."""
+    loop = ("while :; do curl -s -o /dev/null -w '%{http_code}\\n' --max-time 5 " + f"{API}/health"
+            " >> /tmp/e2e-health-probe.log; sleep 0.25; done")
+    return deployed.run(f"rm -f /tmp/e2e-health-probe.log; setsid sh -c {shlex.quote(loop)} "
+                        "</dev/null >/dev/null 2>&1 & echo $!").strip()
+
+
+def stop_health_probe(deployed, pid: str) -> list[str]:
+    """Stop the loop (by its pid) and return its answers."""
+    deployed.run(f"kill {int(pid)} 2>/dev/null; sleep 0.5; true")
+    return deployed.run("cat /tmp/e2e-health-probe.log; rm -f /tmp/e2e-health-probe.log").split()
+
+
 def status_json(deployed) -> dict:
     run = cli(deployed, "status", "--json")
     assert run.returncode in (0, 1), run.stderr
@@ -138,7 +153,8 @@ def test_killed_gateway_is_healthy_again_within_30s_and_status_shows_it(deployed
 
 def test_scheduled_backups_are_a_setting_the_deploy_applies(deployed):
     """`scheduled_backups.schedule` installs a systemd timer whose run archives the data dir as
-    its owner and brings the gateway back; unsetting it removes the timer, not the archives."""
+    its owner with the gateway running (not restarted: the same StartedAt), checks the database
+    copies and records the run; unsetting it removes the timer, not the archives."""
     run = deployed.deploy(scheduled_backups={"schedule": "*-*-* 03:30", "keep": 1})
     assert run.returncode == 0, run.output[-4000:]
     assert deployed.run("systemctl is-enabled hermes-infra-backup.timer; systemctl is-active hermes-infra-backup.timer"
@@ -146,10 +162,14 @@ def test_scheduled_backups_are_a_setting_the_deploy_applies(deployed):
     assert "OnCalendar=*-*-* 03:30:00" in deployed.run("systemctl show -p TimersCalendar --value hermes-infra-backup.timer")
     key = deployed.api_key()
     assert key not in deployed.run("cat /usr/local/sbin/hermes-infra-backup")
+    deployed.run(in_gateway("import sqlite3; c = sqlite3.connect('state.db'); "
+                            "c.execute('create table if not exists e2e_sched (v)'); "
+                            "c.execute('insert into e2e_sched values (1)'); c.commit()"))
+    started_at = deployed.run("docker inspect -f '{{.State.StartedAt}}' hermes").strip()
     for _ in range(2):
         started = time.monotonic()
         deployed.run("systemctl start hermes-infra-backup.service", timeout=600)
-        print(f"\n[timing] scheduled backup run (stop, archive, start): {time.monotonic() - started:.1f}s")
+        print(f"\n[timing] scheduled backup run (online): {time.monotonic() - started:.1f}s")
         # Started again, not yet serving: the local image's gateway is PID 1 and ignores SIGTERM
         # until Python has imported it, so the next run's stop would wait out the grace period.
         wait_healthy(deployed, timeout=300)
@@ -160,6 +180,14 @@ def test_scheduled_backups_are_a_setting_the_deploy_applies(deployed):
     listing = deployed.run(f"tar -tzvf /var/backups/hermes-infra/scheduled/hermes/{newest}")
     assert "./.env" in listing and "10000/10000" in listing
     assert deployed.run(f"stat -c '%a %U' /var/backups/hermes-infra/scheduled/hermes/{newest}").split() == ["600", "root"]
+    assert "./state.db" in listing and "state.db-wal" not in listing
+    copies = json.loads(deployed.run(f"cat /var/backups/hermes-infra/scheduled/hermes/{newest}.databases.json"))
+    assert copies["databases"]["state.db"]["integrity"] == "ok"
+    assert copies["databases"]["state.db"]["tables"]["e2e_sched"] == 1
+    last = json.loads(deployed.run("cat /var/backups/hermes-infra/scheduled/hermes.last.json"))
+    assert (last["result"], last["kind"], last["archive"]) == ("success", "scheduled", newest)
+    assert last["bytes"] == int(deployed.run(f"stat -c %s /var/backups/hermes-infra/scheduled/hermes/{newest}"))
+    assert deployed.run("docker inspect -f '{{.State.StartedAt}}' hermes").strip() == started_at  # never restarted
     wait_healthy(deployed, timeout=300)
     assert deployed.http_status(f"{API}/v1/models", key=key) == "200"
     again = deployed.deploy(scheduled_backups={"schedule": "*-*-* 03:30", "keep": 1})
@@ -168,8 +196,10 @@ def test_scheduled_backups_are_a_setting_the_deploy_applies(deployed):
     assert off.returncode == 0, off.output[-4000:]
     assert deployed.run("systemctl is-enabled hermes-infra-backup.timer 2>/dev/null || true").strip() in ("", "not-found")
     assert deployed.run("test ! -e /usr/local/sbin/hermes-infra-backup && ls /var/backups/hermes-infra/scheduled/hermes"
-                        ).count(".tar.gz") == 2  # the archive and its checksum
+                        ).count(".tar.gz") == 3  # the archive, its checksum, its databases' checks
     deployed.run("rm -rf /var/backups/hermes-infra/scheduled")
+    deployed.run(in_gateway("import sqlite3; c = sqlite3.connect('state.db'); "
+                            "c.execute('drop table if exists e2e_sched'); c.commit()"))
 
 
 def test_backup_restored_onto_a_new_vm(deployed, second_vm, tmp_path):
@@ -185,11 +215,26 @@ def test_backup_restored_onto_a_new_vm(deployed, second_vm, tmp_path):
     key = deployed.api_key()
     try:
         [source] = remote.resolve(deployed.target())
+        started_at = deployed.run("docker inspect -f '{{.State.StartedAt}}' hermes").strip()
+        probe = start_health_probe(deployed)
         started = time.monotonic()
         [made] = backup.backup([source], None, tmp_path / "backups", say=print)
         backup_seconds = time.monotonic() - started
+        answers = stop_health_probe(deployed, probe)
+        # Online: /health answered 200 every 0.25 s all through the backup, the gateway was never
+        # restarted, and the manifest says so.
+        assert len(answers) >= max(2, int(backup_seconds / 0.25 / 2)), answers
+        assert set(answers) == {"200"}, answers
+        assert deployed.run("docker inspect -f '{{.State.StartedAt}}' hermes").strip() == started_at
+        assert made.manifest["consistency"].startswith("online") and made.manifest["downtime_seconds"] == 0
+        assert not [f for f in made.manifest["files"] if f.endswith(("-wal", "-shm", "-journal"))]
+        recorded = json.loads(deployed.run("cat /var/backups/hermes-infra/manual/hermes.last.json"))
+        assert (recorded["result"], recorded["kind"], recorded["archive"]) == ("success", "manual", made.path.name)
+        assert recorded["bytes"] == made.manifest["data_bytes"]
+        assert "hermes backups: manual success" in cli(deployed, "status").stdout
         assert oct(made.path.stat().st_mode & 0o777) == "0o600"
         assert oct((tmp_path / "backups").stat().st_mode & 0o777) == "0o700"
+        # Computed on the copy in the archive (the control machine opens it; never the live file).
         assert made.manifest["sqlite"]["state.db"]["integrity"] == "ok"
         assert made.manifest["sqlite"]["state.db"]["tables"]["e2e_rows"] == 3
         assert set(PLANTED) | {".env", "state.db"} <= set(made.manifest["files"])
@@ -242,3 +287,4 @@ def test_backup_restored_onto_a_new_vm(deployed, second_vm, tmp_path):
                               "cron/jobs.json sessions/e2e-session.json"))
         drop = "import sqlite3; c = sqlite3.connect('state.db'); c.execute('drop table if exists e2e_rows'); c.commit()"
         deployed.run(in_gateway(drop))
+        deployed.run("rm -rf /var/backups/hermes-infra/manual /tmp/e2e-health-probe.log")

@@ -14,6 +14,7 @@ from hermes_infra.daytwo import backup
 from hermes_infra.daytwo.remote import DayTwoError
 from hermes_infra.settings.loading import SettingsError
 from tests.unit.hostfakes import converged, fresh, plan_for, root_file, run_op, settings
+from tests.unit.copyfakes import CAN_RUN, corrupt_index, install_fake_docker, make_state_db
 from tests.unit.test_daytwo_backup import make_data_tar
 
 DAILY = {"scheduled_backups": {"schedule": "daily", "keep": 4}}
@@ -102,23 +103,14 @@ def test_a_scheduled_archive_can_be_restored(tmp_path):
 
 # --- the script itself, run by sh against a scratch dir with a docker that only records ----------
 
-FAKE_DOCKER = """#!/bin/sh
-echo "docker $*" >> "$SANDBOX/docker.log"
-case "$*" in inspect*) echo true ;; esac
-exit 0
-"""
-
-
 def _sandbox(tmp_path, keep=2, lock_wait=0):
     """The real script with its paths moved under tmp_path, a data dir owned by uid 10000."""
-    (tmp_path / "bin").mkdir(parents=True)
-    (tmp_path / "bin" / "docker").write_text(FAKE_DOCKER)
-    (tmp_path / "bin" / "docker").chmod(0o755)
+    install_fake_docker(tmp_path / "bin")
     (tmp_path / "opt").mkdir()
     data = tmp_path / "root" / ".hermes"
     (data / "sessions").mkdir(parents=True)
     (data / "sessions" / "s1.json").write_text("{}")
-    (data / "state.db").write_bytes(b"SQLite format 3\x00rows")
+    make_state_db(data / "state.db")
     text = backup_timer.script_text(settings(**DAILY), keep, lock_dir=str(tmp_path / "state" / "lock"),
                                     lock_wait=lock_wait)
     for old, new in (("/var/backups/hermes-infra", tmp_path / "backups"), ("/root/.hermes", data),
@@ -143,7 +135,7 @@ def _last(dest):
     return json.loads((dest.parent / "hermes.last.json").read_text())
 
 
-needs_root = pytest.mark.skipif(__import__("os").geteuid() != 0, reason="runs tar as uid 10000 (setpriv)")
+needs_root = pytest.mark.skipif(not CAN_RUN, reason="runs tar and the copy as uid 10000 (setpriv, a mount namespace)")
 
 
 @needs_root
@@ -156,12 +148,27 @@ def test_a_run_archives_reads_back_records_success_and_releases_the_lock(tmp_pat
     archives = sorted(dest.glob("*.tar.gz"))
     assert len(archives) == 1 and (archives[0].parent / (archives[0].name + ".sha256")).exists()
     with tarfile.open(archives[0]) as tar:
-        assert "./sessions/s1.json" in tar.getnames()
+        names = tar.getnames()
+        assert "./sessions/s1.json" in names and names.count("./state.db") == 1
+        assert not [n for n in names if n.endswith(("-wal", "-shm"))]
+        copy = tar.extractfile("./state.db").read()
+    # The database in the archive is the online copy, whole: its rows were in the live -wal only.
+    restored = tmp_path / "restored.db"
+    restored.write_bytes(copy)
+    assert __import__("sqlite3").connect(restored).execute("SELECT count(*) FROM sessions").fetchone() == (3,)
     last = _last(dest)
     assert last["result"] == "success" and last["archive"] == archives[0].name and last["time"].endswith("Z")
+    assert last["kind"] == "scheduled" and last["bytes"] == archives[0].stat().st_size
+    report = __import__("json").loads((dest / (archives[0].name + ".databases.json")).read_text())
+    assert report["databases"]["state.db"]["integrity"] == "ok"
+    assert report["databases"]["state.db"]["tables"] == {"sessions": 3}
     log = (tmp_path / "docker.log").read_text()
-    assert log.index(" stop -t 60 hermes") < log.index(" start hermes")
+    # Online: the gateway is neither stopped nor started; the copy runs as the owner, confined.
+    assert " stop " not in log and " start " not in log
+    assert "run --rm --name hermes-infra-dbcopy-hermes --pull never --user 10000:10000 --network none " \
+           "--read-only --cap-drop ALL" in log
     assert not (tmp_path / "state" / "lock").exists() and not list(dest.glob("*.partial"))
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["hermes", "hermes.last.json"], "work dir left"
 
 
 @needs_root
@@ -209,7 +216,7 @@ def test_sparse_files_are_stored_as_holes_and_a_huge_apparent_size_is_refused(tm
     done = _run(script, env)
     assert done.returncode == 1 and "over the archive size limit" in done.stderr
     assert not list(dest.glob("*.tar.gz")) and _last(dest)["result"] == "failed"
-    assert " start hermes" in (tmp_path / "again" / "docker.log").read_text()
+    assert " start " not in (tmp_path / "again" / "docker.log").read_text()
 
 
 def test_a_held_deploy_lock_skips_the_run_and_says_so(tmp_path):
@@ -239,3 +246,51 @@ def test_the_timers_lock_reads_as_a_deploy_lock_held_by_the_timer(tmp_path):
     assert state.held and state.info["who"].startswith("backup-timer@") and state.age_seconds is not None
     assert "scheduled backup" in state.describe()
     assert not (tmp_path / "state" / "lock").exists()
+
+
+def _one_good_run(tmp_path, keep=1):
+    script, data, dest, env = _sandbox(tmp_path, keep=keep)
+    _own(data)
+    assert _run(script, env).returncode == 0
+    import time
+    time.sleep(1.1)  # the next run gets a new stamp
+    return script, data, dest, env, sorted(dest.iterdir())
+
+
+@needs_root
+def test_a_failed_database_copy_is_a_failed_run_that_rotates_nothing(tmp_path):
+    script, data, dest, env, good = _one_good_run(tmp_path)
+    done = _run(script, {**env, "FAKE_RUN_RC": "125"})
+    assert done.returncode == 1 and "online copy of the SQLite databases failed" in done.stderr
+    assert sorted(dest.iterdir()) == good, "a failed run removed or added archives"
+    last = _last(dest)
+    assert last["result"] == "failed" and last["bytes"] == 0 and last["archive"] == ""
+    assert "online copy" in last["message"]
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["hermes", "hermes.last.json"], "work dir left"
+
+
+@needs_root
+def test_a_copy_failing_its_integrity_check_is_a_failed_run_that_rotates_nothing(tmp_path):
+    script, data, dest, env, good = _one_good_run(tmp_path)
+    corrupt_index(data / "state.db")
+    _own(data)
+    done = _run(script, env)
+    assert done.returncode == 1, done.stderr
+    assert sorted(dest.iterdir()) == good
+    assert _last(dest)["result"] == "failed" and "integrity_check" in _last(dest)["message"]
+
+
+def test_every_step_of_the_archive_is_checked_and_its_reasons_are_fixed_texts():
+    from hermes_infra.plan import datatar
+    host = settings(**DAILY)
+    text = backup_timer.script_text(host, keep=4)
+    archive = datatar.online_archive_script("/root/.hermes", 10000, 10000, "hermes", "hermes", host.image.ref, '"$w"')
+    assert archive in text
+    # each step's status is read: the copy's, tar's (no pipe hides it), the append's, gzip's
+    for step in ("hi_c=$?", "hi_t=$?", f"|| exit {datatar.APPEND_FAILED_RC}", f"|| exit {datatar.GZIP_FAILED_RC}"):
+        assert step in archive
+    assert "| gzip" not in archive and "gzip -1 -c < " in archive
+    for rc, reason in datatar.REASONS.items():
+        assert f"    {rc}) why=" in text
+        assert not set(reason) & set("\"\\$`'\n"), reason  # printed into the JSON record as it is
+    assert text.index("tar -tzf") < text.index("record hermes success") < text.index("tail -n +5")

@@ -13,6 +13,7 @@ import pytest
 from hermes_infra.daytwo import backup
 from hermes_infra.daytwo.remote import DayTwoError, RunResult
 
+from tests.unit.copyfakes import CAN_RUN
 from tests.unit.daytwo_fakes import FakeRemote, host
 
 MARKER = __import__("re").compile(r"@@hermes-infra-owners-[0-9a-f]{32}")
@@ -119,48 +120,86 @@ def test_backup_file_is_0600_and_checksummed(tmp_path):
         backup.read_backup(damaged)
 
 
-def test_backup_stops_archives_as_owner_restarts_and_gates(tmp_path):
+def _records(remote) -> list[dict]:
+    """The run records `backup` wrote on the host (manual_record_path), decoded."""
+    import json
+    import shlex
+    found = []
+    for command in remote.commands:
+        if "/var/backups/hermes-infra/manual/hermes.last.json" in command:
+            found.append(json.loads(shlex.split(command.split("printf '%s\\n' ", 1)[1])[0]))
+    return found
+
+
+def test_backup_runs_online_as_the_owner_and_records_the_result(tmp_path):
     data = make_data_tar(tmp_path).read_bytes()
 
     def respond(command):
-        if command.startswith("docker inspect --format '{{.State.Running}}'"):
-            return "true\n"
-        if "tar --sparse --one-file-system --numeric-owner" in command:
-            return RunResult(0, data, "hermes-infra-tar-rc=0\n")
+        if "docker run --rm --name hermes-infra-dbcopy-hermes" in command:
+            return RunResult(0, data, "")
         return ""
 
     remote = FakeRemote(respond)
     made = backup.backup_gateway(host(), host().settings.gateways[0], remote, backup.prepare_out_dir(tmp_path / "o"),
                                  say=lambda m: None)
-    kinds = [c.split(" 2>&1")[0][-40:] for c in remote.commands]
-    assert " stop -t 60 hermes" in remote.commands[1]
-    archive = remote.commands[2]
+    archive = remote.commands[0]
+    # Online: the gateway is neither stopped nor started (it was for 21-26 s before).
+    assert not any(" stop -t" in c or " start hermes" in c for c in remote.commands)
     assert "setpriv --reuid=10000 --regid=10000 --clear-groups -- tar" in archive
+    assert "--user 10000:10000 --network none --read-only --cap-drop ALL" in archive
     assert "cd -P -- /root/.hermes" in archive and "[ ! -L /root/.hermes ]" in archive
-    assert "-h" not in archive.split("tar ", 1)[1].split("|")[0].split()  # never dereference
-    assert " start hermes" in remote.commands[3] and "/v1/models" in remote.commands[3]
-    assert "audit.jsonl" in remote.commands[4]
-    assert made.manifest["sqlite"]["state.db"]["tables"] == {"sessions": 3}
-    assert made.manifest["consistency"] == "gateway stopped during the copy"
+    assert "w=$(mktemp -d /var/lib/hermes-infra/stage/backup.XXXXXX)" in archive and 'rm -rf -- "$w"' in archive
+    assert "-h" not in archive.split("tar --sparse", 1)[1].split(" -cf")[0].split()  # never dereference
+    assert "audit.jsonl" in remote.commands[-1]
+    assert made.manifest["sqlite"]["state.db"] == {"integrity": "ok", "tables": {"sessions": 3}}
+    assert made.manifest["consistency"].startswith("online") and made.manifest["downtime_seconds"] == 0
+    assert "*.db-wal" in made.manifest["left_out"]
+    [record] = _records(remote)
+    assert record["result"] == "success" and record["kind"] == "manual" and record["archive"] == made.path.name
+    assert record["bytes"] == len(data) and record["time"].endswith("Z")
     assert stat.S_IMODE(made.path.stat().st_mode) == 0o600
     assert [p.name for p in made.path.parent.iterdir()] == [made.path.name], "temp files left behind"
-    assert kinds
 
 
-def test_backup_restarts_the_gateway_even_when_the_archive_fails(tmp_path):
+@pytest.mark.parametrize("rc,reason", [(22, "tar failed"), (20, "online copy of the SQLite databases failed"),
+                                       (3, "missing"), (24, "gzip failed")])
+def test_a_failed_step_is_a_failed_backup_recorded_as_one(tmp_path, rc, reason):
     def respond(command):
-        if "State.Running" in command:
-            return "true\n"
-        if "tar --sparse --one-file-system --numeric-owner" in command:
-            return RunResult(2, b"", "tar: .: Cannot open: Permission denied\nhermes-infra-tar-rc=2\n")
+        if "docker run --rm" in command:
+            return RunResult(rc, b"partial bytes", "tar: .: Cannot open: Permission denied\n")
         return ""
 
     remote = FakeRemote(respond)
-    with pytest.raises(DayTwoError, match="archiving /root/.hermes failed"):
+    with pytest.raises(DayTwoError, match=f"archiving /root/.hermes failed.*{reason}"):
         backup.backup_gateway(host(), host().settings.gateways[0], remote, backup.prepare_out_dir(tmp_path / "o"),
                               say=lambda m: None)
-    assert any(" start hermes" in c for c in remote.commands)
     assert not list((tmp_path / "o").iterdir())
+    [record] = _records(remote)
+    assert record["result"] == "failed" and reason in record["message"] and record["bytes"] == 0
+    assert "Permission denied" not in record["message"]  # the host's words never become the reason
+
+
+def test_a_copy_failing_its_integrity_check_is_a_failed_backup(tmp_path):
+    from tests.unit.copyfakes import corrupt_index
+    src = tmp_path / "src"
+    src.mkdir()
+    db = sqlite3.connect(src / "state.db")
+    db.execute("CREATE TABLE sessions (id TEXT)")
+    db.executemany("INSERT INTO sessions VALUES (?)", [("s0",), ("s1",), ("s2",)])
+    db.commit()
+    db.close()
+    corrupt_index(src / "state.db")
+    data = tmp_path / "d.tar.gz"
+    with tarfile.open(data, "w:gz") as tar:
+        tar.add(src, arcname=".")
+    remote = FakeRemote(lambda c: RunResult(21, data.read_bytes(), "") if "docker run" in c else "")
+    with pytest.raises(DayTwoError, match="integrity_check.*not a good backup"):
+        backup.backup_gateway(host(), host().settings.gateways[0], remote, backup.prepare_out_dir(tmp_path / "o"),
+                              say=lambda m: None)
+    [kept] = list((tmp_path / "o").iterdir())
+    [record] = _records(remote)
+    assert record["result"] == "failed" and "integrity_check" in record["message"] and record["archive"] == kept.name
+    assert '"result": "failed"' in next(c for c in remote.commands if "audit.jsonl" in c)
 
 
 def saved_backup(tmp_path, extra=None) -> Path:
@@ -257,7 +296,18 @@ def _gateway_at(data: Path):
     return gateway.model_copy(update={"data_dir": str(data)}) if isinstance(gateway, GatewaySettings) else gateway
 
 
-@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="runs tar as uid 10000 (setpriv)")
+def _run_archive(tmp_path, gateway):
+    import os
+    import subprocess
+
+    from tests.unit.copyfakes import install_fake_docker
+    install_fake_docker(tmp_path / "bin")
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin", "SANDBOX": str(tmp_path)}
+    return subprocess.run(["sh", "-c", backup.archive_command(gateway, "img:1", stage=str(tmp_path / "stage"))],
+                          capture_output=True, env=env)
+
+
+@pytest.mark.skipif(not CAN_RUN, reason="runs tar and the copy as uid 10000 (setpriv, a mount namespace)")
 def test_archive_command_stores_holes_as_holes_and_refuses_a_huge_apparent_size(tmp_path, monkeypatch):
     """F6: `truncate -s 16T x` made tar read every zero with the gateway stopped."""
     import subprocess
@@ -270,15 +320,36 @@ def test_archive_command_stores_holes_as_holes_and_refuses_a_huge_apparent_size(
         handle.truncate(64 << 20)
     subprocess.run(["chown", "-R", "10000:10000", str(data)], check=True)
     gateway = _gateway_at(data)
-    done = subprocess.run(["sh", "-c", backup.archive_command(gateway)], capture_output=True)
-    assert done.returncode == 0 and b"hermes-infra-tar-rc=0" in done.stderr
+    done = _run_archive(tmp_path, gateway)
+    assert done.returncode == 0, done.stderr
     assert len(done.stdout) < 16 << 10  # about 64 KB of gzip when every zero is read
-    text = backup.archive_command(gateway)
+    text = backup.archive_command(gateway, "img:1")
     assert "--sparse --one-file-system" in text and "timeout -k 30" in text
     monkeypatch.setattr(datatar, "MAX_APPARENT_BYTES", 32 << 20)
-    done = subprocess.run(["sh", "-c", backup.archive_command(gateway)], capture_output=True)
+    done = _run_archive(tmp_path, gateway)
     assert done.returncode == datatar.TOO_LARGE_RC and done.stdout == b""
     assert b"over the limit of 33554432 bytes" in done.stderr
+    assert list((tmp_path / "stage").iterdir()) == [], "the work dir is removed"
+
+
+@pytest.mark.skipif(not CAN_RUN, reason="runs tar and the copy as uid 10000 (setpriv, a mount namespace)")
+def test_archive_command_holds_the_database_copies_in_place_of_the_live_files(tmp_path):
+    import subprocess
+
+    from tests.unit.copyfakes import make_state_db
+    data = tmp_path / "data"
+    (data / "cache").mkdir(parents=True)
+    (data / "cache" / "tmp").write_text("x")
+    (data / "gateway.pid").write_text("7")
+    make_state_db(data / "state.db", rows=5)
+    subprocess.run(["chown", "-R", "10000:10000", str(data)], check=True)
+    done = _run_archive(tmp_path, _gateway_at(data))
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "a.tar.gz"
+    out.write_bytes(done.stdout)
+    found = backup.inventory_of(out)
+    assert set(found.files) == {"state.db"} and found.sqlite["state.db"] == {"integrity": "ok", "tables": {"sessions": 5}}
+    assert found.files["state.db"]["mode"] == "0644" and not found.problems
 
 
 def test_a_lying_manifest_reaches_neither_the_terminal_nor_the_audit_log_raw(tmp_path):
@@ -465,7 +536,7 @@ def test_backup_restore_and_restart_take_the_deploy_lock_and_stop_when_a_deploy_
         if "State.Running" in command:
             return "true\n"
         if "-cf - ." in command:
-            return RunResult(0, data, "hermes-infra-tar-rc=0\n")
+            return RunResult(0, data, "")
         return ""
 
     remote = FakeRemote(respond)
@@ -502,3 +573,33 @@ def test_pre_restore_dirs_are_pruned_to_backup_keep(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["hermes", "hermes.pre-restore-notes", "hermes-x.pre-restore-20261101T000000Z",
          f"hermes.pre-restore-{stamps[3]}", f"hermes.pre-restore-{stamps[4]}"])
+
+
+@pytest.mark.skipif(not CAN_RUN, reason="runs tar and the copy as uid 10000 (setpriv, a mount namespace)")
+def test_an_online_backup_restores_its_database_copies(tmp_path):
+    """The archive the real command makes, through backup and restore: the upload holds the
+    database copy (its rows), not a live file, and no -wal beside it."""
+    import subprocess
+
+    from tests.unit.copyfakes import make_state_db
+    data = tmp_path / "data"
+    data.mkdir()
+    make_state_db(data / "state.db", rows=4)
+    (data / ".env").write_text("API_SERVER_KEY=" + "k" * 20 + "\n")
+    subprocess.run(["chown", "-R", "10000:10000", str(data)], check=True)
+    (tmp_path / "host").mkdir()
+    done = _run_archive(tmp_path / "host", _gateway_at(data))
+    assert done.returncode == 0, done.stderr
+    remote = FakeRemote(lambda c: RunResult(0, done.stdout, "") if "docker run --rm" in c else "")
+    made = backup.backup_gateway(host(), host().settings.gateways[0], remote, backup.prepare_out_dir(tmp_path / "o"),
+                                 say=lambda m: None)
+    assert made.manifest["sqlite"]["state.db"]["tables"] == {"sessions": 4}
+    sums = {name: info["sha256"] for name, info in made.manifest["files"].items()}
+    target = restore_remote(sums)
+    backup.restore(host(), made.path, remote_for=lambda h: target, say=lambda m: None)
+    uploaded = tmp_path / "up.tar.gz"
+    uploaded.write_bytes(target.stdins[-1])
+    with tarfile.open(uploaded) as tar:
+        assert sorted(tar.getnames()) == [".env", "state.db"]
+        (tmp_path / "r.db").write_bytes(tar.extractfile("state.db").read())
+    assert sqlite3.connect(tmp_path / "r.db").execute("SELECT count(*) FROM sessions").fetchone() == (4,)

@@ -273,3 +273,28 @@ def test_job_values_from_the_data_dir_are_cleaned_and_a_linked_jobs_file_is_not_
 def test_no_cron_in_the_settings_reads_no_jobs():
     assert "cron/jobs.json" not in status.status_command(host().settings)
     assert status.parse_status(host(), sample_output()).gateways[0].jobs == []
+
+
+def _b64(record) -> str:
+    return base64.b64encode((json.dumps(record) if isinstance(record, dict) else record).encode()).decode()
+
+
+def test_status_shows_the_last_scheduled_and_manual_backups_as_the_host_recorded_them(tmp_path):
+    command = status.status_command(host().settings)
+    assert "/var/backups/hermes-infra/scheduled/hermes.last.json /var/backups/hermes-infra/manual/hermes.last.json" \
+        in command and '[ ! -L "$hi_f" ]' in command and "head -c 4096" in command
+    scheduled = {"profile": "hermes", "kind": "scheduled", "result": "failed", "time": "2026-12-02T03:00:00Z",
+                 "bytes": 0, "archive": "", "message": "tar failed: some files could not be read\x1b[2J"}
+    manual = {"profile": "hermes", "kind": "manual", "result": "success", "time": "2026-12-02T04:00:00Z",
+              "bytes": 3 << 20, "archive": "x.hermes-backup.tar", "message": "archived online"}
+    text = sample_output() + f"{S} backups hermes\n{_b64(scheduled)}\n{_b64(manual)}\n"
+    report = status.StatusReport([status.parse_status(host(), text)], __import__("datetime").datetime.now(), 0.1)
+    rendered = status.render_text(report)
+    assert ("  hermes backups: scheduled FAILED 2026-12-02T03:00:00Z: tar failed: some files could not be read?[2J; "
+            "manual success 2026-12-02T04:00:00Z 3.0MiB") in rendered
+    assert "\x1b" not in rendered
+    assert status.to_json(report)["hosts"][0]["gateways"][0]["backups"][1]["bytes"] == 3 << 20
+    # No record, or one that is not a run record: no line.
+    for lines in ("\n\n", f"{_b64('not json')}\n{_b64({'result': 'ok', 'time': 'now'})}\n"):
+        quiet = status.parse_status(host(), sample_output() + f"{S} backups hermes\n{lines}")
+        assert quiet.gateways[0].backups == []

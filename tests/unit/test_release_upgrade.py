@@ -244,3 +244,18 @@ def test_snapshot_pruning_leaves_another_profiles_snapshots_alone(tmp_path):
     releases = str(tmp_path / "state" / "releases")
     assert _sh(upgrade.prepare_script(plan, releases), env).returncode == 0
     assert all(other.exists() for other in others)
+
+
+def test_a_snapshot_that_does_not_read_back_stops_the_upgrade_before_anything_changes(tmp_path):
+    """Item 3 of issue 20: a compressor that ends early and says 0 made tar say 0 too, and the
+    truncated snapshot was kept as the rollback's (and older good ones pruned)."""
+    plan, data, project, env = _sandbox(tmp_path)
+    real = subprocess.run(["sh", "-c", "command -v gzip"], capture_output=True, text=True).stdout.strip()
+    gzip = tmp_path / "bin" / "gzip"
+    gzip.write_text(f'#!/bin/sh\ncase " $* " in *" -d "*) exec {real} "$@" ;; esac\n{real} "$@" | head -c 20; exit 0\n')
+    gzip.chmod(0o755)
+    releases = tmp_path / "state" / "releases"
+    prepared = _sh(upgrade.prepare_script(plan, str(releases)), env)
+    assert prepared.returncode == 1 and "does not read back" in prepared.stderr
+    assert not list((tmp_path / "backups").glob("snapshot-*")) and not (releases / "pending").exists()
+    assert "docker start hermes" in (tmp_path / "docker.log").read_text()
