@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import ipaddress
 import json
 import shlex
 import tarfile
@@ -125,7 +126,7 @@ PYINFRA_FACTS = {"os_release": OsRelease, "memory": Memory, "cpus": Cpus}
 # files) run in the foreground and never touch a temp file. The probes hand the API key to curl
 # through a pipe and print only status codes; a data dir's metadata is types, owners and modes.
 BACKGROUND = ("whoami", "pyinfra", "services", "aptlists", "image", "packages", "aptlock", "docker", "probe",
-              "dirmeta", "swap")
+              "dirmeta", "swap", "firewall")
 
 
 def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
@@ -183,6 +184,7 @@ def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
     # lock an agent holds on another filesystem). Where the device differs (btrfs reports another
     # st_dev), the holder must have the lock file itself open, as aptwait confirms it.
     sections.append(("aptlock", [APT_LOCK_HOLDER]))
+    sections.append(("firewall", FIREWALL_READS))
     sections.append(("docker", ["command -v docker >/dev/null 2>&1 && echo installed || echo missing",
                                 _engine_get(f"/containers/json?all=1&filters={quote(COMPOSE_FILTER)}",
                                             "docker ps -a --no-trunc --filter label=com.docker.compose.project "
@@ -223,6 +225,57 @@ APT_LOCK_HOLDER = (
     "for fd in /proc/$pid/fd/*; do if [ \"$(readlink \"$fd\" 2>/dev/null)\" = \"$file\" ]; then "
     "echo \"$pid $(cat /proc/$pid/comm 2>/dev/null)\"; break 2; fi; done; done"
 )
+# --- firewall (setting firewall; plan/firewall.py) ---------------------------------------------
+FIREWALL_TABLE = "inet hermes_infra"
+FIREWALL_UNIT = "hermes-infra-firewall.service"
+FIREWALL_READS = [
+    # Where this deploy's SSH connection comes from and arrives: sshd's SSH_CONNECTION, which sudo
+    # drops from the environment, so else from the nearest parent (sudo, the login shell) that has it.
+    'c=${SSH_CONNECTION:-}; p=$PPID; n=0; while [ -z "$c" ] && [ "${p:-0}" -gt 1 ] && [ "$n" -lt 8 ]; do '
+    "c=$(tr '\\0' '\\n' < /proc/$p/environ 2>/dev/null | sed -n 's/^SSH_CONNECTION=//p' | head -n 1); "
+    "p=$(sed -n 's/^PPid:[[:space:]]*//p' /proc/$p/status 2>/dev/null); n=$((n + 1)); done; echo \"ssh $c\"",
+    "echo \"sshd $(ss -Hltnp 2>/dev/null | awk '/users:\\(\\(\"sshd\"/ {print $4}' | tr '\\n' ' ')\"",
+    f"if command -v nft >/dev/null 2>&1; then echo nft; echo \"listing $(nft -s list table {FIREWALL_TABLE} "
+    "2>/dev/null | base64 -w0)\"; else echo nonft; fi",
+    f"echo \"unit $(systemctl is-enabled {FIREWALL_UNIT} 2>/dev/null)\"",
+]
+
+
+def _ssh_connection(text: str) -> dict:
+    """`client_ip client_port server_ip server_port`, believed only when it parses."""
+    parts = text.split()
+    if len(parts) != 4 or not (parts[1].isdigit() and parts[3].isdigit()):
+        return {}
+    try:
+        client = str(ipaddress.ip_address(parts[0]))
+    except ValueError:
+        return {}
+    port = int(parts[3])
+    return {"client": client, "server_port": port} if 1 <= port <= 65535 else {}
+
+
+def _firewall(body: list[str]) -> dict:
+    found: dict = {"client": None, "server_port": None, "sshd_ports": (), "nft": False, "listing": None,
+                   "unit_enabled": False}
+    for line in body:
+        tag, _, rest = line.strip().partition(" ")
+        if tag == "ssh":
+            found.update(_ssh_connection(rest))
+        elif tag == "sshd":
+            ports = {int(p) for p in (a.rpartition(":")[2] for a in rest.split()) if p.isdigit() and 0 < int(p) < 65536}
+            found["sshd_ports"] = tuple(sorted(ports))
+        elif tag == "nft":
+            found["nft"] = True
+        elif tag == "listing" and rest.strip():
+            try:
+                found["listing"] = base64.b64decode(rest.strip(), validate=True).decode("utf-8", errors="replace")
+            except ValueError:
+                found["listing"] = ""
+        elif tag == "unit":
+            found["unit_enabled"] = rest.strip() == "enabled"
+    return found
+
+
 COMPOSE_FILTER = json.dumps({"label": ["com.docker.compose.project"]}, separators=(",", ":"))
 DOCKER_SOCKET = "/var/run/docker.sock"
 
@@ -284,6 +337,8 @@ class HostState:
     exporter_active: bool = False
     apt_lists_age: int | None = None
     """Seconds since apt's lists were last updated (None: never)."""
+    firewall: dict = field(default_factory=lambda: _firewall([]))
+    """The SSH connection's addresses, sshd's ports, the loaded hermes-infra nft table, its unit."""
 
     def __repr__(self) -> str:
         return f"<HostState: {len(self.data_dirs)} data dirs, {len(self.root_files)} files, contents not shown>"
@@ -411,6 +466,8 @@ def parse_state(lines: list[str]) -> HostState:
                 found = None
             # The API answers one object, `docker image inspect` a list of them.
             state.image_inspect = [found] if isinstance(found, dict) else found or None
+        elif kind == "firewall":
+            state.firewall = _firewall(body)
         elif kind == "probe":
             codes = [line.strip() or "000" for line in body] + ["000"] * 3
             state.probes[rest] = {"health": codes[0], "anonymous": codes[1], "models": codes[2]}
