@@ -273,7 +273,9 @@ def ruleset_text(rules: Rules) -> str:
 
 def unit_text(ruleset: str = RULESET_PATH) -> str:
     """Before the network and before docker.service, as Debian's nftables.service (which
-    would `flush ruleset` Docker's tables too, so it is not used)."""
+    would `flush ruleset` Docker's tables too, so it is not used). Not `RequiredBy=docker.service`:
+    with Requires, stopping or restarting this loader would stop or restart Docker and every
+    gateway with it; a table that failed to load at boot is HI-FW-001's finding instead."""
     return f"""[Unit]
 Description=hermes-infra firewall (nftables table inet {TABLE})
 Documentation=file:{ruleset}
@@ -289,7 +291,6 @@ ExecStart={NFT} -f {ruleset}
 
 [Install]
 WantedBy=sysinit.target
-RequiredBy=docker.service
 """
 
 
