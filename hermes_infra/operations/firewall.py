@@ -53,7 +53,7 @@ def arm_revert_command(seconds: int) -> str:
     An empty saved table (only the create and delete lines) removes ours: no table before, none after."""
     revert = shlex.quote(fw.REVERT_PATH)
     temp = shlex.quote(fw.REVERT_PATH + ".new")
-    save = (f"{{ echo 'table {TABLE}'; echo 'delete table {TABLE}'; nft -s list table {TABLE} 2>/dev/null; }} "
+    save = (f"{{ echo 'table {TABLE}'; echo 'delete table {TABLE}'; {{ {fw.NFT} -s list table {TABLE} 2>/dev/null || true; }}; }} "
             f"> {temp} && chmod 0600 {temp} && mv -f {temp} {revert}")
     return (f"install -d -m 0700 {shlex.quote(fw.REVERT_PATH.rsplit('/', 1)[0])} && "
             f"if systemctl is-active --quiet {TIMER} && [ -s {revert} ]; then :; else {save}; fi && "
@@ -69,7 +69,7 @@ def disarm_command(staged: str) -> str:
     """The revert cancelled, the loaded table's listing recorded (drift is a different listing)."""
     loaded = shlex.quote(fw.LOADED_PATH)
     return (f"systemctl stop {TIMER} && "
-            f"nft -s list table {TABLE} | sha256sum | cut -d ' ' -f 1 > {loaded}.new && mv -f {loaded}.new {loaded} "
+            f"{fw.NFT} -s list table {TABLE} | sha256sum | cut -d ' ' -f 1 > {loaded}.new && mv -f {loaded}.new {loaded} "
             f"&& rm -f {shlex.quote(fw.REVERT_PATH)} {shlex.quote(staged)}")
 
 
@@ -104,7 +104,7 @@ def rules_loaded(plan: FirewallPlan, writer: Writer, confirm: Confirm):
     if not plan.enabled:
         if plan.table_loaded:
             # A revert still pending would put the table back.
-            yield f"{{ systemctl stop {TIMER} 2>/dev/null; true; }} && nft delete table {TABLE} && rm -f {shlex.quote(fw.REVERT_PATH)}"
+            yield f"{{ systemctl stop {TIMER} 2>/dev/null; true; }} && {fw.NFT} delete table {TABLE} && rm -f {shlex.quote(fw.REVERT_PATH)}"
         else:
             host.noop("no hermes-infra firewall table is loaded")
         return

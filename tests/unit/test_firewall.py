@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shlex
 import shutil
 import subprocess
 
@@ -175,7 +176,7 @@ def test_turned_off_everything_hermes_infra_installed_leaves_the_host():
     assert not off.enabled and off.table_loaded and set(off.present) == set(fw.PATHS)
     removed = run_op(ops.rules_loaded, off, plan_for(settings(), fresh()).writer, confirm=None).commands
     assert removed == ["{ systemctl stop hermes-infra-firewall-revert.timer 2>/dev/null; true; } && "
-                       "nft delete table inet hermes_infra && rm -f /var/lib/hermes-infra/firewall.revert.nft"]
+                       "/usr/sbin/nft delete table inet hermes_infra && rm -f /var/lib/hermes-infra/firewall.revert.nft"]
     unit = run_op(ops.boot_unit, off).commands
     assert unit == ["systemctl disable --quiet hermes-infra-firewall.service 2>/dev/null || true",
                     "rm -f /etc/hermes-infra/firewall.nft /etc/systemd/system/hermes-infra-firewall.service "
@@ -278,13 +279,13 @@ def test_a_new_ruleset_is_checked_then_armed_then_loaded_then_confirmed_then_per
     assert done[0].endswith("/.hermes-infra-upload && chmod 0700 /root/.hermes-infra-upload") and done[1] == "upload"
     assert done[2].startswith("/usr/sbin/nft -c -f /var/lib/hermes-infra/stage/")
     armed = done[3]
-    assert armed.index("nft -s list table inet hermes_infra") < armed.index(
+    assert armed.index("/usr/sbin/nft -s list table inet hermes_infra") < armed.index(
         "systemd-run --quiet --unit=hermes-infra-firewall-revert --on-active=45 /usr/sbin/nft -f "
         "/var/lib/hermes-infra/firewall.revert.nft") < armed.index("&& /usr/sbin/nft -f /var/lib/hermes-infra/stage/")
     # A revert already pending keeps its saved (last good) table.
     assert "if systemctl is-active --quiet hermes-infra-firewall-revert.timer && [ -s " in armed
     assert done[4] == "confirm"
-    assert done[5].startswith("systemctl stop hermes-infra-firewall-revert.timer && nft -s list table inet "
+    assert done[5].startswith("systemctl stop hermes-infra-firewall-revert.timer && /usr/sbin/nft -s list table inet "
                               "hermes_infra | sha256sum")
     assert len(done) == 6
 
@@ -301,6 +302,58 @@ def test_a_failed_confirmation_leaves_the_revert_to_fire_and_fails_the_deploy(ca
     assert "a second SSH connection failed (NoValidConnectionsError: port 22 refused)" in message
     assert "restores the previous rules within 60 s" in message and "nothing was persisted" in message
     assert "not-shown-anywhere" not in message
+
+
+def namespace_works() -> bool:
+    if not (shutil.which("nft") and shutil.which("unshare")):
+        return False
+    return subprocess.run(["unshare", "-rn", "nft", "list", "tables"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not namespace_works(), reason="needs nft and unprivileged network namespaces")
+def test_arm_load_and_revert_for_real_in_a_private_network_namespace(tmp_path, monkeypatch):
+    """The shell the operation sends, run by sh with nft in a network namespace of its own:
+    systemctl and systemd-run are stand-ins that record how they were called."""
+    monkeypatch.setattr(fw, "REVERT_PATH", str(tmp_path / "state" / "firewall.revert.nft"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text('#!/bin/sh\necho "systemctl $*" >> "$CALLS"\n'
+                                       '[ "$1" = is-active ] && exit "${ACTIVE:-3}"; exit 0\n')
+    (bin_dir / "systemd-run").write_text('#!/bin/sh\necho "systemd-run $*" >> "$CALLS"\n')
+    for tool in ("systemctl", "systemd-run"):
+        (bin_dir / tool).chmod(0o755)
+    old = fw_plan(firewall=on(allow=[8643]))
+    new = fw_plan(firewall=on(allow=[9000]))
+    (tmp_path / "old.nft").write_text(old.text)
+    (tmp_path / "new.nft").write_text(new.text)
+    revert = fw.REVERT_PATH
+    script = "; ".join([
+        "set -e",
+        # A fresh host: no table yet. Armed, loaded, then the timer "fires": no table again.
+        f"{ops.arm_revert_command(30)} && {ops.load_command(str(tmp_path / 'new.nft'))}",
+        "nft -s list table inet hermes_infra | grep -q 'dport 9000'",
+        f"/usr/sbin/nft -f {revert}",
+        "! nft list table inet hermes_infra >/dev/null 2>&1",
+        # A host with the old rules: the revert brings exactly those back.
+        f"/usr/sbin/nft -f {tmp_path / 'old.nft'}",
+        f"{ops.arm_revert_command(30)} && {ops.load_command(str(tmp_path / 'new.nft'))}",
+        "nft -s list table inet hermes_infra | grep -q 'dport 9000'",
+        f"/usr/sbin/nft -f {revert}",
+        "nft -s list table inet hermes_infra | grep -q 'dport 8643'",
+        "! nft -s list table inet hermes_infra | grep -q 'dport 9000'",
+        # A revert still pending from an unconfirmed run: its saved (good) table is kept.
+        f"/usr/sbin/nft -f {tmp_path / 'new.nft'}",
+        f"ACTIVE=0 sh -c {shlex.quote(ops.arm_revert_command(30))}",
+        f"/usr/sbin/nft -f {revert}",
+        "nft -s list table inet hermes_infra | grep -q 'dport 8643'",
+    ])
+    calls = tmp_path / "calls"
+    env = {"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin", "CALLS": str(calls)}
+    run = subprocess.run(["unshare", "-rn", "sh", "-c", script], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert f"systemd-run --quiet --unit=hermes-infra-firewall-revert --on-active=30 /usr/sbin/nft -f {revert}" in \
+        calls.read_text().splitlines()
+    assert oct((tmp_path / "state").stat().st_mode & 0o777) == "0o700"
 
 
 def test_the_confirmation_does_not_show_the_sudo_password():
