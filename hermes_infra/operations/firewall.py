@@ -135,7 +135,7 @@ def boot_unit(plan: FirewallPlan):
         return
     # Disabled without stopping: stopping a oneshot loader changes nothing in the kernel.
     yield f"systemctl disable --quiet {fw.UNIT} 2>/dev/null || true"
-    yield f"rm -f {' '.join(shlex.quote(p) for p in fw.PATHS)} && systemctl daemon-reload"
+    yield f"rm -f {' '.join(shlex.quote(p) for p in (*fw.PATHS, fw.REVERT_PATH))} && systemctl daemon-reload"
 
 
 @deploy("Firewall")

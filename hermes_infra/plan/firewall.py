@@ -40,6 +40,8 @@ REVERT_PATH = "/var/lib/hermes-infra/firewall.revert.nft"
 PACKAGE = "nftables"
 NFT = "/usr/sbin/nft"
 PATHS = (RULESET_PATH, UNIT_PATH, LOADED_PATH)
+# Spaces, not nft's tabs: the dry run's diff shows a tab as an escaped control character.
+INDENT = "    "
 # Docker's default bridge and the bridges of compose networks.
 CONTAINER_INTERFACES = ("docker0", "br-*")
 COMMENT = re.compile(r'^\s*comment "hermes-infra ([0-9a-f]{16})"\s*$', re.MULTILINE)
@@ -243,10 +245,10 @@ def body_lines(rules: Rules) -> list[str]:
                *(f'iifname "{interface}" accept' for interface in CONTAINER_INTERFACES),
                "ct status dnat jump published",
                *(f'oifname "{interface}" drop' for interface in CONTAINER_INTERFACES)]
-    lines = ["chain input {", "\ttype filter hook input priority -10; policy drop;", *("\t" + r for r in inputs), "}",
-             "chain forward {", "\ttype filter hook forward priority -10; policy accept;",
-             *("\t" + r for r in forward), "}",
-             "chain published {", *("\t" + r for r in forwarded), "\tdrop", "}"]
+    lines = ["chain input {", INDENT + "type filter hook input priority -10; policy drop;", *(INDENT + r for r in inputs), "}",
+             "chain forward {", INDENT + "type filter hook forward priority -10; policy accept;",
+             *(INDENT + r for r in forward), "}",
+             "chain published {", *(INDENT + r for r in forwarded), INDENT + "drop", "}"]
     return lines
 
 
@@ -265,8 +267,8 @@ def ruleset_text(rules: Rules) -> str:
         f"table inet {TABLE}",
         f"delete table inet {TABLE}",
         f"table inet {TABLE} {{",
-        f'\tcomment "hermes-infra {digest_of(lines)}"',
-        *("\t" + line for line in lines),
+        f'{INDENT}comment "hermes-infra {digest_of(lines)}"',
+        *(INDENT + line for line in lines),
         "}",
     ]) + "\n"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 
+import gevent
 from pyinfra.api import StringCommand
 
 # For the end-to-end test only: the port the confirmation connects to instead of the host's
@@ -80,8 +81,9 @@ def attempt(state, host) -> str | None:
                 pass
 
 
-def new_connection(state, host, seconds: int, attempt=attempt, clock=time.monotonic, sleep=time.sleep) -> str | None:
-    """Connect again until it works or the revert window (less a margin) is over."""
+def new_connection(state, host, seconds: int, attempt=attempt, clock=time.monotonic, sleep=gevent.sleep) -> str | None:
+    """Connect again until it works or the revert window (less a margin) is over (pausing with
+    gevent's sleep: the other hosts' greenlets run meanwhile)."""
     deadline = clock() + max(seconds - MARGIN_SECONDS, 1)
     problem = None
     while True:

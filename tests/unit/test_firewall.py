@@ -109,7 +109,7 @@ def test_bridge_published_ports_are_open_to_containers_only_and_need_no_allow():
     plan = fw_plan(companions=[{"name": "hub", "image": "example/hub:1.0"}])
     assert 'iifname "docker0" ip daddr 172.17.0.1 tcp dport 8642 accept' in plan.text
     assert 'iifname "br-*" ip daddr 172.17.0.1 tcp dport 8642 accept' in plan.text
-    assert "\t\ttcp dport 8642 accept\n" not in plan.text and "8642" not in plan.text[plan.text.index("chain published"):]
+    assert "        tcp dport 8642 accept\n" not in plan.text and "8642" not in plan.text[plan.text.index("chain published"):]
     assert plan.warnings == ()
 
 
@@ -180,12 +180,23 @@ def test_turned_off_everything_hermes_infra_installed_leaves_the_host():
     unit = run_op(ops.boot_unit, off).commands
     assert unit == ["systemctl disable --quiet hermes-infra-firewall.service 2>/dev/null || true",
                     "rm -f /etc/hermes-infra/firewall.nft /etc/systemd/system/hermes-infra-firewall.service "
-                    "/var/lib/hermes-infra/firewall.loaded && systemctl daemon-reload"]
+                    "/var/lib/hermes-infra/firewall.loaded /var/lib/hermes-infra/firewall.revert.nft && systemctl daemon-reload"]
     # A host that never had one: nothing to do, and no nftables installed for it.
     never = plan_for(settings(), host_facts()).firewall
     assert not never.table_loaded and not never.present
     assert "nftables" not in plan_for(settings(), host_facts()).docker.packages
     assert not run_op(ops.rules_loaded, never, plan_for(settings(), fresh()).writer, confirm=None).changed
+
+
+def test_the_dry_run_shows_the_ruleset_and_what_leaves():
+    from hermes_infra.plan import plandiff
+
+    host_settings = settings(firewall=on(allow=[8643]), gateways=[PUBLIC_API])
+    lines = plandiff.plan_diff(plan_for(host_settings, host_facts()))
+    assert f"+++ {fw.RULESET_PATH} (planned)" in lines and f"+++ {fw.UNIT_PATH} (planned)" in lines
+    assert "+        tcp dport 8643 accept" in lines, lines
+    off = plandiff.plan_diff(plan_for(settings(gateways=[PUBLIC_API]), converged_facts(host_settings)))
+    assert [line for line in off if "firewall" in line] == [f"{path}: removed" for path in fw.PATHS]
 
 
 def test_the_default_settings_leave_the_firewall_off():
@@ -214,7 +225,7 @@ def test_ssh_from_the_deploys_own_network_is_accepted():
     plan = fw_plan(firewall=on(ssh_allow_from=["198.51.100.0/24", "2001:db8::/32"]))
     assert "ip saddr 198.51.100.0/24 tcp dport 22 accept" in plan.text
     assert "ip6 saddr 2001:db8::/32 tcp dport 22 accept" in plan.text
-    assert "\t\ttcp dport 22 accept" not in plan.text
+    assert "        tcp dport 22 accept" not in plan.text
 
 
 @pytest.mark.parametrize(("firewall", "message"), [
@@ -460,7 +471,8 @@ def test_the_facts_script_walks_up_to_a_parent_with_ssh_connection(tmp_path):
 def good_listing() -> str:
     plan = fw_plan()
     body = plan.text.split("table inet hermes_infra {", 1)[1]
-    return "table inet hermes_infra {" + body.replace("priority -10", "priority filter - 10")
+    body = body.replace("priority -10", "priority filter - 10").replace("    ", "\t")
+    return "table inet hermes_infra {" + body
 
 
 def firewall_host(listing=None, enabled="enabled", ports="hermes\t127.0.0.1:8642->8642/tcp\n", saved=None):
