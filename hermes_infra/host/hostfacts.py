@@ -232,7 +232,7 @@ FIREWALL_READS = [
     # Where this deploy's SSH connection comes from and arrives: sshd's SSH_CONNECTION, which sudo
     # drops from the environment, so else from the nearest parent (sudo, the login shell) that has it.
     'c=${SSH_CONNECTION:-}; p=$PPID; n=0; while [ -z "$c" ] && [ "${p:-0}" -gt 1 ] && [ "$n" -lt 8 ]; do '
-    "c=$(tr '\\0' '\\n' < /proc/$p/environ 2>/dev/null | sed -n 's/^SSH_CONNECTION=//p' | head -n 1); "
+    "c=$(tr '\\0' '\\n' 2>/dev/null < /proc/$p/environ | sed -n 's/^SSH_CONNECTION=//p' | head -n 1); "
     "p=$(sed -n 's/^PPid:[[:space:]]*//p' /proc/$p/status 2>/dev/null); n=$((n + 1)); done; echo \"ssh $c\"",
     "echo \"sshd $(ss -Hltnp 2>/dev/null | awk '/users:\\(\\(\"sshd\"/ {print $4}' | tr '\\n' ' ')\"",
     f"if command -v nft >/dev/null 2>&1; then echo nft; echo \"listing $(nft -s list table {FIREWALL_TABLE} "

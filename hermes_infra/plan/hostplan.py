@@ -363,7 +363,6 @@ def fact_request(settings: HostSettings) -> StateRequest:
         files += [f"{directory}/compose.yaml", f"{directory}/{compose.STAMP_NAME}"]
     packages = OFFICIAL_PACKAGES if settings.docker.install_source == "official" else DISTRO_PACKAGES
     packages = PREREQUISITES + packages + CONFLICTS[settings.docker.install_source] + alerts.requested_packages(settings)
-    packages += (firewall.PACKAGE,) * settings.firewall.enabled
     return StateRequest(
         data_dirs=tuple(data_dir_read(g) for g in settings.gateways),
         root_files=tuple(dict.fromkeys([*files, *agentfiles.request_paths(settings)])),

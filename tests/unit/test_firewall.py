@@ -184,7 +184,6 @@ def test_turned_off_everything_hermes_infra_installed_leaves_the_host():
     # A host that never had one: nothing to do, and no nftables installed for it.
     never = plan_for(settings(), host_facts()).firewall
     assert not never.table_loaded and not never.present
-    assert "nftables" not in plan_for(settings(), host_facts()).docker.packages
     assert not run_op(ops.rules_loaded, never, plan_for(settings(), fresh()).writer, confirm=None).changed
 
 
