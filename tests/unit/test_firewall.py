@@ -366,6 +366,89 @@ def test_arm_load_and_revert_for_real_in_a_private_network_namespace(tmp_path, m
     assert oct((tmp_path / "state").stat().st_mode & 0o777) == "0o700"
 
 
+KERNEL_SETUP = r"""set -e
+mount -t tmpfs none /run
+mkdir -p /run/netns
+ip netns add outside
+ip netns add ctr
+ip link set lo up
+ip link add out0 type veth peer name out1
+ip link set out1 netns outside
+ip addr add 10.9.0.1/24 dev out0
+ip link set out0 up
+ip -n outside addr add 10.9.0.2/24 dev out1
+ip -n outside link set out1 up
+ip -n outside route add default via 10.9.0.1
+ip link add docker0 type bridge
+ip addr add 172.31.0.1/24 dev docker0
+ip link set docker0 up
+ip link add ctr0 type veth peer name ctr1
+ip link set ctr0 master docker0
+ip link set ctr0 up
+ip link set ctr1 netns ctr
+ip -n ctr addr add 172.31.0.2/24 dev ctr1
+ip -n ctr link set ctr1 up
+ip -n ctr route add default via 172.31.0.1
+echo 1 > /proc/sys/net/ipv4/ip_forward
+# What Docker's iptables rules do for `-p 8643:8000 -p 8644:8001`: DNAT in prerouting.
+nft -f - <<'NFT'
+table ip dockerlike {
+    chain pre { type nat hook prerouting priority -100; tcp dport 8643 dnat to 172.31.0.2:8000; tcp dport 8644 dnat to 172.31.0.2:8001; }
+}
+NFT
+servers=
+trap 'kill $servers 2>/dev/null' EXIT
+serve() { ns=$1; address=$2; port=$3
+  ${ns:+nsenter --net=/run/netns/$ns} python3 -m http.server $port --bind $address >/dev/null 2>&1 &
+  servers="$servers $!"; }
+serve ctr 172.31.0.2 8000; serve ctr 172.31.0.2 8001; serve outside 10.9.0.2 9000
+serve '' 10.9.0.1 22; serve '' 0.0.0.0 7000; serve '' 172.31.0.1 8642
+ready() { n=0; until ${1:+nsenter --net=/run/netns/$1} curl -s -o /dev/null --max-time 1 "$2"; do
+  n=$((n + 1)); [ $n -lt 150 ] || { echo "not ready: $2" >&2; exit 9; }; sleep 0.2; done; }
+ready '' http://172.31.0.2:8000/; ready '' http://172.31.0.2:8001/; ready ctr http://10.9.0.2:9000/
+ready '' http://10.9.0.1:22/; ready '' http://10.9.0.1:7000/; ready '' http://172.31.0.1:8642/
+"""
+# (name, network namespace the client runs in, URL) and the answer wanted with the rules loaded.
+KERNEL_PROBES = [
+    ("published and allowed", "outside", "http://10.9.0.1:8643/", "200"),
+    ("published, not allowed", "outside", "http://10.9.0.1:8644/", "000"),
+    ("routed straight to the container", "outside", "http://172.31.0.2:8000/", "000"),
+    ("SSH", "outside", "http://10.9.0.1:22/", "200"),
+    ("a host service nobody listed", "outside", "http://10.9.0.1:7000/", "000"),
+    ("container egress", "ctr", "http://10.9.0.2:9000/", "200"),
+    ("container to the bridge-published API", "ctr", "http://172.31.0.1:8642/", "200"),
+    ("container to another host port", "ctr", "http://172.31.0.1:7000/", "000"),
+]
+
+
+def kernel_namespaces_work() -> bool:
+    if not all(shutil.which(tool) for tool in ("nft", "unshare", "ip", "nsenter", "curl")):
+        return False
+    probe = subprocess.run(["unshare", "-rnm", "sh", "-c", "mount -t tmpfs none /run && ip link add t0 type bridge"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not kernel_namespaces_work(), reason="needs nft, ip, nsenter, curl and user+network namespaces")
+def test_the_kernel_filters_published_ports_as_planned(tmp_path):
+    """The ruleset loaded into a real kernel (a private network namespace standing in for the
+    host, one for the internet, one for a container behind a `docker0` bridge, Docker's DNAT
+    rules copied): what passes and what is dropped, before and after."""
+    plan = fw_plan(docker={"bridge_gateway_ip": "172.31.0.1"}, firewall=on(allow=[8643]),
+                   gateways=[{"name": "hermes", "api": {"publish_addresses": ["127.0.0.1", "172.31.0.1"]}}])
+    rules = tmp_path / "firewall.nft"
+    rules.write_text(plan.text)
+    probes = " ".join(
+        f"( printf '%s\\n' \"$({'nsenter --net=/run/netns/' + ns + ' ' if ns else ''}curl -s -o /dev/null "
+        f"-w '%{{http_code}}' --max-time 2 {url} || true)\" > {tmp_path}/after{index} ) & probes=\"$probes $!\";"
+        for index, (_, ns, url, _) in enumerate(KERNEL_PROBES))
+    script = KERNEL_SETUP + f"/usr/sbin/nft -f {rules}\nprobes=; {probes} wait $probes\n"
+    run = subprocess.run(["unshare", "-rnm", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    found = {name: (tmp_path / f"after{index}").read_text().strip() for index, (name, *_) in enumerate(KERNEL_PROBES)}
+    assert found == {name: want for name, _, _, want in KERNEL_PROBES}
+
+
 def test_the_confirmation_does_not_show_the_sudo_password():
     confirmation = ops.Confirmation(lambda *a: None, 60, {"_sudo_password": "hunter2-secret"})
     assert "hunter2" not in repr(FunctionCommand(ops.confirmed, (confirmation,), {}))
