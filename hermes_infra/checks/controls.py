@@ -894,8 +894,8 @@ def _chain(listing: str, name: str) -> list[str]:
          scope="firewall",
          rationale="Docker's published ports bypass ufw and the INPUT chain: only rules on the forward hook, "
                    "before Docker's, filter them. " + FIREWALL_CIS,
-         remediation="Set firewall.enabled and " + REDEPLOY + " (it loads `table inet hermes_infra`); "
-                     "`nft list table inet hermes_infra` shows it.")
+         remediation="Keep firewall.enabled: true in the settings. " + REDEPLOY + " (it loads `table inet "
+                     "hermes_infra`; `nft list table inet hermes_infra` shows it).")
 def firewall_active(ctx: HostContext, subject: Subject):
     _firewall_on(ctx)
     listing = _firewall_listing(ctx)
@@ -916,7 +916,7 @@ def firewall_active(ctx: HostContext, subject: Subject):
          scope="firewall",
          rationale="Anything listening on a public address is reachable unless the input policy is drop. "
                    + FIREWALL_CIS,
-         remediation="Leave the input chain to hermes-infra (firewall settings) and " + REDEPLOY + ".")
+         remediation="Do not edit `table inet hermes_infra` by hand: change the firewall settings. " + REDEPLOY + ".")
 def firewall_default_deny(ctx: HostContext, subject: Subject):
     _firewall_on(ctx)
     listing = _firewall_listing(ctx)

@@ -410,8 +410,8 @@ ready '' http://10.9.0.1:22/; ready '' http://10.9.0.1:7000/; ready '' http://17
 """
 # (name, network namespace the client runs in, URL) and the answer wanted with the rules loaded.
 KERNEL_PROBES = [
-    ("published and allowed", "outside", "http://10.9.0.1:8643/", "200"),
-    ("published, not allowed", "outside", "http://10.9.0.1:8644/", "000"),
+    ("published and allowed from this network", "outside", "http://10.9.0.1:8643/", "200"),
+    ("published, allowed from another network only", "outside", "http://10.9.0.1:8644/", "000"),
     ("routed straight to the container", "outside", "http://172.31.0.2:8000/", "000"),
     ("SSH", "outside", "http://10.9.0.1:22/", "200"),
     ("a host service nobody listed", "outside", "http://10.9.0.1:7000/", "000"),
@@ -434,7 +434,10 @@ def test_the_kernel_filters_published_ports_as_planned(tmp_path):
     """The ruleset loaded into a real kernel (a private network namespace standing in for the
     host, one for the internet, one for a container behind a `docker0` bridge, Docker's DNAT
     rules copied): what passes and what is dropped, before and after."""
-    plan = fw_plan(docker={"bridge_gateway_ip": "172.31.0.1"}, firewall=on(allow=[8643]),
+    # 8643 from the internet's own network; 8644 only from another one.
+    plan = fw_plan(docker={"bridge_gateway_ip": "172.31.0.1"},
+                   firewall=on(allow=[{"port": 8643, "allow_from": ["10.9.0.0/24"]},
+                                      {"port": 8644, "allow_from": ["10.8.0.0/24"]}]),
                    gateways=[{"name": "hermes", "api": {"publish_addresses": ["127.0.0.1", "172.31.0.1"]}}])
     rules = tmp_path / "firewall.nft"
     rules.write_text(plan.text)
