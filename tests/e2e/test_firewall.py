@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 
+from hermes_infra.checks import runner
 from hermes_infra.plan import firewall as fw
 from hermes_infra.release import firewall_confirm
 
@@ -102,6 +103,13 @@ def test_published_ports_are_filtered_across_docker_restarts_and_reboots_and_a_b
         assert f'comment "hermes-infra {digest}"' in deployed.run(f"cat {fw.RULESET_PATH}")
         assert deployed.run(f"systemctl is-active {fw.REVERT_UNIT}.timer || true").strip() != "active"
         assert "policy drop;" in deployed.run(f"nft -s list chain inet {fw.TABLE} input")
+        # The controls on the real listing: active, default deny, at boot; the API published on
+        # 0.0.0.0 outside firewall.allow is HI-FW-004's finding (the allowed helper port is not).
+        report = runner.collect([deployed.target(gateways=GATEWAYS, firewall=FIREWALL)])
+        found = {r.control.id: (r.status, r.message) for r in report.results if r.control.id.startswith("HI-FW")}
+        assert {key: status for key, (status, _) in found.items()} == {
+            "HI-FW-001": "passed", "HI-FW-002": "passed", "HI-FW-003": "passed", "HI-FW-004": "failed"}, found
+        assert found["HI-FW-004"][1] == f"published outside firewall.allow: hermes 0.0.0.0:{CLOSED}->8642/tcp", found
 
         again = deployed.deploy(gateways=GATEWAYS, firewall=FIREWALL)
         assert again.returncode == 0, again.output[-4000:]
