@@ -34,7 +34,8 @@ confirmed by the device number or by the holder having the file open in /proc/<p
 (btrfs reports another st_dev than /proc/locks). /proc/locks says who *holds* a lock,
 where fuser only says who has the file open; fuser is the fallback when /proc/locks
 cannot be read. Only dash and coreutils (stat, sleep, readlink, cat, date) are used: Essential
-packages of Debian 12 and 13.
+packages of Debian 12 and 13 (and of Ubuntu 22.04 and 24.04, whose apt, dpkg, dash and
+coreutils take and report the locks the same way), plus tr (coreutils) to keep the holder's name plain.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ __all__ = [
     "APT_LOCKS",
     "APT_LOCK_EXIT",
     "APT_LOCK_TIMEOUT_OPTION",
+    "HOLDERS",
     "TIMEOUT_MARK",
     "WAIT_MARK",
     "wait_for_apt_locks_script",
@@ -56,6 +58,14 @@ APT_LOCKS = (
     "/var/lib/apt/lists/lock",
     "/var/cache/apt/archives/lock",
 )
+# Who usually holds apt's locks on a fresh Debian or Ubuntu host, by the name the kernel gives
+# the process (/proc/<pid>/comm: at most 15 characters), and what to call it in a message.
+HOLDERS = {
+    "unattended-upgr": "unattended-upgrades",
+    "apt.systemd.dai": "apt.systemd.daily (apt-daily.service)",
+    "cloud-init": "cloud-init",
+    "packagekitd": "packagekitd (PackageKit)",
+}
 # Exit status of the snippet when the bound is reached (EX_TEMPFAIL: try again later).
 APT_LOCK_EXIT = 75
 # Fixed parts of the two messages (stderr), for callers and tests that look for them.
@@ -68,9 +78,14 @@ T=__TIMEOUT__
 P=__POLL__
 L=__LOCKS__
 hi_holder() {
+  # One read of /proc/locks (cat: one large read() is one consistent snapshot). The shell's
+  # `read` takes it a byte per read(), and a lock released meanwhile shifts the kernel's place
+  # in the list: the holder's line could be skipped and a held lock taken for free.
+  table=
+  if [ -r "$L" ] && table=$(cat -- "$L" 2>/dev/null); then readable=1; else readable=; fi
   for f in "$R/var/lib/dpkg/lock-frontend" "$R/var/lib/dpkg/lock" "$R/var/lib/apt/lists/lock" "$R/var/cache/apt/archives/lock"; do
     [ -f "$f" ] || continue
-    if [ -r "$L" ]; then
+    if [ -n "$readable" ]; then
       s=$(stat -L -c '%i %d' -- "$f" 2>/dev/null) || continue
       ino=${s% *}
       dev=${s#* }
@@ -89,7 +104,9 @@ hi_holder() {
         [ -n "$ok" ] || continue
         echo "$pid $f"
         return 0
-      done < "$L"
+      done <<HI_LOCKS
+$table
+HI_LOCKS
     elif command -v fuser >/dev/null 2>&1; then
       pids=$(fuser "$f" 2>/dev/null) || continue
       for pid in $pids; do
@@ -103,7 +120,12 @@ hi_holder() {
 hi_name() {
   case "$1" in
     ''|-*) echo "an unknown process" ;;
-    *) n=$(cat "/proc/$1/comm" 2>/dev/null) || n="a process that has exited"
+    *) # The name is the holder's choice (an agent's process, at worst): no escapes pass.
+       n=$(tr -cd 'A-Za-z0-9._:+-' 2>/dev/null < "/proc/$1/comm") || n=
+       case "$n" in
+__HOLDERS__
+         '') n="a process that has exited" ;;
+       esac
        echo "$n (pid $1)" ;;
   esac
 }
@@ -125,7 +147,7 @@ while h=$(hi_holder); do
   waited=$(( $(hi_now) - start ))
   if [ "$waited" -ge $(( T * 100 )) ]; then
     printf '%s after %ss: %s is still held by %s.\n' "__TIMEOUT_MARK__" "$(( waited / 100 ))" "$lock" "$who" >&2
-    printf '%s\n' "Fix: let it finish and deploy again (on a fresh VPS this is usually cloud-init or unattended-upgrades: run 'cloud-init status --wait', or 'systemctl stop unattended-upgrades apt-daily.service apt-daily-upgrade.service' and wait for the process to exit), or raise apt_lock_timeout_seconds (now ${T}s). Do not delete the lock file: that breaks dpkg's database." >&2
+    printf '%s\n' "Fix: let it finish and deploy again (on a fresh VPS this is usually cloud-init or unattended-upgrades: run 'cloud-init status --wait', or 'systemctl stop unattended-upgrades apt-daily.service apt-daily-upgrade.service' and wait for the process to exit; on Ubuntu also PackageKit: 'systemctl stop packagekit'), or raise apt_lock_timeout_seconds (now ${T}s). Do not delete the lock file: that breaks dpkg's database." >&2
     exit __EXIT__
   fi
   if [ "$h" != "$shown" ]; then
@@ -164,6 +186,7 @@ def wait_for_apt_locks_script(timeout_seconds: int, root: str = "", poll_seconds
         "__EXIT__": str(APT_LOCK_EXIT),
         "__WAIT_MARK__": WAIT_MARK,
         "__TIMEOUT_MARK__": TIMEOUT_MARK,
+        "__HOLDERS__": "\n".join(f"         {shlex.quote(comm)}) n={shlex.quote(name)} ;;" for comm, name in HOLDERS.items()),
     }
     script = _SCRIPT
     for key, value in replacements.items():

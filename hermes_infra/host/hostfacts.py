@@ -15,6 +15,7 @@ import base64
 import io
 import ipaddress
 import json
+import re
 import shlex
 import tarfile
 from urllib.parse import quote
@@ -60,6 +61,8 @@ class StateRequest:
     probes: tuple[ProbeRequest, ...] = ()
     packages: tuple[str, ...] = ()
     image_ref: str | None = None
+    apt_repositories: tuple[str, ...] = ()
+    """Repository URLs (without the scheme) whose apt source files are read besides hermes-infra's own."""
 
 
 class RootFile:
@@ -126,7 +129,9 @@ PYINFRA_FACTS = {"os_release": OsRelease, "memory": Memory, "cpus": Cpus}
 # files) run in the foreground and never touch a temp file. The probes hand the API key to curl
 # through a pipe and print only status codes; a data dir's metadata is types, owners and modes.
 BACKGROUND = ("whoami", "pyinfra", "services", "aptlists", "image", "packages", "aptlock", "docker", "probe",
-              "dirmeta", "swap", "firewall")
+              "dirmeta", "swap", "snap", "dockerpath", "aptsources", "firewall")
+OWN_APT_SOURCE = "/etc/apt/sources.list.d/docker.sources"
+"""The Docker source hermes-infra writes (plan.hostplan.DOCKER_SOURCES): read as a root file, not here."""
 
 
 def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
@@ -185,6 +190,22 @@ def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
     # st_dev), the holder must have the lock file itself open, as aptwait confirms it.
     sections.append(("aptlock", [APT_LOCK_HOLDER]))
     sections.append(("firewall", FIREWALL_READS))
+    # A Docker from the snap store (Ubuntu offers it at install time) has its own dockerd and
+    # socket: the plan refuses it before apt installs a second engine beside it. `snap list`
+    # answers only where snapd is (timeout: a snapd that does not answer must not hang the read).
+    sections.append(("snap", ["if command -v snap >/dev/null 2>&1; then timeout 10 snap list docker 2>/dev/null; fi; true"]))
+    if request.apt_repositories:
+        # Every other apt source file naming one of these repositories (Docker's install guide
+        # leaves a docker.list with its own keyring), each line behind "| " so no line of it is
+        # taken for a marker: apt refuses two entries of one repository with different Signed-By.
+        needles = " ".join(f"-e {shlex.quote(url)}" for url in request.apt_repositories)
+        sections.append(("aptsources", [
+            "for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do "
+            f"[ -f \"$f\" ] && [ \"$f\" != {OWN_APT_SOURCE} ] || continue; "
+            f"if grep -q -s -F {needles} -- \"$f\"; then echo \"file $f\"; head -c 65536 -- \"$f\" | sed 's/^/| /'; echo; fi; "
+            "done"]))
+    sections.append(("dockerpath", ['echo "command $(command -v docker 2>/dev/null)"',
+                                    "if [ -e /snap/bin/docker ] || [ -L /snap/bin/docker ]; then echo 'snapbin present'; fi"]))
     sections.append(("docker", ["command -v docker >/dev/null 2>&1 && echo installed || echo missing",
                                 _engine_get(f"/containers/json?all=1&filters={quote(COMPOSE_FILTER)}",
                                             "docker ps -a --no-trunc --filter label=com.docker.compose.project "
@@ -339,6 +360,10 @@ class HostState:
     """Seconds since apt's lists were last updated (None: never)."""
     firewall: dict = field(default_factory=lambda: _firewall([]))
     """The SSH connection's addresses, sshd's ports, the loaded hermes-infra nft table, its unit."""
+    apt_sources: dict[str, RootFile] = field(default_factory=dict)
+    """Other apt source files naming Docker's repository, by path (their text, as apt reads it)."""
+    snap_docker: tuple[str, ...] = ()
+    """What shows a Docker installed from the snap store (empty: none), as the plan names it."""
 
     def __repr__(self) -> str:
         return f"<HostState: {len(self.data_dirs)} data dirs, {len(self.root_files)} files, contents not shown>"
@@ -466,12 +491,60 @@ def parse_state(lines: list[str]) -> HostState:
                 found = None
             # The API answers one object, `docker image inspect` a list of them.
             state.image_inspect = [found] if isinstance(found, dict) else found or None
+        elif kind == "snap":
+            state.snap_docker += _snap_listed(body)
+        elif kind == "aptsources":
+            state.apt_sources.update(_apt_source_files(body))
+        elif kind == "dockerpath":
+            state.snap_docker += _snap_paths(body)
         elif kind == "firewall":
             state.firewall = _firewall(body)
         elif kind == "probe":
             codes = [line.strip() or "000" for line in body] + ["000"] * 3
             state.probes[rest] = {"health": codes[0], "anonymous": codes[1], "models": codes[2]}
     return state
+
+
+# What a snap's version or revision may look like before it is named in a message.
+_SNAP_FIELD = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+~:_-]{0,39}")
+
+
+def _snap_listed(lines: list[str]) -> tuple[str, ...]:
+    """`snap list docker`: a header row (`Name Version Rev Tracking Publisher Notes`), then one
+    row per snap. Only a row named exactly `docker` below that header counts."""
+    rows = [line.split() for line in lines if line.strip()]
+    if not rows or rows[0][:1] != ["Name"]:
+        return ()
+    for row in rows[1:]:
+        if row[0] == "docker":
+            version, revision = (field if _SNAP_FIELD.fullmatch(field) else None for field in (row + ["", ""])[1:3])
+            detail = f" {version}" + (f" (revision {revision})" if revision else "") if version else ""
+            return (f"`snap list` shows the snap docker{detail}",)
+    return ()
+
+
+def _apt_source_files(lines: list[str]) -> dict[str, RootFile]:
+    """`file PATH` then its lines behind "| "; anything else (an empty line) ends nothing."""
+    found: dict[str, list[str]] = {}
+    current = None
+    for line in lines:
+        if line.startswith("file /etc/apt/"):
+            current = found.setdefault(line[len("file "):], [])
+        elif current is not None and line.startswith("| "):
+            current.append(line[2:])
+        elif current is not None and line == "|":
+            current.append("")
+    return {path: RootFile("\n".join(text) + "\n") for path, text in found.items()}
+
+
+def _snap_paths(lines: list[str]) -> tuple[str, ...]:
+    found = []
+    for line in (line.strip() for line in lines):
+        if line == "snapbin present":
+            found.append("/snap/bin/docker exists")
+        elif line.startswith("command /snap/"):
+            found.append("`command -v docker` finds a docker under /snap/ first on the PATH")
+    return tuple(found)
 
 
 def _root_files(encoded: str) -> dict[str, dict]:

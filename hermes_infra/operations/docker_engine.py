@@ -26,9 +26,19 @@ def daemon_json_accepted(path: str) -> str:
             f"new daemon.json (above); the current one is kept and Docker was not restarted' >&2; exit 1; }}; fi")
 
 
+# Never a prompt, never a restart the deploy did not ask for. debconf: DEBIAN_FRONTEND.
+# needrestart (installed by default on Ubuntu server and cloud images since 22.04) runs from
+# apt's DPkg::Post-Invoke hook (/etc/apt/apt.conf.d/99needrestart -> /usr/lib/needrestart/apt-pinvoke)
+# and may ask which services to restart. apt-pinvoke exits at once when NEEDRESTART_SUSPEND is set
+# (needrestart's ex/apt/apt-pinvoke, github.com/liske/needrestart); should a needrestart run all
+# the same, NEEDRESTART_MODE=l (its -r l) only lists: no dialog, and no service (dockerd among
+# them) restarted behind the deploy's back, which NEEDRESTART_MODE=a would do.
+APT_ENVIRONMENT = "DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 NEEDRESTART_MODE=l"
+
+
 def apt_get(plan: DockerPlan, *args: str) -> str:
     # apt waits for dpkg's locks itself; the lists lock is waited out by apt_locks_free.
-    return (f"DEBIAN_FRONTEND=noninteractive apt-get -q -y {aptwait.APT_LOCK_TIMEOUT_OPTION(plan.apt_lock_timeout)} "
+    return (f"{APT_ENVIRONMENT} apt-get -q -y {aptwait.APT_LOCK_TIMEOUT_OPTION(plan.apt_lock_timeout)} "
             + " ".join(args))
 
 
@@ -78,8 +88,9 @@ def apt_locks_free(plan: DockerPlan):
         # pyinfra shows a successful command's stderr only with -vvv: say it here, as it starts.
         # The comm is chosen by whoever holds the lock (an agent's process, at worst): no escapes.
         pid, _, name = plan.apt_lock_holder.partition(" ")
+        name = clean(name, 40)
         logger.warning(f"{host.print_prefix}{aptwait.WAIT_MARK} {plan.apt_lock_timeout}s for the apt lock "
-                       f"held by {clean(name, 40) or 'another process'} (pid {clean(pid, 12)})")
+                       f"held by {aptwait.HOLDERS.get(name, name) or 'another process'} (pid {clean(pid, 12)})")
     yield aptwait.wait_for_apt_locks_script(plan.apt_lock_timeout)
 
 

@@ -13,6 +13,12 @@ How the pinned Hermes (0.19.0) keeps jobs, read from its source:
   jobs are read from `cron/jobs.json` itself (owner's read, never followed, parsed as JSON by
   meaning: the file is the agent's, and every value from it is data).
 
+Upstream's newer source (0.21.x and later) keeps the same verbs and store; `create` and `edit`
+then run a preflight that only reports (exit 0 unless `--strict-preflight`), and a `jobs.json`
+rewritten by root locks the ticker out (upstream #68483): every call here runs as uid 10000.
+`SOUL.md` and skills need no restart either: they go into a session's system prompt when the
+session starts (a running session keeps its own).
+
 Which jobs are hermes-infra's: a job is named `hermes-infra/<name>` in Hermes, and `<name>` is in
 the settings or in the root-only record of names hermes-infra made (plan/agentfiles.py). A job in
 that namespace that is in neither was made by someone else and is left alone, like every other job

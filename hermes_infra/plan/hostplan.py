@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
 
@@ -32,15 +33,34 @@ from hermes_infra.settings.schema import (
     publish_addresses,
 )
 
-SUPPORTED = {"debian": ("bookworm", "trixie", "forky")}
+# The OS (os-release ID) and its releases (VERSION_CODENAME) hermes-infra deploys to: an
+# allow-list. Ubuntu: the two supported LTS releases with Docker's packages and compose v2.
+SUPPORTED = {"debian": ("bookworm", "trixie", "forky"), "ubuntu": ("jammy", "noble")}
+RELEASE_NAMES = {"bookworm": "Debian 12 (bookworm)", "trixie": "Debian 13 (trixie)",
+                 "forky": "Debian 14 (forky, testing)", "jammy": "Ubuntu 22.04 LTS (jammy)",
+                 "noble": "Ubuntu 24.04 LTS (noble)"}
+SUPPORTED_TEXT = "Debian 12 (bookworm), Debian 13 (trixie), Ubuntu 22.04 LTS (jammy) and Ubuntu 24.04 LTS (noble)"
+DOCKER_REPOSITORY = "https://download.docker.com/linux"
+"""Docker's apt repositories: one per OS, `<this>/<os-release ID>`."""
 STAGE_DIR = "/var/lib/hermes-infra/stage"
 APT_CONF = "/etc/apt/apt.conf.d/90hermes-infra-lock-timeout"
 DAEMON_JSON = "/etc/docker/daemon.json"
 DOCKER_SOURCES = "/etc/apt/sources.list.d/docker.sources"
 DOCKER_KEYRING = "/etc/apt/keyrings/docker.asc"
 OFFICIAL_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin", "docker-compose-plugin")
-DISTRO_PACKAGES = ("docker.io", "docker-cli", "docker-compose")
-# Installed side by side, these fight over /usr/bin/docker, containerd and the compose plugin.
+# The OS's own Docker. Debian 13 splits the CLI out of docker.io (`docker-cli`) and its
+# `docker-compose` is compose v2. Ubuntu's docker.io (source docker.io-app) still holds the CLI,
+# and compose v2 is `docker-compose-v2` (universe): in noble's release pocket and backported to
+# jammy (jammy-updates), as Ubuntu's DockerUpdates policy (https://wiki.ubuntu.com/DockerUpdates)
+# keeps docker.io-app, containerd-app, runc-app, docker-buildx and docker-compose-v2 updated on
+# every supported release; Ubuntu's `docker-compose` is the Python compose v1.
+DISTRO_PACKAGES = {"debian": ("docker.io", "docker-cli", "docker-compose"),
+                   "ubuntu": ("docker.io", "docker-compose-v2")}
+# The engine package of each source: the other source's engine is what a host already runs Docker with.
+ENGINE_PACKAGE = {"official": "docker-ce", "distro": "docker.io"}
+# Installed side by side, these fight over /usr/bin/docker, containerd and the compose plugin
+# (Docker's install guides for Debian and Ubuntu list the same ones, Ubuntu's with docker-compose-v2;
+# docker-compose-v2 and docker-compose-plugin both ship /usr/libexec/docker/cli-plugins/docker-compose).
 CONFLICTS = {
     "official": ("docker.io", "docker-doc", "docker-compose", "docker-compose-v2", "podman-docker", "containerd", "runc"),
     "distro": ("docker-ce", "docker-ce-cli", "containerd.io", "docker-compose-plugin", "podman-docker"),
@@ -361,7 +381,9 @@ def fact_request(settings: HostSettings) -> StateRequest:
             projects.append((compose.project_name(companion), compose.project_dir(settings, companion)))
     for _, directory in projects:
         files += [f"{directory}/compose.yaml", f"{directory}/{compose.STAMP_NAME}"]
-    packages = OFFICIAL_PACKAGES if settings.docker.install_source == "official" else DISTRO_PACKAGES
+    # The OS is not known before this read: ask for every OS's names (dpkg-query skips unknown ones).
+    packages = (OFFICIAL_PACKAGES if settings.docker.install_source == "official"
+                else tuple(p for names in DISTRO_PACKAGES.values() for p in names))
     packages = PREREQUISITES + packages + CONFLICTS[settings.docker.install_source] + alerts.requested_packages(settings)
     return StateRequest(
         data_dirs=tuple(data_dir_read(g) for g in settings.gateways),
@@ -372,21 +394,113 @@ def fact_request(settings: HostSettings) -> StateRequest:
                      for g in settings.gateways),
         packages=tuple(dict.fromkeys(packages)),
         image_ref=settings.image.ref,
+        apt_repositories=docker_repositories_read(settings),
     )
+
+
+def docker_repositories_read(settings: HostSettings) -> tuple[str, ...]:
+    """Which repositories to look for in the host's other apt sources (the OS is not known yet)."""
+    if settings.docker.install_source != "official":
+        return ()
+    urls = ([settings.docker.official_repo_url] if settings.docker.official_repo_url
+            else [f"{DOCKER_REPOSITORY}/{os_id}" for os_id in SUPPORTED])
+    return tuple(_without_scheme(url) for url in urls)
+
+
+def _without_scheme(url: str) -> str:
+    return url.split("://", 1)[-1].rstrip("/")
 
 
 # --- the plan ---------------------------------------------------------------------------------
 
 def check_release(settings: HostSettings, release: dict) -> str:
-    os_id, codename = release.get("id", ""), release.get("version_codename", "")
-    if os_id != "debian" or codename not in SUPPORTED["debian"]:
-        raise PlanError(f"the host runs {release.get('pretty_name') or os_id or 'an unknown OS'!r}; hermes-infra "
-                        "supports Debian 12 (bookworm) and 13 (trixie). Fix: use a Debian host")
+    """The host's release codename, when hermes-infra supports that OS and release with these settings."""
+    os_id, codename = host_os(release)
+    if codename not in SUPPORTED.get(os_id, ()):
+        raise PlanError(f"the host runs {_shown_release(release)}; hermes-infra supports {SUPPORTED_TEXT}. "
+                        "Fix: use a host with one of these releases")
     if codename == "bookworm" and settings.docker.install_source == "distro":
         raise PlanError(
             "docker.install_source is 'distro' but Debian 12 (bookworm) ships only compose v1. "
             "Fix: use docker.install_source: official on Debian 12, or a Debian 13 host")
     return codename
+
+
+def host_os(release: dict) -> tuple[str, str]:
+    """(os-release ID, release codename). Ubuntu has the codename twice (VERSION_CODENAME and
+    UBUNTU_CODENAME); the ID decides, never ID_LIKE (a derivative is not the OS it is like)."""
+    os_id = str(release.get("id", "")).strip().lower()
+    codename = str(release.get("version_codename", "")).strip().lower()
+    if not codename and os_id == "ubuntu":
+        codename = str(release.get("ubuntu_codename", "")).strip().lower()
+    return os_id, codename
+
+
+def _shown_release(release: dict) -> str:
+    # os-release is the host's, not the agent's; still, only printable text of bounded length.
+    name = str(release.get("pretty_name") or release.get("id") or "").strip()
+    name = "".join(c for c in name if c.isprintable())[:80]
+    return repr(name) if name else "an unknown OS (no ID in /etc/os-release)"
+
+
+def docker_repository(settings: HostSettings, os_id: str) -> str:
+    """Docker's apt repository for this host: the operator's URL as set, else Docker's own for
+    the host's OS. A URL that names another OS (its last path segment, as Docker's do) would
+    install that OS's packages: refused."""
+    url = settings.docker.official_repo_url
+    if url is None:
+        return f"{DOCKER_REPOSITORY}/{os_id}"
+    named = url.rstrip("/").rsplit("/", 1)[-1].lower()
+    if named in SUPPORTED and named != os_id:
+        raise PlanError(
+            f"docker.official_repo_url is {url!r}, Docker's repository for {named.capitalize()}, but the host runs "
+            f"{os_id.capitalize()}; apt would install packages built for another OS. Fix: remove "
+            f"docker.official_repo_url (Docker's own {DOCKER_REPOSITORY}/{os_id} is then used), or point it at "
+            f"a mirror of {DOCKER_REPOSITORY}/{os_id}")
+    return url
+
+
+# Docker's own package versions name the release they are built for: 5:27.3.1-1~ubuntu.24.04~noble.
+_BUILT_FOR = re.compile(r"~(?P<os>[a-z]+)\.(?P<version>[0-9.]+)~(?P<codename>[a-z]+)$")
+
+
+def check_version_pin(settings: HostSettings, os_id: str, codename: str) -> None:
+    pin = settings.docker.version
+    found = _BUILT_FOR.search(pin or "") if settings.docker.install_source == "official" else None
+    if found and (found["os"], found["codename"]) != (os_id, codename):
+        raise PlanError(
+            f"docker.version is {pin!r}, Docker's build for {found['os']} {found['version']} ({found['codename']}), "
+            f"but the host runs {RELEASE_NAMES.get(codename, codename)}; apt has no such version there. Fix: copy "
+            "the version from `apt-cache madison docker-ce` on this host, or leave docker.version unset")
+
+
+def check_engine_conflicts(settings: HostSettings, state: HostState, os_id: str) -> None:
+    """Refuse, before anything changes, a Docker that apt would not replace cleanly or that is
+    not hermes-infra's to replace.
+
+    A snap's dockerd is its own service with its own socket and data (/var/snap/docker): apt's
+    engine beside it fights over /var/run/docker.sock, and apt cannot remove it. The other
+    source's engine on a host without hermes-infra's record of an earlier deploy is the
+    operator's own Docker, maybe running other containers: switching it stops them all. With
+    that record, the operator changed docker.install_source on a host hermes-infra runs, and the
+    other source's packages are removed first, as Docker's install guide does (/var/lib/docker stays)."""
+    if state.snap_docker:
+        raise PlanError(
+            f"the host has Docker from the snap store ({'; '.join(state.snap_docker)}). Its dockerd would fight the "
+            f"apt-installed engine over /var/run/docker.sock, so nothing was changed on this host. Fix: move its "
+            "containers and images off it, `snap remove --purge docker`, then deploy again")
+    source = settings.docker.install_source
+    other = "distro" if source == "official" else "official"
+    engine = ENGINE_PACKAGE[other]
+    if state.packages.get(engine) != "installed" or state.root_files.get(manifest_path(settings)) is not None:
+        return
+    made_by = f"{os_id.capitalize()}'s own" if other == "distro" else "Docker's repository's"
+    raise PlanError(
+        f"docker.install_source is {source!r} but the host already runs {made_by} Docker ({engine} is installed) and "
+        f"hermes-infra has not deployed here before (no {manifest_path(settings)}). Replacing that engine would stop "
+        "every container it runs, so nothing was changed on this host. Fix: set docker.install_source: "
+        f"{other} to use the installed engine, or remove it yourself (`apt-get remove {engine}`; /var/lib/docker "
+        "is kept) and deploy again")
 
 
 def _root_file(state: HostState, path: str, content: str, mode: str = "0644", secret: bool = False) -> RootFilePlan:
@@ -635,9 +749,94 @@ def _project(name: str, directory: str, text: str, services: list[str], drift_ch
                        drift_checked=drift_checked, up_reason=reason)
 
 
+def apt_entries(path: str, text: str) -> list[tuple[str, str, str]]:
+    """(URI without a trailing slash, suite, Signed-By or "") of each enabled entry of an apt source file:
+    one-line `deb [signed-by=...] URI SUITE ...` in .list files, deb822 stanzas in .sources files."""
+    entries = []
+    if path.endswith(".sources"):
+        for stanza in re.split(r"\n[ \t]*\n", text):
+            fields: dict[str, str] = {}
+            key = None
+            for line in stanza.splitlines():
+                if line.startswith("#"):
+                    continue
+                if line[:1].isspace() and key:
+                    fields[key] += "\n" + line.strip()
+                elif ":" in line:
+                    key, _, value = line.partition(":")
+                    key = key.strip().lower()
+                    fields[key] = value.strip()
+            if fields.get("enabled", "yes").lower() == "no":
+                continue
+            for uri in fields.get("uris", "").split():
+                entries += [(uri.rstrip("/"), suite, fields.get("signed-by", "").strip())
+                            for suite in fields.get("suites", "").split()]
+        return entries
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        options = re.match(r"(deb|deb-src)\s+(?:\[(?P<options>[^\]]*)\]\s*)?(?P<uri>\S+)\s+(?P<suite>\S+)", line)
+        if not options:
+            continue
+        signed = re.search(r"(?:^|\s)signed-by=(\S+)", options["options"] or "")
+        entries.append((options["uri"].rstrip("/"), options["suite"], signed.group(1) if signed else ""))
+    return entries
+
+
+def check_other_docker_sources(state: HostState, repo_url: str, codename: str) -> None:
+    """apt refuses one repository and suite listed twice with different keys ("Conflicting values
+    set for option Signed-By"), and every apt-get update fails from then on: say so before any change."""
+    wanted = repo_url.rstrip("/")
+    for path, text in sorted(state.apt_sources.items()):
+        for uri, suite, signed_by in apt_entries(path, text.text):
+            # apt tells sources apart by the URI as written (http:// and https:// are two) and the suite.
+            if (uri, suite) == (wanted, codename) and signed_by != DOCKER_KEYRING:
+                key = f"Signed-By {signed_by}" if signed_by and "\n" not in signed_by else (
+                    "an inline key" if signed_by else "no Signed-By")
+                raise PlanError(
+                    f"{path} already lists Docker's repository ({repo_url} {suite}) with {key}; hermes-infra's "
+                    f"{DOCKER_SOURCES} lists it with Signed-By {DOCKER_KEYRING}, and apt refuses one repository "
+                    "with two keys, so nothing was changed on this host. Fix: remove "
+                    f"{path} (Docker's install guide writes it; hermes-infra's file replaces it), then deploy again")
+
+
+def _docker(settings: HostSettings, state: HostState, os_id: str, codename: str) -> DockerPlan:
+    """The engine: the packages of the chosen source for this OS, Docker's repository for it."""
+    docker_settings = settings.docker
+    official = docker_settings.install_source == "official"
+    packages = OFFICIAL_PACKAGES if official else DISTRO_PACKAGES[os_id]
+    if docker_settings.version:
+        engine = ("docker-ce", "docker-ce-cli") if official else ("docker.io", "docker-cli")
+        packages = tuple(f"{p}={docker_settings.version}" if p in engine else p for p in packages)
+    sources, repo_url = None, ""
+    if official:
+        from hermes_infra.plan.render import render_template
+
+        repo_url = docker_repository(settings, os_id)
+        check_other_docker_sources(state, repo_url, codename)
+        sources = _root_file(state, DOCKER_SOURCES, render_template(
+            "docker.sources.j2", url=repo_url, suite=codename, keyring=DOCKER_KEYRING))
+    return DockerPlan(
+        install_source=docker_settings.install_source, packages=packages,
+        conflicts=CONFLICTS[docker_settings.install_source],
+        daemon_json=_root_file(state, DAEMON_JSON, daemon.daemon_json_text(docker_settings)),
+        apt_conf=_root_file(state, APT_CONF, f'DPkg::Lock::Timeout "{settings.apt_lock_timeout_seconds}";\n'),
+        sources=sources, repo_url=repo_url, users=tuple(docker_settings.users),
+        packages_missing=tuple(p for p in packages if state.packages.get(p.split("=")[0]) != "installed"),
+        apt_lock_holder=state.apt_lock_holder, apt_lock_timeout=settings.apt_lock_timeout_seconds,
+        prerequisites_missing=tuple(p for p in PREREQUISITES if state.packages.get(p) != "installed"),
+        conflicts_installed=tuple(p for p in CONFLICTS[docker_settings.install_source]
+                                  if state.packages.get(p) == "installed"),
+        lists_stale=state.apt_lists_age is None or state.apt_lists_age > APT_LISTS_MAX_AGE,
+        service_enabled=state.docker_enabled, service_active=state.docker_active,
+    )
+
+
 def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostPlan:
     codename = check_release(settings, facts.os_release)
+    os_id = host_os(facts.os_release)[0]
     state = facts.state
+    check_version_pin(settings, os_id, codename)
+    check_engine_conflicts(settings, state, os_id)
     check_swap_path(settings, state.swap)
     try:
         limits = derive_limits(settings, HostResources(memory_bytes=facts.memory_mb * 1024 * 1024, cpus=facts.cpus))
@@ -650,31 +849,7 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
     by_name = {g.name: g for g in gateways}
     image = _image(settings, facts)
 
-    docker_settings = settings.docker
-    packages = OFFICIAL_PACKAGES if docker_settings.install_source == "official" else DISTRO_PACKAGES
-    if docker_settings.version:
-        engine = ("docker-ce", "docker-ce-cli") if docker_settings.install_source == "official" else ("docker.io", "docker-cli")
-        packages = tuple(f"{p}={docker_settings.version}" if p in engine else p for p in packages)
-    sources = None
-    if docker_settings.install_source == "official":
-        from hermes_infra.plan.render import render_template
-
-        sources = _root_file(state, DOCKER_SOURCES, render_template(
-            "docker.sources.j2", url=docker_settings.official_repo_url, suite=codename, keyring=DOCKER_KEYRING))
-    docker_plan = DockerPlan(
-        install_source=docker_settings.install_source, packages=packages,
-        conflicts=CONFLICTS[docker_settings.install_source],
-        daemon_json=_root_file(state, DAEMON_JSON, daemon.daemon_json_text(docker_settings)),
-        apt_conf=_root_file(state, APT_CONF, f'DPkg::Lock::Timeout "{settings.apt_lock_timeout_seconds}";\n'),
-        sources=sources, repo_url=docker_settings.official_repo_url, users=tuple(docker_settings.users),
-        packages_missing=tuple(p for p in packages if state.packages.get(p.split("=")[0]) != "installed"),
-        apt_lock_holder=state.apt_lock_holder, apt_lock_timeout=settings.apt_lock_timeout_seconds,
-        prerequisites_missing=tuple(p for p in PREREQUISITES if state.packages.get(p) != "installed"),
-        conflicts_installed=tuple(p for p in CONFLICTS[docker_settings.install_source]
-                                  if state.packages.get(p) == "installed"),
-        lists_stale=state.apt_lists_age is None or state.apt_lists_age > APT_LISTS_MAX_AGE,
-        service_enabled=state.docker_enabled, service_active=state.docker_active,
-    )
+    docker_plan = _docker(settings, state, os_id, codename)
 
     companion_files = tuple(
         _root_file(state, compose.companion_env_path(settings, c),

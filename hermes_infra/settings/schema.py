@@ -765,16 +765,21 @@ def check_daemon_options(options: Mapping[str, Any]) -> None:
 
 class DockerSettings(Settings):
     install_source: Literal["official", "distro"] = "official"
-    """Where Docker comes from: `official` = Docker's apt repository (deb822 source with
-    `Signed-By`, packages docker-ce + docker-compose-plugin); `distro` = Debian's own
-    `docker.io` + `docker-compose` (compose v2 from Debian 13 on)."""
+    """Where Docker comes from: `official` = Docker's apt repository for the host's OS (deb822
+    source with `Signed-By`, packages docker-ce + docker-compose-plugin); `distro` = the OS's
+    own packages: Debian's `docker.io` + `docker-compose` (compose v2 from Debian 13 on),
+    Ubuntu's `docker.io` + `docker-compose-v2`. A Docker from the snap store, or the other
+    source's engine on a host hermes-infra has not deployed yet, is refused, not replaced."""
 
     version: str | None = None
-    """Pin the engine package version (apt version string, e.g. `5:27.3.1-1~debian.13~trixie`);
+    """Pin the engine package version (apt version string, e.g. `5:27.3.1-1~debian.13~trixie`
+    or `5:27.3.1-1~ubuntu.24.04~noble`: it must be built for the host's OS and release);
     unset installs the newest the source offers and never upgrades an installed engine."""
 
-    official_repo_url: str = "https://download.docker.com/linux/debian"
-    """Base URL of Docker's apt repository (point it at an internal mirror if you have one)."""
+    official_repo_url: str | None = None
+    """Base URL of Docker's apt repository; unset: Docker's own for the host's OS
+    (`https://download.docker.com/linux/debian` or `.../linux/ubuntu`). Point it at an internal
+    mirror if you have one; a URL ending in another OS's name (`/debian` on an Ubuntu host) is refused."""
 
     log_max_size: str = "10m"
     """`log-opts.max-size` of the json-file log driver: the size at which a container log rotates."""
@@ -818,7 +823,9 @@ class DockerSettings(Settings):
 
     @field_validator("official_repo_url")
     @classmethod
-    def _repo_url(cls, value: str) -> str:
+    def _repo_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
             raise ValueError(f"{value!r} is not an http(s) URL. Fix: e.g. https://download.docker.com/linux/debian")
         return value.rstrip("/")

@@ -82,11 +82,12 @@ class Provider(BaseHTTPRequestHandler):
         header = self.headers.get("Authorization", "")
         return hmac.compare_digest(header.encode(), f"Bearer {self.expected_key}".encode())
 
-    def _record(self, key_ok: bool, status: int, stream: bool = False) -> None:
+    def _record(self, key_ok: bool, status: int, stream: bool = False, said: str = "") -> None:
+        """`said`: the start of the last user message answered, so a test can tell whose turn it was."""
         if not self.log_path:
             return
         line = json.dumps({"time": round(time.time(), 3), "method": self.command, "path": self.path,
-                           "key_ok": key_ok, "status": status, "stream": stream})
+                           "key_ok": key_ok, "status": status, "stream": stream, "said": said[:200]})
         with self._log_lock, open(self.log_path, "a", encoding="utf-8") as log:
             log.write(line + "\n")
 
@@ -137,10 +138,11 @@ class Provider(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             body = {}
         created = int(time.time())
+        said = last_user_text(body)
         if not body.get("stream"):
-            self._record(key_ok, 200)
+            self._record(key_ok, 200, said=said)
             return self._json(200, completion(body, created))
-        self._record(key_ok, 200, stream=True)
+        self._record(key_ok, 200, stream=True, said=said)
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")

@@ -1,15 +1,21 @@
-"""The agent answers (issue 19): a chat through the deployed gateway reaches a model provider
-with the right key, and a hub in each topology gets the provider's answer through its gateway.
+"""The agent answers (issue 19), through several gateways per host and a WeChat hub in each
+topology (issue 5), on a real VM: one module, because both need the same host (two profiles, two
+hubs) and a deploy of it is the slowest thing these tests do.
 
-`hermes-infra smoke` (one real chat turn per gateway, timed) is proven here too, on the same
-deploys: failing without a provider, answering with the right key, failing with a wrong one.
+In order, on the session's VM: a gateway without a provider is alive but not ready; a second
+profile is added without touching the first; a hub in each topology reaches its own profile
+only; a chat through the gateway reaches the model provider with the right key, and each hub
+gets the provider's answer through its gateway; a profile removed keeps its data and the other
+containers; a wrong provider key makes the chat fail with the provider's 401.
+`hermes-infra smoke` (one real chat turn per gateway, timed) is proven on the same deploys:
+failing without a provider, answering with the right key, failing with a wrong one.
 
 The provider is `scripted_provider.py`, run ON the VM (never outside this machine and its VMs),
 bound to the docker bridge's address 172.17.0.1 so containers reach it as
 `host.docker.internal` (every service has `extra_hosts: host-gateway`). It refuses any key but
 the one it was given, so a gateway sending `no-key-required` (Hermes's default for a custom
-endpoint without `model.api_key`) fails here. Two deploys that recreate the gateway: one with
-the provider and both hubs, one with a wrong key. The VM is put back as it was at the end.
+endpoint without `model.api_key`) fails here. The module ends by putting the VM back into its
+bootstrapped state (a saved VM state, not a redeploy: retiring profiles is what a test proves).
 """
 from __future__ import annotations
 
@@ -19,13 +25,13 @@ import secrets
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import REPO
-from tests.e2e.test_bootstrap import inspect
-from tests.e2e.test_profiles import container_env, hub
+from tests.e2e.test_bootstrap import COMPANION_PROBE, inspect
 
 BRIDGE = "172.17.0.1"
 PORT = 18080
@@ -35,6 +41,21 @@ API = "http://127.0.0.1:8642"
 HERMES = {"name": "hermes", "limits": {"memory": "1G", "cpus": 1}}
 CODER = {"name": "coder", "api": {"port": 8643}, "limits": {"memory": "768M", "cpus": 0.5}}
 SCRIPT = Path(__file__).with_name("scripted_provider.py")
+
+def hub(deployed, name: str, **extra) -> dict:
+    image = json.loads((deployed.image_dir / "image.json").read_text())["ref"]
+    return {"name": name, "image": image, "memory": "192M", "cpus": 0.25,
+            "entrypoint": ["python3", "-c", "import time; time.sleep(10**9)"], **extra}
+
+
+def probe(deployed, container: str, url: str, key_env: str | None = None) -> str:
+    command = f"docker exec {container} python3 -c {shlex.quote(COMPANION_PROBE)} {url}"
+    return deployed.run(command + (f" {key_env}" if key_env else "")).strip()
+
+
+def container_env(deployed, container: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in inspect(deployed, container)["Config"]["Env"])
+
 
 # A chat completion from inside a hub, with what the hub's own env says (URL, key, model).
 HUB_CHAT = (
@@ -137,17 +158,85 @@ def test_a_gateway_without_a_provider_is_alive_but_not_ready(deployed):
     assert "No inference provider configured" in gateway["problem"] and "HI-API-005" in gateway["problem"]
 
 
-def test_chat_reaches_the_provider_with_its_key_and_hubs_in_both_topologies_get_the_answer(deployed, provider):
-    companions = [hub(deployed, "hub-outside", gateway="hermes", topology="host-gateway"),
-                  hub(deployed, "hub-inside", gateway="coder", topology="same-project")]
-    both = {"gateways": [{**HERMES, "config": model(provider)}, {**CODER, "config": model(provider)}],
-            "companions": companions}
-    run = deployed.deploy(**both)
+# A job of the agent as code (issue 22) whose prompt the scripted provider answers: created by
+# the hubs deploy, it runs while the chat test runs, and is looked at after it.
+PROMPT_JOB = {"name": "e2e-brief", "schedule": "every 1m", "prompt": "ping cron", "deliver": "local"}
+
+
+def gateways(key: str, *names: str, cron: tuple[dict, ...] = ()) -> list[dict]:
+    """The module's gateways, each with the scripted provider (and `key`) as its model; `cron`
+    goes to the first."""
+    chosen = [{**{"hermes": HERMES, "coder": CODER}[name], "config": model(key)} for name in names]
+    chosen[0]["cron"] = list(cron)
+    return chosen
+
+
+def both_hubs(deployed) -> list[dict]:
+    return [hub(deployed, "hub-outside", gateway="hermes", topology="host-gateway", timeout_ms=90000),
+            hub(deployed, "hub-inside", gateway="coder", topology="same-project", auto_reply=False)]
+
+
+def test_adding_a_profile_leaves_the_first_untouched(deployed, provider):
+    run = deployed.deploy(gateways=gateways(provider, "hermes"))
+    assert run.returncode == 0, run.output[-4000:]
+    hermes_id = inspect(deployed, "hermes")["Id"]
+    run = deployed.deploy(gateways=gateways(provider, "hermes", "coder"))
+    assert run.returncode == 0, run.output[-4000:]
+    assert inspect(deployed, "hermes")["Id"] == hermes_id
+    assert deployed.http_status("http://127.0.0.1:8642/health") == "200"
+    assert deployed.http_status("http://127.0.0.1:8643/health") == "200"
+    coder_key = deployed.api_key("/root/.hermes-coder")
+    assert coder_key != deployed.api_key()
+    assert deployed.http_status("http://127.0.0.1:8643/v1/models", key=coder_key) == "200"
+    assert deployed.http_status("http://127.0.0.1:8643/v1/models", key=deployed.api_key()) == "401"
+    config = inspect(deployed, "hermes-coder")["HostConfig"]
+    assert config["Memory"] == 768 * 1024**2 and config["NanoCpus"] == 500_000_000
+    assert deployed.run("stat -c '%a %u:%g' /root/.hermes-coder/.env").strip() == "600 10000:10000"
+
+
+def test_hubs_in_both_topologies_reach_their_own_profile(deployed, provider):
+    companions = both_hubs(deployed)
+    run = deployed.deploy(gateways=gateways(provider, "hermes", "coder", cron=(PROMPT_JOB,)), companions=companions)
     assert run.returncode == 0, run.output[-4000:]
     assert provider not in run.output, "the provider key was printed by the deploy"
-    assert provider not in deployed.run("cat /opt/hermes/compose.yaml /opt/hermes/companions/hub-outside/compose.yaml")
+
+    outside = container_env(deployed, "hub-outside")
+    assert outside["HERMES_API_BASE_URL"] == "http://host.docker.internal:8642/v1"
+    assert outside["HERMES_API_KEY"] == deployed.api_key()
+    assert outside["HERMES_MODEL"] == "hermes-agent"
+    assert outside["HERMES_TIMEOUT_MS"] == "90000" and outside["AUTO_REPLY"] == "true"
+    assert probe(deployed, "hub-outside", "http://host.docker.internal:8642/v1/models", "HERMES_API_KEY") == "200"
+    # a separate compose project, on its own network: the gateway's service name does not resolve there
+    labels = inspect(deployed, "hub-outside")["Config"]["Labels"]
+    assert labels["com.docker.compose.project"] == "hermes-hub-outside"
+
+    inside = container_env(deployed, "hub-inside")
+    assert inside["HERMES_API_BASE_URL"] == "http://hermes-coder:8642/v1"
+    assert inside["HERMES_API_KEY"] == deployed.api_key("/root/.hermes-coder")
+    assert inside["AUTO_REPLY"] == "false"
+    assert probe(deployed, "hub-inside", "http://hermes-coder:8642/v1/models", "HERMES_API_KEY") == "200"
+    assert probe(deployed, "hub-inside", "http://hermes:8642/v1/models", "HERMES_API_KEY") == "401"
+    assert inspect(deployed, "hub-inside")["Config"]["Labels"]["com.docker.compose.project"] == "hermes"
+
+    # the hermes API is on loopback and the docker bridge, never on the public interface
+    bindings = inspect(deployed, "hermes")["HostConfig"]["PortBindings"]["8642/tcp"]
+    assert sorted(b["HostIp"] for b in bindings) == ["127.0.0.1", "172.17.0.1"]
+    assert inspect(deployed, "hermes-coder")["HostConfig"]["PortBindings"]["8642/tcp"] == [
+        {"HostIp": "127.0.0.1", "HostPort": "8643"}]
+    composed = deployed.run("cat /opt/hermes/compose.yaml /opt/hermes/companions/hub-outside/compose.yaml")
+    for secret in (deployed.api_key(), deployed.api_key("/root/.hermes-coder"), provider):
+        assert secret not in composed
+    # A custom endpoint's key belongs in config.yaml (once), not in .env.
     assert deployed.run("grep -c '^  api_key: ' /root/.hermes/config.yaml").strip() == "1"
-    assert provider not in deployed.run("cat /root/.hermes/.env"), "a custom endpoint's key belongs in config.yaml"
+    assert provider not in deployed.run("cat /root/.hermes/.env")
+
+    again = deployed.deploy(gateways=gateways(provider, "hermes", "coder", cron=(PROMPT_JOB,)), companions=companions)
+    assert again.returncode == 0 and again.changed_operations() == 0, again.output[-4000:]
+
+
+def test_chat_reaches_the_provider_with_its_key_and_hubs_in_both_topologies_get_the_answer(deployed, provider):
+    """On the host the hubs test deployed: two profiles on the provider, a hub on each."""
+    both = {"gateways": gateways(provider, "hermes", "coder", cron=(PROMPT_JOB,)), "companions": both_hubs(deployed)}
     key = deployed.api_key()
     assert detailed_status(deployed, key) == "ok"
 
@@ -170,7 +259,8 @@ def test_chat_reaches_the_provider_with_its_key_and_hubs_in_both_topologies_get_
     assert len(chats) >= 5, seen  # plain, stream, responses, two hubs
     keyed = [entry for entry in seen if entry["path"] in ("/v1/chat/completions", "/v1/models")]
     assert all(entry["key_ok"] and entry["status"] == 200 for entry in keyed), keyed
-    assert all(entry["stream"] for entry in chats), "Hermes streams from its provider"
+    turns = [entry for entry in chats if PROMPT_JOB["prompt"] not in entry["said"]]  # not the job's
+    assert all(entry["stream"] for entry in turns), ("Hermes streams a chat turn from its provider", turns)
     assert inspect(deployed, "hermes")["State"]["Running"]
 
     # smoke: one timed turn through each gateway, twice (the first turn of a gateway and a later one).
@@ -189,11 +279,54 @@ def test_chat_reaches_the_provider_with_its_key_and_hubs_in_both_topologies_get_
     print(f"[timing] smoke turns per gateway (first byte, total): first {timings[0]}, second {timings[1]}")
 
 
+def scheduled_jobs(deployed) -> dict[str, dict]:
+    text = deployed.run("cat /root/.hermes/cron/jobs.json 2>/dev/null || echo '{\"jobs\": []}'")
+    return {job.get("name"): job for job in json.loads(text)["jobs"]}
+
+
+def test_a_scheduled_prompt_is_answered_by_the_provider_and_delivered_locally(deployed, provider):
+    """The job the hubs deploy made runs in the gateway's scheduler (a tick a minute): Hermes sends
+    its prompt to the provider with the key, and keeps the answer as the job's local delivery."""
+    name = f"hermes-infra/{PROMPT_JOB['name']}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and scheduled_jobs(deployed)[name].get("last_status") is None:
+        time.sleep(10)
+    ran = scheduled_jobs(deployed)[name]
+    assert ran.get("last_status") == "ok" and ran.get("enabled", True), ran
+    output = deployed.run(f"cat /root/.hermes/cron/output/{shlex.quote(ran['id'])}/*.md")
+    assert "pong: " in output and PROMPT_JOB["prompt"] in output, output[-2000:]
+    asked = [entry for entry in requests_seen(deployed)
+             if entry["path"] == "/v1/chat/completions" and PROMPT_JOB["prompt"] in entry["said"]]
+    assert asked and all(entry["key_ok"] and entry["status"] == 200 for entry in asked), asked
+
+
+def test_removing_a_profile_keeps_its_data_and_the_other_container(deployed, provider):
+    companions = both_hubs(deployed)[:1]
+    hermes_id = inspect(deployed, "hermes")["Id"]
+    hub_id = inspect(deployed, "hub-outside")["Id"]
+    hermes_data = deployed.run("sha256sum /root/.hermes/.env /root/.hermes/config.yaml")
+    coder_files = deployed.run("ls -A /root/.hermes-coder")
+    run = deployed.deploy(gateways=gateways(provider, "hermes", cron=(PROMPT_JOB,)), companions=companions)
+    assert run.returncode == 0, run.output[-4000:]
+    assert inspect(deployed, "hermes")["Id"] == hermes_id
+    assert inspect(deployed, "hub-outside")["Id"] == hub_id
+    assert deployed.run("sha256sum /root/.hermes/.env /root/.hermes/config.yaml") == hermes_data
+    names = deployed.run("docker ps -a --format '{{.Names}}'").split()
+    assert "hermes-coder" not in names and "hub-inside" not in names
+    assert deployed.run("ls -A /root/.hermes-coder") == coder_files
+    archives = deployed.run("ls /var/backups/hermes-infra/").split()
+    assert any(name.startswith("profile-coder-") and name.endswith(".tar.gz") for name in archives)
+    newest = deployed.run("ls -t /var/backups/hermes-infra/profile-coder-*.tar.gz | head -n 1").strip()
+    assert "root/.hermes-coder/.env" in deployed.run(f"tar -tzf {newest}").split()
+    assert deployed.http_status("http://127.0.0.1:8642/health") == "200"
+
+
 def test_a_wrong_provider_key_makes_the_chat_fail_with_the_providers_401(deployed, provider):
     wrong = secrets.token_hex(20)
     settings = {"gateways": [{**HERMES, "config": model(wrong)}]}
     run = deployed.deploy(**settings)
     assert run.returncode == 0, run.output[-4000:]
+    assert f"hermes-infra/{PROMPT_JOB['name']}" not in scheduled_jobs(deployed), "a job that left the settings stayed"
     before = len(requests_seen(deployed))
     answer = json.loads(post(deployed, "/v1/chat/completions",
                              {"model": "hermes-agent", "messages": [{"role": "user", "content": "ping wrong"}]},

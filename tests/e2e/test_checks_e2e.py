@@ -305,7 +305,7 @@ def test_companion_reaches_the_api_and_fails_when_the_bridge_port_goes(deployed)
         run = check(deployed, companions=[companion])
         assert failing_ids(run) == {"HI-API-001", "HI-CMP-001"}, not_passing(run)
     finally:
-        # Retiring a companion that left the settings is test_profiles' proof; here the VM goes
+        # Retiring a companion that left the settings is test_chat's proof (a profile removed); here the VM goes
         # back to its bootstrapped state.
         print(f"[timing] back to the bootstrapped state: {deployed.reset():.1f}s")
     assert "hub" not in deployed.run("docker ps -a --format '{{.Names}}'").split()

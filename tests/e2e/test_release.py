@@ -210,28 +210,11 @@ def test_rollback_on_demand_to_a_revision(deployed, images):
     assert record["command"] == "rollback" and record["result"] == "success"
 
 
-def test_broken_image_rolls_back_automatically_to_a_healthy_previous(deployed, images):
-    before = state_digest(deployed)
-    key = deployed.api_key()
-    image_before = deployed.run("docker inspect -f '{{.Image}}' hermes")
-    run = deployed.deploy(image=pulled(images["broken"]), health={"timeout_seconds": 30})
-    print(f"\n[timing] broken image: deploy + failed gate + automatic rollback: {run.seconds:.1f}s")
-    assert run.returncode != 0, run.output[-5000:]
-    assert "rolling back automatically" in run.output
-    assert "last lines of the container log" in run.output
-    assert "rolled back: the previous image answers again" in run.output
-    running = deployed.run("docker inspect -f '{{.Config.Image}}' hermes").strip()
-    assert running.startswith("hermes-infra/previous:")
-    assert deployed.run(f"docker image inspect -f '{{{{.Id}}}}' {running}") == image_before
-    assert deployed.http_status(f"{API}/health") == "200"
-    assert deployed.http_status(f"{API}/v1/models", key=key) == "200"
-    assert state_digest(deployed) == before
-    assert last_audit(deployed)["result"] == "failed"
-    kept = hermes_infra("rollback", *deployed.target().cli_args(), "--list")
-    assert running.split(":")[1] in kept.stdout, kept.stdout
-
-
-def test_rollout_stops_at_a_failed_canary_and_leaves_the_second_vm_untouched(deployed, second_vm, images, tmp_path):
+@pytest.fixture(scope="module")
+def failed_canary_rollout(deployed, second_vm, images, tmp_path_factory) -> dict:
+    """One rollout over two hosts whose canary (the session VM) gets the broken image, with a
+    30 s health gate: the canary fails its gate and rolls itself back, and the second VM is never
+    touched. Two tests read it: the automatic rollback, and the rollout that stops."""
     from hermes_infra import commands
 
     def entry(vm, **extra):
@@ -241,21 +224,49 @@ def test_rollout_stops_at_a_failed_canary_and_leaves_the_second_vm_untouched(dep
 
     canary = entry(deployed.vm, image=pulled(images["broken"]), health={"timeout_seconds": 30})
     second = entry(second_vm.vm)
-    inventory = tmp_path / "fleet.py"
+    inventory = tmp_path_factory.mktemp("rollout") / "fleet.py"
     inventory.write_text(f"import json\nfleet = json.loads({json.dumps(json.dumps([canary, second]))})\n"
                          "fleet = [tuple(item) for item in fleet]\n")
     fingerprint = ("wc -l < /var/log/hermes-infra/audit.jsonl 2>/dev/null; test -e /var/lib/hermes-infra/lock && "
                    "echo locked; command -v docker >/dev/null && docker ps -aq --no-trunc | xargs -r docker inspect -f "
                    "'{{.Id}} {{.State.Status}} {{.State.StartedAt}} {{.RestartCount}}'; true")
-    untouched = second_vm.vm.ssh(fingerprint).stdout
+    before = {"state": state_digest(deployed), "key": deployed.api_key(),
+              "image": deployed.run("docker inspect -f '{{.Image}}' hermes"),
+              "second": second_vm.vm.ssh(fingerprint).stdout}
     started = time.monotonic()
     run = hermes_infra("rollout", str(inventory), "--batch", "1", "-m", "e2e rollout")
-    print(f"\n[timing] rollout with a failing canary: {time.monotonic() - started:.1f}s")
+    print(f"\n[timing] rollout with a failing canary (broken image, failed gate, automatic rollback): "
+          f"{time.monotonic() - started:.1f}s")
+    return {"run": run, "before": before, "canary": canary[0], "second": second[0],
+            "second_after": second_vm.vm.ssh(fingerprint).stdout}
+
+
+def test_broken_image_rolls_back_automatically_to_a_healthy_previous(deployed, failed_canary_rollout):
+    run, before = failed_canary_rollout["run"], failed_canary_rollout["before"]
+    assert run.returncode != 0, run.stdout[-5000:]
+    assert "rolling back automatically" in run.stdout, run.stdout[-5000:]
+    assert "last lines of the container log" in run.stdout
+    assert "rolled back: the previous image answers again" in run.stdout
+    running = deployed.run("docker inspect -f '{{.Config.Image}}' hermes").strip()
+    assert running.startswith("hermes-infra/previous:")
+    assert deployed.run(f"docker image inspect -f '{{{{.Id}}}}' {running}") == before["image"]
+    assert deployed.http_status(f"{API}/health") == "200"
+    assert deployed.http_status(f"{API}/v1/models", key=before["key"]) == "200"
+    assert state_digest(deployed) == before["state"]
+    assert last_audit(deployed)["result"] == "failed"
+    kept = hermes_infra("rollback", *deployed.target().cli_args(), "--list")
+    assert running.split(":")[1] in kept.stdout, kept.stdout
+
+
+def test_rollout_stops_at_a_failed_canary_and_leaves_the_second_vm_untouched(deployed, failed_canary_rollout):
+    run = failed_canary_rollout["run"]
     assert run.returncode == 1, run.stdout[-5000:]
     rows = {line.split()[1]: line.split()[2] for line in run.stdout.splitlines()
             if line.split()[:1] in (["canary"], ["-"])}
-    assert rows == {canary[0]: "failed", second[0]: "untouched"}, run.stdout[-3000:]
-    assert second_vm.vm.ssh(fingerprint).stdout == untouched, "the second VM was touched"
+    assert rows == {failed_canary_rollout["canary"]: "failed", failed_canary_rollout["second"]: "untouched"}, \
+        run.stdout[-3000:]
+    assert failed_canary_rollout["second_after"] == failed_canary_rollout["before"]["second"], \
+        "the second VM was touched"
     assert deployed.http_status(f"{API}/health") == "200"  # the canary rolled itself back
     assert last_audit(deployed)["command"] == "rollout"
 

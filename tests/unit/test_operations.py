@@ -296,7 +296,7 @@ def test_no_operation_puts_a_secret_in_a_command():
 def test_packages_installed_only_when_missing_with_lock_timeout_and_fresh_lists():
     plan = fresh_plan()
     text = run_op(docker_engine.apt_installed, plan.docker, plan.docker.packages_missing, True).text()
-    assert text.startswith("DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=600 update")
+    assert text.startswith("DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 NEEDRESTART_MODE=l apt-get -q -y -o DPkg::Lock::Timeout=600 update")
     assert "install --no-install-recommends docker-ce docker-ce-cli containerd.io" in text
     converged_docker = converged_plan().docker
     assert converged_docker.packages_missing == () and converged_docker.prerequisites_missing == ()

@@ -226,7 +226,7 @@ def test_limits_come_from_integer_memory_and_cpus():
 
 
 def test_unsupported_hosts_are_refused_before_anything():
-    facts = dataclasses.replace(fresh(), os_release={"id": "ubuntu", "version_codename": "noble"})
+    facts = dataclasses.replace(fresh(), os_release={"id": "ubuntu", "version_codename": "focal"})
     with pytest.raises(PlanError, match="Debian"):
         plan_for(settings(), facts)
     facts = dataclasses.replace(fresh(), os_release={"id": "debian", "version_codename": "bookworm"})

@@ -78,7 +78,8 @@ def test_streaming_sends_sse_chunks_that_add_up_to_the_answer_and_end_with_done(
     assert "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks) == "pong: ping"
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
-    assert json.loads(log.read_text().splitlines()[-1])["stream"] is True
+    logged = json.loads(log.read_text().splitlines()[-1])
+    assert logged["stream"] is True and logged["said"] == "ping"  # whose turn it was, for the e2e tests
 
 
 def test_content_parts_are_read_as_text(provider):
