@@ -277,12 +277,14 @@ def unit_text(ruleset: str = RULESET_PATH) -> str:
     """Before the network and before docker.service, as Debian's nftables.service (which
     would `flush ruleset` Docker's tables too, so it is not used). Not `RequiredBy=docker.service`:
     with Requires, stopping or restarting this loader would stop or restart Docker and every
-    gateway with it; a table that failed to load at boot is HI-FW-001's finding instead."""
+    gateway with it; a table that failed to load at boot is HI-FW-001's finding instead. After
+    nftables.service: where an operator enabled it, its `flush ruleset` must come first."""
     return f"""[Unit]
 Description=hermes-infra firewall (nftables table inet {TABLE})
 Documentation=file:{ruleset}
 DefaultDependencies=no
 Wants=network-pre.target
+After=nftables.service
 Before=network-pre.target docker.service shutdown.target
 Conflicts=shutdown.target
 

@@ -86,6 +86,7 @@ def test_fresh_host_gets_default_deny_with_ssh_the_allowed_ports_and_icmp():
 def test_the_unit_loads_before_docker_and_the_network():
     unit = fw_plan().unit.content
     assert "Before=network-pre.target docker.service shutdown.target" in unit
+    assert "After=nftables.service" in unit  # Debian's own loader flushes the whole ruleset
     assert "ExecStart=/usr/sbin/nft -f /etc/hermes-infra/firewall.nft" in unit
     assert "DefaultDependencies=no" in unit and "WantedBy=sysinit.target" in unit
     assert "flush" not in unit
