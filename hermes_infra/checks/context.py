@@ -81,8 +81,10 @@ def subjects_for(scope: str, settings: HostSettings) -> list[Subject]:
     gateways = [Subject("gateway", g.name, gateway=g) for g in settings.gateways]
     companions = [Subject("companion", c.name, companion=c) for c in settings.companions]
     scheduled = [subject for subject in gateways if subject.gateway.cron]
+    # The host again, for the firewall's controls: only where the settings turn the firewall on.
+    firewall = [Subject("host")] if settings.firewall.enabled else []
     return {"host": [Subject("host")], "gateway": gateways, "container": gateways + companions,
-            "companion": companions, "scheduled": scheduled}[scope]
+            "companion": companions, "scheduled": scheduled, "firewall": firewall}[scope]
 
 
 class HostContext:

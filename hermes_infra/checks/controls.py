@@ -9,10 +9,11 @@ it does not, and :class:`NotApplicable` when the settings make the control moot.
 from __future__ import annotations
 
 import ipaddress
+import re
 import shlex
 
 from hermes_infra.host import readiness, safeio
-from hermes_infra.plan import cronjobs
+from hermes_infra.plan import cronjobs, firewall
 from hermes_infra.settings import topology
 from hermes_infra.checks.context import DAEMON_JSON, HostContext, Subject, probe_url
 from hermes_infra.checks.registry import REGISTRY, CannotCheck, Control, NotApplicable, control, fail
@@ -847,6 +848,149 @@ def companion_reaches_api(ctx: HostContext, subject: Subject):
         shown = {"000": "nothing (connection failed)", "401": "401 (its key is not the gateway's)"}.get(status, status)
         fail(f"GET {url} from {companion.name} ({method}) answered {shown}; want 200")
     return f"GET {url} from {companion.name} ({method}) -> 200"
+
+
+# ---------------------------------------------------------------------------- firewall
+FIREWALL_CIS = ("CIS Debian Linux 12 Benchmark, nftables section (4.3: a table and base chains exist, default "
+                "deny policy, rules permanent, service enabled). ")
+PUBLISHED = re.compile(r"^(?P<address>.*):(?P<port>\d+)(?:-\d+)?->\d+(?:-\d+)?/(?P<protocol>tcp|udp|sctp)$")
+
+
+def _firewall_on(ctx: HostContext) -> None:
+    if not ctx.settings.firewall.enabled:
+        raise NotApplicable("firewall.enabled is false: hermes-infra manages no firewall on this host")
+
+
+def _firewall_listing(ctx: HostContext) -> str:
+    """The loaded table, as nft prints it (root only); '' when it is not loaded."""
+
+    def compute():
+        out = ctx.run(f"nft -s list table inet {firewall.TABLE}")
+        if out.rc != 0:
+            error = (out.stderr or out.stdout).strip()
+            if "not permitted" in error.lower() or "permission denied" in error.lower():
+                raise CannotCheck("`nft list` needs root: run the check as root or with --sudo")
+            return ""  # no table (or no nft at all)
+        return out.stdout
+
+    return ctx._cached("firewall_listing", compute)
+
+
+def _chain(listing: str, name: str) -> list[str]:
+    """The lines of one chain of the listing (empty: no such chain)."""
+    lines, inside = [], False
+    for line in listing.splitlines():
+        stripped = line.strip()
+        if stripped == f"chain {name} {{":
+            inside = True
+        elif inside and stripped == "}":
+            break
+        elif inside:
+            lines.append(stripped)
+    return lines
+
+
+@control("HI-FW-001", "Firewall is active: hermes-infra's nftables table is loaded", severity="high",
+         scope="firewall",
+         rationale="Docker's published ports bypass ufw and the INPUT chain: only rules on the forward hook, "
+                   "before Docker's, filter them. " + FIREWALL_CIS,
+         remediation="Keep firewall.enabled: true in the settings. " + REDEPLOY + " (it loads `table inet "
+                     "hermes_infra`; `nft list table inet hermes_infra` shows it).")
+def firewall_active(ctx: HostContext, subject: Subject):
+    _firewall_on(ctx)
+    listing = _firewall_listing(ctx)
+    if not listing:
+        fail(f"no `table inet {firewall.TABLE}` is loaded: inbound traffic and published ports are unfiltered")
+    digest = firewall.loaded_digest(listing)
+    if digest == "unmarked":
+        fail(f"`table inet {firewall.TABLE}` is loaded but is not hermes-infra's (no hermes-infra comment)")
+    forward = _chain(listing, "forward")
+    hook = next((line for line in forward if line.startswith("type filter hook forward")), "")
+    if "ct status dnat jump published" not in forward or not re.search(r"priority (filter - \d+|-\d+);", hook):
+        fail("the forward chain does not filter published ports before Docker's rules (want a hook at a "
+             f"priority below filter with `ct status dnat jump published`); found: {hook or 'no forward chain'}")
+    return f"table inet {firewall.TABLE} loaded (rules {digest}), forward hook before Docker's"
+
+
+@control("HI-FW-002", "Inbound traffic is denied by default; SSH and loopback are allowed", severity="high",
+         scope="firewall",
+         rationale="Anything listening on a public address is reachable unless the input policy is drop. "
+                   + FIREWALL_CIS,
+         remediation="Do not edit `table inet hermes_infra` by hand: change the firewall settings. " + REDEPLOY + ".")
+def firewall_default_deny(ctx: HostContext, subject: Subject):
+    _firewall_on(ctx)
+    listing = _firewall_listing(ctx)
+    if not listing:
+        fail(f"no `table inet {firewall.TABLE}` is loaded, so nothing denies inbound traffic")
+    inputs = _chain(listing, "input")
+    hook = next((line for line in inputs if line.startswith("type filter hook input")), "")
+    if "policy drop;" not in hook:
+        fail(f"the input chain's policy is not drop: {hook or 'no input chain'}")
+    missing = [rule for rule in ('iifname "lo" accept', "ct state established,related accept") if rule not in inputs]
+    published = _chain(listing, "published")
+    if not published or published[-1] != "drop":
+        missing.append("published ports not allowed are dropped (`drop` at the end of chain published)")
+    if not any(re.search(r"tcp dport (\d+|\{[^}]*\}) accept$", line) for line in inputs):
+        missing.append("an SSH accept rule")
+    if missing:
+        fail(f"the input policy is drop but the table lacks: {'; '.join(missing)}")
+    return "input policy drop; loopback, replies and SSH accepted"
+
+
+@control("HI-FW-003", "Firewall is loaded at boot, before Docker, with the rules that are loaded now",
+         severity="medium", scope="firewall",
+         rationale="Rules only in the kernel vanish on the next reboot; loaded after docker.service, published "
+                   "ports are open for a while. " + FIREWALL_CIS,
+         remediation=f"`systemctl enable {firewall.UNIT}`; its file {firewall.RULESET_PATH} must be what is "
+                     "loaded. " + REDEPLOY + ".")
+def firewall_at_boot(ctx: HostContext, subject: Subject):
+    _firewall_on(ctx)
+    enabled = ctx.run(f"systemctl is-enabled {firewall.UNIT}").stdout.strip()
+    if enabled != "enabled":
+        fail(f"{firewall.UNIT} is {enabled or 'not installed'}: the rules are not loaded at boot")
+    before = ctx.run(f"systemctl show -p Before --value {firewall.UNIT}").stdout.split()
+    if "docker.service" not in before:
+        fail(f"{firewall.UNIT} is not ordered before docker.service (Before={' '.join(before) or 'nothing'})")
+    saved = ctx.run(f"cat {firewall.RULESET_PATH}")
+    if saved.rc != 0:
+        raise CannotCheck(f"cannot read {firewall.RULESET_PATH}: {(saved.stderr or '').strip()[:160]} "
+                          "(run the check as root or with --sudo)")
+    at_boot, now = firewall.loaded_digest(saved.stdout), firewall.loaded_digest(_firewall_listing(ctx) or None)
+    if at_boot != now:
+        fail(f"{firewall.RULESET_PATH} holds rules {at_boot}, the kernel has {now or 'none'}: a reboot changes "
+             "the firewall")
+    return f"{firewall.UNIT} enabled, before docker.service, rules {at_boot}"
+
+
+@control("HI-FW-004", "No port is published on a non-loopback address outside the firewall's allow-list",
+         severity="medium", scope="firewall",
+         rationale="A port published on a public address that the firewall does not allow is either dead "
+                   "(filtered) or, without the firewall, open: either way not what the settings say.",
+         remediation="List the port in firewall.allow (with allow_from to narrow it) or publish it on 127.0.0.1. "
+                     + REDEPLOY + ".")
+def firewall_published_allowed(ctx: HostContext, subject: Subject):
+    _firewall_on(ctx)
+    out = ctx.run("docker ps --format '{{.Names}}\t{{.Ports}}'")
+    if out.rc != 0:
+        raise CannotCheck(f"`docker ps` failed: {(out.stderr or out.stdout).strip()[:200]}")
+    allowed = {(rule.protocol, rule.port) for rule in ctx.settings.firewall.allow}
+    bridge = ctx.settings.docker.bridge_gateway_ip
+    outside, seen = [], 0
+    for line in out.stdout.splitlines():
+        name, _, ports = line.partition("\t")
+        for item in (p.strip() for p in ports.split(",")):
+            match = PUBLISHED.match(item)
+            if not match:
+                continue
+            address = _normal_ip(match["address"].strip("[]") or "0.0.0.0")
+            if address in LOOPBACK or address == bridge:
+                continue
+            seen += 1
+            if (match["protocol"], int(match["port"])) not in allowed:
+                outside.append(f"{_printable(name)} {_printable(item)}")
+    if outside:
+        fail(f"published outside firewall.allow: {', '.join(sorted(set(outside)))}")
+    return f"{seen} non-loopback published port(s), all in firewall.allow" if seen else "nothing published beyond loopback"
 
 
 def all_controls() -> list[Control]:

@@ -21,8 +21,9 @@ SEVERITIES: tuple[str, ...] = ("critical", "high", "medium", "low", "advisory")
 #   companion - once per companion
 # `scheduled`: each gateway whose settings declare cron jobs (a control about them has no subject
 # on a gateway without: it is not part of that host's report at all, rather than "not applicable").
-Scope = Literal["host", "gateway", "container", "companion", "scheduled"]
-SCOPES: tuple[str, ...] = ("host", "gateway", "container", "companion", "scheduled")
+# `firewall`: the host, once, where the settings turn the firewall on (none elsewhere, likewise).
+Scope = Literal["host", "gateway", "container", "companion", "scheduled", "firewall"]
+SCOPES: tuple[str, ...] = ("host", "gateway", "container", "companion", "scheduled", "firewall")
 
 ID_PATTERN = re.compile(r"^HI-[A-Z]+-\d{3}$")
 

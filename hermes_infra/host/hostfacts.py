@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import ipaddress
 import json
 import re
 import shlex
@@ -128,7 +129,7 @@ PYINFRA_FACTS = {"os_release": OsRelease, "memory": Memory, "cpus": Cpus}
 # files) run in the foreground and never touch a temp file. The probes hand the API key to curl
 # through a pipe and print only status codes; a data dir's metadata is types, owners and modes.
 BACKGROUND = ("whoami", "pyinfra", "services", "aptlists", "image", "packages", "aptlock", "docker", "probe",
-              "dirmeta", "swap", "snap", "dockerpath", "aptsources")
+              "dirmeta", "swap", "snap", "dockerpath", "aptsources", "firewall")
 OWN_APT_SOURCE = "/etc/apt/sources.list.d/docker.sources"
 """The Docker source hermes-infra writes (plan.hostplan.DOCKER_SOURCES): read as a root file, not here."""
 
@@ -188,6 +189,7 @@ def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
     # lock an agent holds on another filesystem). Where the device differs (btrfs reports another
     # st_dev), the holder must have the lock file itself open, as aptwait confirms it.
     sections.append(("aptlock", [APT_LOCK_HOLDER]))
+    sections.append(("firewall", FIREWALL_READS))
     # A Docker from the snap store (Ubuntu offers it at install time) has its own dockerd and
     # socket: the plan refuses it before apt installs a second engine beside it. `snap list`
     # answers only where snapd is (timeout: a snapd that does not answer must not hang the read).
@@ -244,6 +246,57 @@ APT_LOCK_HOLDER = (
     "for fd in /proc/$pid/fd/*; do if [ \"$(readlink \"$fd\" 2>/dev/null)\" = \"$file\" ]; then "
     "echo \"$pid $(cat /proc/$pid/comm 2>/dev/null)\"; break 2; fi; done; done"
 )
+# --- firewall (setting firewall; plan/firewall.py) ---------------------------------------------
+FIREWALL_TABLE = "inet hermes_infra"
+FIREWALL_UNIT = "hermes-infra-firewall.service"
+FIREWALL_READS = [
+    # Where this deploy's SSH connection comes from and arrives: sshd's SSH_CONNECTION, which sudo
+    # drops from the environment, so else from the nearest parent (sudo, the login shell) that has it.
+    'c=${SSH_CONNECTION:-}; p=$PPID; n=0; while [ -z "$c" ] && [ "${p:-0}" -gt 1 ] && [ "$n" -lt 8 ]; do '
+    "c=$(tr '\\0' '\\n' 2>/dev/null < /proc/$p/environ | sed -n 's/^SSH_CONNECTION=//p' | head -n 1); "
+    "p=$(sed -n 's/^PPid:[[:space:]]*//p' /proc/$p/status 2>/dev/null); n=$((n + 1)); done; echo \"ssh $c\"",
+    "echo \"sshd $(ss -Hltnp 2>/dev/null | awk '/users:\\(\\(\"sshd\"/ {print $4}' | tr '\\n' ' ')\"",
+    f"if command -v nft >/dev/null 2>&1; then echo nft; echo \"listing $(nft -s list table {FIREWALL_TABLE} "
+    "2>/dev/null | base64 -w0)\"; else echo nonft; fi",
+    f"echo \"unit $(systemctl is-enabled {FIREWALL_UNIT} 2>/dev/null)\"",
+]
+
+
+def _ssh_connection(text: str) -> dict:
+    """`client_ip client_port server_ip server_port`, believed only when it parses."""
+    parts = text.split()
+    if len(parts) != 4 or not (parts[1].isdigit() and parts[3].isdigit()):
+        return {}
+    try:
+        client = str(ipaddress.ip_address(parts[0]))
+    except ValueError:
+        return {}
+    port = int(parts[3])
+    return {"client": client, "server_port": port} if 1 <= port <= 65535 else {}
+
+
+def _firewall(body: list[str]) -> dict:
+    found: dict = {"client": None, "server_port": None, "sshd_ports": (), "nft": False, "listing": None,
+                   "unit_enabled": False}
+    for line in body:
+        tag, _, rest = line.strip().partition(" ")
+        if tag == "ssh":
+            found.update(_ssh_connection(rest))
+        elif tag == "sshd":
+            ports = {int(p) for p in (a.rpartition(":")[2] for a in rest.split()) if p.isdigit() and 0 < int(p) < 65536}
+            found["sshd_ports"] = tuple(sorted(ports))
+        elif tag == "nft":
+            found["nft"] = True
+        elif tag == "listing" and rest.strip():
+            try:
+                found["listing"] = base64.b64decode(rest.strip(), validate=True).decode("utf-8", errors="replace")
+            except ValueError:
+                found["listing"] = ""
+        elif tag == "unit":
+            found["unit_enabled"] = rest.strip() == "enabled"
+    return found
+
+
 COMPOSE_FILTER = json.dumps({"label": ["com.docker.compose.project"]}, separators=(",", ":"))
 DOCKER_SOCKET = "/var/run/docker.sock"
 
@@ -305,6 +358,8 @@ class HostState:
     exporter_active: bool = False
     apt_lists_age: int | None = None
     """Seconds since apt's lists were last updated (None: never)."""
+    firewall: dict = field(default_factory=lambda: _firewall([]))
+    """The SSH connection's addresses, sshd's ports, the loaded hermes-infra nft table, its unit."""
     apt_sources: dict[str, RootFile] = field(default_factory=dict)
     """Other apt source files naming Docker's repository, by path (their text, as apt reads it)."""
     snap_docker: tuple[str, ...] = ()
@@ -442,6 +497,8 @@ def parse_state(lines: list[str]) -> HostState:
             state.apt_sources.update(_apt_source_files(body))
         elif kind == "dockerpath":
             state.snap_docker += _snap_paths(body)
+        elif kind == "firewall":
+            state.firewall = _firewall(body)
         elif kind == "probe":
             codes = [line.strip() or "000" for line in body] + ["000"] * 3
             state.probes[rest] = {"health": codes[0], "anonymous": codes[1], "models": codes[2]}

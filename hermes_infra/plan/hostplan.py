@@ -21,6 +21,7 @@ from pyinfra.api.exceptions import PyinfraError
 from hermes_infra.host import safeio
 from hermes_infra.images import identity as imageid
 from hermes_infra.plan import agentfiles, alerts, backup_timer, compose, configfile, daemon, envfile, managedkeys
+from hermes_infra.plan import firewall
 from hermes_infra.plan.capacity import EffectiveLimits, HostResources, derive_limits
 from hermes_infra.host.hostfacts import DataDirRequest, HostState, ProbeRequest, StateRequest
 from hermes_infra.settings.schema import (
@@ -292,6 +293,8 @@ class HostPlan:
     """The watchdog (settings alerts, metrics): its files, or what to remove."""
     metrics: alerts.MetricsPlan | None = None
     """The node exporter (setting metrics)."""
+    firewall: firewall.FirewallPlan | None = None
+    """The nftables table (setting firewall), or what to remove of it."""
     upgrade: UpgradePlan | None = None
     """Set when the main project will be brought up over existing gateway containers: the
     deploy then keeps the previous image, snapshots the data dirs (gateways stopped) and rolls
@@ -368,7 +371,7 @@ def fact_request(settings: HostSettings) -> StateRequest:
     """What to read from the host, from settings alone (so it can run before any plan)."""
     # The managed-keys record comes with the root files (one tar, links never followed).
     files = [DAEMON_JSON, APT_CONF, SYSCTL_FILE, manifest_path(settings), deployed_path(settings),
-             managed_keys_path(settings), *backup_timer.PATHS, *alerts.requested_files(settings)]
+             managed_keys_path(settings), *backup_timer.PATHS, *alerts.requested_files(settings), *firewall.PATHS]
     if settings.docker.install_source == "official":
         files.append(DOCKER_SOURCES)
     projects = [(compose.MAIN_PROJECT, settings.project_dir)]
@@ -914,6 +917,10 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
         raise PlanError(str(error)) from None
     agent_record = (_root_file(state, agentfiles.record_path(settings.project_dir), agentfiles.record_text(agent), "0600")
                     if agentfiles.in_use(settings, agent_text) else None)
+    try:
+        firewall_plan = firewall.plan_firewall(settings, state, lambda *args: _root_file(state, *args))
+    except firewall.FirewallError as error:
+        raise PlanError(str(error)) from None
     return HostPlan(
         host=host, codename=codename, writer=writer, docker=docker_plan, agent=agent, agent_record=agent_record,
         swap=SwapPlan(path=settings.swap.path, size_bytes=settings.swap.size_bytes - settings.swap.size_bytes % (1 << 20),
@@ -928,6 +935,7 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
                                   lambda *args: _root_file(state, *args),
                                   {g.name: g.limits.memory_bytes for g in gateways}),
         metrics=alerts.plan_metrics(settings, state, lambda *args: _root_file(state, *args)),
+        firewall=firewall_plan,
     )
 
 

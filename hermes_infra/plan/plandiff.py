@@ -150,6 +150,8 @@ def _root_files(plan: HostPlan) -> Iterable[RootFilePlan]:
     yield from (project.file for project in plan.projects)
     yield plan.deployed
     yield from plan.backup_timer.files
+    if plan.firewall is not None and plan.firewall.enabled:
+        yield from (plan.firewall.ruleset, plan.firewall.unit)
 
 
 def _fstab(plan: HostPlan) -> list[str]:
@@ -169,7 +171,9 @@ def plan_diff(plan: HostPlan) -> list[str]:
     lines += _fstab(plan)
     for gateway in plan.gateways:
         lines += data_file_diff(gateway.env) + data_file_diff(gateway.config)
-    for path in (*plan.retire.files, *(p for p in plan.backup_timer.present if plan.backup_timer.calendar is None)):
+    gone = plan.firewall.present if plan.firewall is not None and not plan.firewall.enabled else ()
+    for path in (*plan.retire.files, *(p for p in plan.backup_timer.present if plan.backup_timer.calendar is None),
+                 *gone):
         lines.append(_safe(f"{path}: removed"))
     lines += [_safe(line) for line in agentfiles.agent_drift(plan.agent)]
     return lines

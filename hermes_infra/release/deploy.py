@@ -13,13 +13,15 @@ from pyinfra.api import deploy
 from hermes_infra.operations import alerts as alert_ops
 from hermes_infra.operations import backup_timer, compose, datadir, docker_engine, health, image, profiles, swap
 from hermes_infra.operations import agentfiles, cronjobs
+from hermes_infra.operations import firewall as firewall_ops
 from hermes_infra.plan import alerts, plandiff
+from hermes_infra.plan import firewall as firewall_plan
 from hermes_infra.commands import SHOW_DIFF_ATTRIBUTE, SHOW_DIFF_ENV
 from hermes_infra.host.hostfacts import HermesHostState
 from hermes_infra.settings.loading import settings_for_host
 from hermes_infra.operations.files import root_file
 from hermes_infra.plan.hostplan import Facts, HostPlan, fact_request, make_plan
-from hermes_infra.release import results, upgrade
+from hermes_infra.release import firewall_confirm, results, upgrade
 from hermes_infra.settings.schema import HostSettings
 
 
@@ -72,6 +74,7 @@ def hermes_host(settings: HostSettings | None = None):
     plan = host_plan(settings)
     writer = plan.writer
     docker_engine.docker_engine(plan.docker, writer)
+    firewall(plan)
     swap.swap(plan.swap, writer)
     image.image(plan.image, writer)
     profiles.retire(name="Retire profiles and companions removed from the settings", plan=plan.retire, writer=writer)
@@ -111,6 +114,20 @@ def hermes_host(settings: HostSettings | None = None):
         root_file(name=f"Scheduled backups: {file.path}", file=file, writer=writer)
     backup_timer.timer_running(name=f"Scheduled backups: {timer.calendar or 'none'}", plan=timer)
     watchdog(plan)
+
+
+def firewall(plan: HostPlan) -> None:
+    """After Docker's packages (apt is ready, nothing published yet on a new host), before any
+    compose project publishes a port. The confirmation is a second SSH connection."""
+    if plan.firewall is None:
+        return
+    docker = plan.docker
+    updated = docker.prerequisites_missing or docker.packages_missing or (
+        docker.sources is not None and docker.sources.content_changed)
+    firewall_ops.firewall(plan.firewall, plan.writer, confirm=firewall_confirm.new_connection,
+                          install=lambda: docker_engine.apt_installed(
+                              name="Install nftables (firewall)", plan=docker, packages=(firewall_plan.PACKAGE,),
+                              update=docker.lists_stale and not updated))
 
 
 def watchdog(plan: HostPlan) -> None:

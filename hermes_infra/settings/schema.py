@@ -2105,6 +2105,106 @@ class MetricsSettings(Settings):
 
 
 
+# ----------------------------------------------------------------------------- firewall
+def parse_source_network(value: str, setting: str) -> str:
+    """A source network for a firewall rule, canonical (`203.0.113.0/24`, `2001:db8::/32`; a
+    bare address is its /32 or /128). Host bits set (`10.0.0.1/8`) are refused: the operator
+    meant either the address or the network, and nft would silently widen it."""
+    if not isinstance(value, str) or not value or value != value.strip():
+        raise ValueError(f"{setting} {value!r} is not a network. Fix: e.g. 203.0.113.0/24 or 2001:db8::/32")
+    try:
+        parse_address(value.split("/", 1)[0], setting)
+    except ValueError:
+        raise ValueError(f"{setting} {value!r} is not an IP address or network in canonical spelling (names are "
+                         "not resolved). Fix: e.g. 203.0.113.0/24, 203.0.113.7 or 2001:db8::/32") from None
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError as error:
+        raise ValueError(f"{setting} {value!r} is not a network ({error}). Fix: e.g. 203.0.113.0/24, with the "
+                         "host bits zero, or a single address") from None
+    return str(network)
+
+
+class FirewallAllowSettings(Settings):
+    """One port the firewall opens, to everyone or to the listed networks."""
+
+    port: int = Field(ge=1, le=65535)
+    """Host port (for a published container port: the host side, as in `api.port`)."""
+
+    protocol: Literal["tcp", "udp"] = "tcp"
+    """`tcp` or `udp`."""
+
+    allow_from: list[str] = []
+    """Source networks allowed (`203.0.113.0/24`, `2001:db8::/32`, or an address). Empty: from
+    anywhere."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_port(cls, data: Any) -> Any:
+        """`8643` is short for `{port: 8643}`."""
+        if isinstance(data, int) and not isinstance(data, bool):
+            return {"port": data}
+        return data
+
+    @field_validator("allow_from")
+    @classmethod
+    def _sources(cls, value: list[str]) -> list[str]:
+        networks = [parse_source_network(item, f"allow_from[{index}]") for index, item in enumerate(value)]
+        if len(set(networks)) != len(networks):
+            raise ValueError(f"allow_from lists a network twice ({networks}). Fix: list each network once")
+        return networks
+
+
+class FirewallSettings(Settings):
+    """A host firewall that Docker's published ports cannot bypass (nftables, a table of its
+    own: Docker never flushes it, and a published container port is filtered before Docker's
+    own forward rules accept it). Inbound is denied except loopback, replies, essential ICMP,
+    SSH and the ports listed in `allow`; published ports on the docker bridge address stay open
+    to containers. A change is loaded with an automatic revert that a second SSH connection
+    must cancel, so a rule that cuts SSH off undoes itself. Turning it off removes the table,
+    its file and its boot unit."""
+
+    enabled: bool = False
+    """Install and enforce the firewall (off: whatever hermes-infra installed is removed)."""
+
+    allow: list[FirewallAllowSettings] = []
+    """Ports opened on purpose: `[8643, {port: 443, allow_from: [203.0.113.0/24]}]`. A gateway,
+    dashboard, companion or exporter port published on a non-loopback address is NOT opened by
+    publishing it: list it here (the plan warns about each one that is not)."""
+
+    ssh_port: int | None = Field(None, ge=1, le=65535)
+    """The port sshd listens on, always allowed. Unset: the ports sshd listens on (read from
+    the host) and the one the deploy's own connection arrived on; the latter is allowed always."""
+
+    ssh_allow_from: list[str] = []
+    """Networks SSH is allowed from. Empty: from anywhere. The deploy refuses a list that does
+    not contain the address its own connection comes from."""
+
+    confirm_seconds: int = Field(60, ge=20, le=600)
+    """How long a newly loaded ruleset waits for the second SSH connection before the
+    previous rules come back by themselves."""
+
+    @field_validator("ssh_allow_from")
+    @classmethod
+    def _ssh_sources(cls, value: list[str]) -> list[str]:
+        networks = [parse_source_network(item, f"firewall.ssh_allow_from[{index}]") for index, item in enumerate(value)]
+        if len(set(networks)) != len(networks):
+            raise ValueError(f"firewall.ssh_allow_from lists a network twice ({networks}). Fix: list each once")
+        return networks
+
+    @field_validator("allow")
+    @classmethod
+    def _distinct(cls, value: list[FirewallAllowSettings]) -> list[FirewallAllowSettings]:
+        seen: set[tuple[str, int]] = set()
+        for index, rule in enumerate(value):
+            key = (rule.protocol, rule.port)
+            if key in seen:
+                raise ValueError(f"firewall.allow[{index}] opens {rule.protocol} {rule.port} a second time. Fix: one "
+                                 "entry per port, with every network it is allowed from in its allow_from")
+            seen.add(key)
+        return value
+
+
 class HostSettings(Settings):
     """Everything hermes-infra manages on one host.
 
@@ -2140,6 +2240,10 @@ class HostSettings(Settings):
 
     metrics: MetricsSettings | None = None
     """A Prometheus node exporter fed by the watchdog; off by default (see MetricsSettings)."""
+
+    firewall: FirewallSettings = FirewallSettings()
+    """The host firewall (nftables, default-deny inbound, published ports filtered before
+    Docker's rules); off by default (see FirewallSettings)."""
 
     project_dir: str = "/opt/hermes"
     """Directory on the host holding the compose files and companion env files (absolute,

@@ -47,8 +47,11 @@ STABLE = {
     "HI-CTR-013": ("gateway", None),
     # added with the agent as code (issue 22)
     "HI-AGT-001": ("scheduled", None),
+    # added with the host firewall (issue 21)
+    "HI-FW-001": ("firewall", None), "HI-FW-002": ("firewall", None), "HI-FW-003": ("firewall", None),
+    "HI-FW-004": ("firewall", None),
 }
-CONTROL_COUNT = 33  # the README's controls table has one row per control
+CONTROL_COUNT = 37  # the README's controls table has one row per control
 
 
 

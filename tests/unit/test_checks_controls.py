@@ -601,7 +601,8 @@ def test_every_control_only_reads(monkeypatch):
                    "dashboard": {"enabled": True, "publish_address": "0.0.0.0", "allow_public": True, "basic_auth_username": "ops",
                                  "basic_auth_password_hash": "$2b$12$abcdefghijklmnopqrstuv"}}],
         companions=[{"name": "hub", "image": "example/hub:1.0", "gateway": "hermes", "topology": "host-gateway"},
-                    {"name": "bare", "image": "example/bare:1.0", "gateway": "hermes"}])
+                    {"name": "bare", "image": "example/bare:1.0", "gateway": "hermes"}],
+        firewall={"enabled": True, "allow": [8642, 9119]})
     hermes = gateway_record(PortBindings={"8642/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8642"}],
                                           "9119/tcp": [{"HostIp": "0.0.0.0", "HostPort": "9119"}]})
     hub = gateway_record() | {"Name": "/hub", "NetworkSettings": {"Networks": {"hermes-hub_default": {}}}}
