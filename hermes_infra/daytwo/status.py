@@ -85,6 +85,9 @@ class GatewayStatus:
     jobs: list[ManagedJob] = field(default_factory=list)  # the settings' cron jobs, as Hermes lists them
     jobs_unreadable: str | None = None  # why cron/jobs.json could not be read, when it could not
     backups: list[dict] = field(default_factory=list)  # the last scheduled and manual backup runs, as recorded
+    offsite_last: dict | None = None  # the last off-host upload, as recorded (setting scheduled_backups.offsite)
+    offsite_good: dict | None = None  # the last successful one
+    offsite_set: bool = False
 
     @property
     def healthy(self) -> bool:
@@ -182,7 +185,7 @@ def gateway_sections(settings: HostSettings, gateway: GatewaySettings) -> tuple[
                 f"( {safeio.read_script(gateway.host_data_dir, [cronjobs.JOBS_FILE], gateway.uid, gateway.gid, 'jobs')} )"]
     # Root's records of the last runs (backup_timer.last_run_path, backup.manual_record_path): one
     # base64 line each, empty when there is none.
-    records = " ".join(shlex.quote(path) for path in backup_records(settings, gateway))
+    records = " ".join(shlex.quote(path) for path in backup_records(settings, gateway) + offsite_records(settings, gateway))
     foreground = "; ".join([
         *jobs,
         _section(f"backups {gateway.name}"),
@@ -203,6 +206,15 @@ def backup_records(settings: HostSettings, gateway: GatewaySettings) -> tuple[st
     return last_run_path(settings, gateway.name), manual_record_path(settings, gateway.name)
 
 
+def offsite_records(settings: HostSettings, gateway: GatewaySettings) -> tuple[str, ...]:
+    """The off-host upload's records (last run, last good), read only when the setting is set."""
+    from hermes_infra.plan import offsite
+
+    if settings.scheduled_backups.offsite is None:
+        return ()
+    return offsite.last_run_path(settings, gateway.name), offsite.good_path(settings, gateway.name)
+
+
 BACKUP_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
@@ -219,6 +231,42 @@ def _backup_record(kind: str, lines: list[str]) -> dict | None:
     return {"kind": kind, "result": record["result"], "time": record["time"],
             "bytes": size if isinstance(size, int) and not isinstance(size, bool) else None,
             "message": clean(record.get("message"), 200) or None}
+
+
+def _offsite_record(text: str) -> dict | None:
+    """One upload record (`offsite.last_run_path`), field by field (root wrote it; it is shown)."""
+    try:
+        record = json.loads(text or "null")
+    except json.JSONDecodeError:
+        return None
+    from hermes_infra.plan import offsite
+
+    if not isinstance(record, dict) or record.get("result") not in ("success", "failed") \
+            or not BACKUP_TIME.fullmatch(str(record.get("time"))):
+        return None
+
+    def number(key: str) -> int | None:
+        value = record.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    snapshot = record.get("snapshot")
+    return {"kind": "offsite", "result": record["result"], "time": record["time"],
+            "source": record.get("source") if record.get("source") in offsite.SOURCES else None,
+            "snapshot": snapshot[:8] if isinstance(snapshot, str) and offsite.SNAPSHOT_ID.fullmatch(snapshot) else None,
+            "bytes": number("bytes"), "bytes_added": number("bytes_added"),
+            "message": clean(record.get("message"), 200) or None}
+
+
+def offsite_line(last: dict | None, good: dict | None) -> str:
+    """`last good off-host backup: <time>, <size> (...)`, and the last run when it failed."""
+    if good is None:
+        text = "last good off-host backup: never"
+    else:
+        text = (f"last good off-host backup: {good['time']}, {human_bytes(good['bytes'])} "
+                f"({human_bytes(good['bytes_added'])} new, snapshot {good['snapshot'] or '-'})")
+    if last is not None and last["result"] != "success":
+        text += f"; last upload FAILED {last['time']}: {last['message'] or 'no reason recorded'}"
+    return text
 
 
 def backup_cell(record: dict) -> str:
@@ -382,7 +430,12 @@ def _gateway(settings: HostSettings, gateway: GatewaySettings, sections: dict[st
     if gateway.cron:
         g.jobs, g.jobs_unreadable = _managed_jobs(gateway, sections.get(f"jobs {gateway.name}"))
     lines = sections.get(f"backups {gateway.name}", [])
-    g.backups = [r for kind, line in zip(("scheduled", "manual"), lines) if (r := _backup_record(kind, [line]))]
+    g.backups = [r for kind, line in zip(("scheduled", "manual"), lines[:2]) if (r := _backup_record(kind, [line]))]
+    if settings.scheduled_backups.offsite is not None:
+        g.offsite_set = True
+        last, good = (lines[2:4] + ["", ""])[:2]
+        g.offsite_last = _offsite_record("\n".join(_decoded([last])))
+        g.offsite_good = _offsite_record("\n".join(_decoded([good])))
     return g
 
 
@@ -506,6 +559,11 @@ def attention(host: HostStatus) -> list[Attention]:
         elif g.health_code != "200":
             items.append(Attention(host.name, g.profile, "failure", f"{g.url}/health answers {g.health_code}",
                                    fix=f"{logs}, then hermes-infra restart {host.name} --profile {g.profile}"))
+        if g.offsite_last is not None and g.offsite_last["result"] != "success":
+            items.append(Attention(host.name, g.profile, "warning", "the last off-host upload failed",
+                                   (g.offsite_last["message"] or "no reason recorded",),
+                                   f"hermes-infra backup {host.name} --profile {g.profile} (restic's own messages: "
+                                   "<backup_dir>/offsite/<profile>.restic.log on the host)"))
         astray = [job.describe() for job in g.jobs if not job.in_order]
         if g.jobs_unreadable or astray:
             items.append(Attention(host.name, g.profile, "warning", "cron jobs of the settings are not as set",
@@ -578,6 +636,8 @@ def render_text(report: StatusReport) -> str:
                 lines.append(f"  {g.profile} cron: " + "; ".join(job.describe() for job in g.jobs))
             if g.backups:
                 lines.append(f"  {g.profile} backups: " + "; ".join(backup_cell(r) for r in g.backups))
+            if g.offsite_set:
+                lines.append(f"  {g.profile} {offsite_line(g.offsite_last, g.offsite_good)}")
         for item in attention(host):
             details = f": {'; '.join(item.details)}" if item.details else ""
             lines.append(f"  {item.profile}: {item.finding}{details}")

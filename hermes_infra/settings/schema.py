@@ -1987,8 +1987,10 @@ def _parse_sftp(value: str, rest: str, setting: str, fix: str) -> OffsiteReposit
         path = parts.path[1:] if parts.path.startswith("//") else parts.path
     else:
         who, at, where = rest.partition("@")
+        if not at:
+            who, where = "", rest
         host, colon, path = where.partition(":")
-        user, port = (who if at else None), None
+        user, port = who or None, None
         if not colon:
             raise ValueError(f"{setting} {value!r}: no ':' between the host and the path. {fix}")
     if not user or not _SFTP_USER.fullmatch(user):
