@@ -1,7 +1,7 @@
 """Day-two commands on the `hermes-infra` command line: a thin layer over the functions of
 `hermes_infra.daytwo` (each callable and testable on its own).
 
-    hermes-infra status   TARGET [--json] [--html PATH]
+    hermes-infra status   TARGET [--json] [--html PATH] [--databases]
     hermes-infra smoke    TARGET [--profile P] [--message TEXT] [--timeout S] [--json]   (costs tokens)
     hermes-infra logs     TARGET [--profile P] [-f] [-n N] [--since T] [--grep RE]
     hermes-infra restart  TARGET [--profile P]
@@ -49,7 +49,7 @@ def add_commands(sub, add_target_options, make_target) -> None:
     def cmd_status(args) -> int:
         from hermes_infra.daytwo import status
 
-        report = status.collect(hosts(args))
+        report = status.collect(hosts(args), databases=args.databases)
         sys.stdout.write(status.render_json(report) if args.json else status.render_text(report))
         if args.html:
             from hermes_infra.daytwo.report_html import render_status_html
@@ -67,6 +67,10 @@ def add_commands(sub, add_target_options, make_target) -> None:
     add_target_options(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--html", metavar="PATH", help="also write a self-contained HTML page")
+    p.add_argument("--databases", action="store_true",
+                   help="also the SQLite library the image runs and each database's journal mode and "
+                   "PRAGMA integrity_check (read in a one-off container of the gateway's image as its owner; "
+                   "WAL mode on SQLite older than 3.51.3 is flagged: the WAL-reset bug)")
     p.set_defaults(func=_guard(cmd_status))
 
     # ------------------------------------------------------------------- smoke
