@@ -114,7 +114,7 @@ def rule_matches(rule_pattern: str, rule_where: str, path: str) -> bool:
     if rule_where == "anywhere":
         return fnmatch.fnmatchcase(parts[-1], rule_pattern)
     homes = [parts]
-    if len(parts) > 2 and parts[0] == "profiles":
+    if 2 < len(parts) and parts[0] == "profiles":
         homes.append(parts[2:])
     return any(_glob_parts(home, rule_pattern) for home in homes)
 

@@ -50,7 +50,7 @@ def main(seconds, rules, src):
             if stat.S_ISDIR(info.st_mode):
                 walk(name)
             elif stat.S_ISREG(info.st_mode) and fnmatch.fnmatchcase(entry.name, "*.db"):
-                if len(report["databases"]) >= MAX:
+                if MAX <= len(report["databases"]):
                     report["truncated"] = True
                     return
                 report["databases"][name] = probe(os.path.join(src, name))
@@ -162,3 +162,11 @@ def problems(report: dict) -> list[tuple[str, str]]:
             found.append((name, f"WAL mode on SQLite {report['sqlite_version']} (the WAL-reset bug, fixed in "
                                 f"{'.'.join(map(str, FIXED_VERSION))})"))
     return found
+
+
+def exec_command(container: str, uid: int, gid: int) -> str:
+    """The same probe in the *running* gateway container (`docker exec` as the owner): for the
+    compliance check, which only reads (starting a container is a change to the host)."""
+    rules = json.dumps([[rule.pattern, rule.where] for rule in datatar.LEFT_OUT], separators=(",", ":"))
+    return (f"timeout -k 5 {PROBE_SECONDS + 30} docker exec -i -u {int(uid)}:{int(gid)} {shlex.quote(container)} "
+            f"python3 -I -S -c {shlex.quote(probe_program())} {PROBE_SECONDS} {shlex.quote(rules)} /opt/data")
