@@ -509,3 +509,72 @@ def test_a_wrong_password_fails_the_upload_and_is_recorded_as_failed(tmp_path):
                           capture_output=True, timeout=60).returncode == 1
     assert subprocess.run([str(upload), "../x", "manual", str(tar)], env=extra["env"],
                           capture_output=True, timeout=60).returncode == 2
+
+
+# ----------------------------------------------------------------------------- the plan and operation, faked facts
+def _plan(off: dict | None, facts=None):
+    from tests.unit.hostfakes import fresh, plan_for
+
+    raw = {"scheduled_backups": {"schedule": "daily", **({"offsite": off} if off else {})}}
+    chosen = settings_from_raw(collect([raw]))
+    return plan_for(chosen, facts or fresh()), chosen
+
+
+def test_a_fresh_host_gets_restic_and_the_files_secrets_marked():
+    from hermes_infra.operations.files import root_file
+    from tests.unit.hostfakes import run_op
+
+    plan, _ = _plan(s3())
+    wanted = plan.offsite
+    assert wanted.wanted and wanted.package_missing and "restic" in plan_for_packages()
+    secret = {f.path for f in wanted.files if f.secret}
+    assert secret == {offsite.ENV_FILE, offsite.PASSWORD_FILE}
+    assert {f.path: f.mode for f in wanted.files}[offsite.ENV_FILE] == "0600"
+    env = next(f for f in wanted.files if f.path == offsite.ENV_FILE)
+    assert AWS_SECRET not in repr(env), "RootFilePlan never shows its content"
+    written = run_op(root_file, env, plan.writer)
+    assert any("install -m 0600 -o 0 -g 0" in c for c in written.commands)
+    assert not any(s in c for c in written.commands for s in SECRETS), "secrets travel as an upload, not a command"
+
+
+def plan_for_packages() -> tuple[str, ...]:
+    from hermes_infra.plan.hostplan import fact_request
+
+    return fact_request(settings_with(s3())).packages
+
+
+def test_a_converged_host_changes_nothing_and_a_drifted_file_is_rewritten():
+    from hermes_infra.operations.files import root_file
+    from hermes_infra.operations.offsite import offsite_removed
+    from tests.unit.hostfakes import fresh, root_file as fact, run_op, with_state
+
+    plan, _ = _plan(s3())
+    files = {f.path: fact(f.content, f.mode) for f in plan.offsite.files}
+    facts = with_state(fresh(), root_files=files, packages={"restic": "installed"})
+    again, _ = _plan(s3(), facts)
+    assert not again.offsite.package_missing
+    assert all(not run_op(root_file, f, again.writer).changed for f in again.offsite.files)
+    assert not run_op(offsite_removed, again.offsite).changed
+    # drifted: the password file readable by others, the env file edited
+    files[offsite.PASSWORD_FILE] = fact(PASSWORD + "\n", "0644")
+    files[offsite.ENV_FILE] = fact("RESTIC_REPOSITORY=s3:https://elsewhere/b\n", "0600")
+    drifted, _ = _plan(s3(), with_state(fresh(), root_files=files, packages={"restic": "installed"}))
+    by_path = {f.path: run_op(root_file, f, drifted.writer) for f in drifted.offsite.files}
+    assert by_path[offsite.PASSWORD_FILE].commands == [f"chown 0:0 {offsite.PASSWORD_FILE} && chmod 0600 "
+                                                       f"{offsite.PASSWORD_FILE}"]
+    assert by_path[offsite.ENV_FILE].changed and not by_path[offsite.UPLOAD].changed
+
+
+def test_when_the_setting_leaves_the_password_credentials_and_scripts_leave_the_host():
+    from hermes_infra.operations.offsite import offsite_removed
+    from tests.unit.hostfakes import fresh, root_file as fact, run_op, with_state
+
+    plan, _ = _plan(s3())
+    files = {f.path: fact(f.content, f.mode) for f in plan.offsite.files}
+    gone, _ = _plan(None, with_state(fresh(), root_files=files, packages={"restic": "installed"}))
+    assert gone.offsite.files == () and not gone.offsite.package_missing
+    [command] = run_op(offsite_removed, gone.offsite).commands
+    for path in (*offsite.PATHS, offsite.CACHE_DIR):
+        assert path in command
+    never, _ = _plan(None)
+    assert not run_op(offsite_removed, never.offsite).changed
