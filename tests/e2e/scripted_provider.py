@@ -83,11 +83,12 @@ class Provider(BaseHTTPRequestHandler):
         return hmac.compare_digest(header.encode(), f"Bearer {self.expected_key}".encode())
 
     def _record(self, key_ok: bool, status: int, stream: bool = False, said: str = "") -> None:
-        """`said`: the start of the last user message answered, so a test can tell whose turn it was."""
+        """`said`: the end of the last user message answered (where a turn's own words are: Hermes
+        puts its instructions before a scheduled job's prompt), so a test can tell whose turn it was."""
         if not self.log_path:
             return
         line = json.dumps({"time": round(time.time(), 3), "method": self.command, "path": self.path,
-                           "key_ok": key_ok, "status": status, "stream": stream, "said": said[:200]})
+                           "key_ok": key_ok, "status": status, "stream": stream, "said": said[-200:]})
         with self._log_lock, open(self.log_path, "a", encoding="utf-8") as log:
             log.write(line + "\n")
 
