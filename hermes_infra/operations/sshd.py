@@ -117,7 +117,10 @@ def dropin_applied(plan: SshdPlan, writer: Writer, confirm: Confirm):
     if not plan.needs_apply:
         host.noop(f"{sshd.DROPIN_PATH} is in place and sshd uses its values")
         return
-    staged = yield from files.upload(writer, plan.dropin.content, sshd.DROPIN_PATH + ".pending")
+    # Someone else's file at this name is replaced (the plan refused nothing about it): kept in the backup dir.
+    first = (files.backed_up(writer, sshd.DROPIN_PATH, f"cp -a {DROPIN} {shlex.quote(files.backup_target(sshd.DROPIN_PATH, writer))}")
+             if plan.foreign else None)
+    staged = yield from files.upload(writer, plan.dropin.content, sshd.DROPIN_PATH + ".pending", first=first)
     yield arm_revert_command(plan.confirm_seconds)
     yield install_command(staged, plan.directives)
     arguments = {key: value for key, value in (host.current_op_global_arguments or {}).items()

@@ -465,3 +465,26 @@ def test_ssh_drift_fails_the_matching_control(control_id, host, message):
 
 def test_an_ssh_check_without_root_is_an_error_not_a_finding():
     assert outcome("HI-SSH-002", context(HARDENED, host=check_host(rc=1))).status == "error"
+
+
+def test_the_dry_run_shows_the_dropin_and_what_leaves():
+    from hermes_infra.plan import plandiff
+
+    lines = plandiff.plan_diff(plan_for(settings(ssh_hardening=ON, unattended_upgrades=ON), facts_with(DEBIAN)))
+    assert "+PasswordAuthentication no" in "\n".join(lines)
+    assert any("52hermes-infra-unattended-upgrades" in line for line in lines)
+    facts = converged_facts()
+    facts.state.root_files["/etc/apt/apt.conf.d/20auto-upgrades"] = root_file("// Written by hermes-infra (setting "
+                                                                              "unattended_upgrades).\n")
+    gone = plandiff.plan_diff(plan_for(settings(), facts))
+    assert f"{sshd.DROPIN_PATH}: removed" in gone and "/etc/apt/apt.conf.d/20auto-upgrades: removed" in gone
+
+
+def test_someone_elses_file_at_the_dropins_name_is_backed_up_before_it_is_replaced():
+    foreign = facts_with(DEBIAN, root_files={sshd.DROPIN_PATH: root_file("PasswordAuthentication no\n")})
+    plan = plan_for(settings(ssh_hardening=ON), foreign).sshd
+    assert plan.foreign and plan.needs_apply
+    done, _, ok = execute(plan, lambda *a: None)
+    assert ok and "cp -a /etc/ssh/sshd_config.d/10-hermes-infra.conf /var/backups/hermes-infra/" \
+                  "etc__ssh__sshd_config.d__10-hermes-infra.conf." in done[0]
+    assert "cp -a" not in execute(sshd_plan(), lambda *a: None)[0][0]
