@@ -1165,11 +1165,12 @@ def networks_icc(ctx: HostContext, subject: Subject):
     for line in out.stdout.splitlines():
         name, _, options = line.partition(": ")
         if ICC_TRUE in options:
-            flagged.append(_printable(name))
+            flagged.append(_printable(name) + (" (docker0 runs with the settings of before daemon.json's icc: false: "
+                                               "see HI-DOCKER-005)" if "default_bridge:true" in options else ""))
         elif "default_bridge:true" not in options and name not in ("host", "none"):
             compose.append(_printable(name))
     if flagged:
-        fail(f"inter-container communication is on explicitly for: {', '.join(flagged)}")
+        fail(f"the CIS 2.2 audit flags enable_icc:true on: {', '.join(flagged)}")
     shown = f"; {', '.join(compose)} keep Docker's default between their own containers" if compose else ""
     return f"no network shows enable_icc:true{shown}"
 

@@ -322,7 +322,8 @@ SSHD_READS = [
     "{print \"sets\", tolower($1), $2}' \"$f\"; done",
     # The deploy user's authorized keys (the login's, not root's under sudo), counted, never shown:
     # the files AuthorizedKeysFile names (%h, %u, %% expanded; relative ones under the home).
-    'if [ -n "${SUDO_USER:-}" ]; then u=$SUDO_USER; else u=${LOGNAME:-$(id -un)}; fi; '
+    # (set -f: the names are split into words, never expanded as globs.)
+    'set -f; if [ -n "${SUDO_USER:-}" ]; then u=$SUDO_USER; else u=${LOGNAME:-$(id -un)}; fi; '
     'h=$(getent passwd "$u" | cut -d: -f6); '
     "files=$({ sshd -T 2>/dev/null || /usr/sbin/sshd -T 2>/dev/null; } | awk '$1 == \"authorizedkeysfile\" {$1 = \"\"; print}'); "
     '[ -n "$files" ] || files=".ssh/authorized_keys .ssh/authorized_keys2"; n=0; '
@@ -332,6 +333,12 @@ SSHD_READS = [
     'done; echo "keys $n"',
 ]
 _DROPIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,80}\.conf")
+# A value from sshd's files as the plan may name it in a message (anything else is not shown).
+_SSHD_VALUE = re.compile(r"[A-Za-z0-9@._,:/*%+=-]{1,100}")
+
+
+def _sshd_value(value: str) -> str:
+    return value if _SSHD_VALUE.fullmatch(value) else "(a value not shown)"
 
 
 def _sshd(body: list[str]) -> dict:
@@ -345,17 +352,17 @@ def _sshd(body: list[str]) -> dict:
         tag, _, rest = line.strip().partition(" ")
         words = rest.split()
         if tag == "effective" and len(words) >= 2 and words[0] in SSHD_KEYWORDS:
-            found["effective"].setdefault(words[0], " ".join(words[1:]))
+            found["effective"].setdefault(words[0], " ".join(_sshd_value(word) for word in words[1:]))
         elif tag == "effective-error":
             found["effective_error"] = True
         elif tag == "include" and words:
             found["includes"] += (words[0],)
         elif tag == "early" and len(words) >= 2 and words[0] in SSHD_KEYWORDS:
-            found["early"].setdefault(words[0], words[1])
+            found["early"].setdefault(words[0], _sshd_value(words[1]))
         elif tag == "dropin":
             current = dropins.setdefault(rest if _DROPIN_NAME.fullmatch(rest) else "(a file with an unusual name)", {})
         elif tag == "sets" and current is not None and len(words) >= 2 and words[0] in SSHD_KEYWORDS:
-            current.setdefault(words[0], words[1])
+            current.setdefault(words[0], _sshd_value(words[1]))
         elif tag == "keys" and rest.strip().isdigit():
             found["authorized_keys"] = int(rest.strip())
     found["dropins"] = dict(sorted(dropins.items()))

@@ -488,3 +488,34 @@ def test_someone_elses_file_at_the_dropins_name_is_backed_up_before_it_is_replac
     assert ok and "cp -a /etc/ssh/sshd_config.d/10-hermes-infra.conf /var/backups/hermes-infra/" \
                   "etc__ssh__sshd_config.d__10-hermes-infra.conf." in done[0]
     assert "cp -a" not in execute(sshd_plan(), lambda *a: None)[0][0]
+
+
+def test_a_value_from_sshds_files_is_shown_only_when_it_is_plain():
+    found = hostfacts._sshd(["dropin 00-x.conf", "sets permitrootlogin \x1b[2Jyes", "early passwordauthentication y\x07"])
+    assert found["dropins"]["00-x.conf"] == {"permitrootlogin": "(a value not shown)"}
+    assert found["early"] == {"passwordauthentication": "(a value not shown)"}
+
+
+# --- HI-DOCKER-007: the CIS 2.2 audit over every network -----------------------------------
+
+def networks_host(listing: str):
+    return CheckHost({"docker network ls --quiet | xargs docker network inspect": Out(0, listing)})
+
+
+DEPLOYED_NETWORKS = ("bridge: map[com.docker.network.bridge.default_bridge:true com.docker.network.bridge.enable_icc:false "
+                     "com.docker.network.bridge.name:docker0]\nhermes_default: map[]\nhost: map[]\nnone: map[]\n")
+
+
+def test_the_network_audit_passes_as_deployed_and_names_the_compose_networks():
+    result = outcome("HI-DOCKER-007", context(HostSettings(), host=networks_host(DEPLOYED_NETWORKS)))
+    assert result.status == "passed", result.message
+    assert result.message == "no network shows enable_icc:true; hermes_default keep Docker's default between their own containers"
+
+
+@pytest.mark.parametrize(("listing", "message"), [
+    (DEPLOYED_NETWORKS.replace("enable_icc:false", "enable_icc:true"), "flags enable_icc:true on: bridge (docker0 runs with"),
+    (DEPLOYED_NETWORKS + "lab\x1b[2J: map[com.docker.network.bridge.enable_icc:true]\n", "flags enable_icc:true on: lab\\x1b[2J"),
+])
+def test_the_network_audit_names_what_cis_2_2_flags(listing, message):
+    result = outcome("HI-DOCKER-007", context(HostSettings(), host=networks_host(listing)))
+    assert result.status == "failed" and message in result.message, result.message
