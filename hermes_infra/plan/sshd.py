@@ -19,7 +19,7 @@ from typing import Any
 from hermes_infra.host.hostfacts import SSHD_DROPIN_DIR, HostState
 from hermes_infra.settings.schema import HostSettings
 
-DROPIN_NAME = "10-hermes-infra.conf"
+DROPIN_NAME = "05-hermes-infra-hardening.conf"
 DROPIN_PATH = f"{SSHD_DROPIN_DIR}/{DROPIN_NAME}"
 MARKER = "# Written by hermes-infra (setting ssh_hardening)."
 REVERT_UNIT = "hermes-infra-sshd-revert"

@@ -2209,7 +2209,7 @@ class FirewallSettings(Settings):
 class SshHardeningSettings(Settings):
     """sshd hardened without lock-outs: key-only logins, no root password login and a few
     dev-sec/CIS items that cannot shut anyone out, written as one drop-in
-    (`/etc/ssh/sshd_config.d/10-hermes-infra.conf`) that sorts before the others (sshd keeps the
+    (`/etc/ssh/sshd_config.d/05-hermes-infra-hardening.conf`) that sorts before the others (sshd keeps the
     first value it reads). The deploy refuses to turn it on while it logs in with a password or
     while its user has no authorized key; the new config is checked with `sshd -t`, reloaded,
     and kept only once a second, new SSH connection with the deploy's own key logged in (else

@@ -5,7 +5,8 @@ planned one; `unattended-upgrade --dry-run -d` allows the security origin only a
 Docker's packages; a change whose confirming login fails (a test hook makes the second
 connection log in as a user without the deploy's key) is reverted by itself and the next deploy
 still connects; turned off, the files hermes-infra wrote leave. One deploy serves most
-assertions; the VM is put back as it was found."""
+assertions; the VM is put back as it was found (its image's own key-only drop-in is moved aside
+first, and comes back with the reset)."""
 from __future__ import annotations
 
 import time
@@ -19,6 +20,7 @@ from hermes_infra.release import sshd_confirm
 
 HARDENING = {"enabled": True, "confirm_seconds": 30}
 UPDATES = {"enabled": True}
+VM_DROPIN = "/etc/ssh/sshd_config.d/10-hermes-infra.conf"  # the local VM image's (localvm/recipe.py)
 
 
 def offered_methods(port: int, user: str = "root") -> list[str]:
@@ -58,7 +60,9 @@ def effective(deployed, keyword: str) -> str:
 def test_key_only_ssh_and_security_updates_hold_revert_a_bad_change_and_leave_when_off(deployed, monkeypatch):
     vm = deployed.vm
     try:
-        # Before: Debian's defaults offer passwords (so a refusal later is the drop-in's).
+        # Before: the VM image's own key-only drop-in moved aside, Debian's defaults offer
+        # passwords (so a refusal later is hermes-infra's drop-in; reset() puts the image's back).
+        deployed.run(f"mv {VM_DROPIN} /root/vm-dropin.saved && systemctl reload ssh")
         assert "password" in offered_methods(vm.ssh_port)
 
         first = deployed.deploy(ssh_hardening=HARDENING, unattended_upgrades=UPDATES)

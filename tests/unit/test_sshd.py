@@ -59,7 +59,7 @@ def sshd_plan(lines=DEBIAN, **sections) -> sshd.SshdPlan:
 def test_the_dropin_turns_passwords_off_and_sorts_before_the_distributions_files():
     plan = sshd_plan()
     text = plan.dropin.content
-    assert plan.dropin.path == "/etc/ssh/sshd_config.d/10-hermes-infra.conf" and plan.needs_apply
+    assert plan.dropin.path == "/etc/ssh/sshd_config.d/05-hermes-infra-hardening.conf" and plan.needs_apply
     for line in ("PasswordAuthentication no", "KbdInteractiveAuthentication no", "PermitEmptyPasswords no",
                  "PermitRootLogin prohibit-password", "PubkeyAuthentication yes", "MaxAuthTries 4",
                  "LoginGraceTime 60", "X11Forwarding no", "HostbasedAuthentication no", "IgnoreRhosts yes",
@@ -141,14 +141,14 @@ def test_ubuntus_cloud_init_password_login_is_reported_and_overridden():
     assert plan.enabled and len(plan.warnings) == 1
     warning = plan.warnings[0]
     assert "50-cloud-init.conf sets PasswordAuthentication yes (cloud-init" in warning
-    assert "10-hermes-infra.conf is read first" in warning
+    assert "05-hermes-infra-hardening.conf is read first" in warning
 
 
 @pytest.mark.parametrize(("lines", "message"), [
     ([line for line in DEBIAN if not line.startswith("include")], "has no `Include /etc/ssh/sshd_config.d/*.conf`"),
     (DEBIAN + ["early passwordauthentication yes"], "sets PasswordAuthentication yes above its Include line"),
     (DEBIAN + ["dropin 00-provider.conf", "sets permitrootlogin yes"],
-     "00-provider.conf sets PermitRootLogin yes and is read before 10-hermes-infra.conf"),
+     "00-provider.conf sets PermitRootLogin yes and is read before 05-hermes-infra-hardening.conf"),
     ([line for line in DEBIAN if line != "keys 1"] + ["keys 0"], "has no key in its authorized_keys (none found)"),
     (["effective-error", "include /etc/ssh/sshd_config.d/*.conf", "keys 1"], "`sshd -T` failed on the host"),
 ])
@@ -247,7 +247,7 @@ def test_turned_off_only_hermes_infras_dropin_leaves_and_sshd_reloads():
     done, _, ok = execute(plan, None)
     assert ok and len(done) == 1
     assert done[0].startswith("{ systemctl stop hermes-infra-sshd-revert.timer 2>/dev/null; true; } && rm -f "
-                              "/etc/ssh/sshd_config.d/10-hermes-infra.conf /var/lib/hermes-infra/sshd.revert.conf")
+                              "/etc/ssh/sshd_config.d/05-hermes-infra-hardening.conf /var/lib/hermes-infra/sshd.revert.conf")
     assert done[0].endswith("/usr/sbin/sshd -t && { ! systemctl is-active --quiet ssh.service || systemctl reload "
                             "ssh.service; }")
     # someone else's file at that name is left alone
@@ -297,12 +297,12 @@ def test_a_new_dropin_is_armed_then_put_in_place_checked_reloaded_confirmed_then
     assert done[1] == "upload"
     armed, installed = done[2], done[3]
     # the previous drop-in saved (empty: none), then the timer that restores it
-    assert "cat /etc/ssh/sshd_config.d/10-hermes-infra.conf; fi; } > /var/lib/hermes-infra/sshd.revert.conf.tmp" in armed
+    assert "cat /etc/ssh/sshd_config.d/05-hermes-infra-hardening.conf; fi; } > /var/lib/hermes-infra/sshd.revert.conf.tmp" in armed
     assert "systemd-run --quiet --unit=hermes-infra-sshd-revert --on-active=45 /bin/sh -c " in armed
     assert "if systemctl is-active --quiet hermes-infra-sshd-revert.timer && [ -e " in armed
     # in place by a rename; sshd -t and sshd -T judge it before the reload
-    assert installed.index("mv -f /etc/ssh/sshd_config.d/10-hermes-infra.conf.new "
-                           "/etc/ssh/sshd_config.d/10-hermes-infra.conf") < installed.index("/usr/sbin/sshd -t") \
+    assert installed.index("mv -f /etc/ssh/sshd_config.d/05-hermes-infra-hardening.conf.new "
+                           "/etc/ssh/sshd_config.d/05-hermes-infra-hardening.conf") < installed.index("/usr/sbin/sshd -t") \
         < installed.index("grep -qixE 'passwordauthentication no'") < installed.index("systemctl reload ssh.service")
     assert "'permitrootlogin prohibit-password|permitrootlogin without-password'" in installed
     assert done[4] == "confirm"
@@ -319,13 +319,13 @@ def test_a_failed_confirmation_reverts_now_keeps_the_timer_and_fails_the_deploy(
     assert host.ran == ["systemctl start --no-block hermes-infra-sshd-revert.service"]
     message = " ".join(record.getMessage() for record in caplog.records)
     assert "a second SSH connection with the deploy's key failed (AuthenticationException" in message
-    assert "restores the previous /etc/ssh/sshd_config.d/10-hermes-infra.conf within 60 s" in message
+    assert "restores the previous /etc/ssh/sshd_config.d/05-hermes-infra-hardening.conf within 60 s" in message
     assert "not-shown-anywhere" not in message
 
 
 def shell_paths(monkeypatch, tmp_path, sshd_script: str):
     """The operation's shell against a temp dir: sshd, systemctl and systemd-run are stand-ins."""
-    dropin, revert = tmp_path / "sshd_config.d" / "10-hermes-infra.conf", tmp_path / "state" / "sshd.revert.conf"
+    dropin, revert = tmp_path / "sshd_config.d" / "05-hermes-infra-hardening.conf", tmp_path / "state" / "sshd.revert.conf"
     dropin.parent.mkdir()
     monkeypatch.setattr(sshd, "DROPIN_PATH", str(dropin))
     monkeypatch.setattr(sshd, "REVERT_PATH", str(revert))
@@ -431,7 +431,7 @@ def sshd_t(host_settings=HostSettings(ssh_hardening=ON), **changes) -> str:
 def check_host(effective=None, dropin=None, pending=False, rc=0):
     return CheckHost({
         "/usr/sbin/sshd -T": Out(rc, sshd_t() if effective is None else effective, "" if rc == 0 else "Permission denied"),
-        "cat /etc/ssh/sshd_config.d/10-hermes-infra.conf": Out(0, sshd.dropin_text(HostSettings(ssh_hardening=ON))
+        "cat /etc/ssh/sshd_config.d/05-hermes-infra-hardening.conf": Out(0, sshd.dropin_text(HostSettings(ssh_hardening=ON))
                                                                  if dropin is None else dropin),
         "systemctl is-active --quiet hermes-infra-sshd-revert.timer": Out(0 if pending else 3),
     })
@@ -485,8 +485,8 @@ def test_someone_elses_file_at_the_dropins_name_is_backed_up_before_it_is_replac
     plan = plan_for(settings(ssh_hardening=ON), foreign).sshd
     assert plan.foreign and plan.needs_apply
     done, _, ok = execute(plan, lambda *a: None)
-    assert ok and "cp -a /etc/ssh/sshd_config.d/10-hermes-infra.conf /var/backups/hermes-infra/" \
-                  "etc__ssh__sshd_config.d__10-hermes-infra.conf." in done[0]
+    assert ok and "cp -a /etc/ssh/sshd_config.d/05-hermes-infra-hardening.conf /var/backups/hermes-infra/" \
+                  "etc__ssh__sshd_config.d__05-hermes-infra-hardening.conf." in done[0]
     assert "cp -a" not in execute(sshd_plan(), lambda *a: None)[0][0]
 
 
