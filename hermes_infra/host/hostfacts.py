@@ -129,7 +129,7 @@ PYINFRA_FACTS = {"os_release": OsRelease, "memory": Memory, "cpus": Cpus}
 # files) run in the foreground and never touch a temp file. The probes hand the API key to curl
 # through a pipe and print only status codes; a data dir's metadata is types, owners and modes.
 BACKGROUND = ("whoami", "pyinfra", "services", "aptlists", "image", "packages", "aptlock", "docker", "probe",
-              "dirmeta", "swap", "snap", "dockerpath", "aptsources", "firewall", "sshd")
+              "dirmeta", "swap", "snap", "dockerpath", "aptsources", "firewall", "sshd", "apttimers")
 OWN_APT_SOURCE = "/etc/apt/sources.list.d/docker.sources"
 """The Docker source hermes-infra writes (plan.hostplan.DOCKER_SOURCES): read as a root file, not here."""
 
@@ -191,6 +191,8 @@ def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
     sections.append(("aptlock", [APT_LOCK_HOLDER]))
     sections.append(("firewall", FIREWALL_READS))
     sections.append(("sshd", SSHD_READS))
+    # The timers that start apt's daily runs (setting unattended_upgrades; a unit's state a line).
+    sections.append(("apttimers", [f"for t in {' '.join(APT_TIMERS)}; do echo \"$t $(systemctl is-enabled $t 2>/dev/null)\"; done"]))
     # A Docker from the snap store (Ubuntu offers it at install time) has its own dockerd and
     # socket: the plan refuses it before apt installs a second engine beside it. `snap list`
     # answers only where snapd is (timeout: a snapd that does not answer must not hang the read).
@@ -332,6 +334,7 @@ SSHD_READS = [
     f"if [ -f \"$f\" ] && [ ! -L \"$f\" ]; then c=$(grep -c -E '{_KEY_LINE}' -- \"$f\" 2>/dev/null); n=$((n + ${{c:-0}})); fi; "
     'done; echo "keys $n"',
 ]
+APT_TIMERS = ("apt-daily.timer", "apt-daily-upgrade.timer")
 _DROPIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,80}\.conf")
 # A value from sshd's files as the plan may name it in a message (anything else is not shown).
 _SSHD_VALUE = re.compile(r"[A-Za-z0-9@._,:/*%+=-]{1,100}")
@@ -434,6 +437,8 @@ class HostState:
     """The SSH connection's addresses, sshd's ports, the loaded hermes-infra nft table, its unit."""
     sshd: dict = field(default_factory=lambda: _sshd([]))
     """sshd's effective settings (`sshd -T`), its Include, the drop-ins, the deploy user's key count."""
+    apt_timers: dict[str, str] = field(default_factory=dict)
+    """`systemctl is-enabled` of apt's daily timers, by unit (enabled, masked, disabled, '')."""
     apt_sources: dict[str, RootFile] = field(default_factory=dict)
     """Other apt source files naming Docker's repository, by path (their text, as apt reads it)."""
     snap_docker: tuple[str, ...] = ()
@@ -575,6 +580,9 @@ def parse_state(lines: list[str]) -> HostState:
             state.firewall = _firewall(body)
         elif kind == "sshd":
             state.sshd = _sshd(body)
+        elif kind == "apttimers":
+            state.apt_timers = {unit: state_ for unit, _, state_ in (line.strip().partition(" ") for line in body)
+                                if unit in APT_TIMERS}
         elif kind == "probe":
             codes = [line.strip() or "000" for line in body] + ["000"] * 3
             state.probes[rest] = {"health": codes[0], "anonymous": codes[1], "models": codes[2]}

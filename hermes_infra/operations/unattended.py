@@ -29,6 +29,17 @@ def files_removed(plan: UnattendedPlan):
     yield f"rm -f {' '.join(shlex.quote(path) for path in plan.remove)}"
 
 
+@operation()
+def timers_enabled(plan: UnattendedPlan):
+    """apt-daily (lists) and apt-daily-upgrade (unattended-upgrade) start by themselves. Left as
+    they are when the setting is off: they are the distribution's, enabled by default."""
+    if not plan.timers_off:
+        host.noop("apt-daily.timer and apt-daily-upgrade.timer are enabled")
+        return
+    units = " ".join(shlex.quote(unit) for unit in plan.timers_off)
+    yield f"systemctl unmask {units} && systemctl enable --now {units}"
+
+
 @deploy("Automatic security updates")
 def unattended_upgrades(plan: UnattendedPlan, writer: Writer, install: Callable[[], None]):
     """`install()` installs unattended-upgrades (apt, as the deploy installs its other packages)."""
@@ -40,3 +51,4 @@ def unattended_upgrades(plan: UnattendedPlan, writer: Writer, install: Callable[
         install()
     for file in plan.files:
         root_file(name=f"Automatic security updates: {file.path}", file=file, writer=writer, check=apt_accepts)
+    timers_enabled(name="Automatic security updates: apt's daily timers enabled", plan=plan)

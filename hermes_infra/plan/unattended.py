@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hermes_infra.host.hostfacts import HostState
+from hermes_infra.host.hostfacts import APT_TIMERS, HostState
 from hermes_infra.settings.schema import HostSettings
 
 PACKAGE = "unattended-upgrades"
@@ -44,6 +44,8 @@ class UnattendedPlan:
     """The unattended-upgrades package is installed."""
     remove: tuple[str, ...] = ()
     """Files hermes-infra wrote that are on the host (removed when off)."""
+    timers_off: tuple[str, ...] = ()
+    """apt's daily timers that are not enabled (masked on some images): enabled when on."""
 
 
 def periodic_text() -> str:
@@ -84,5 +86,6 @@ def plan_unattended(settings: HostSettings, state: HostState, os_id: str,
         return UnattendedPlan(enabled=False, installed=installed,
                               remove=tuple(path for path in PATHS if ours(state.root_files.get(path))))
     return UnattendedPlan(enabled=True, installed=installed,
+                          timers_off=tuple(t for t in APT_TIMERS if state.apt_timers.get(t) != "enabled"),
                           files=(root_file(PERIODIC_PATH, periodic_text()),
                                  root_file(CONFIG_PATH, config_text(settings, os_id))))

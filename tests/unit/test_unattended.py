@@ -92,6 +92,7 @@ def test_apt_reads_the_files_as_meant(tmp_path):
 def converged_facts(host_settings):
     plan = plan_for(host_settings, fresh()).unattended
     return fresh(packages={unattended.PACKAGE: "installed"},
+                 apt_timers={"apt-daily.timer": "enabled", "apt-daily-upgrade.timer": "enabled"},
                  root_files={file.path: root_file(file.content) for file in plan.files})
 
 
@@ -101,6 +102,7 @@ def run_deploy(plan, monkeypatch):
     monkeypatch.setattr(ops, "root_file", lambda **kw: calls.append(
         ("file", kw["file"].path, kw["file"].content_changed, kw["check"]("/stage/x"))))
     monkeypatch.setattr(ops, "files_removed", lambda **kw: calls.append(("remove", kw["plan"].remove)))
+    monkeypatch.setattr(ops, "timers_enabled", lambda **kw: calls.append(("timers", kw["plan"].timers_off)))
     with ctx_host.use(FakeHost()):
         ops.unattended_upgrades._inner(plan, plan_for(settings(), fresh()).writer,
                                        install=lambda: calls.append(("install",)))
@@ -110,8 +112,9 @@ def run_deploy(plan, monkeypatch):
 def test_fresh_host_installs_the_package_before_writing_the_files_each_checked_by_apt(monkeypatch):
     calls = run_deploy(uu_plan(), monkeypatch)
     assert calls[0] == ("install",)
-    assert [c[1] for c in calls[1:]] == list(unattended.PATHS)
-    assert all(c[2] and c[3] == "apt-config -c /stage/x dump >/dev/null" for c in calls[1:])
+    assert [c[1] for c in calls[1:3]] == list(unattended.PATHS)
+    assert all(c[2] and c[3] == "apt-config -c /stage/x dump >/dev/null" for c in calls[1:3])
+    assert calls[3] == ("timers", ("apt-daily.timer", "apt-daily-upgrade.timer"))
 
 
 def test_converged_host_changes_nothing_and_drift_is_rewritten(monkeypatch):
@@ -119,7 +122,8 @@ def test_converged_host_changes_nothing_and_drift_is_rewritten(monkeypatch):
     facts = converged_facts(host_settings)
     plan = plan_for(host_settings, facts).unattended
     assert plan.installed and not any(file.content_changed for file in plan.files)
-    assert [c for c in run_deploy(plan, monkeypatch) if c[0] == "install" or c[2]] == []
+    assert plan.timers_off == () and run_op(ops.timers_enabled, plan=plan).commands == []
+    assert [c for c in run_deploy(plan, monkeypatch) if c[0] == "install" or (c[0] == "file" and c[2])] == []
     facts.state.root_files[unattended.CONFIG_PATH] = root_file("// edited\n")
     drifted = plan_for(host_settings, facts).unattended
     assert [file.path for file in drifted.files if file.content_changed] == [unattended.CONFIG_PATH]
@@ -135,6 +139,19 @@ def test_turned_off_only_the_files_hermes_infra_wrote_are_removed(monkeypatch):
     assert result.commands == ["rm -f /etc/apt/apt.conf.d/52hermes-infra-unattended-upgrades"]
     # never had it: nothing at all
     assert run_deploy(plan_for(settings(), fresh()).unattended, monkeypatch) == []
+
+
+def test_masked_daily_timers_are_unmasked_and_enabled_and_their_state_is_read():
+    from hermes_infra.host import hostfacts
+
+    state = hostfacts.parse_state(["@@hermes-infra-section apttimers", "apt-daily.timer enabled",
+                                   "apt-daily-upgrade.timer masked", "other.timer enabled"])
+    assert state.apt_timers == {"apt-daily.timer": "enabled", "apt-daily-upgrade.timer": "masked"}
+    plan = uu_plan(fresh(apt_timers=state.apt_timers))
+    assert plan.timers_off == ("apt-daily-upgrade.timer",)
+    assert run_op(ops.timers_enabled, plan=plan).commands == [
+        "systemctl unmask apt-daily-upgrade.timer && systemctl enable --now apt-daily-upgrade.timer"]
+    assert "@@hermes-infra-section apttimers" in hostfacts.state_command(hostfacts.StateRequest())
 
 
 def test_the_package_state_is_asked_of_dpkg_in_the_batched_read():
