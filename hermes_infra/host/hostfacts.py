@@ -63,6 +63,10 @@ class StateRequest:
     image_ref: str | None = None
     apt_repositories: tuple[str, ...] = ()
     """Repository URLs (without the scheme) whose apt source files are read besides hermes-infra's own."""
+    sshd: bool = False
+    """Read sshd's settings, drop-ins and the deploy user's keys (setting ssh_hardening on)."""
+    apt_timers: bool = False
+    """Read the state of apt's daily timers (setting unattended_upgrades on)."""
 
 
 class RootFile:
@@ -190,9 +194,11 @@ def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
     # st_dev), the holder must have the lock file itself open, as aptwait confirms it.
     sections.append(("aptlock", [APT_LOCK_HOLDER]))
     sections.append(("firewall", FIREWALL_READS))
-    sections.append(("sshd", SSHD_READS))
-    # The timers that start apt's daily runs (setting unattended_upgrades; a unit's state a line).
-    sections.append(("apttimers", [f"for t in {' '.join(APT_TIMERS)}; do echo \"$t $(systemctl is-enabled $t 2>/dev/null)\"; done"]))
+    if request.sshd:
+        sections.append(("sshd", SSHD_READS))
+    if request.apt_timers:
+        # The timers that start apt's daily runs (setting unattended_upgrades; a unit's state a line).
+        sections.append(("apttimers", [f"for t in {' '.join(APT_TIMERS)}; do echo \"$t $(systemctl is-enabled $t 2>/dev/null)\"; done"]))
     # A Docker from the snap store (Ubuntu offers it at install time) has its own dockerd and
     # socket: the plan refuses it before apt installs a second engine beside it. `snap list`
     # answers only where snapd is (timeout: a snapd that does not answer must not hang the read).

@@ -401,6 +401,7 @@ def fact_request(settings: HostSettings) -> StateRequest:
         packages=tuple(dict.fromkeys(packages)),
         image_ref=settings.image.ref,
         apt_repositories=docker_repositories_read(settings),
+        sshd=settings.ssh_hardening.enabled, apt_timers=settings.unattended_upgrades.enabled,
     )
 
 

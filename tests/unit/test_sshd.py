@@ -89,7 +89,7 @@ def test_off_by_default_and_nothing_to_do_on_a_host_that_never_had_it():
 # --- the facts --------------------------------------------------------------------------------
 
 def test_the_facts_section_runs_in_the_background_and_parses_what_it_prints():
-    command = hostfacts.state_command(hostfacts.StateRequest())
+    command = hostfacts.state_command(hostfacts.StateRequest(sshd=True, apt_timers=True))
     assert "@@hermes-infra-section sshd" in command and "sshd -T" in command
     assert "sshd" in hostfacts.BACKGROUND
     found = hostfacts._sshd(UBUNTU_CLOUD + ["dropin ../evil name.conf", "sets passwordauthentication yes",
@@ -519,3 +519,12 @@ def test_the_network_audit_passes_as_deployed_and_names_the_compose_networks():
 def test_the_network_audit_names_what_cis_2_2_flags(listing, message):
     result = outcome("HI-DOCKER-007", context(HostSettings(), host=networks_host(listing)))
     assert result.status == "failed" and message in result.message, result.message
+
+
+def test_sshd_and_apts_timers_are_read_only_where_the_settings_turn_them_on():
+    from hermes_infra.plan.hostplan import fact_request
+
+    default = hostfacts.state_command(fact_request(settings()))
+    assert "section sshd" not in default and "section apttimers" not in default
+    on = hostfacts.state_command(fact_request(settings(ssh_hardening=ON, unattended_upgrades=ON)))
+    assert "section sshd" in on and "section apttimers" in on

@@ -151,7 +151,7 @@ def test_masked_daily_timers_are_unmasked_and_enabled_and_their_state_is_read():
     assert plan.timers_off == ("apt-daily-upgrade.timer",)
     assert run_op(ops.timers_enabled, plan=plan).commands == [
         "systemctl unmask apt-daily-upgrade.timer && systemctl enable --now apt-daily-upgrade.timer"]
-    assert "@@hermes-infra-section apttimers" in hostfacts.state_command(hostfacts.StateRequest())
+    assert "@@hermes-infra-section apttimers" in hostfacts.state_command(hostfacts.StateRequest(sshd=True, apt_timers=True))
 
 
 def test_the_package_state_is_asked_of_dpkg_in_the_batched_read():
