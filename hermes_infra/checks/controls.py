@@ -395,6 +395,40 @@ def api_key_rules(ctx: HostContext, subject: Subject):
 
 
 # -------------------------------------------------------------------------- containers
+@control("HI-DATA-005", "SQLite databases pass integrity_check and are safe from the WAL-reset bug "
+         "(SQLite >= 3.51.3, or no database in WAL mode)", severity="high", scope="gateway",
+         rationale="`state.db` corrupted is what Hermes users on VPSes lose most. SQLite 3.7.0 to 3.51.2 has the "
+                   "WAL-reset bug: with several connections writing a WAL database, a checkpoint racing a WAL reset "
+                   "can drop pages of a committed transaction, silently. Hermes 0.19.0 opens state.db and its other "
+                   "stores in WAL mode, from several threads and processes, through Python's sqlite3, which links the "
+                   "system library: the registry-free image runs Debian 13's 3.46.1 (vulnerable); upstream's images "
+                   "build 3.53.4 and refuse WAL on an older library. Read in the running container as its user "
+                   "(`docker exec`, databases opened read-only), so it is the library Hermes itself loads.",
+         remediation="Run an image whose SQLite is >= 3.51.3 (the official image, setting image.ref), then "
+                     "`hermes-infra up <target>`. Meanwhile keep backups (scheduled_backups, with offsite). A database "
+                     "failing integrity_check: stop the gateway, `hermes-infra backup` it for the record, then "
+                     "`hermes sessions recover --output NEW.db` (upstream) or `hermes-infra restore` an earlier backup.")
+def sqlite_safety(ctx: HostContext, subject: Subject):
+    from hermes_infra.plan import sqlitecheck
+
+    gateway = subject.gateway
+    state = (_container(ctx, subject).get("State") or {})
+    if not state.get("Running"):
+        raise NotApplicable(f"{subject.container} is not running (HI-CTR-001 reports it)")
+    out = ctx.run(sqlitecheck.exec_command(subject.container, gateway.uid, gateway.gid))
+    report = sqlitecheck.parse_report(out.stdout)
+    if report is None:
+        raise CannotCheck(f"the SQLite probe in {subject.container} gave no report (exit {out.rc}): "
+                          f"{_printable(out.stderr.strip(), 200)}")
+    found = sqlitecheck.problems(report)
+    if found:
+        fail(f"SQLite {report['sqlite_version']}: " + "; ".join(f"{_printable(name)}: {_printable(why, 200)}"
+                                                             for name, why in found[:5]))
+    modes = sorted({entry["journal_mode"] or "-" for entry in report["databases"].values()})
+    return (f"SQLite {report['sqlite_version']}, {len(report['databases'])} databases "
+            f"({', '.join(modes) or 'none'}), integrity ok")
+
+
 def _listed_jobs(ctx: HostContext, gateway) -> list[cronjobs.ListedJob]:
     """The gateway's `cron/jobs.json`, read as its owner (never followed), parsed as data."""
     out = ctx.run(safeio.read_script(gateway.host_data_dir, [cronjobs.JOBS_FILE], gateway.uid, gateway.gid, "jobs"))

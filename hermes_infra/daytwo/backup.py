@@ -96,21 +96,31 @@ def start_command(settings: HostSettings, gateway: GatewaySettings) -> str:
             f"{{ {gate_command(settings, gateway)}\n}}")
 
 
-def archive_command(gateway: GatewaySettings, image: str, stage: str = STAGE_DIR) -> str:
+def offsite_tar_path(gateway: GatewaySettings, stage: str = STAGE_DIR) -> str:
+    """Where a manual backup leaves its uncompressed tar for the off-host upload (root's, in the
+    root-only stage dir), until the control machine has checked the archive."""
+    return f"{stage}/offsite-{gateway.name}.tar"
+
+
+def archive_command(gateway: GatewaySettings, image: str, stage: str = STAGE_DIR, keep_tar: bool = False) -> str:
     """gzip'd tar of the data dir on stdout while the gateway runs (`datatar.online_archive_script`:
     the databases copied online as the owner, the rest by tar as the owner); the exit code is the
     archive step's (0, or one of `datatar.REASONS`). The copies wait in a fresh root-only dir under
-    `stage`, removed afterwards. `image` is used when the gateway's container is gone.
+    `stage`, removed afterwards. `image` is used when the gateway's container is gone. With
+    `keep_tar` (off-host backups), a successful run leaves its uncompressed tar at
+    `offsite_tar_path` for the upload.
 
     Files root left in the data dir are given back first (the owner could not read them)."""
     directory = gateway.host_data_dir
     archive = datatar.online_archive_script(directory, gateway.uid, gateway.gid, gateway.name, gateway.service_name,
                                             image, '"$w"')
     # A work dir an interrupted backup left goes first: backups hold the deploy lock, so no other uses one.
-    return (f"umask 077; install -d -m 0700 {shlex.quote(stage)} && rm -rf -- {shlex.quote(stage)}/backup.* && "
-            f"w=$(mktemp -d {shlex.quote(stage + '/backup.XXXXXX')}) || exit {WORK_DIR_RC}; "
+    kept = shlex.quote(offsite_tar_path(gateway, stage))
+    keep = f"if [ $rc = 0 ]; then mv -f -- \"$w/data.tar\" {kept} || rc={WORK_DIR_RC}; fi; " if keep_tar else ""
+    return (f"umask 077; install -d -m 0700 {shlex.quote(stage)} && rm -rf -- {shlex.quote(stage)}/backup.* "
+            f"{kept} && w=$(mktemp -d {shlex.quote(stage + '/backup.XXXXXX')}) || exit {WORK_DIR_RC}; "
             f"( {safeio.chown_foreign_script(directory, gateway.uid, gateway.gid)} ) >/dev/null 2>&1; "
-            f"( {archive} ); rc=$?; rm -rf -- \"$w\"; exit $rc")
+            f"( {archive} ); rc=$?; {keep}rm -rf -- \"$w\"; exit $rc")
 
 
 def record_command(settings: HostSettings, gateway: GatewaySettings, record: dict) -> str:
@@ -483,6 +493,7 @@ def backup_gateway(host: HostTarget, gateway: GatewaySettings, remote: Remote, o
     is a failed backup (`DayTwoError`), never a good-looking one."""
     settings = host.settings
     started = time.monotonic()
+    offsite_on = settings.scheduled_backups.offsite is not None
     say(f"{host.name}/{gateway.name}: copying {gateway.host_data_dir} online (the gateway keeps running)")
     fd, tmp_name = tempfile.mkstemp(prefix=".hermes-infra-", suffix=".tar.gz", dir=out_dir)
     data_tmp = Path(tmp_name)
@@ -494,7 +505,8 @@ def backup_gateway(host: HostTarget, gateway: GatewaySettings, remote: Remote, o
                 sink.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
-            result = remote.run(archive_command(gateway, settings.image.ref), on_stdout=write)
+            result = remote.run(archive_command(gateway, settings.image.ref, keep_tar=offsite_on),
+                                on_stdout=write)
         if result.rc not in (0, datatar.INTEGRITY_RC):
             why = datatar.describe_rc(result.rc)
             _record(remote, settings, gateway, "failed", why)
@@ -530,6 +542,9 @@ def backup_gateway(host: HostTarget, gateway: GatewaySettings, remote: Remote, o
         f"{len(found.sqlite)} SQLite databases with {tables} tables, {seconds:.1f}s)")
     if bad or result.rc == datatar.INTEGRITY_RC:
         why = datatar.REASONS[datatar.INTEGRITY_RC]
+        if offsite_on:
+            # A damaged database never goes off the host as a good snapshot.
+            remote.run(f"rm -f -- {shlex.quote(offsite_tar_path(gateway))}")
         _record(remote, settings, gateway, "failed", why, path.name, size)
         remote.run(audit_command(audit_record("backup", settings, "failed", False, seconds,
                                               f"backup of {gateway.name}: {why}")))
@@ -540,7 +555,25 @@ def backup_gateway(host: HostTarget, gateway: GatewaySettings, remote: Remote, o
     _record(remote, settings, gateway, "success", "archived online, every database copy checked", path.name, size)
     remote.run(audit_command(audit_record("backup", settings, "ok", False, seconds,
                                           f"backup of {gateway.name} ({len(found.files)} files)")))
+    if offsite_on:
+        send_offsite(host, gateway, remote, say)
     return Backup(path, manifest)
+
+
+def send_offsite(host: HostTarget, gateway: GatewaySettings, remote: Remote, say: Say) -> None:
+    """The checked backup's tar to the off-host repository (`offsite.UPLOAD`, which records the
+    result on the host); the tar is removed whatever happens. A failed upload fails the command."""
+    from hermes_infra.plan import offsite
+
+    kept = shlex.quote(offsite_tar_path(gateway))
+    say(f"{host.name}/{gateway.name}: sending it to the off-host repository (restic)")
+    sent = remote.run(f"{offsite.upload_command(gateway.name, 'manual', kept)}; rc=$?; rm -f -- {kept}; exit $rc")
+    if sent.rc != 0:
+        raise DayTwoError(f"{host.name}/{gateway.name}: the local backup is good, but the off-host upload failed: "
+                          f"{clean(sent.stderr, 500)}. Fix: hermes-infra status {host.name} shows the recorded "
+                          f"reason; restic's messages are in {offsite.record_dir(host.settings)}/{gateway.name}"
+                          ".restic.log on the host")
+    say(f"{host.name}/{gateway.name}: off-host snapshot made, pruned and checked")
 
 
 def audit_record(command: str, settings: HostSettings, result: str, changed: bool, seconds: float,
@@ -629,12 +662,9 @@ def choose_gateway(host: HostTarget, manifest: dict, profile: str | None) -> Gat
     return host.gateways(name)[0]
 
 
-def restore(host: HostTarget, archive: str | Path, *, profile: str | None = None, force: bool = False,
-            say: Say = _say_default, remote_for=open_remote, deploy: Callable[[commands.Target], int] | None = None,
-            ) -> RestoreResult:
-    """Restore one backup onto one host (see module doc). Refuses before any change when the data
-    dir holds state and `force` is not given, or when the archive holds anything unsafe."""
-    started = time.monotonic()
+def checked_archive(archive: str | Path, profile: str | None) -> tuple[dict, bytes, str]:
+    """(manifest, re-packed data, its sha256) of a backup file, every member checked; raises
+    before anything on a host changes when one is unsafe."""
     manifest, data = read_backup(archive, profile)
     problems = manifest.get("problems") or []
     # Only what Python checked travels, in headers Python wrote (GNU tar and tarfile disagree on
@@ -648,8 +678,24 @@ def restore(host: HostTarget, archive: str | Path, *, profile: str | None = None
         data = normalized.read()
     if problems:
         raise DayTwoError(f"{archive}: refusing to restore: " + "; ".join(clean(p, 400) for p in problems[:10]))
-    data_sha256 = hashlib.sha256(data).hexdigest()
-    gateway = choose_gateway(host, manifest, profile)
+    return manifest, data, hashlib.sha256(data).hexdigest()
+
+
+def restore(host: HostTarget, archive: str | Path | None, *, profile: str | None = None, force: bool = False,
+            say: Say = _say_default, remote_for=open_remote, deploy: Callable[[commands.Target], int] | None = None,
+            fetch: Callable[[Remote], Path] | None = None) -> RestoreResult:
+    """Restore one backup onto one host (see module doc). Refuses before any change when the data
+    dir holds state and `force` is not given, or when the archive holds anything unsafe.
+
+    `fetch` (instead of `archive`): brings the backup file to the control machine once the host
+    is deployed (an off-host repository is reached from the host, with the host's credentials);
+    it is checked the same way before the gateway is stopped."""
+    started = time.monotonic()
+    if archive is not None:
+        manifest, data, data_sha256 = checked_archive(archive, profile)
+        gateway = choose_gateway(host, manifest, profile)
+    else:
+        gateway = host.gateways(profile)[0] if profile else host.gateways()[0]
     settings = host.settings
     remote = remote_for(host)
     deployed = False
@@ -674,6 +720,8 @@ def restore(host: HostTarget, archive: str | Path, *, profile: str | None = None
             if code != 0:
                 raise DayTwoError(f"{host.name}: the deploy before the restore failed (exit {code}); nothing restored")
             deployed = True
+        if fetch is not None:
+            manifest, data, data_sha256 = checked_archive(fetch(remote), gateway.name)
         # After the deploy (which takes the lock itself), before the gateway is stopped.
         with deploy_lock(host, remote, "restore"):
             return _restore_locked(host, gateway, remote, manifest, data, data_sha256, datadir, deployed, started,

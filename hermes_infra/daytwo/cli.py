@@ -1,7 +1,7 @@
 """Day-two commands on the `hermes-infra` command line: a thin layer over the functions of
 `hermes_infra.daytwo` (each callable and testable on its own).
 
-    hermes-infra status   TARGET [--json] [--html PATH]
+    hermes-infra status   TARGET [--json] [--html PATH] [--databases]
     hermes-infra smoke    TARGET [--profile P] [--message TEXT] [--timeout S] [--json]   (costs tokens)
     hermes-infra logs     TARGET [--profile P] [-f] [-n N] [--since T] [--grep RE]
     hermes-infra restart  TARGET [--profile P]
@@ -9,7 +9,9 @@
     hermes-infra pairing  list|approve|revoke|clear-pending TARGET [PLATFORM CODE|USER] [--profile P]
     hermes-infra doctor   TARGET [--profile P] [--fix]
     hermes-infra backup   TARGET [--profile P] [-o DIR]   (on a schedule: the setting scheduled_backups)
+    hermes-infra backup   list TARGET [--profile P] [--all-hosts]   (the off-host repository's snapshots)
     hermes-infra restore  TARGET ARCHIVE [--profile P] [--force]
+    hermes-infra restore  TARGET --from offsite[:SNAPSHOT] [--profile P] [--force]
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def add_commands(sub, add_target_options, make_target) -> None:
     def cmd_status(args) -> int:
         from hermes_infra.daytwo import status
 
-        report = status.collect(hosts(args))
+        report = status.collect(hosts(args), databases=args.databases)
         sys.stdout.write(status.render_json(report) if args.json else status.render_text(report))
         if args.html:
             from hermes_infra.daytwo.report_html import render_status_html
@@ -65,6 +67,10 @@ def add_commands(sub, add_target_options, make_target) -> None:
     add_target_options(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--html", metavar="PATH", help="also write a self-contained HTML page")
+    p.add_argument("--databases", action="store_true",
+                   help="also the SQLite library the image runs and each database's journal mode and "
+                   "PRAGMA integrity_check (read in a one-off container of the gateway's image as its owner; "
+                   "WAL mode on SQLite older than 3.51.3 is flagged: the WAL-reset bug)")
     p.set_defaults(func=_guard(cmd_status))
 
     # ------------------------------------------------------------------- smoke
@@ -209,6 +215,11 @@ def add_commands(sub, add_target_options, make_target) -> None:
     def cmd_backup(args) -> int:
         from hermes_infra.daytwo import backup
 
+        if args.target == "list" and args.list_target:
+            return backup_list(args)
+        if args.list_target:
+            raise DayTwoError(f"backup takes one TARGET (got {args.target!r} and {args.list_target!r}). Fix: "
+                              "hermes-infra backup TARGET, or hermes-infra backup list TARGET")
         made = backup.backup(hosts(args), args.profile, args.output)
         for item in made:
             print(item.path)
@@ -225,7 +236,25 @@ def add_commands(sub, add_target_options, make_target) -> None:
     add_target_options(p)
     p.add_argument("--profile", help=PROFILE_HELP)
     p.add_argument("-o", "--output", default="backups", metavar="DIR", help="where to write (default ./backups)")
+    p.add_argument("list_target", nargs="?", metavar="TARGET",
+                   help="with `backup list TARGET`: list the off-host repository's snapshots of that host "
+                   "(time, id, host, profile, source, size; setting scheduled_backups.offsite)")
+    p.add_argument("--all-hosts", action="store_true", help="with backup list: every host's snapshots in the repository")
     p.set_defaults(func=_guard(cmd_backup))
+
+    def backup_list(args) -> int:
+        from hermes_infra.daytwo import offsite
+
+        args.target = args.list_target
+        found = hosts(args)
+        for host in found:
+            snapshots = offsite.list_snapshots(host, all_hosts=args.all_hosts)
+            if args.profile:
+                snapshots = [s for s in snapshots if s.profile == args.profile]
+            if len(found) > 1:
+                print(f"{host.name}:")
+            sys.stdout.write(offsite.render_snapshots(snapshots))
+        return 0
 
     def cmd_restore(args) -> int:
         from hermes_infra.daytwo import backup
@@ -234,6 +263,15 @@ def add_commands(sub, add_target_options, make_target) -> None:
         if len(found) != 1:
             raise DayTwoError(f"restore goes to one host; the target names {len(found)}. Fix: user@host or "
                               "an inventory with --limit-style single host")
+        if (args.archive is None) == (args.source is None):
+            raise DayTwoError("restore needs one source: an ARCHIVE file or --from offsite[:SNAPSHOT]. Fix: give one "
+                              "of them")
+        if args.source is not None:
+            from hermes_infra.daytwo import offsite
+
+            offsite.restore_from_offsite(found[0], offsite.parse_from(args.source), profile=args.profile,
+                                         force=args.force)
+            return 0
         backup.restore(found[0], args.archive, profile=args.profile, force=args.force)
         return 0
 
@@ -244,8 +282,12 @@ def add_commands(sub, add_target_options, make_target) -> None:
                        "A data dir that holds state is only replaced with --force (it is kept as "
                        "<dir>.pre-restore-<time>).")
     add_target_options(p)
-    p.add_argument("archive", help="a .hermes-backup.tar file from hermes-infra backup (or a scheduled "
+    p.add_argument("archive", nargs="?", help="a .hermes-backup.tar file from hermes-infra backup (or a scheduled "
                    "<profile>_<time>.tar.gz copied from the host)")
+    p.add_argument("--from", dest="source", metavar="offsite[:SNAPSHOT]",
+                   help="restore from the off-host restic repository instead of a file (setting "
+                   "scheduled_backups.offsite): the newest snapshot of the profile, or the one named by its id; "
+                   "a fresh host is deployed first and reaches the repository with its own settings")
     p.add_argument("--profile", help="restore into this profile (default: the profile the backup came from)")
     p.add_argument("--force", action="store_true", help="replace a data dir that already holds state")
     p.set_defaults(func=_guard(cmd_restore))

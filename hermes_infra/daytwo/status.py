@@ -22,7 +22,7 @@ import shlex
 import time
 from dataclasses import asdict, dataclass, field
 
-from hermes_infra.plan import cronjobs
+from hermes_infra.plan import cronjobs, sqlitecheck
 from hermes_infra.plan import hostplan as planmod
 from hermes_infra.daytwo.remote import DayTwoError, HostTarget, Remote, clean, for_each_host, open_remote
 from hermes_infra.host import readiness, safeio
@@ -85,6 +85,10 @@ class GatewayStatus:
     jobs: list[ManagedJob] = field(default_factory=list)  # the settings' cron jobs, as Hermes lists them
     jobs_unreadable: str | None = None  # why cron/jobs.json could not be read, when it could not
     backups: list[dict] = field(default_factory=list)  # the last scheduled and manual backup runs, as recorded
+    offsite_last: dict | None = None  # the last off-host upload, as recorded (setting scheduled_backups.offsite)
+    offsite_good: dict | None = None  # the last successful one
+    offsite_set: bool = False
+    sqlite: dict | None = None  # the image's SQLite library, each database's journal mode and integrity
 
     @property
     def healthy(self) -> bool:
@@ -149,7 +153,7 @@ def _section(name: str) -> str:
     return f"echo '{SECTION} {name}'"
 
 
-def gateway_sections(settings: HostSettings, gateway: GatewaySettings) -> tuple[str, str]:
+def gateway_sections(settings: HostSettings, gateway: GatewaySettings, databases: bool = False) -> tuple[str, str]:
     """(background, foreground) shell for one profile. Background parts hold no secret and run
     side by side (each docker CLI call starts a Go binary: seconds on a small VPS); the part that
     reads the key runs in the foreground.
@@ -175,6 +179,12 @@ def gateway_sections(settings: HostSettings, gateway: GatewaySettings) -> tuple[
         _section(f"health {gateway.name}"),
         f"( {curl} {shlex.quote(url + '/health')} 2>/dev/null | base64 -w0; echo )",
     ])
+    if databases:
+        # `status --databases`: in a one-off container of the gateway's image as the owner (the online
+        # copy's confinement); the names in its answer are the agent's, so it travels base64-encoded.
+        probe = sqlitecheck.probe_command(gateway.host_data_dir, gateway.uid, gateway.gid, gateway.name,
+                                          gateway.service_name, settings.image.ref)
+        background += "; " + "; ".join([_section(f"sqlite {gateway.name}"), f"( {probe} ) | base64 -w0; echo"])
     jobs = []
     if gateway.cron:
         # Read as the data dir's owner, never followed, contents base64-encoded (safeio's reader).
@@ -182,7 +192,7 @@ def gateway_sections(settings: HostSettings, gateway: GatewaySettings) -> tuple[
                 f"( {safeio.read_script(gateway.host_data_dir, [cronjobs.JOBS_FILE], gateway.uid, gateway.gid, 'jobs')} )"]
     # Root's records of the last runs (backup_timer.last_run_path, backup.manual_record_path): one
     # base64 line each, empty when there is none.
-    records = " ".join(shlex.quote(path) for path in backup_records(settings, gateway))
+    records = " ".join(shlex.quote(path) for path in backup_records(settings, gateway) + offsite_records(settings, gateway))
     foreground = "; ".join([
         *jobs,
         _section(f"backups {gateway.name}"),
@@ -203,6 +213,15 @@ def backup_records(settings: HostSettings, gateway: GatewaySettings) -> tuple[st
     return last_run_path(settings, gateway.name), manual_record_path(settings, gateway.name)
 
 
+def offsite_records(settings: HostSettings, gateway: GatewaySettings) -> tuple[str, ...]:
+    """The off-host upload's records (last run, last good), read only when the setting is set."""
+    from hermes_infra.plan import offsite
+
+    if settings.scheduled_backups.offsite is None:
+        return ()
+    return offsite.last_run_path(settings, gateway.name), offsite.good_path(settings, gateway.name)
+
+
 BACKUP_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
@@ -221,6 +240,52 @@ def _backup_record(kind: str, lines: list[str]) -> dict | None:
             "message": clean(record.get("message"), 200) or None}
 
 
+def _offsite_record(text: str) -> dict | None:
+    """One upload record (`offsite.last_run_path`), field by field (root wrote it; it is shown)."""
+    try:
+        record = json.loads(text or "null")
+    except json.JSONDecodeError:
+        return None
+    from hermes_infra.plan import offsite
+
+    if not isinstance(record, dict) or record.get("result") not in ("success", "failed") \
+            or not BACKUP_TIME.fullmatch(str(record.get("time"))):
+        return None
+
+    def number(key: str) -> int | None:
+        value = record.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    snapshot = record.get("snapshot")
+    return {"kind": "offsite", "result": record["result"], "time": record["time"],
+            "source": record.get("source") if record.get("source") in offsite.SOURCES else None,
+            "snapshot": snapshot[:8] if isinstance(snapshot, str) and offsite.SNAPSHOT_ID.fullmatch(snapshot) else None,
+            "bytes": number("bytes"), "bytes_added": number("bytes_added"),
+            "message": clean(record.get("message"), 200) or None}
+
+
+def offsite_line(last: dict | None, good: dict | None) -> str:
+    """`last good off-host backup: <time>, <size> (...)`, and the last run when it failed."""
+    if good is None:
+        text = "last good off-host backup: never"
+    else:
+        text = (f"last good off-host backup: {good['time']}, {human_bytes(good['bytes'])} "
+                f"({human_bytes(good['bytes_added'])} new, snapshot {good['snapshot'] or '-'})")
+    if last is not None and last["result"] != "success":
+        text += f"; last upload FAILED {last['time']}: {last['message'] or 'no reason recorded'}"
+    return text
+
+
+def sqlite_line(report: dict) -> str:
+    """`sqlite 3.46.1 (has the WAL-reset bug): state.db wal ok; ...`; names cleaned (the agent's)."""
+    version = report["sqlite_version"]
+    head = f"sqlite {version}" + (" (has the WAL-reset bug, fixed in 3.51.3)" if sqlitecheck.vulnerable(report) else "")
+    parts = [f"{clean(name, 80)} {entry['journal_mode'] or '-'} {clean(entry['integrity'], 80)}"
+             for name, entry in sorted(report["databases"].items())[:10]]
+    more = len(report["databases"]) - len(parts)
+    return head + ": " + ("; ".join(parts) or "no databases") + (f"; {more} more" if more > 0 else "")
+
+
 def backup_cell(record: dict) -> str:
     result = record["result"] if record["result"] == "success" else record["result"].upper()
     text = f"{record['kind']} {result} {record['time']}"
@@ -229,7 +294,7 @@ def backup_cell(record: dict) -> str:
     return f"{text}: {record['message']}" if record["result"] != "success" and record["message"] else text
 
 
-def status_command(settings: HostSettings) -> str:
+def status_command(settings: HostSettings, databases: bool = False) -> str:
     """The one command `status` runs on a host: read-only. Secret-free slow parts run side by side
     in a root-only temp dir (as the deploy's batched read does), every part in its own subshell."""
     background = [
@@ -241,7 +306,7 @@ def status_command(settings: HostSettings) -> str:
         "; ".join([_section("audit"), f"( tail -n 1 {AUDIT_LOG} 2>/dev/null || true )"]),
     ]
     for gateway in settings.gateways:
-        slow, fast = gateway_sections(settings, gateway)
+        slow, fast = gateway_sections(settings, gateway, databases)
         background.append(slow)
         foreground.append(fast)
     parallel = " ".join(f'( {part} ) > "$d/{i}" 2>/dev/null &' for i, part in enumerate(background))
@@ -381,8 +446,14 @@ def _gateway(settings: HostSettings, gateway: GatewaySettings, sections: dict[st
         g.ready_status = "key refused"
     if gateway.cron:
         g.jobs, g.jobs_unreadable = _managed_jobs(gateway, sections.get(f"jobs {gateway.name}"))
+    g.sqlite = sqlitecheck.parse_report("\n".join(_decoded(sections.get(f"sqlite {gateway.name}", []))))
     lines = sections.get(f"backups {gateway.name}", [])
-    g.backups = [r for kind, line in zip(("scheduled", "manual"), lines) if (r := _backup_record(kind, [line]))]
+    g.backups = [r for kind, line in zip(("scheduled", "manual"), lines[:2]) if (r := _backup_record(kind, [line]))]
+    if settings.scheduled_backups.offsite is not None:
+        g.offsite_set = True
+        last, good = (lines[2:4] + ["", ""])[:2]
+        g.offsite_last = _offsite_record("\n".join(_decoded([last])))
+        g.offsite_good = _offsite_record("\n".join(_decoded([good])))
     return g
 
 
@@ -409,13 +480,13 @@ def _managed_jobs(gateway: GatewaySettings, lines: list[str] | None) -> tuple[li
     return jobs, None
 
 
-def status_host(host: HostTarget, remote: Remote | None = None) -> HostStatus:
+def status_host(host: HostTarget, remote: Remote | None = None, databases: bool = False) -> HostStatus:
     """The status of one host over one connection; never raises (errors go in the row)."""
     started = time.monotonic()
     own = remote is None
     remote = remote or open_remote(host)
     try:
-        result = remote.run(status_command(host.settings), timeout=120)
+        result = remote.run(status_command(host.settings, databases), timeout=180 if databases else 120)
         if result.rc != 0 and not result.stdout:
             raise DayTwoError(f"the status command exited {result.rc}: {clean(result.stderr, 300)}")
         status = parse_status(host, result.text)
@@ -429,9 +500,12 @@ def status_host(host: HostTarget, remote: Remote | None = None) -> HostStatus:
     return status
 
 
-def collect(hosts: list[HostTarget]) -> StatusReport:
+def collect(hosts: list[HostTarget], databases: bool = False) -> StatusReport:
+    """Every host's status; with `databases`, also the SQLite library and each database's journal
+    mode and integrity (`sqlitecheck`: a one-off container per profile, so not by default)."""
     started_at, started = dt.datetime.now().astimezone(), time.monotonic()
-    return StatusReport(hosts=for_each_host(hosts, status_host), started=started_at,
+    return StatusReport(hosts=for_each_host(hosts, lambda host: status_host(host, databases=databases)),
+                        started=started_at,
                         seconds=time.monotonic() - started)
 
 
@@ -506,6 +580,19 @@ def attention(host: HostStatus) -> list[Attention]:
         elif g.health_code != "200":
             items.append(Attention(host.name, g.profile, "failure", f"{g.url}/health answers {g.health_code}",
                                    fix=f"{logs}, then hermes-infra restart {host.name} --profile {g.profile}"))
+        if g.sqlite is not None and (found := sqlitecheck.problems(g.sqlite)):
+            damaged = any(not why.startswith("WAL mode") for _, why in found)
+            items.append(Attention(
+                host.name, g.profile, "failure" if damaged else "warning",
+                "a SQLite database fails its integrity check" if damaged else
+                "SQLite databases in WAL mode on a library with the WAL-reset bug",
+                tuple(f"{clean(name, 80)}: {clean(why, 200)}" for name, why in found[:5]),
+                f"hermes-infra check {host.name} (HI-DATA-005 says why and what to do)"))
+        if g.offsite_last is not None and g.offsite_last["result"] != "success":
+            items.append(Attention(host.name, g.profile, "warning", "the last off-host upload failed",
+                                   (g.offsite_last["message"] or "no reason recorded",),
+                                   f"hermes-infra backup {host.name} --profile {g.profile} (restic's own messages: "
+                                   "<backup_dir>/offsite/<profile>.restic.log on the host)"))
         astray = [job.describe() for job in g.jobs if not job.in_order]
         if g.jobs_unreadable or astray:
             items.append(Attention(host.name, g.profile, "warning", "cron jobs of the settings are not as set",
@@ -578,6 +665,10 @@ def render_text(report: StatusReport) -> str:
                 lines.append(f"  {g.profile} cron: " + "; ".join(job.describe() for job in g.jobs))
             if g.backups:
                 lines.append(f"  {g.profile} backups: " + "; ".join(backup_cell(r) for r in g.backups))
+            if g.sqlite is not None:
+                lines.append(f"  {g.profile} {sqlite_line(g.sqlite)}")
+            if g.offsite_set:
+                lines.append(f"  {g.profile} {offsite_line(g.offsite_last, g.offsite_good)}")
         for item in attention(host):
             details = f": {'; '.join(item.details)}" if item.details else ""
             lines.append(f"  {item.profile}: {item.finding}{details}")

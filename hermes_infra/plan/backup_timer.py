@@ -19,7 +19,7 @@ import shlex
 
 from hermes_infra.host import lockcommands as lock
 from hermes_infra.host import safeio
-from hermes_infra.plan import datatar
+from hermes_infra.plan import datatar, offsite
 from hermes_infra.settings.schema import HostSettings
 
 SCRIPT = "/usr/local/sbin/hermes-infra-backup"
@@ -111,8 +111,7 @@ def _profile_lines(settings: HostSettings, gateway, keep: int) -> list[str]:
         '  if [ -z "$why" ] && ! ( cd "${out%/*}" && mv -f -- "$w/databases.json" "$base.databases.json" && '
         'mv -- "$base.partial" "$base" && sha256sum -- "$base" > "$base.sha256.new" && '
         'mv -f -- "$base.sha256.new" "$base.sha256" ); then why=\'the archive could not be stored\'; fi',
-        '  rm -rf -- "$w"',
-        f"else why={shlex.quote(datatar.REASONS[datatar.WORK_DIR_RC])}; fi",
+        f"else w=; why={shlex.quote(datatar.REASONS[datatar.WORK_DIR_RC])}; fi",
         'if [ -n "$why" ]; then',
         f'  rm -f -- "$out.partial" "$out.databases.json"; fail {name} "$why"',
         "else",
@@ -121,8 +120,20 @@ def _profile_lines(settings: HostSettings, gateway, keep: int) -> list[str]:
         # Rotation only after a verified success: a failed run never deletes a good archive.
         f"  ls -1t {dest}/*.tar.gz 2>/dev/null | tail -n +{int(keep) + 1} | while IFS= read -r old; do "
         'rm -f -- "$old" "$old.sha256" "$old.databases.json"; done',
+        *_offsite_lines(settings, gateway),
         "fi",
+        # The work dir held the uncompressed tar until the upload was done with it.
+        'if [ -n "$w" ]; then rm -rf -- "$w"; fi',
     ]
+
+
+def _offsite_lines(settings: HostSettings, gateway) -> list[str]:
+    """Only a verified, stored archive goes off the host: its uncompressed tar (`$w/data.tar`,
+    root's, in the root-only work dir), which restic deduplicates run after run. A failed upload
+    fails the run (the upload records why)."""
+    if settings.scheduled_backups.offsite is None:
+        return []
+    return [f"  {offsite.upload_command(gateway.name, 'scheduled', chr(34) + '$w/data.tar' + chr(34))} || status=1"]
 
 
 def script_text(settings: HostSettings, keep: int, lock_dir: str = lock.LOCK_DIR,

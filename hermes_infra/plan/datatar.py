@@ -114,7 +114,7 @@ def rule_matches(rule_pattern: str, rule_where: str, path: str) -> bool:
     if rule_where == "anywhere":
         return fnmatch.fnmatchcase(parts[-1], rule_pattern)
     homes = [parts]
-    if len(parts) > 2 and parts[0] == "profiles":
+    if 2 < len(parts) and parts[0] == "profiles":
         homes.append(parts[2:])
     return any(_glob_parts(home, rule_pattern) for home in homes)
 
@@ -304,14 +304,22 @@ def copy_command(data_dir: str, uid: int, gid: int, profile: str, out_dir: str, 
     connection has closed cannot be opened at all ("attempt to write a readonly database"). The
     program opens every database `mode=ro` and writes only to `/out`; the container runs as the
     owner, who may write the data dir anyway."""
-    name = shlex.quote(copy_container_name(profile))
-    return (f"timeout -k 30 {COPY_SECONDS + 60} docker run --rm --name {name} --pull never "
+    return one_off_python(data_dir, uid, gid, copy_container_name(profile), image, copy_program(),
+                          [*copy_arguments(), "/opt/data", "/out"], COPY_SECONDS + 60,
+                          f"--mount type=bind,src={out_dir},dst=/out ")
+
+
+def one_off_python(data_dir: str, uid: int, gid: int, name: str, image: str, program: str, arguments: list[str],
+                   seconds: int, mounts: str = "") -> str:
+    """`docker run` of `program` (Python source) in a one-off container of the gateway's image as
+    the data dir's owner, confined as `copy_command` says; the data dir at /opt/data, `mounts`
+    (shell words, already quoted) beside it; `image` a shell word."""
+    return (f"timeout -k 30 {int(seconds)} docker run --rm --name {shlex.quote(name)} --pull never "
             f"--user {int(uid)}:{int(gid)} --network none --read-only --cap-drop ALL "
             "--security-opt no-new-privileges --pids-limit 64 --workdir / --entrypoint python3 "
             f"--mount {shlex.quote(f'type=bind,src={data_dir},dst=/opt/data')} "
-            f"--mount type=bind,src={out_dir},dst=/out "
-            f"{image} -I -S -c {shlex.quote(copy_program())} "
-            + " ".join(shlex.quote(a) for a in copy_arguments()) + " /opt/data /out")
+            f"{mounts}{image} -I -S -c {shlex.quote(program)} "
+            + " ".join(shlex.quote(a) for a in arguments))
 
 
 def online_archive_script(data_dir: str, uid: int, gid: int, profile: str, container: str, fallback_image: str,

@@ -14,10 +14,12 @@ from hermes_infra.operations import alerts as alert_ops
 from hermes_infra.operations import backup_timer, compose, datadir, docker_engine, health, image, profiles, swap
 from hermes_infra.operations import agentfiles, cronjobs
 from hermes_infra.operations import firewall as firewall_ops
+from hermes_infra.operations import offsite as offsite_ops
 from hermes_infra.operations import sshd as sshd_ops
 from hermes_infra.operations import unattended as unattended_ops
 from hermes_infra.plan import alerts, plandiff
 from hermes_infra.plan import firewall as firewall_plan
+from hermes_infra.plan import offsite as offsite_plan
 from hermes_infra.plan import sshd as sshd_plan
 from hermes_infra.plan import unattended as unattended_plan
 from hermes_infra.commands import SHOW_DIFF_ATTRIBUTE, SHOW_DIFF_ENV
@@ -116,6 +118,7 @@ def hermes_host(settings: HostSettings | None = None):
         root_file(name="Record the agent files and cron jobs hermes-infra manages", file=plan.agent_record,
                   writer=writer)
     root_file(name=f"Record revision {plan.revision} as deployed", file=plan.deployed, writer=writer)
+    offsite(plan)
     timer = plan.backup_timer
     for file in timer.files:
         root_file(name=f"Scheduled backups: {file.path}", file=file, writer=writer)
@@ -150,6 +153,24 @@ def hardening(plan: HostPlan) -> None:
     unattended_ops.unattended_upgrades(plan.unattended, plan.writer, install=lambda: docker_engine.apt_installed(
         name="Install unattended-upgrades (automatic security updates)", plan=docker,
         packages=(unattended_plan.PACKAGE,), update=docker.lists_stale and not updated))
+
+
+def offsite(plan: HostPlan) -> None:
+    """restic and its files (setting scheduled_backups.offsite) before the backup timer's script,
+    which calls them; all gone when the setting is."""
+    wanted = plan.offsite
+    if wanted is None:
+        return
+    if wanted.package_missing:
+        docker = plan.docker
+        updated = docker.prerequisites_missing or docker.packages_missing or (
+            docker.sources is not None and docker.sources.content_changed)
+        docker_engine.apt_installed(name="Install restic (off-host backups)", plan=docker,
+                                    packages=(offsite_plan.PACKAGE,), update=docker.lists_stale and not updated)
+    for file in wanted.files:
+        root_file(name=f"Off-host backups: {file.path}" + (" (0600, values not shown)" if file.secret else ""),
+                  file=file, writer=plan.writer)
+    offsite_ops.offsite_removed(name="Off-host backups: " + ("restic" if wanted.wanted else "none"), plan=wanted)
 
 
 def watchdog(plan: HostPlan) -> None:

@@ -1861,6 +1861,297 @@ def parse_calendar(expression: str) -> float | None:
     return 3600.0 if hours > 1 else 86400.0
 
 
+# ----------------------------------------------------------------------------- off-host backups
+OFFSITE_SCHEMES = ("s3", "sftp", "rest")
+"""The restic backends an off-host repository may use (an allow-list: restic knows more)."""
+_REPO_CHARS = re.compile(r"[A-Za-z0-9._~:/@%+\[\]-]{1,1000}")
+_DNS_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+                       r"[A-Za-z0-9])?)*")
+_SFTP_USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+_REPO_PATH = re.compile(r"/[A-Za-z0-9._/-]{0,500}")
+SSH_HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+_OPENSSH_KEY = re.compile(r"-----BEGIN OPENSSH PRIVATE KEY-----\n([A-Za-z0-9+/=]{1,200}\n){1,200}"
+                          r"-----END OPENSSH PRIVATE KEY-----\n?")
+
+
+class OffsiteRepository(NamedTuple):
+    """A restic repository URL, parsed: what the host's scripts and the checks need of it."""
+
+    scheme: str
+    """`s3`, `sftp` or `rest`."""
+    host: str
+    port: int | None
+    path: str
+    user: str | None = None
+    """The SSH user of an SFTP repository."""
+    http: bool = False
+    """Plain http (s3 or rest, only to a loopback or private address)."""
+
+    def url(self, rest_user: str | None = None, rest_password: str | None = None) -> str:
+        """The URL restic reads from RESTIC_REPOSITORY (REST credentials percent-encoded in it:
+        the env file is the only place it is written). SFTP's command is set apart
+        (`sftp.command`), so its URL only carries the path."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        where = f"{host}:{self.port}" if self.port else host
+        if self.scheme == "sftp":
+            return f"sftp:{self.user}@{where}:{self.path}" if not self.port else f"sftp://{self.user}@{where}/{self.path}"
+        auth = ""
+        if rest_user is not None and rest_password is not None:
+            auth = f"{urllib.parse.quote(rest_user, safe='')}:{urllib.parse.quote(rest_password, safe='')}@"
+        return f"{self.scheme}:{'http' if self.http else 'https'}://{auth}{where}{self.path}"
+
+
+def _repo_host(host: str, setting: str, fix: str) -> str:
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if not _DNS_NAME.fullmatch(host) or host.replace(".", "").isdigit():
+        raise ValueError(f"{setting}: {host!r} is not a host name or IP address. {fix}")
+    return host.lower()
+
+
+PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"))
+"""Networks that do not cross the internet (RFC 1918, carrier-grade NAT and VPN meshes, IPv6
+unique local): Python's `is_private` also counts documentation and benchmark ranges."""
+
+
+def _plain_http_allowed(host: str) -> bool:
+    """Plain http only to an address that never crosses the internet: a loopback or private IP
+    written as such (a name could resolve anywhere)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or any(address in network for network in PRIVATE_NETWORKS)
+
+
+def parse_offsite_repository(value: str, setting: str = "scheduled_backups.offsite.repository") -> OffsiteRepository:
+    """A restic repository URL by meaning: an allowed backend, a host, a path, no credentials
+    in it (they are settings of their own, kept secret), https unless the server is on this host
+    or a private network."""
+    fix = ("Fix: s3:https://HOST/BUCKET[/PREFIX], sftp:USER@HOST:/ABSOLUTE/PATH (or sftp://USER@HOST:PORT//PATH) "
+           "or rest:https://HOST[:PORT]/[PATH]")
+    if not _REPO_CHARS.fullmatch(value):
+        raise ValueError(f"{setting} {value!r} holds characters a repository URL here cannot (spaces, quotes, "
+                         f"'?', '#', ...). {fix}")
+    scheme, sep, rest = value.partition(":")
+    if not sep or scheme not in OFFSITE_SCHEMES:
+        raise ValueError(f"{setting} {value!r}: backend {scheme!r} is not one of {', '.join(OFFSITE_SCHEMES)} "
+                         f"(off-host means S3, SFTP or a restic REST server). {fix}")
+    if scheme == "sftp":
+        return _parse_sftp(value, rest, setting, fix)
+    parts = urllib.parse.urlsplit(rest)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise ValueError(f"{setting} {value!r}: {scheme} needs an https:// URL after '{scheme}:'. {fix}")
+    if "@" in parts.netloc:
+        raise ValueError(f"{setting}: the URL holds credentials (user:password@; value not shown). Fix: put them in "
+                         f"scheduled_backups.offsite.{'rest_username and rest_password' if scheme == 'rest' else 'aws_access_key_id and aws_secret_access_key'} "
+                         "(kept secret), and the URL without them")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{setting} {value!r} has a query or fragment. {fix}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{setting} {value!r} has a bad port. {fix}") from None
+    if port == 0:
+        raise ValueError(f"{setting} {value!r} names port 0. {fix}")
+    host = _repo_host(parts.hostname or "", setting, fix)
+    path = parts.path or "/"
+    if not _REPO_PATH.fullmatch(path) or ".." in path.split("/") or "//" in path:
+        raise ValueError(f"{setting} {value!r}: the path {path!r} is not a plain absolute path. {fix}")
+    if scheme == "s3" and path.strip("/") == "":
+        raise ValueError(f"{setting} {value!r} names no bucket. {fix}")
+    http = parts.scheme == "http"
+    if http and not _plain_http_allowed(host):
+        raise ValueError(f"{setting} {value!r} is plain http to {host}, an address on the internet (or a name): the "
+                         "repository's credentials would cross the network unencrypted (the data itself is "
+                         "encrypted by restic). Fix: https, or http only to 127.0.0.1 or a private address")
+    return OffsiteRepository(scheme, host, port, path.rstrip("/") or "/", None, http)
+
+
+def _parse_sftp(value: str, rest: str, setting: str, fix: str) -> OffsiteRepository:
+    if rest.startswith("//"):
+        parts = urllib.parse.urlsplit("sftp:" + rest)
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"{setting} {value!r} has a bad port. {fix}") from None
+        user, host = parts.username, parts.hostname or ""
+        if parts.password is not None:
+            raise ValueError(f"{setting}: the URL holds a password (value not shown). Fix: SFTP logs in with "
+                             "scheduled_backups.offsite.sftp_private_key; remove the password from the URL")
+        path = parts.path[1:] if parts.path.startswith("//") else parts.path
+    else:
+        who, at, where = rest.partition("@")
+        if not at:
+            who, where = "", rest
+        host, colon, path = where.partition(":")
+        user, port = who or None, None
+        if not colon:
+            raise ValueError(f"{setting} {value!r}: no ':' between the host and the path. {fix}")
+    if not user or not _SFTP_USER.fullmatch(user):
+        raise ValueError(f"{setting} {value!r}: the SSH user is missing or not a user name. {fix}")
+    if port == 0:
+        raise ValueError(f"{setting} {value!r} names port 0. {fix}")
+    host = _repo_host(host, setting, fix)
+    if not _REPO_PATH.fullmatch(path) or ".." in path.split("/") or path.strip("/") == "":
+        raise ValueError(f"{setting} {value!r}: the path {path!r} is not an absolute path below /. {fix}")
+    return OffsiteRepository("sftp", host, port, path.rstrip("/"), user, False)
+
+
+class OffsiteSettings(Settings):
+    """Every backup (scheduled and manual) also sent to a restic repository off the host:
+    encrypted by restic with `password`, deduplicated, tagged with the host and profile, pruned
+    to the retention below, checked after each run. Debian's `restic` package is installed by
+    the deploy only when this is set; the password, the credentials and the repository's URL
+    live in root-only 0600 files under `/etc/hermes-infra/offsite/` (never in a command line)."""
+
+    repository: str
+    """The restic repository: `s3:https://HOST/BUCKET[/PREFIX]` (any S3-compatible store),
+    `sftp:USER@HOST:/PATH` (or `sftp://USER@HOST:PORT//PATH`), or a restic REST server
+    `rest:https://HOST[:PORT]/[PATH]`. Plain `http://` only to 127.0.0.1 or a private address.
+    No credentials in it: they are the settings below. Created (`restic init`) on first use."""
+
+    password: SecretStr
+    """The repository's encryption password (a secret: kept only in a root 0600 file on the
+    host; at least 16 characters). Without it the repository cannot be read: keep a copy off
+    the host too, or a lost host means lost backups."""
+
+    aws_access_key_id: SecretStr | None = None
+    """S3 only: the access key id (AWS_ACCESS_KEY_ID; secret, root 0600 env file)."""
+
+    aws_secret_access_key: SecretStr | None = None
+    """S3 only: the secret access key (AWS_SECRET_ACCESS_KEY; secret, root 0600 env file)."""
+
+    rest_username: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9._@+-]{1,100}$")] = None
+    """REST only, with `rest_password`: the server's HTTP user (rest-server `--htpasswd-file`)."""
+
+    rest_password: SecretStr | None = None
+    """REST only, with `rest_username`: the HTTP password (secret, root 0600 env file)."""
+
+    sftp_private_key: SecretStr | None = None
+    """SFTP only: the OpenSSH private key root logs in with (`-----BEGIN OPENSSH PRIVATE KEY-----`
+    ..., without a passphrase: the timer runs unattended; a key for this alone, limited on the
+    server, e.g. `restrict,command="internal-sftp"`). Secret: root 0600 file on the host."""
+
+    sftp_host_keys: list[str] = []
+    """SFTP only, required: the server's SSH host keys as `TYPE BASE64` (what `ssh-keyscan HOST`
+    prints after the host name). Only these are trusted: no first-use acceptance."""
+
+    keep_daily: int = Field(7, ge=0, le=1000)
+    """Daily snapshots kept per host and profile (`restic forget --keep-daily`)."""
+
+    keep_weekly: int = Field(4, ge=0, le=1000)
+    """Weekly snapshots kept per host and profile (`--keep-weekly`)."""
+
+    keep_monthly: int = Field(6, ge=0, le=1000)
+    """Monthly snapshots kept per host and profile (`--keep-monthly`); what the three keep no
+    longer is removed with `--prune` after each run."""
+
+    read_data_percent: int = Field(5, ge=1, le=100)
+    """The share of the repository's data read back and verified by the periodic
+    `restic check --read-data-subset=N%` (a structural `restic check` runs after every run)."""
+
+    read_data_every_days: int = Field(7, ge=1, le=365)
+    """How often (in days) a run also does the `--read-data-subset` check."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_lines(cls, data: Any) -> Any:
+        """The private key is the one multi-line value: it is only ever written, whole, into a root
+        0600 file, never into a `.env`, env, compose or shell line. It is checked as a key here
+        and then held on one line (`|`-joined) for the one-line rule of every setting."""
+        if isinstance(data, Mapping) and isinstance(data.get("sftp_private_key"), str):
+            key = data["sftp_private_key"].replace("\r\n", "\n").strip() + "\n"
+            if not _OPENSSH_KEY.fullmatch(key):
+                raise ValueError("scheduled_backups.offsite.sftp_private_key (value not shown) is not an OpenSSH "
+                                 "private key. Fix: the whole file ssh-keygen -t ed25519 wrote, from "
+                                 "-----BEGIN OPENSSH PRIVATE KEY----- to -----END OPENSSH PRIVATE KEY-----")
+            data = {**data, "sftp_private_key": key.rstrip("\n").replace("\n", "|")}
+        return data
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, value: str) -> str:
+        parse_offsite_repository(value)
+        return value
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: SecretStr) -> SecretStr:
+        check_secret_value(value.get_secret_value(), "scheduled_backups.offsite.password")
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("scheduled_backups.offsite.password is shorter than 16 characters (value not shown): "
+                             "it is all that protects the backups off the host. Fix: e.g. `openssl rand -hex 24`")
+        return value
+
+    @field_validator("aws_access_key_id", "aws_secret_access_key", "rest_password")
+    @classmethod
+    def _credential(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None:
+            check_secret_value(value.get_secret_value(), f"scheduled_backups.offsite.{info.field_name}")
+            if any(char.isspace() for char in value.get_secret_value()):
+                raise ValueError(f"scheduled_backups.offsite.{info.field_name} holds whitespace (value not shown). "
+                                 "Fix: copy it exactly as the provider gave it")
+        return value
+
+    @field_validator("sftp_host_keys")
+    @classmethod
+    def _host_keys(cls, value: list[str]) -> list[str]:
+        import base64
+        import binascii
+
+        for index, line in enumerate(value):
+            words = line.split()
+            setting = f"scheduled_backups.offsite.sftp_host_keys[{index}]"
+            if len(words) != 2 or words[0] not in SSH_HOST_KEY_TYPES:
+                raise ValueError(f"{setting} {line[:80]!r} is not `TYPE BASE64` with TYPE one of "
+                                 f"{', '.join(SSH_HOST_KEY_TYPES)}. Fix: the part of `ssh-keyscan HOST` after the host")
+            try:
+                blob = base64.b64decode(words[1], validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError(f"{setting}: the key is not base64. Fix: copy it from ssh-keyscan") from None
+            if not blob.startswith(len(words[0]).to_bytes(4, "big") + words[0].encode()):
+                raise ValueError(f"{setting}: the key's data is not a {words[0]} key. Fix: copy it from ssh-keyscan")
+        return [" ".join(line.split()) for line in value]
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> OffsiteSettings:
+        repo = self.parsed
+        needs = {"s3": {"aws_access_key_id", "aws_secret_access_key"},
+                 "sftp": {"sftp_private_key", "sftp_host_keys"}, "rest": set()}[repo.scheme]
+        allowed = needs | ({"rest_username", "rest_password"} if repo.scheme == "rest" else set())
+        given = {name for name in ("aws_access_key_id", "aws_secret_access_key", "rest_username", "rest_password",
+                                   "sftp_private_key", "sftp_host_keys") if getattr(self, name)}
+        for name in sorted(needs - given):
+            raise ValueError(f"scheduled_backups.offsite.{name} is required for a {repo.scheme} repository. Fix: set it")
+        for name in sorted(given - allowed):
+            raise ValueError(f"scheduled_backups.offsite.{name} does not apply to a {repo.scheme} repository "
+                             "(a credential set where it is not used is a credential left lying around). Fix: remove it")
+        if (self.rest_username is None) != (self.rest_password is None):
+            raise ValueError("scheduled_backups.offsite.rest_username and rest_password go together. Fix: set both, "
+                             "or neither (a server without --htpasswd-file)")
+        if not (self.keep_daily or self.keep_weekly or self.keep_monthly):
+            raise ValueError("scheduled_backups.offsite: keep_daily, keep_weekly and keep_monthly are all 0, so no "
+                             "snapshot would be kept. Fix: keep at least one (e.g. keep_daily: 7)")
+        return self
+
+    @property
+    def parsed(self) -> OffsiteRepository:
+        return parse_offsite_repository(self.repository)
+
+    @property
+    def private_key_text(self) -> str | None:
+        """The SFTP key as ssh reads it (its lines back), for the root 0600 file only."""
+        if self.sftp_private_key is None:
+            return None
+        return self.sftp_private_key.get_secret_value().replace("|", "\n") + "\n"
+
+
 class ScheduledBackupSettings(Settings):
     schedule: str | None = None
     """When the host backs up each profile's data dir by itself: a systemd calendar expression
@@ -1872,6 +2163,11 @@ class ScheduledBackupSettings(Settings):
 
     keep: int = Field(7, ge=1, le=1000)
     """Scheduled archives kept per profile; older ones are deleted."""
+
+    offsite: OffsiteSettings | None = None
+    """Also send every backup, scheduled and manual, to an encrypted restic repository off the
+    host (see OffsiteSettings); off by default. The upload's result is recorded on the host and
+    shown by `status`; a failed upload fails the run."""
 
     @field_validator("schedule")
     @classmethod

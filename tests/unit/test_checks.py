@@ -33,7 +33,8 @@ STABLE = {
     "HI-DOCKER-001": ("host", None), "HI-DOCKER-002": ("host", None), "HI-DOCKER-003": ("host", "2.13"),
     "HI-DOCKER-004": ("host", "2.15"), "HI-HOST-001": ("host", None), "HI-HOST-002": ("host", None),
     "HI-SSH-001": ("host", None), "HI-DATA-001": ("gateway", None), "HI-DATA-002": ("gateway", None),
-    "HI-DATA-003": ("gateway", None), "HI-DATA-004": ("gateway", None), "HI-CTR-001": ("container", None),
+    "HI-DATA-003": ("gateway", None), "HI-DATA-004": ("gateway", None),
+    "HI-DATA-005": ("gateway", None), "HI-CTR-001": ("container", None),
     "HI-CTR-002": ("container", "5.15"), "HI-CTR-003": ("container", "5.11"), "HI-CTR-004": ("container", "5.12"),
     "HI-CTR-005": ("container", "5.29"), "HI-CTR-006": ("container", "5.5"), "HI-CTR-007": ("container", "5.10"),
     "HI-CTR-008": ("container", "5.32"), "HI-CTR-009": ("container", "5.26"), "HI-CTR-010": ("container", None),
@@ -54,7 +55,7 @@ STABLE = {
     "HI-SSH-002": ("ssh_hardening", None), "HI-SSH-003": ("ssh_hardening", None), "HI-UPD-001": ("updates", None),
     "HI-UPD-002": ("updates", None), "HI-DOCKER-007": ("host", "2.2"),
 }
-CONTROL_COUNT = 42  # the README's controls table has one row per control
+CONTROL_COUNT = 43  # the README's controls table has one row per control
 
 
 

@@ -172,7 +172,8 @@ def test_qemu_tcg_command_line(tmp_path):
     assert cmd[cmd.index("-accel") + 1] == "tcg,thread=multi,tb-size=256"
     assert cmd[cmd.index("-cpu") + 1] == "max"
     assert cmd[cmd.index("-m") + 1] == "3072" and cmd[cmd.index("-smp") + 1] == "2"
-    assert cmd[cmd.index("-append") + 1] == "root=/dev/vda rw console=ttyS0 net.ifnames=0"
+    # the HPET, not the TSC, as the guest's clock: a restored snapshot answers at once (qemu.py)
+    assert cmd[cmd.index("-append") + 1] == "root=/dev/vda rw console=ttyS0 net.ifnames=0 clocksource=hpet"
     assert f"file={tmp_path / 'vm.qcow2'},if=virtio,format=qcow2,cache=unsafe" in cmd
     assert "-daemonize" in cmd and cmd[cmd.index("-pidfile") + 1] == str(tmp_path / "vm.pid")
     assert cmd[cmd.index("-serial") + 1] == f"file:{tmp_path / 'serial.log'}"
