@@ -83,8 +83,11 @@ def subjects_for(scope: str, settings: HostSettings) -> list[Subject]:
     scheduled = [subject for subject in gateways if subject.gateway.cron]
     # The host again, for the firewall's controls: only where the settings turn the firewall on.
     firewall = [Subject("host")] if settings.firewall.enabled else []
+    hardened = [Subject("host")] if settings.ssh_hardening.enabled else []
+    updates = [Subject("host")] if settings.unattended_upgrades.enabled else []
     return {"host": [Subject("host")], "gateway": gateways, "container": gateways + companions,
-            "companion": companions, "scheduled": scheduled, "firewall": firewall}[scope]
+            "companion": companions, "scheduled": scheduled, "firewall": firewall, "ssh_hardening": hardened,
+            "updates": updates}[scope]
 
 
 class HostContext:

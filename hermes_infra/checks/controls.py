@@ -13,7 +13,7 @@ import re
 import shlex
 
 from hermes_infra.host import readiness, safeio
-from hermes_infra.plan import cronjobs, firewall
+from hermes_infra.plan import cronjobs, firewall, sshd, unattended
 from hermes_infra.settings import topology
 from hermes_infra.checks.context import DAEMON_JSON, HostContext, Subject, probe_url
 from hermes_infra.checks.registry import REGISTRY, CannotCheck, Control, NotApplicable, control, fail
@@ -1025,6 +1025,188 @@ def firewall_published_allowed(ctx: HostContext, subject: Subject):
     if outside:
         fail(f"published outside firewall.allow: {', '.join(sorted(set(outside)))}")
     return f"{seen} non-loopback published port(s), all in firewall.allow" if seen else "nothing published beyond loopback"
+
+
+# ---------------------------------------------------------------------------- SSH hardening
+# dev-sec ssh-baseline IDs as in its controls/sshd_spec.rb at commit a0550ef (they were renumbered
+# across releases); CIS sections by name (their numbers differ between editions).
+SSH_REFERENCES = ("CIS Debian Linux 12 Benchmark, 'Configure SSH Server' (sshd PasswordAuthentication, "
+                  "PermitEmptyPasswords, PermitRootLogin, MaxAuthTries, LoginGraceTime, X11Forwarding, "
+                  "HostbasedAuthentication, IgnoreRhosts, LogLevel); dev-sec ssh-baseline ")
+SSH_AUTH = ("PasswordAuthentication", "KbdInteractiveAuthentication", "PermitEmptyPasswords", "PermitRootLogin",
+            "PubkeyAuthentication", "HostbasedAuthentication", "IgnoreRhosts")
+
+
+def _ssh_hardening_on(ctx: HostContext) -> None:
+    if not ctx.settings.ssh_hardening.enabled:
+        raise NotApplicable("ssh_hardening.enabled is false: hermes-infra does not manage sshd on this host")
+
+
+def _sshd_effective(ctx: HostContext) -> dict[str, str]:
+    """`sshd -T`: keyword (lower case) to value; root only (it reads the host keys)."""
+
+    def compute():
+        out = ctx.run(f"{sshd.SSHD} -T")
+        if out.rc != 0:
+            error = (out.stderr or out.stdout).strip()
+            raise CannotCheck(f"`sshd -T` failed (it needs root: run the check as root or with --sudo): {error[:160]}")
+        found: dict[str, str] = {}
+        for line in out.stdout.splitlines():
+            keyword, _, value = line.strip().partition(" ")
+            found.setdefault(keyword.lower(), value.strip())
+        return found
+
+    return ctx._cached("sshd_effective", compute)
+
+
+def _sshd_mismatches(ctx: HostContext, keywords: tuple[str, ...]) -> list[str]:
+    wanted = tuple(item for item in sshd.directives(ctx.settings) if item[0] in keywords)
+    return sshd.mismatches(wanted, _sshd_effective(ctx))
+
+
+@control("HI-SSH-002", "sshd accepts keys only: no passwords, no empty passwords, root by key only",
+         severity="high", scope="ssh_hardening",
+         rationale="A host on the internet is brute-forced within minutes; a password login is the way in. "
+                   + SSH_REFERENCES + "sshd-06, sshd-22, sshd-23, sshd-25, sshd-27, sshd-28, sshd-29.",
+         remediation="Set ssh_hardening.enabled: true. " + REDEPLOY + f" (it writes {sshd.DROPIN_PATH}, read "
+                     "before the other drop-ins, and keeps it only once a new key login works).")
+def ssh_keys_only(ctx: HostContext, subject: Subject):
+    _ssh_hardening_on(ctx)
+    wrong = _sshd_mismatches(ctx, SSH_AUTH)
+    if wrong:
+        fail(f"sshd's effective settings (sshd -T) differ: {'; '.join(wrong)}")
+    return "passwordauthentication no, kbdinteractiveauthentication no, permitrootlogin without-password"
+
+
+@control("HI-SSH-003", "sshd's limits are as set and hermes-infra's drop-in is in place, with no revert pending",
+         severity="medium", scope="ssh_hardening",
+         rationale="MaxAuthTries and LoginGraceTime bound what one connection may try; X11 forwarding is not "
+                   "needed on a server; VERBOSE logs the key fingerprint of each login. A pending revert means "
+                   "the last change was never confirmed. " + SSH_REFERENCES + "sshd-13, sshd-18, sshd-19, sshd-42.",
+         remediation=f"Do not edit {sshd.DROPIN_PATH} by hand: change ssh_hardening's settings. " + REDEPLOY + ".")
+def ssh_limits(ctx: HostContext, subject: Subject):
+    _ssh_hardening_on(ctx)
+    wrong = _sshd_mismatches(ctx, ("MaxAuthTries", "LoginGraceTime", "X11Forwarding", "LogLevel"))
+    if wrong:
+        fail(f"sshd's effective settings (sshd -T) differ: {'; '.join(wrong)}")
+    dropin = ctx.run(f"cat {shlex.quote(sshd.DROPIN_PATH)}")
+    if dropin.rc != 0:
+        fail(f"{sshd.DROPIN_PATH} is missing: the values come from elsewhere and may change under hermes-infra")
+    if dropin.stdout != sshd.dropin_text(ctx.settings):
+        fail(f"{sshd.DROPIN_PATH} is not the one these settings write (edited by hand, or an older deploy)")
+    if ctx.run(f"systemctl is-active --quiet {sshd.REVERT_UNIT}.timer").rc == 0:
+        fail(f"{sshd.REVERT_UNIT}.timer is armed: the last sshd change was not confirmed by a new login and will "
+             "be reverted")
+    wanted = dict(sshd.directives(ctx.settings))
+    return (f"maxauthtries {wanted['MaxAuthTries']}, logingracetime {wanted['LoginGraceTime']}, x11forwarding no, "
+            f"loglevel VERBOSE; {sshd.DROPIN_PATH} as deployed")
+
+
+# ---------------------------------------------------------------------------- automatic updates
+UPDATES_CIS = "CIS Debian Linux 12 Benchmark, 'Ensure updates, patches, and additional security software are installed'."
+APT_LIST = re.compile(r'^(?P<key>[A-Za-z:-]+?)(?P<list>::)? "(?P<value>.*)";$')
+
+
+def _updates_on(ctx: HostContext) -> None:
+    if not ctx.settings.unattended_upgrades.enabled:
+        raise NotApplicable("unattended_upgrades.enabled is false: hermes-infra does not manage automatic updates")
+
+
+def _apt_config(ctx: HostContext) -> dict[str, list[str]]:
+    """`apt-config dump` as apt itself merges its files: key to values (a list's items in order)."""
+
+    def compute():
+        out = ctx.run("apt-config dump")
+        if out.rc != 0:
+            raise CannotCheck(f"`apt-config dump` failed: {(out.stderr or out.stdout).strip()[:160]}")
+        found: dict[str, list[str]] = {}
+        for line in out.stdout.splitlines():
+            match = APT_LIST.match(line.strip())
+            if match and (match["list"] or match["value"]):
+                found.setdefault(match["key"], []).append(match["value"])
+        return found
+
+    return ctx._cached("apt_config", compute)
+
+
+@control("HI-UPD-001", "Security updates install by themselves (unattended-upgrades, daily)", severity="medium",
+         scope="updates",
+         rationale="A host left on the internet must take its distribution's security fixes without waiting for "
+                   "a deploy. " + UPDATES_CIS,
+         remediation="Set unattended_upgrades.enabled: true. " + REDEPLOY + " (it installs unattended-upgrades and "
+                     f"writes {unattended.PERIODIC_PATH}); `systemctl enable --now apt-daily-upgrade.timer`.")
+def updates_automatic(ctx: HostContext, subject: Subject):
+    _updates_on(ctx)
+    status = ctx.run(f"dpkg-query -W -f '${{db:Status-Status}}' {unattended.PACKAGE}").stdout.strip()
+    if status != "installed":
+        fail(f"{unattended.PACKAGE} is {status or 'not installed'}")
+    config = _apt_config(ctx)
+    off = [key for key in ("APT::Periodic::Update-Package-Lists", "APT::Periodic::Unattended-Upgrade")
+           if config.get(key, ["0"])[-1] in ("0", "")]
+    if off:
+        fail(f"apt does not run it: {', '.join(off)} is 0 or unset (want \"1\")")
+    timer = ctx.run("systemctl is-enabled apt-daily-upgrade.timer").stdout.strip()
+    if timer != "enabled":
+        fail(f"apt-daily-upgrade.timer is {timer or 'not installed'}: nothing starts unattended-upgrade")
+    return f"{unattended.PACKAGE} installed, daily (apt-daily-upgrade.timer)"
+
+
+@control("HI-UPD-002", "Automatic updates take security origins only and never Docker's packages", severity="medium",
+         scope="updates",
+         rationale="An automatic upgrade of dockerd or containerd restarts the daemon, and the gateways with it, "
+                   "at a time nobody chose; non-security origins change more than fixes. " + UPDATES_CIS,
+         remediation=f"Do not edit {unattended.CONFIG_PATH}: change unattended_upgrades' settings. " + REDEPLOY + ".")
+def updates_security_only(ctx: HostContext, subject: Subject):
+    _updates_on(ctx)
+    config = _apt_config(ctx)
+    origins = config.get("Unattended-Upgrade::Origins-Pattern", []) + config.get("Unattended-Upgrade::Allowed-Origins", [])
+    if not origins:
+        fail("no origin is configured: unattended-upgrade installs nothing")
+    other = [origin for origin in origins if "-security" not in origin]
+    if other:
+        fail(f"origins beyond security: {', '.join(_printable(o) for o in other)}")
+    blacklist = config.get("Unattended-Upgrade::Package-Blacklist", [])
+    missing = [name for name in unattended.DOCKER_BLACKLIST if name not in blacklist]
+    if missing:
+        fail(f"Docker's packages are not all in Unattended-Upgrade::Package-Blacklist: missing {', '.join(missing)}")
+    wanted = ctx.settings.unattended_upgrades
+    reboot = config.get("Unattended-Upgrade::Automatic-Reboot", ["false"])[-1].lower()
+    if (reboot in ("true", "1", "yes")) != wanted.automatic_reboot:
+        fail(f"Unattended-Upgrade::Automatic-Reboot is {reboot}, the settings say "
+             f"{str(wanted.automatic_reboot).lower()}")
+    return f"{len(origins)} security origin(s), Docker's packages blacklisted, automatic reboot " + (
+        f"at {wanted.reboot_time}" if wanted.automatic_reboot else "off")
+
+
+# ---------------------------------------------------------------------------- icc on every network
+ICC_TRUE = "com.docker.network.bridge.enable_icc:true"
+
+
+@control("HI-DOCKER-007", "No network says `enable_icc:true` (the CIS 2.2 audit over every network)",
+         severity="medium", scope="host", cis="2.2",
+         rationale="CIS 2.2's audit lists every network's options and flags `" + ICC_TRUE + "`. Compose "
+                   "networks keep Docker's default (no option: containers of one project reach each other, as a "
+                   "same-project companion must reach its gateway) and do not show it; a network that does was "
+                   "made with icc on explicitly, or is docker0 still running with the settings of before "
+                   "daemon.json's `icc: false`.",
+         remediation="Remove (or recreate without `-o com.docker.network.bridge.enable_icc=true`) the networks "
+                     "named; for `bridge` see HI-DOCKER-005.")
+def networks_icc(ctx: HostContext, subject: Subject):
+    out = ctx.run("docker network ls --quiet | xargs docker network inspect --format '{{ .Name }}: {{ .Options }}'")
+    if out.rc != 0:
+        raise CannotCheck(f"`docker network inspect` failed: {(out.stderr or out.stdout).strip()[:200]}")
+    flagged, compose = [], []
+    for line in out.stdout.splitlines():
+        name, _, options = line.partition(": ")
+        if ICC_TRUE in options:
+            flagged.append(_printable(name) + (" (docker0 runs with the settings of before daemon.json's icc: false: "
+                                               "see HI-DOCKER-005)" if "default_bridge:true" in options else ""))
+        elif "default_bridge:true" not in options and name not in ("host", "none"):
+            compose.append(_printable(name))
+    if flagged:
+        fail(f"the CIS 2.2 audit flags enable_icc:true on: {', '.join(flagged)}")
+    shown = f"; {', '.join(compose)} keep Docker's default between their own containers" if compose else ""
+    return f"no network shows enable_icc:true{shown}"
 
 
 def all_controls() -> list[Control]:

@@ -21,9 +21,11 @@ SEVERITIES: tuple[str, ...] = ("critical", "high", "medium", "low", "advisory")
 #   companion - once per companion
 # `scheduled`: each gateway whose settings declare cron jobs (a control about them has no subject
 # on a gateway without: it is not part of that host's report at all, rather than "not applicable").
-# `firewall`: the host, once, where the settings turn the firewall on (none elsewhere, likewise).
-Scope = Literal["host", "gateway", "container", "companion", "scheduled", "firewall"]
-SCOPES: tuple[str, ...] = ("host", "gateway", "container", "companion", "scheduled", "firewall")
+# `firewall`: the host, once, where the settings turn the firewall on (none elsewhere, likewise);
+# `ssh_hardening` and `updates` the same for settings ssh_hardening and unattended_upgrades.
+Scope = Literal["host", "gateway", "container", "companion", "scheduled", "firewall", "ssh_hardening", "updates"]
+SCOPES: tuple[str, ...] = ("host", "gateway", "container", "companion", "scheduled", "firewall", "ssh_hardening",
+                           "updates")
 
 ID_PATTERN = re.compile(r"^HI-[A-Z]+-\d{3}$")
 

@@ -63,6 +63,10 @@ class StateRequest:
     image_ref: str | None = None
     apt_repositories: tuple[str, ...] = ()
     """Repository URLs (without the scheme) whose apt source files are read besides hermes-infra's own."""
+    sshd: bool = False
+    """Read sshd's settings, drop-ins and the deploy user's keys (setting ssh_hardening on)."""
+    apt_timers: bool = False
+    """Read the state of apt's daily timers (setting unattended_upgrades on)."""
 
 
 class RootFile:
@@ -129,7 +133,7 @@ PYINFRA_FACTS = {"os_release": OsRelease, "memory": Memory, "cpus": Cpus}
 # files) run in the foreground and never touch a temp file. The probes hand the API key to curl
 # through a pipe and print only status codes; a data dir's metadata is types, owners and modes.
 BACKGROUND = ("whoami", "pyinfra", "services", "aptlists", "image", "packages", "aptlock", "docker", "probe",
-              "dirmeta", "swap", "snap", "dockerpath", "aptsources", "firewall")
+              "dirmeta", "swap", "snap", "dockerpath", "aptsources", "firewall", "sshd", "apttimers")
 OWN_APT_SOURCE = "/etc/apt/sources.list.d/docker.sources"
 """The Docker source hermes-infra writes (plan.hostplan.DOCKER_SOURCES): read as a root file, not here."""
 
@@ -190,6 +194,11 @@ def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
     # st_dev), the holder must have the lock file itself open, as aptwait confirms it.
     sections.append(("aptlock", [APT_LOCK_HOLDER]))
     sections.append(("firewall", FIREWALL_READS))
+    if request.sshd:
+        sections.append(("sshd", SSHD_READS))
+    if request.apt_timers:
+        # The timers that start apt's daily runs (setting unattended_upgrades; a unit's state a line).
+        sections.append(("apttimers", [f"for t in {' '.join(APT_TIMERS)}; do echo \"$t $(systemctl is-enabled $t 2>/dev/null)\"; done"]))
     # A Docker from the snap store (Ubuntu offers it at install time) has its own dockerd and
     # socket: the plan refuses it before apt installs a second engine beside it. `snap list`
     # answers only where snapd is (timeout: a snapd that does not answer must not hang the read).
@@ -297,6 +306,78 @@ def _firewall(body: list[str]) -> dict:
     return found
 
 
+# --- sshd (setting ssh_hardening; plan/sshd.py) -------------------------------------------------
+SSHD_CONFIG = "/etc/ssh/sshd_config"
+SSHD_DROPIN_DIR = "/etc/ssh/sshd_config.d"
+SSHD_KEYWORDS = ("passwordauthentication", "kbdinteractiveauthentication", "permitrootlogin", "maxauthtries",
+                 "logingracetime", "x11forwarding", "permitemptypasswords", "hostbasedauthentication", "ignorerhosts",
+                 "pubkeyauthentication", "authorizedkeysfile", "authorizedkeyscommand", "loglevel")
+_SSHD_PATTERN = "^(" + "|".join(SSHD_KEYWORDS) + ")$"
+# What a key line of authorized_keys looks like: options first maybe, then the key's type and base64.
+_KEY_LINE = (r"^[[:space:]]*([^#[:space:]].*[[:space:]])?(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|"
+             r"sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)[[:space:]]+AAAA")
+SSHD_READS = [
+    # sshd's effective settings (as root: -T reads the host keys), only the keywords the plan judges.
+    f"if t=$(sshd -T 2>/dev/null || /usr/sbin/sshd -T 2>/dev/null); then printf '%s\\n' \"$t\" | "
+    f"awk '$1 ~ /{_SSHD_PATTERN}/ {{print \"effective\", $0}}'; else echo 'effective-error'; fi",
+    # The main file up to its first Match: the Include line, and what it sets before it (that wins).
+    f"if [ -f {SSHD_CONFIG} ]; then awk '/^[[:space:]]*(#|$)/ {{next}} tolower($1) == \"match\" {{exit}} "
+    f"tolower($1) == \"include\" {{print \"include\", $2; inc = 1; next}} "
+    f"!inc && tolower($1) ~ /{_SSHD_PATTERN}/ {{print \"early\", tolower($1), $2}}' {SSHD_CONFIG}; fi",
+    # Every drop-in by name, and the keywords it sets (first value per keyword counts).
+    f"for f in {SSHD_DROPIN_DIR}/*.conf; do [ -f \"$f\" ] || continue; echo \"dropin ${{f##*/}}\"; "
+    f"awk '/^[[:space:]]*(#|$)/ {{next}} tolower($1) == \"match\" {{exit}} tolower($1) ~ /{_SSHD_PATTERN}/ "
+    "{print \"sets\", tolower($1), $2}' \"$f\"; done",
+    # The deploy user's authorized keys (the login's, not root's under sudo), counted, never shown:
+    # the files AuthorizedKeysFile names (%h, %u, %% expanded; relative ones under the home).
+    # (set -f: the names are split into words, never expanded as globs.)
+    'set -f; if [ -n "${SUDO_USER:-}" ]; then u=$SUDO_USER; else u=${LOGNAME:-$(id -un)}; fi; '
+    'h=$(getent passwd "$u" | cut -d: -f6); '
+    "files=$({ sshd -T 2>/dev/null || /usr/sbin/sshd -T 2>/dev/null; } | awk '$1 == \"authorizedkeysfile\" {$1 = \"\"; print}'); "
+    '[ -n "$files" ] || files=".ssh/authorized_keys .ssh/authorized_keys2"; n=0; '
+    'for f in $files; do f=$(printf "%s" "$f" | sed -e "s|%h|$h|g" -e "s|%u|$u|g" -e "s|%%|%|g"); '
+    'case "$f" in /*) ;; *) f="$h/$f";; esac; '
+    f"if [ -f \"$f\" ] && [ ! -L \"$f\" ]; then c=$(grep -c -E '{_KEY_LINE}' -- \"$f\" 2>/dev/null); n=$((n + ${{c:-0}})); fi; "
+    'done; echo "keys $n"',
+]
+APT_TIMERS = ("apt-daily.timer", "apt-daily-upgrade.timer")
+_DROPIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,80}\.conf")
+# A value from sshd's files as the plan may name it in a message (anything else is not shown).
+_SSHD_VALUE = re.compile(r"[A-Za-z0-9@._,:/*%+=-]{1,100}")
+
+
+def _sshd_value(value: str) -> str:
+    return value if _SSHD_VALUE.fullmatch(value) else "(a value not shown)"
+
+
+def _sshd(body: list[str]) -> dict:
+    """sshd's effective settings, the main file's Include and early keywords, the drop-ins and
+    the keywords each sets, the number of authorized keys the deploy user has."""
+    found: dict = {"effective": {}, "effective_error": False, "includes": (), "early": {}, "dropins": {},
+                   "authorized_keys": None}
+    dropins: dict[str, dict[str, str]] = {}
+    current = None
+    for line in body:
+        tag, _, rest = line.strip().partition(" ")
+        words = rest.split()
+        if tag == "effective" and len(words) >= 2 and words[0] in SSHD_KEYWORDS:
+            found["effective"].setdefault(words[0], " ".join(_sshd_value(word) for word in words[1:]))
+        elif tag == "effective-error":
+            found["effective_error"] = True
+        elif tag == "include" and words:
+            found["includes"] += (words[0],)
+        elif tag == "early" and len(words) >= 2 and words[0] in SSHD_KEYWORDS:
+            found["early"].setdefault(words[0], _sshd_value(words[1]))
+        elif tag == "dropin":
+            current = dropins.setdefault(rest if _DROPIN_NAME.fullmatch(rest) else "(a file with an unusual name)", {})
+        elif tag == "sets" and current is not None and len(words) >= 2 and words[0] in SSHD_KEYWORDS:
+            current.setdefault(words[0], _sshd_value(words[1]))
+        elif tag == "keys" and rest.strip().isdigit():
+            found["authorized_keys"] = int(rest.strip())
+    found["dropins"] = dict(sorted(dropins.items()))
+    return found
+
+
 COMPOSE_FILTER = json.dumps({"label": ["com.docker.compose.project"]}, separators=(",", ":"))
 DOCKER_SOCKET = "/var/run/docker.sock"
 
@@ -360,6 +441,10 @@ class HostState:
     """Seconds since apt's lists were last updated (None: never)."""
     firewall: dict = field(default_factory=lambda: _firewall([]))
     """The SSH connection's addresses, sshd's ports, the loaded hermes-infra nft table, its unit."""
+    sshd: dict = field(default_factory=lambda: _sshd([]))
+    """sshd's effective settings (`sshd -T`), its Include, the drop-ins, the deploy user's key count."""
+    apt_timers: dict[str, str] = field(default_factory=dict)
+    """`systemctl is-enabled` of apt's daily timers, by unit (enabled, masked, disabled, '')."""
     apt_sources: dict[str, RootFile] = field(default_factory=dict)
     """Other apt source files naming Docker's repository, by path (their text, as apt reads it)."""
     snap_docker: tuple[str, ...] = ()
@@ -499,6 +584,11 @@ def parse_state(lines: list[str]) -> HostState:
             state.snap_docker += _snap_paths(body)
         elif kind == "firewall":
             state.firewall = _firewall(body)
+        elif kind == "sshd":
+            state.sshd = _sshd(body)
+        elif kind == "apttimers":
+            state.apt_timers = {unit: state_ for unit, _, state_ in (line.strip().partition(" ") for line in body)
+                                if unit in APT_TIMERS}
         elif kind == "probe":
             codes = [line.strip() or "000" for line in body] + ["000"] * 3
             state.probes[rest] = {"health": codes[0], "anonymous": codes[1], "models": codes[2]}

@@ -22,7 +22,7 @@ from hermes_infra.host import safeio
 from hermes_infra.images import identity as imageid
 from hermes_infra.plan import agentfiles, alerts, backup_timer, compose, configfile, daemon, envfile, managedkeys
 from hermes_infra.plan import offsite
-from hermes_infra.plan import firewall
+from hermes_infra.plan import firewall, sshd, unattended
 from hermes_infra.plan.capacity import EffectiveLimits, HostResources, derive_limits
 from hermes_infra.host.hostfacts import DataDirRequest, HostState, ProbeRequest, StateRequest
 from hermes_infra.settings.schema import (
@@ -296,6 +296,10 @@ class HostPlan:
     """The node exporter (setting metrics)."""
     firewall: firewall.FirewallPlan | None = None
     """The nftables table (setting firewall), or what to remove of it."""
+    sshd: sshd.SshdPlan | None = None
+    """The sshd drop-in (setting ssh_hardening), or what to remove of it."""
+    unattended: unattended.UnattendedPlan | None = None
+    """Automatic security updates (setting unattended_upgrades), or what to remove of them."""
     offsite: offsite.OffsitePlan | None = None
     """Off-host backups (setting scheduled_backups.offsite): restic, its files, or what to remove."""
     upgrade: UpgradePlan | None = None
@@ -375,7 +379,7 @@ def fact_request(settings: HostSettings) -> StateRequest:
     # The managed-keys record comes with the root files (one tar, links never followed).
     files = [DAEMON_JSON, APT_CONF, SYSCTL_FILE, manifest_path(settings), deployed_path(settings),
              managed_keys_path(settings), *backup_timer.PATHS, *alerts.requested_files(settings), *firewall.PATHS,
-             *offsite.PATHS]
+             sshd.DROPIN_PATH, *unattended.PATHS, *offsite.PATHS]
     if settings.docker.install_source == "official":
         files.append(DOCKER_SOURCES)
     projects = [(compose.MAIN_PROJECT, settings.project_dir)]
@@ -388,7 +392,8 @@ def fact_request(settings: HostSettings) -> StateRequest:
     # The OS is not known before this read: ask for every OS's names (dpkg-query skips unknown ones).
     packages = (OFFICIAL_PACKAGES if settings.docker.install_source == "official"
                 else tuple(p for names in DISTRO_PACKAGES.values() for p in names))
-    packages = PREREQUISITES + packages + CONFLICTS[settings.docker.install_source] + alerts.requested_packages(settings) + (offsite.PACKAGE,)
+    packages = (PREREQUISITES + packages + CONFLICTS[settings.docker.install_source] + alerts.requested_packages(settings)
+                + (unattended.PACKAGE, offsite.PACKAGE))
     return StateRequest(
         data_dirs=tuple(data_dir_read(g) for g in settings.gateways),
         root_files=tuple(dict.fromkeys([*files, *agentfiles.request_paths(settings)])),
@@ -399,6 +404,7 @@ def fact_request(settings: HostSettings) -> StateRequest:
         packages=tuple(dict.fromkeys(packages)),
         image_ref=settings.image.ref,
         apt_repositories=docker_repositories_read(settings),
+        sshd=settings.ssh_hardening.enabled, apt_timers=settings.unattended_upgrades.enabled,
     )
 
 
@@ -925,6 +931,12 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
         firewall_plan = firewall.plan_firewall(settings, state, lambda *args: _root_file(state, *args))
     except firewall.FirewallError as error:
         raise PlanError(str(error)) from None
+    try:
+        sshd_plan = sshd.plan_sshd(settings, state, lambda *args: _root_file(state, *args))
+    except sshd.SshdError as error:
+        raise PlanError(str(error)) from None
+    unattended_plan = unattended.plan_unattended(settings, state, os_id,
+                                                 lambda *args: _root_file(state, *args))
     return HostPlan(
         host=host, codename=codename, writer=writer, docker=docker_plan, agent=agent, agent_record=agent_record,
         swap=SwapPlan(path=settings.swap.path, size_bytes=settings.swap.size_bytes - settings.swap.size_bytes % (1 << 20),
@@ -939,7 +951,7 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
                                   lambda *args: _root_file(state, *args),
                                   {g.name: g.limits.memory_bytes for g in gateways}),
         metrics=alerts.plan_metrics(settings, state, lambda *args: _root_file(state, *args)),
-        firewall=firewall_plan,
+        firewall=firewall_plan, sshd=sshd_plan, unattended=unattended_plan,
         offsite=offsite.plan_offsite(settings, state, host, lambda *args: _root_file(state, *args)),
     )
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from hermes_infra.plan import agentfiles, configfile, envfile
+from hermes_infra.plan import agentfiles, configfile, envfile, sshd
 from hermes_infra.plan.hostplan import DataFilePlan, HostPlan, RootFilePlan, fstab_line
 
 REDACTED = "<redacted>"
@@ -152,6 +152,10 @@ def _root_files(plan: HostPlan) -> Iterable[RootFilePlan]:
     yield from plan.backup_timer.files
     if plan.firewall is not None and plan.firewall.enabled:
         yield from (plan.firewall.ruleset, plan.firewall.unit)
+    if plan.sshd is not None and plan.sshd.enabled:
+        yield plan.sshd.dropin
+    if plan.unattended is not None:
+        yield from plan.unattended.files
 
 
 def _fstab(plan: HostPlan) -> list[str]:
@@ -172,6 +176,10 @@ def plan_diff(plan: HostPlan) -> list[str]:
     for gateway in plan.gateways:
         lines += data_file_diff(gateway.env) + data_file_diff(gateway.config)
     gone = plan.firewall.present if plan.firewall is not None and not plan.firewall.enabled else ()
+    if plan.sshd is not None and plan.sshd.present and not plan.sshd.enabled:
+        gone += (sshd.DROPIN_PATH,)
+    if plan.unattended is not None:
+        gone += plan.unattended.remove
     for path in (*plan.retire.files, *(p for p in plan.backup_timer.present if plan.backup_timer.calendar is None),
                  *gone):
         lines.append(_safe(f"{path}: removed"))

@@ -15,15 +15,19 @@ from hermes_infra.operations import backup_timer, compose, datadir, docker_engin
 from hermes_infra.operations import agentfiles, cronjobs
 from hermes_infra.operations import firewall as firewall_ops
 from hermes_infra.operations import offsite as offsite_ops
+from hermes_infra.operations import sshd as sshd_ops
+from hermes_infra.operations import unattended as unattended_ops
 from hermes_infra.plan import alerts, plandiff
 from hermes_infra.plan import firewall as firewall_plan
 from hermes_infra.plan import offsite as offsite_plan
+from hermes_infra.plan import sshd as sshd_plan
+from hermes_infra.plan import unattended as unattended_plan
 from hermes_infra.commands import SHOW_DIFF_ATTRIBUTE, SHOW_DIFF_ENV
 from hermes_infra.host.hostfacts import HermesHostState
 from hermes_infra.settings.loading import settings_for_host
 from hermes_infra.operations.files import root_file
 from hermes_infra.plan.hostplan import Facts, HostPlan, fact_request, make_plan
-from hermes_infra.release import firewall_confirm, results, upgrade
+from hermes_infra.release import firewall_confirm, results, sshd_confirm, upgrade
 from hermes_infra.settings.schema import HostSettings
 
 
@@ -46,6 +50,8 @@ def host_plan(settings: HostSettings | None = None) -> HostPlan:
     settings = settings or settings_for_host(host)
     try:
         plan = make_plan(settings, gather(settings), host.name)
+        if plan.sshd is not None and plan.sshd.enabled:
+            sshd_plan.check_login(sshd_confirm.login_method(host))
     except Exception as error:
         results.record_failure(host, str(error))
         raise
@@ -77,6 +83,7 @@ def hermes_host(settings: HostSettings | None = None):
     writer = plan.writer
     docker_engine.docker_engine(plan.docker, writer)
     firewall(plan)
+    hardening(plan)
     swap.swap(plan.swap, writer)
     image.image(plan.image, writer)
     profiles.retire(name="Retire profiles and companions removed from the settings", plan=plan.retire, writer=writer)
@@ -131,6 +138,21 @@ def firewall(plan: HostPlan) -> None:
                           install=lambda: docker_engine.apt_installed(
                               name="Install nftables (firewall)", plan=docker, packages=(firewall_plan.PACKAGE,),
                               update=docker.lists_stale and not updated))
+
+
+def hardening(plan: HostPlan) -> None:
+    """sshd after the firewall (both confirmed by a new login), then the automatic updates
+    (after Docker's packages: apt is ready)."""
+    if plan.sshd is not None:
+        sshd_ops.ssh_hardening(plan.sshd, plan.writer, confirm=sshd_confirm.new_connection)
+    if plan.unattended is None:
+        return
+    docker = plan.docker
+    updated = docker.prerequisites_missing or docker.packages_missing or (
+        docker.sources is not None and docker.sources.content_changed)
+    unattended_ops.unattended_upgrades(plan.unattended, plan.writer, install=lambda: docker_engine.apt_installed(
+        name="Install unattended-upgrades (automatic security updates)", plan=docker,
+        packages=(unattended_plan.PACKAGE,), update=docker.lists_stale and not updated))
 
 
 def offsite(plan: HostPlan) -> None:

@@ -2501,6 +2501,58 @@ class FirewallSettings(Settings):
         return value
 
 
+# ----------------------------------------------------------------------------- SSH hardening
+class SshHardeningSettings(Settings):
+    """sshd hardened without lock-outs: key-only logins, no root password login and a few
+    dev-sec/CIS items that cannot shut anyone out, written as one drop-in
+    (`/etc/ssh/sshd_config.d/05-hermes-infra-hardening.conf`) that sorts before the others (sshd keeps the
+    first value it reads). The deploy refuses to turn it on while it logs in with a password or
+    while its user has no authorized key; the new config is checked with `sshd -t`, reloaded,
+    and kept only once a second, new SSH connection with the deploy's own key logged in (else
+    the previous drop-in comes back by itself). Off: the drop-in is removed."""
+
+    enabled: bool = False
+    """Write and enforce the drop-in (off: whatever hermes-infra wrote there is removed)."""
+
+    max_auth_tries: int = Field(4, ge=2, le=10)
+    """`MaxAuthTries`: authentication attempts per connection (CIS: 4 or fewer). Each key an
+    SSH agent offers counts as one: with many keys in your agent, keep it above their number."""
+
+    login_grace_seconds: int = Field(60, ge=10, le=600)
+    """`LoginGraceTime`: seconds a connection may take to log in (CIS: 60 or fewer)."""
+
+    confirm_seconds: int = Field(60, ge=20, le=600)
+    """How long a reloaded sshd config waits for the second SSH connection before the previous
+    drop-in comes back by itself."""
+
+
+# ----------------------------------------------------------------------------- unattended upgrades
+class UnattendedUpgradesSettings(Settings):
+    """Automatic security updates with Debian's `unattended-upgrades`: the distribution's
+    security origins only, Docker's packages never (a daemon restart stays the operator's
+    decision), the automatic reboot as set here. Off: the files hermes-infra wrote are removed
+    (the package stays)."""
+
+    enabled: bool = False
+    """Install `unattended-upgrades` and write its configuration."""
+
+    automatic_reboot: bool = False
+    """`Unattended-Upgrade::Automatic-Reboot`: reboot by itself when an update needs it (a new
+    kernel, libc); the gateways come back with Docker's restart policy."""
+
+    reboot_time: str = "03:30"
+    """`Unattended-Upgrade::Automatic-Reboot-Time`: when that reboot happens (HH:MM, host time)."""
+
+    @field_validator("reboot_time")
+    @classmethod
+    def _reboot_time(cls, value: str) -> str:
+        match = re.fullmatch(r"([01][0-9]|2[0-3]):([0-5][0-9])", value) if isinstance(value, str) else None
+        if match is None:
+            raise ValueError(f"unattended_upgrades.reboot_time {value!r} is not a time of day. Fix: HH:MM in 24-hour "
+                             "time, e.g. \"03:30\"")
+        return value
+
+
 class HostSettings(Settings):
     """Everything hermes-infra manages on one host.
 
@@ -2540,6 +2592,14 @@ class HostSettings(Settings):
     firewall: FirewallSettings = FirewallSettings()
     """The host firewall (nftables, default-deny inbound, published ports filtered before
     Docker's rules); off by default (see FirewallSettings)."""
+
+    ssh_hardening: SshHardeningSettings = SshHardeningSettings()
+    """sshd: key-only logins, no root password login (one drop-in, confirmed by a second SSH
+    connection); off by default (see SshHardeningSettings)."""
+
+    unattended_upgrades: UnattendedUpgradesSettings = UnattendedUpgradesSettings()
+    """Automatic security updates (Docker's packages excluded); off by default (see
+    UnattendedUpgradesSettings)."""
 
     project_dir: str = "/opt/hermes"
     """Directory on the host holding the compose files and companion env files (absolute,

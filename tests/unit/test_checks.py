@@ -51,8 +51,11 @@ STABLE = {
     # added with the host firewall (issue 21)
     "HI-FW-001": ("firewall", None), "HI-FW-002": ("firewall", None), "HI-FW-003": ("firewall", None),
     "HI-FW-004": ("firewall", None),
+    # added with SSH hardening, automatic security updates and the icc audit (issue 21)
+    "HI-SSH-002": ("ssh_hardening", None), "HI-SSH-003": ("ssh_hardening", None), "HI-UPD-001": ("updates", None),
+    "HI-UPD-002": ("updates", None), "HI-DOCKER-007": ("host", "2.2"),
 }
-CONTROL_COUNT = 38  # the README's controls table has one row per control
+CONTROL_COUNT = 43  # the README's controls table has one row per control
 
 
 
@@ -75,7 +78,7 @@ def test_cis_numbers_follow_benchmark_v1_6_0():
     assert cis == {"HI-DOCKER-003": "2.13", "HI-DOCKER-004": "2.15", "HI-DOCKER-005": "2.2", "HI-DOCKER-006": "2.14",
                    "HI-CTR-002": "5.15", "HI-CTR-003": "5.11", "HI-CTR-004": "5.12", "HI-CTR-005": "5.29",
                    "HI-CTR-006": "5.5", "HI-CTR-007": "5.10", "HI-CTR-008": "5.32", "HI-CTR-009": "5.26",
-                   "HI-CTR-011": "5.27", "HI-CTR-012": "5.4", "HI-API-001": "5.14"}
+                   "HI-CTR-011": "5.27", "HI-CTR-012": "5.4", "HI-API-001": "5.14", "HI-DOCKER-007": "2.2"}
 
 
 def test_ids_are_unique_and_well_formed():

@@ -602,7 +602,8 @@ def test_every_control_only_reads(monkeypatch):
                                  "basic_auth_password_hash": "$2b$12$abcdefghijklmnopqrstuv"}}],
         companions=[{"name": "hub", "image": "example/hub:1.0", "gateway": "hermes", "topology": "host-gateway"},
                     {"name": "bare", "image": "example/bare:1.0", "gateway": "hermes"}],
-        firewall={"enabled": True, "allow": [8642, 9119]})
+        firewall={"enabled": True, "allow": [8642, 9119]}, ssh_hardening={"enabled": True},
+        unattended_upgrades={"enabled": True})
     hermes = gateway_record(PortBindings={"8642/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8642"}],
                                           "9119/tcp": [{"HostIp": "0.0.0.0", "HostPort": "9119"}]})
     hub = gateway_record() | {"Name": "/hub", "NetworkSettings": {"Networks": {"hermes-hub_default": {}}}}
@@ -776,9 +777,9 @@ def test_instances_follow_the_settings():
     assert ("HI-API-001", "companion:hub") not in pairs and ("HI-CTR-011", "companion:hub") not in pairs
     assert pairs.count(("HI-HOST-001", "host")) == 1
     assert [p for p in pairs if p[0] == "HI-CMP-001"] == [("HI-CMP-001", "companion:hub")]
-    # 9 host controls, 12 per gateway (5 data dir, the health check, the init, 5 API), 11 per container,
+    # 10 host controls, 12 per gateway (5 data dir, the health check, the init, 5 API), 11 per container,
     # 1 per companion; none of the cron jobs' (no gateway here declares one)
-    assert len(pairs) == 9 + 2 * 12 + 3 * 11 + 1
+    assert len(pairs) == 10 + 2 * 12 + 3 * 11 + 1
     assert not any(control_id == "HI-AGT-001" for control_id, _ in pairs)
     scheduled = HostSettings(gateways=[{"name": "hermes"}, {"name": "work", "api": {"port": 8643}, "cron": [
         {"name": "brief", "schedule": "every 1h", "prompt": "the brief"}]}])

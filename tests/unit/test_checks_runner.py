@@ -148,7 +148,8 @@ def test_every_control_has_an_instance_with_a_companion():
     settings = HostSettings(companions=[{"name": "hub", "image": "example/hub:1.0"}],
                             gateways=[{"name": "hermes", "cron": [{"name": "brief", "schedule": "every 1h",
                                                                    "prompt": "the brief"}]}],
-                            firewall={"enabled": True})
+                            firewall={"enabled": True}, ssh_hardening={"enabled": True},
+                            unattended_upgrades={"enabled": True})
     assert {c.id for c, _ in instances(settings)} == {c.id for c in all_controls()}
 
 
