@@ -21,6 +21,10 @@ from __future__ import annotations
 import json
 import os
 import time
+
+# Bound once: a test that patches time.monotonic (a fake clock for a timeout) must not make its
+# fixture's teardown look ten hours long in the durations table.
+_clock = time.monotonic
 from pathlib import Path
 
 import pytest
@@ -54,7 +58,7 @@ def pytest_configure(config):
 
 def pytest_runtest_setup(item):
     budget = suite_budget()
-    spent = time.monotonic() - _started
+    spent = _clock() - _started
     if budget is not None and spent > budget:
         pytest.fail(f"the suite's time budget is spent ({spent:.0f} s of {budget:.0f} s, "
                     "HERMES_INFRA_SUITE_BUDGET): not started, so the run ends with its summary", pytrace=False)
@@ -70,23 +74,23 @@ def failure_line(report) -> str:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_fixture_setup(fixturedef, request):
-    started = time.monotonic()
+    started = _clock()
     yield
-    seconds = time.monotonic() - started
+    seconds = _clock() - started
     # Fixtures that took no time (most of them) would only bury the ones that matter.
     if seconds >= 0.05:
         _records.append({"kind": "fixture setup", "name": fixturedef.argname, "scope": fixturedef.scope,
                          "first_user": request.node.nodeid, "seconds": round(seconds, 3)})
     # Registered after the fixture's own finalizer, so it runs first (finalizers run last in,
     # first out): the start of this fixture's teardown.
-    fixturedef.addfinalizer(lambda: _teardown_started.__setitem__(id(fixturedef), time.monotonic()))
+    fixturedef.addfinalizer(lambda: _teardown_started.__setitem__(id(fixturedef), _clock()))
 
 
 def pytest_fixture_post_finalizer(fixturedef, request):
     started = _teardown_started.pop(id(fixturedef), None)
-    if started is not None and time.monotonic() - started >= 0.05:
+    if started is not None and _clock() - started >= 0.05:
         _records.append({"kind": "fixture teardown", "name": fixturedef.argname, "scope": fixturedef.scope,
-                         "seconds": round(time.monotonic() - started, 3)})
+                         "seconds": round(_clock() - started, 3)})
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -116,7 +120,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     path = durations_path(Path(config.rootpath))
     path.parent.mkdir(parents=True, exist_ok=True)
     total = sum(r["seconds"] for r in _records if r["kind"].startswith("test "))
-    path.write_text(json.dumps({"session_seconds": round(time.monotonic() - _started, 1),
+    path.write_text(json.dumps({"session_seconds": round(_clock() - _started, 1),
                                 "records": _records}, indent=1) + "\n")
     write = terminalreporter.write_line
     terminalreporter.section(f"the {SLOWEST} slowest fixtures and test phases")
@@ -127,5 +131,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     write(f"every duration: {path} (test phases add up to {total:.0f} s; fixture setups are part of them)")
 
 
-_started = time.monotonic()
+_started = _clock()
 _config = None
