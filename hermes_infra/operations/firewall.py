@@ -78,24 +78,32 @@ def revert_now_command() -> str:
     return f"systemctl start --no-block {REVERT_SERVICE}"
 
 
-def confirmed(state, host, confirmation: Confirmation) -> bool:
-    """The second connection; on failure the revert is started now and the deploy of this host
-    stops with what to do."""
+def revert_unless_confirmed(state, host, confirmation: Confirmation, revert_now: str,
+                            failure: Callable[[str, int], str]) -> bool:
+    """The second connection of a change applied with a revert timer armed (the firewall's rules,
+    the SSH drop-in): confirmed, or the revert is started now (best effort, over the deploy's own
+    connection: the timer restores without it too) and `failure(problem, seconds)` is logged."""
     seconds = confirmation.seconds
     problem = confirmation.confirm(state, host, seconds)
     if problem is None:
         return True
     try:
-        host.run_shell_command(StringCommand(revert_now_command()), **confirmation.arguments)
-    except Exception:  # noqa: BLE001 - the timer restores the rules without this connection too
+        host.run_shell_command(StringCommand(revert_now), **confirmation.arguments)
+    except Exception:  # noqa: BLE001 - the armed timer reverts without this connection
         pass
-    logger.error(
-        f"{host.print_prefix}firewall: the new rules were loaded, but a second SSH connection failed ({problem}). "
+    logger.error(f"{host.print_prefix}{failure(problem, seconds)}")
+    return False
+
+
+def confirmed(state, host, confirmation: Confirmation) -> bool:
+    """The second connection; on failure the revert is started now and the deploy of this host
+    stops with what to do."""
+    return revert_unless_confirmed(state, host, confirmation, revert_now_command(), lambda problem, seconds: (
+        f"firewall: the new rules were loaded, but a second SSH connection failed ({problem}). "
         f"They are being reverted (the timer {TIMER} restores the previous rules within {seconds} s even if "
         "this connection is gone); nothing was persisted, so the host also boots with the previous rules. "
         "Fix: check firewall.ssh_port, firewall.ssh_allow_from and the cloud firewall in front of the host, "
-        "then deploy again")
-    return False
+        "then deploy again"))
 
 
 @operation()

@@ -14,11 +14,11 @@ from __future__ import annotations
 import shlex
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, StringCommand, deploy, operation
+from pyinfra.api import FunctionCommand, deploy, operation
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 
 from hermes_infra.operations import files
-from hermes_infra.operations.firewall import Confirm, Confirmation
+from hermes_infra.operations.firewall import Confirm, Confirmation, revert_unless_confirmed
 from hermes_infra.plan import sshd
 from hermes_infra.plan.hostplan import Writer
 from hermes_infra.plan.sshd import SshdPlan
@@ -86,21 +86,12 @@ def revert_now_command() -> str:
 
 
 def confirmed(state, host, confirmation: Confirmation) -> bool:
-    seconds = confirmation.seconds
-    problem = confirmation.confirm(state, host, seconds)
-    if problem is None:
-        return True
-    try:
-        host.run_shell_command(StringCommand(revert_now_command()), **confirmation.arguments)
-    except Exception:  # noqa: BLE001 - the timer restores the drop-in without this connection too
-        pass
-    logger.error(
-        f"{host.print_prefix}ssh_hardening: the new sshd config was reloaded, but a second SSH connection with the "
+    return revert_unless_confirmed(state, host, confirmation, revert_now_command(), lambda problem, seconds: (
+        f"ssh_hardening: the new sshd config was reloaded, but a second SSH connection with the "
         f"deploy's key failed ({problem}). It is being reverted (the timer {TIMER} restores the previous "
         f"{sshd.DROPIN_PATH} within {seconds} s even if this connection is gone). Fix: check that the key this "
         "deploy uses is in the login's authorized_keys and that sshd's logs (`journalctl -u ssh`) accept it, "
-        "then deploy again")
-    return False
+        "then deploy again"))
 
 
 @operation()
