@@ -57,6 +57,8 @@ def cmd_image_build(args) -> int:
     print(f"ref:      {built.ref}")
     print(f"image id: {built.image_id}")
     print(f"archive:  {built.archive} ({built.size_bytes / 1e6:.0f} MB)")
+    if built.sqlite_version:
+        print(f"sqlite:   {built.sqlite_version}")
     print(f"use it:   image = {{\"ref\": \"{built.ref}\", \"source\": \"archive\", \"archive\": \"{built.archive.parent}\"}}")
     return 0
 

@@ -57,12 +57,19 @@ from pathlib import Path
 from typing import IO
 
 from hermes_infra.host import hostenv
+from hermes_infra.plan.sqlitecheck import FIXED_VERSION as SQLITE_FIXED_VERSION
 
 # Bump when the recipe changes in a way the hashed inputs below do not show.
 RECIPE_VERSION = 1
 DEFAULT_VERSION = "0.19.0"
 DEFAULT_REPO = "hermes-agent"
 DEFAULT_SUITE = "trixie"
+# The suite whose libsqlite3-0 replaces the base suite's: trixie's 3.46.1 has the WAL-reset
+# corruption bug (fixed in 3.51.3) and Hermes keeps its databases in WAL mode. The official image
+# builds SQLite itself for the same reason; Debian's next release ships a fixed one (3.53.4 in
+# forky, Depends: libc6 >= 2.38, trixie has 2.41), signed by the same archive key. Only this one
+# package is pinned from there; the suite's lists are removed from the image afterwards.
+SQLITE_SUITE = "forky"
 # gzip level of the archive; 0 writes a plain tar. Measured on the 0.19.0 image (370 MB layer):
 # level 1 -> 136 MB (37%) in ~6 s, level 6 -> 122 MB (33%) in ~17 s, level 9 -> 121 MB in ~60 s.
 # gunzip of the whole archive: ~4 s native, ~11 s under x86 emulation (qemu-user), about what
@@ -120,6 +127,23 @@ python3 -m venv {venv}
 {venv}/bin/pip install --no-cache-dir --disable-pip-version-check --no-input --progress-bar off {specs}
 """
 
+_SQLITE_SCRIPT = """\
+src=/etc/apt/sources.list.d/hermes-infra-sqlite.sources
+pin=/etc/apt/preferences.d/hermes-infra-sqlite
+printf 'Types: deb\\nURIs: %s\\nSuites: %s\\nComponents: main\\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\\n' \
+  {mirror} {suite} > "$src"
+printf 'Package: libsqlite3-0\\nPin: release n=%s\\nPin-Priority: 990\\n\\nPackage: *\\nPin: release n=%s\\nPin-Priority: -1\\n' \
+  {suite} {suite} > "$pin"
+update="apt-get -q update -o Acquire::Languages=none -o Dir::Etc::sourcelist=$src -o Dir::Etc::sourceparts=-"
+if ! $update; then
+  echo "hermes-infra: retrying without the Valid-Until check (a mirror that stopped syncing $src);" \
+    "the signature is still checked, and the build refuses a library older than the fix" >&2
+  $update -o Acquire::Check-Valid-Until=false
+fi
+apt-get -q install -y --no-install-recommends libsqlite3-0
+rm -f "$src" "$pin"
+"""
+
 _RESTORE_CA_SCRIPT = """\
 rm -rf {build_ca_dir}
 update-ca-certificates --fresh >/dev/null
@@ -156,6 +180,7 @@ class BuiltImage:
     suite: str = ""
     extra_packages: tuple[str, ...] = ()
     packages: tuple[str, ...] = ()  # `pip freeze` of the venv
+    sqlite_version: str = ""  # what Python's sqlite3 module runs in the image
 
     @property
     def repo(self) -> str:
@@ -236,7 +261,8 @@ def recipe_inputs(version: str = DEFAULT_VERSION, *, extra_packages: Sequence[st
         "mirror": mirror,
         "arch": arch or host_arch(),
         "base_packages": list(BASE_PACKAGES),
-        "scripts": [_SETUP_SCRIPT, _RESTORE_CA_SCRIPT, _CLEANUP_SCRIPT],
+        "scripts": [_SQLITE_SCRIPT, _SETUP_SCRIPT, _RESTORE_CA_SCRIPT, _CLEANUP_SCRIPT],
+        "sqlite_suite": SQLITE_SUITE,
         "config": {"env": list(IMAGE_ENV), "entrypoint": list(ENTRYPOINT), "cmd": list(CMD),
                    "uid": HERMES_UID, "gid": HERMES_GID, "data": DATA_DIR, "venv": VENV_DIR,
                    "created": CREATED, "source": IMAGE_SOURCE},
@@ -661,11 +687,28 @@ def _copy_resolv_conf(root: Path) -> None:
 
 # --- the rootfs build ----------------------------------------------------------------------------
 
+_SQLITE_VERSION_PY = "import sqlite3; print(sqlite3.sqlite_version)"
+
+
+def parse_sqlite_version(text: str) -> tuple[int, ...]:
+    """(3, 53, 4) from "3.53.4"; () for anything else (never passes a minimum)."""
+    if not re.fullmatch(r"[0-9]{1,4}(\.[0-9]{1,4}){1,3}", text or ""):
+        return ()
+    return tuple(int(part) for part in text.split("."))
+
+
+@dataclasses.dataclass(frozen=True)
+class RootfsContent:
+    """What `build_rootfs` measured in the finished rootfs."""
+
+    packages: tuple[str, ...]  # `pip freeze --all` of the venv
+    sqlite_version: str
+
 def build_rootfs(root: Path, *, version: str = DEFAULT_VERSION, extra_packages: Sequence[str] = (),
                  suite: str = DEFAULT_SUITE, mirror: str | None = None, keep_build_ca: bool = False,
                  ca_certs: Sequence[Path] | None = None, debs_cache: Path | None = None,
-                 logfile: Path, log: Log = print) -> list[str]:
-    """debootstrap + hermes user + venv into `root` (needs root). Returns `pip freeze` lines."""
+                 logfile: Path, log: Log = print) -> RootfsContent:
+    """debootstrap + a fixed SQLite + hermes user + venv into `root` (needs root)."""
     version = _check_version(version)
     extra = _check_extra(extra_packages)
     mirror = (mirror or hostenv.debian_mirror()).rstrip("/")
@@ -700,6 +743,12 @@ def build_rootfs(root: Path, *, version: str = DEFAULT_VERSION, extra_packages: 
             shutil.copyfile(cert, ca_dir / f"{i:02d}-{cert.name}")
 
     t = time.monotonic()
+    log(f"imagebuild: libsqlite3-0 from {SQLITE_SUITE}")
+    _in_chroot(root, _SQLITE_SCRIPT.format(mirror=shlex.quote(mirror), suite=shlex.quote(SQLITE_SUITE)),
+               logfile, what=f"libsqlite3-0 from {SQLITE_SUITE}")
+    log(f"imagebuild: libsqlite3-0 in {time.monotonic() - t:.0f}s")
+
+    t = time.monotonic()
     specs = [f"hermes-agent=={version}", *ALWAYS_PIP, *extra]
     log(f"imagebuild: pip install {' '.join(specs)}")
     setup = _SETUP_SCRIPT.format(build_ca_dir=BUILD_CA_DIR, uid=HERMES_UID, gid=HERMES_GID, data=DATA_DIR,
@@ -714,6 +763,14 @@ def build_rootfs(root: Path, *, version: str = DEFAULT_VERSION, extra_packages: 
     out = _in_chroot(root, f"cd /tmp && {VENV_DIR}/bin/hermes --version", logfile, capture=True,
                      what="hermes --version as uid 10000", userspec=f"{HERMES_UID}:{HERMES_GID}", env=smoke_env)
     log(f"imagebuild: {out.strip().splitlines()[0] if out.strip() else 'hermes --version ok'}")
+    sqlite_version = _in_chroot(root, f"{VENV_DIR}/bin/python3 -I -c {shlex.quote(_SQLITE_VERSION_PY)}", logfile,
+                                capture=True, what="sqlite3 version as uid 10000",
+                                userspec=f"{HERMES_UID}:{HERMES_GID}", env=smoke_env).strip()
+    if parse_sqlite_version(sqlite_version) < SQLITE_FIXED_VERSION:
+        raise BuildError(f"the image's SQLite is {sqlite_version!r}, older than "
+                         f"{'.'.join(map(str, SQLITE_FIXED_VERSION))} (the WAL-reset bug); "
+                         f"does the mirror {mirror} carry {SQLITE_SUITE}?")
+    log(f"imagebuild: SQLite {sqlite_version}")
 
     if certs and not keep_build_ca:
         _in_chroot(root, _RESTORE_CA_SCRIPT.format(build_ca_dir=BUILD_CA_DIR), logfile, what="restore CA bundle")
@@ -721,7 +778,8 @@ def build_rootfs(root: Path, *, version: str = DEFAULT_VERSION, extra_packages: 
     for leftover in (root / "debootstrap",):
         if leftover.exists():
             _safe_rmtree(leftover)
-    return [line for line in freeze.splitlines() if line.strip()]
+    return RootfsContent(packages=tuple(line for line in freeze.splitlines() if line.strip()),
+                         sqlite_version=sqlite_version)
 
 
 # --- cache and public API --------------------------------------------------------------------------
@@ -847,7 +905,7 @@ def build_image(version: str = DEFAULT_VERSION, *, repo: str = DEFAULT_REPO, tag
             t0 = time.monotonic()
             logfile = out_dir / "build.log"
             rootfs = tmp / "rootfs"
-            freeze = build_rootfs(rootfs, version=version, extra_packages=extra, suite=suite, mirror=mirror,
+            content = build_rootfs(rootfs, version=version, extra_packages=extra, suite=suite, mirror=mirror,
                                   keep_build_ca=keep_build_ca, ca_certs=certs, debs_cache=base / "debs",
                                   logfile=logfile, log=log)
             t = time.monotonic()
@@ -859,7 +917,8 @@ def build_image(version: str = DEFAULT_VERSION, *, repo: str = DEFAULT_REPO, tag
                              archive_sha256=_sha256_file(dest), size_bytes=dest.stat().st_size,
                              recipe_hash=rhash, version=version, diff_id=info.diff_id,
                              layer_bytes=info.layer_bytes, compress=compress, suite=suite,
-                             extra_packages=extra, packages=tuple(freeze))
+                             extra_packages=extra, packages=content.packages,
+                             sqlite_version=content.sqlite_version)
             _write_image_json(out_dir, img)
             log(f"imagebuild: archive {img.size_bytes / 1e6:.0f} MB (layer {info.layer_bytes / 1e6:.0f} MB) "
                 f"in {time.monotonic() - t:.0f}s")

@@ -21,6 +21,7 @@ import pytest
 from hermes_infra import commands
 from hermes_infra.checks import TEST_MODULE, runner
 from hermes_infra.checks.reports import RunReport
+from hermes_infra.images import build
 from hermes_infra.settings.schema import HostSettings
 from tests.e2e.test_bootstrap import COMPANION_PROBE, inspect
 
@@ -120,6 +121,17 @@ def test_fresh_host_passes_every_control_through_the_cli(deployed, tmp_path):
     junit = ET.parse(tmp_path / "check.xml").getroot()
     assert (junit.get("tests"), junit.get("failures"), junit.get("errors")) == (str(expected), "0", "0")
     assert "PASSED: 1 host(s)" in out.stdout
+
+
+def test_the_gateway_runs_a_sqlite_without_the_wal_reset_bug_and_status_says_so(deployed):
+    """Measured, not assumed: the library Hermes loads in the registry-free image (built with
+    forky's libsqlite3-0, trixie's 3.46.1 has the bug) and the mode of its databases."""
+    version = deployed.run("docker exec hermes python3 -I -S -c 'import sqlite3; print(sqlite3.sqlite_version)'").strip()
+    assert build.parse_sqlite_version(version) >= build.SQLITE_FIXED_VERSION, version
+    shown = subprocess.run([sys.executable, "-m", "hermes_infra", "status", "--databases",
+                            *deployed.target().cli_args()], capture_output=True, text=True, timeout=300, check=False)
+    assert f"hermes sqlite {version}: " in shown.stdout, shown.stdout + shown.stderr
+    assert "WAL-reset" not in shown.stdout and "state.db wal ok" in shown.stdout, shown.stdout
 
 
 def test_one_ssh_connection_per_host(deployed, monkeypatch):

@@ -65,6 +65,10 @@ def test_real_image_serves_gateway(tmp_path):
     assert os.stat(root / "opt/data").st_uid == 10000
     assert os.stat(root / "opt/hermes/bin/python").st_uid == 0
     assert list((root / "usr/local/share/ca-certificates").glob("**/*.crt")) == []
+    # the fixed SQLite, and nothing of the suite it came from left behind for apt
+    assert ib.parse_sqlite_version(img.sqlite_version) >= ib.SQLITE_FIXED_VERSION, img.sqlite_version
+    assert not (root / "etc/apt/sources.list.d/hermes-infra-sqlite.sources").exists()
+    assert not (root / "etc/apt/preferences.d/hermes-infra-sqlite").exists()
 
     data = tmp_path / "data"
     data.mkdir()

@@ -188,6 +188,35 @@ def test_recipe_hash_changes_with_inputs():
     assert ib.recipe_hash("0.19.0", keep_build_ca=True, **kw) != base
 
 
+def test_recipe_hash_changes_with_the_suite_the_sqlite_library_comes_from(monkeypatch):
+    kw = {"mirror": "http://deb.example/debian", "ca_certs": [], "arch": "amd64"}
+    base = ib.recipe_hash("0.19.0", **kw)
+    monkeypatch.setattr(ib, "SQLITE_SUITE", "sid")
+    assert ib.recipe_hash("0.19.0", **kw) != base
+
+
+def test_sqlite_step_pins_only_the_library_from_the_other_suite_and_leaves_no_source():
+    script = ib._SQLITE_SCRIPT.format(mirror="http://deb.example/debian", suite="forky")
+    pin = script.split("> \"$pin\"")[0].rsplit("printf ", 1)[1]
+    assert "Package: libsqlite3-0\\nPin: release n=%s\\nPin-Priority: 990" in pin
+    assert "Package: *\\nPin: release n=%s\\nPin-Priority: -1" in pin
+    assert "install -y --no-install-recommends libsqlite3-0\n" in script
+    assert script.rstrip().endswith('rm -f "$src" "$pin"')
+
+
+@pytest.mark.parametrize(("text", "version"), [
+    ("3.53.4", (3, 53, 4)), ("3.51.3", (3, 51, 3)), ("3.46.1", (3, 46, 1)), ("3.8", (3, 8)),
+    ("", ()), ("3", ()), ("3.46.1\n", ()), ("3.x.1", ()), ("v3.51.3", ()), ("3.51.3 extra", ()),
+])
+def test_parse_sqlite_version(text, version):
+    assert ib.parse_sqlite_version(text) == version
+
+
+def test_a_built_image_older_than_the_fix_would_not_pass_the_minimum():
+    assert ib.parse_sqlite_version("3.46.1") < ib.SQLITE_FIXED_VERSION <= ib.parse_sqlite_version("3.53.4")
+    assert ib.parse_sqlite_version("garbage") < ib.SQLITE_FIXED_VERSION
+
+
 def test_recipe_hash_ca_counts_only_when_kept(tmp_path):
     ca = tmp_path / "proxy.crt"
     ca.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
@@ -290,7 +319,7 @@ def test_concurrent_builders_wait_for_one_build(tmp_path, monkeypatch):
         calls.append(root)
         time.sleep(0.5)  # the second builder arrives while this one holds the lock
         make_rootfs(root)
-        return ["hermes-agent==0.19.0"]
+        return ib.RootfsContent(packages=("hermes-agent==0.19.0",), sqlite_version="3.53.4")
 
     monkeypatch.setattr(ib, "build_rootfs", fake_build_rootfs)
     results, logs = [], []
@@ -303,6 +332,8 @@ def test_concurrent_builders_wait_for_one_build(tmp_path, monkeypatch):
     assert len(calls) == 1
     assert len(results) == 2 and results[0] == results[1]
     assert results[0].packages == ("hermes-agent==0.19.0",)
+    assert results[0].sqlite_version == "3.53.4"
+    assert json.loads((results[0].archive.parent / "image.json").read_text())["sqlite_version"] == "3.53.4"
     assert any("waiting for another build" in line for line in logs)
     entry = results[0].archive.parent
     assert entry.name == results[0].recipe_hash
