@@ -23,11 +23,27 @@ UPDATES = {"enabled": True}
 VM_DROPIN = "/etc/ssh/sshd_config.d/10-hermes-infra.conf"  # the local VM image's (localvm/recipe.py)
 
 
+def started_transport(port: int, seconds: float = 30) -> paramiko.Transport:
+    """An SSH transport past the banner exchange. sshd re-executes itself on `systemctl reload`,
+    and a connection QEMU forwards meanwhile is reset (`Error reading SSH protocol banner`): a
+    stranger would simply try again, so this does too, for a while."""
+    deadline = time.monotonic() + seconds
+    while True:
+        transport = paramiko.Transport(("127.0.0.1", port))
+        try:
+            transport.start_client(timeout=15)
+            return transport
+        except (paramiko.SSHException, EOFError, OSError):
+            transport.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
 def offered_methods(port: int, user: str = "root") -> list[str]:
     """What sshd offers this user before any credential (the `none` method's answer)."""
-    transport = paramiko.Transport(("127.0.0.1", port))
+    transport = started_transport(port)
     try:
-        transport.start_client(timeout=15)
         try:
             transport.auth_none(user)
         except paramiko.BadAuthenticationType as error:
@@ -39,9 +55,8 @@ def offered_methods(port: int, user: str = "root") -> list[str]:
 
 def password_login_refused(port: int, user: str = "root") -> bool:
     """A password login attempt, as a brute-forcer makes it: refused before any password check."""
-    transport = paramiko.Transport(("127.0.0.1", port))
+    transport = started_transport(port)
     try:
-        transport.start_client(timeout=15)
         try:
             transport.auth_password(user, "not-the-password-anyway")
         except paramiko.BadAuthenticationType as error:
