@@ -12,18 +12,23 @@ are redeployed with default settings."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import time
 
+from hermes_infra.daytwo import backup as backup_cmd
 from hermes_infra.daytwo import offsite as offsite_cmd
-from hermes_infra.daytwo import remote
+from hermes_infra.daytwo import remote, status
 from tests.e2e.test_bootstrap import wait_healthy
-from tests.e2e.test_daytwo import API, DATA, PLANTED, as_owner, cli, in_gateway, plant
+from tests.e2e.test_daytwo import API, DATA, PLANTED, as_owner, in_gateway, plant
 
 REPO_DIR = "/var/lib/e2e-restic"
 PASSWORD = "e2e-offsite-Q8vT2mZp9Lx4Rn7wK3s"
 RECORDS = "/var/backups/hermes-infra/offsite"
+# The issue's figures are for a state.db of at least 50 MB: HERMES_INFRA_E2E_STATE_MB=50 grows it
+# (incompressible rows) before the first backup. CI leaves it small: the path is the same.
+STATE_MB = int(os.environ.get("HERMES_INFRA_E2E_STATE_MB", "0"))
 LIVE_WRITER = ("import sqlite3, time\n"
                "c = sqlite3.connect('state.db', timeout=30)\n"
                "c.execute('create table if not exists e2e_live (n integer, at real)')\n"
@@ -73,15 +78,25 @@ def test_backups_go_off_host_and_a_new_host_restores_from_the_repository_alone(d
         deployed.run(in_gateway("import sqlite3; c = sqlite3.connect('state.db'); "
                                 "c.execute('create table if not exists e2e_rows (v text)'); "
                                 f"c.executemany('insert into e2e_rows values (?)', {rows!r}); c.commit()"))
+        if STATE_MB:
+            deployed.run(in_gateway("import os, sqlite3; c = sqlite3.connect('state.db'); "
+                                    "c.execute('create table if not exists e2e_bulk (b blob)'); "
+                                    f"[c.execute('insert into e2e_bulk values (?)', (os.urandom(1 << 20),)) "
+                                    f"for _ in range({STATE_MB})]; c.commit()"), timeout=600)
+            print(f"\n[size] state.db: {deployed.run(f'stat -c %s {DATA}/state.db').strip()} bytes")
         key = deployed.api_key()
         # Rows are written while the manual backup runs (the gateway's own writes go on too).
         deployed.run(f"docker exec -d -w /opt/data hermes python3 -c {shlex.quote(LIVE_WRITER)}")
         time.sleep(2)
         started = time.monotonic()
-        made = cli(deployed, "backup", "-o", str(tmp_path / "backups"), timeout=900)
+        # In process, as `hermes-infra backup` runs it, with the offsite settings (which carry the
+        # repository's password and key: never on a command line).
+        said: list[str] = []
+        [host] = remote.resolve(deployed.target(**sections))
+        made = backup_cmd.backup([host], None, tmp_path / "backups", say=said.append)
         first_seconds = time.monotonic() - started
-        assert made.returncode == 0, made.stderr
-        assert PASSWORD not in made.stdout + made.stderr
+        assert len(made) == 1 and "off-host snapshot made, pruned and checked" in said[-1], said
+        assert not any(PASSWORD in line for line in said)
         first = json.loads(deployed.run(f"cat {RECORDS}/hermes.last.json"))
         assert (first["result"], first["source"], first["kind"]) == ("success", "manual", "offsite")
         assert first["bytes_added"] > 0 and len(first["snapshot"]) >= 8
@@ -89,23 +104,25 @@ def test_backups_go_off_host_and_a_new_host_restores_from_the_repository_alone(d
         after_first = _repo_bytes(second_vm)
 
         # The second run is the timer's own (the systemd service, as the schedule starts it).
+        started = time.monotonic()
         deployed.run("systemctl start hermes-infra-backup.service", timeout=900)
+        second_seconds = time.monotonic() - started
         second = json.loads(deployed.run(f"cat {RECORDS}/hermes.last.json"))
         assert (second["result"], second["source"]) == ("success", "scheduled"), second
         grown = _repo_bytes(second_vm) - after_first
         print(f"\n[timing] first off-host backup {first_seconds:.1f}s: repository {after_first} bytes "
-              f"(tar {first['bytes']}, added {first['bytes_added']}); second run added {second['bytes_added']}, "
+              f"(tar {first['bytes']}, added {first['bytes_added']}); second run ({second_seconds:.1f}s) added "
+              f"{second['bytes_added']}, "
               f"the repository grew by {grown} bytes")
         assert second["bytes_added"] < first["bytes_added"] / 2, "the unchanged part is deduplicated"
         assert grown < after_first / 2
 
-        shown = cli(deployed, "status").stdout
-        assert f"hermes last good off-host backup: {second['time']}" in shown
-        listed = cli(deployed, "backup", "list")
-        assert listed.returncode == 0, listed.stderr
+        shown = status.render_text(status.collect([host]))
+        assert f"hermes last good off-host backup: {second['time']}" in shown, shown
+        listed = offsite_cmd.render_snapshots(offsite_cmd.list_snapshots(host))
         # keep_daily: two snapshots of one day leave the newer (forget --prune ran)
-        assert second["snapshot"][:8] in listed.stdout and "scheduled" in listed.stdout
-        assert first["snapshot"][:8] not in listed.stdout
+        assert second["snapshot"][:8] in listed and "scheduled" in listed, listed
+        assert first["snapshot"][:8] not in listed, listed
 
         # A new host with the same settings, restored from the repository alone.
         run = second_vm.deploy(**sections)
@@ -138,7 +155,8 @@ def test_backups_go_off_host_and_a_new_host_restores_from_the_repository_alone(d
         deployed.run(as_owner("rm -rf weixin/accounts/e2e-bot.json platforms/pairing/weixin-approved.json "
                               "cron/jobs.json sessions/e2e-session.json"))
         drop = ("import sqlite3; c = sqlite3.connect('state.db'); c.execute('drop table if exists e2e_rows'); "
-                "c.execute('drop table if exists e2e_live'); c.commit()")
+                "c.execute('drop table if exists e2e_live'); c.execute('drop table if exists e2e_bulk'); c.commit(); "
+                "c.execute('vacuum')")
         deployed.run(in_gateway(drop))
         for vm in (deployed, second_vm):
             assert vm.deploy().returncode == 0  # default settings: the offsite files and the timer leave
