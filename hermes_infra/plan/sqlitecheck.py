@@ -22,9 +22,9 @@ import inspect
 import json
 import shlex
 
+from hermes_infra.images.build import SQLITE_FIXED_VERSION as FIXED_VERSION
 from hermes_infra.plan import datatar
 
-FIXED_VERSION = (3, 51, 3)
 PROBE_SECONDS = 60
 MAX_DATABASES = 50
 
