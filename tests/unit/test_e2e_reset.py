@@ -58,13 +58,22 @@ def test_a_restore_that_answers_is_all_a_reset_does(host):
     assert deployed.vm.commands[0] == "loadvm bootstrapped"
 
 
-def test_a_failed_loadvm_falls_back_to_a_redeploy_and_says_why(host):
+def test_a_failed_loadvm_reboots_and_a_gateway_that_comes_back_is_not_redeployed(host):
     deployed, lines = host(FakeVM(restore_error=LocalVMError("QEMU's loadvm bootstrapped failed: no snapshot")))
     deployed.reset()
-    assert deployed.deploys == [{}]
+    assert "reboot" in deployed.vm.commands and deployed.deploys == []
     assert lines[0].startswith("[reset] restoring the saved state failed: LocalVMError: QEMU's loadvm")
-    assert lines[-1].startswith("[reset] redeployed instead in")
+    assert lines[-1].startswith("[reset] rebooted instead in")
     assert e2e.DeployedHost.restores_fell_back == 1
+
+
+def test_a_failed_loadvm_whose_gateway_stays_down_after_the_reboot_is_redeployed_and_says_why(host):
+    deployed, lines = host(FakeVM(restore_error=LocalVMError("QEMU's loadvm bootstrapped failed: no snapshot"),
+                                  health="000"))
+    deployed.reset()
+    assert deployed.vm.commands.index("reboot") < len(deployed.vm.commands) and deployed.deploys == [{}]
+    assert "no /health (000) within 180 s of the reboot" in lines[1] and "hermes Up 3 minutes" in lines[1]
+    assert lines[-1].startswith("[reset] redeployed instead in")
 
 
 def test_a_restored_gateway_that_does_not_answer_is_rebooted_and_redeployed_and_not_restored_again(host):
@@ -75,7 +84,7 @@ def test_a_restored_gateway_that_does_not_answer_is_rebooted_and_redeployed_and_
     deployed.vm.commands.clear()
     deployed.reset()
     # Once seen, the saved state is not loaded again (it would undo the fix): a redeploy only.
-    assert "did not answer earlier in this session" in lines[2]
+    assert "did not answer earlier in this session" in lines[3]
     assert deployed.vm.commands == [] and deployed.deploys == [{}, {}]
 
 
