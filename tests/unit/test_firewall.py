@@ -10,8 +10,8 @@ import shutil
 import subprocess
 
 import pytest
-from pyinfra.api import FileUploadCommand, FunctionCommand
-from pyinfra.context import ctx_host, ctx_state
+from pyinfra.api import FunctionCommand
+from pyinfra.context import ctx_host
 
 from hermes_infra.host import hostfacts
 from hermes_infra.host.hostfacts import HostState
@@ -21,7 +21,7 @@ from hermes_infra.plan.hostplan import PlanError
 from hermes_infra.release import firewall_confirm
 from hermes_infra.settings.loading import SettingsError
 from hermes_infra.settings.schema import HostSettings
-from tests.unit.hostfakes import FakeHost, fresh, plan_for, root_file, run_op, settings
+from tests.unit.hostfakes import FakeHost, fresh, plan_for, root_file, run_confirmed, run_op, settings
 from tests.unit.test_checks_controls import Out, context, outcome
 from tests.unit.test_checks_controls import FakeHost as CheckHost
 
@@ -244,36 +244,8 @@ def test_bad_firewall_settings_are_refused_with_the_setting_named(firewall, mess
 
 # --- the load that reverts itself unless confirmed ------------------------------------------
 
-class ConfirmHost(FakeHost):
-    """The deploy's host while the operation runs: what it ran over its own connection."""
-
-    def __init__(self):
-        super().__init__()
-        self.ran: list[str] = []
-
-    def run_shell_command(self, command, **arguments):
-        self.ran.append(command.get_raw_value())
-        return True, []
-
-
 def execute(plan, confirm, sudo=None):
-    """Run the operation's commands in order as pyinfra does: stop at the first that fails."""
-    host = ConfirmHost()
-    host.current_op_global_arguments = sudo
-    state = type("State", (), {"config": type("Config", (), {"DIFF": False})(), "cwd": None})()
-    writer = plan_for(settings(), fresh()).writer
-    done = []
-    with ctx_host.use(host), ctx_state.use(state):
-        for command in ops.rules_loaded._inner(plan, writer, confirm):
-            if isinstance(command, FileUploadCommand):
-                done.append("upload")
-            elif isinstance(command, FunctionCommand):
-                done.append("confirm")
-                if command.function(state, host, *command.args) is False:
-                    return done, host, False
-            else:
-                done.append(command if isinstance(command, str) else command.get_raw_value())
-    return done, host, True
+    return run_confirmed(ops.rules_loaded, plan, confirm, sudo)
 
 
 def test_a_new_ruleset_is_checked_then_armed_then_loaded_then_confirmed_then_persisted():
