@@ -419,3 +419,21 @@ def test_the_compose_control_names_no_package_for_an_os_it_does_not_know():
     from tests.unit.test_checks_controls import Out
     old, _ = _compose_check("ID=ubuntu\n", "distro", Out(0, "1.29.2\n"))
     assert "v2 or later is required. On this Ubuntu host" in old.message
+
+
+# --- ufw, as Ubuntu's images ship it ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("ufw", "warned"), [("ufw installed active yes", True), ("ufw installed - no", False),
+                                             ("ufw missing", False)], ids=["active", "as-shipped", "removed"])
+def test_a_recorded_ubuntu_host_with_ufw_is_told_what_ufw_does_not_filter(codename, ufw, warned):
+    from hermes_infra.host import hostfacts
+
+    state = recorded(HOSTS[codename])
+    state.firewall = hostfacts._firewall(["ssh 198.51.100.4 40000 10.0.0.5 22", "sshd 0.0.0.0:22", "nft", ufw])
+    public = [{"name": "hermes", "api": {"port": 8643, "publish_addresses": ["0.0.0.0"], "allow_public": True}}]
+    off = make_plan(settings(gateways=public), facts_of(state)).firewall
+    on = make_plan(settings(gateways=public, firewall={"enabled": True, "allow": [8643]}), facts_of(state)).firewall
+    assert [w.split(":")[0] for w in off.warnings] == (
+        ["gateways[hermes].api is published on 0.0.0.0"] if warned else [])
+    assert [w.split(";")[0] for w in on.warnings] == (
+        ["ufw is active on this host beside hermes-infra's nftables table (table inet hermes_infra)"] if warned else [])
