@@ -18,6 +18,7 @@ from hermes_infra.settings import topology
 from hermes_infra.checks.context import DAEMON_JSON, HostContext, Subject, probe_url
 from hermes_infra.checks.registry import REGISTRY, CannotCheck, Control, NotApplicable, control, fail
 from hermes_infra.plan.daemon import daemon_json
+from hermes_infra.plan.hostplan import DISTRO_PACKAGES, OFFICIAL_PACKAGES
 from hermes_infra.settings.schema import publish_addresses
 from hermes_infra.settings.sizes import format_bytes
 
@@ -93,17 +94,32 @@ def docker_service(ctx: HostContext, subject: Subject):
 
 
 @control("HI-DOCKER-002", "Docker Compose v2 is installed (`docker compose`)", severity="high", scope="host",
-         remediation="Install the compose v2 plugin: `docker-compose-plugin` from Docker's repository, or "
-                     "Debian 13's `docker-compose` package. " + REDEPLOY + ".")
+         remediation="Install compose v2 from the source docker.install_source names: `official`: "
+                     "`docker-compose-plugin` from Docker's repository (Debian and Ubuntu); `distro`: Debian 13's "
+                     "`docker-compose`, Ubuntu's `docker-compose-v2` (Ubuntu's `docker-compose` is the old Python "
+                     "v1). " + REDEPLOY + ".")
 def compose_v2(ctx: HostContext, subject: Subject):
     out = ctx.run("docker compose version --short 2>&1")
     version = out.stdout.strip().lstrip("v")
     major = version.split(".", 1)[0]
     if out.rc != 0 or not major.isdigit():
-        fail(f"`docker compose` is not available ({out.stdout.strip()[:200] or 'no output'})")
+        fail(f"`docker compose` is not available ({out.stdout.strip()[:200] or 'no output'})" + _compose_fix(ctx))
     if int(major) < 2:
-        fail(f"`docker compose` is version {version}; v2 or later is required")
+        fail(f"`docker compose` is version {version}; v2 or later is required" + _compose_fix(ctx))
     return f"docker compose {version}"
+
+
+def _compose_fix(ctx: HostContext) -> str:
+    """The package that brings compose v2 on this host (its os-release ID and the settings'
+    install source); nothing when the OS is not one hermes-infra deploys to."""
+    out = ctx.run("sed -n 's/^ID=//p' /etc/os-release 2>/dev/null")
+    os_id = out.stdout.strip().strip("\"'") if out.rc == 0 else ""
+    if os_id not in DISTRO_PACKAGES:
+        return ""
+    source = ctx.settings.docker.install_source
+    packages = OFFICIAL_PACKAGES if source == "official" else DISTRO_PACKAGES[os_id]
+    package = next(name for name in packages if "compose" in name)
+    return f". On this {os_id.capitalize()} host with docker.install_source {source}: `apt-get install {package}`"
 
 
 @control("HI-DOCKER-003", "Container logs rotate (daemon.json log driver, max-size, max-file as set)",

@@ -258,6 +258,15 @@ APT_LOCK_HOLDER = (
 # --- firewall (setting firewall; plan/firewall.py) ---------------------------------------------
 FIREWALL_TABLE = "inet hermes_infra"
 FIREWALL_UNIT = "hermes-infra-firewall.service"
+UFW_CONF = "/etc/ufw/ufw.conf"
+# ufw (Ubuntu's images ship it): ENABLED in its ufw.conf, the last assignment, as ufw-init reads it
+# (read line by line here, never sourced), and only when that may say yes, ufw.service's state:
+# its stop flushes ufw's rules, so a stopped service with ENABLED=yes filters nothing.
+UFW_READ = (
+    f"if command -v ufw >/dev/null 2>&1 || [ -x /usr/sbin/ufw ]; then e=; if [ -f {UFW_CONF} ]; then "
+    "while read -r l || [ -n \"$l\" ]; do case \"$l\" in ENABLED=*) e=${l#ENABLED=};; esac; l=; done "
+    f"< {UFW_CONF}; fi; case \"$e\" in *[Yy][Ee][Ss]*) s=$(systemctl is-active ufw.service 2>/dev/null);; "
+    "*) s=-;; esac; echo \"ufw installed ${s:-none} $e\"; else echo 'ufw missing'; fi")
 FIREWALL_READS = [
     # Where this deploy's SSH connection comes from and arrives: sshd's SSH_CONNECTION, which sudo
     # drops from the environment, so else from the nearest parent (sudo, the login shell) that has it.
@@ -268,7 +277,32 @@ FIREWALL_READS = [
     f"if command -v nft >/dev/null 2>&1; then echo nft; echo \"listing $(nft -s list table {FIREWALL_TABLE} "
     "2>/dev/null | base64 -w0)\"; else echo nonft; fi",
     f"echo \"unit $(systemctl is-enabled {FIREWALL_UNIT} 2>/dev/null)\"",
+    UFW_READ,
 ]
+UFW_SERVICE_STATES = ("active", "reloading", "activating", "inactive", "failed", "deactivating", "maintenance",
+                      "refreshing")
+"""What `systemctl is-active` prints; the first three: ufw's rules are loaded, or being loaded."""
+_UFW_ENABLED = re.compile(r"""(["']?)([A-Za-z]{1,8})\1""")
+
+
+def _ufw(text: str) -> str:
+    """`installed <service state or -> <ENABLED's value>` or `missing`, as ufw itself would
+    decide: "active" (ENABLED=yes, quoted or not, any case, and the service up), "inactive",
+    "missing", or "unknown" for anything that does not parse (never shown, never believed)."""
+    if text.strip() == "missing":
+        return "missing"
+    tag, _, rest = text.strip().partition(" ")
+    service, _, value = rest.partition(" ")
+    value = re.sub(r"\s+#.*$", "", value.strip())  # a shell comment after the assignment
+    match = _UFW_ENABLED.fullmatch(value)
+    enabled = match.group(2).lower() if match else ("no" if value == "" else "")
+    if tag != "installed" or service not in (*UFW_SERVICE_STATES, "-", "none") or enabled not in ("yes", "no"):
+        return "unknown"
+    if enabled == "no":
+        return "inactive"
+    if service not in UFW_SERVICE_STATES:
+        return "unknown"  # ENABLED=yes and no state read: cannot tell
+    return "active" if service in UFW_SERVICE_STATES[:3] else "inactive"
 
 
 def _ssh_connection(text: str) -> dict:
@@ -286,7 +320,7 @@ def _ssh_connection(text: str) -> dict:
 
 def _firewall(body: list[str]) -> dict:
     found: dict = {"client": None, "server_port": None, "sshd_ports": (), "nft": False, "listing": None,
-                   "unit_enabled": False}
+                   "unit_enabled": False, "ufw": "unknown"}
     for line in body:
         tag, _, rest = line.strip().partition(" ")
         if tag == "ssh":
@@ -303,6 +337,8 @@ def _firewall(body: list[str]) -> dict:
                 found["listing"] = ""
         elif tag == "unit":
             found["unit_enabled"] = rest.strip() == "enabled"
+        elif tag == "ufw":
+            found["ufw"] = _ufw(rest)
     return found
 
 
@@ -440,7 +476,8 @@ class HostState:
     apt_lists_age: int | None = None
     """Seconds since apt's lists were last updated (None: never)."""
     firewall: dict = field(default_factory=lambda: _firewall([]))
-    """The SSH connection's addresses, sshd's ports, the loaded hermes-infra nft table, its unit."""
+    """The SSH connection's addresses, sshd's ports, the loaded hermes-infra nft table, its unit, and
+    ufw's state ("active", "inactive", "missing" or "unknown")."""
     sshd: dict = field(default_factory=lambda: _sshd([]))
     """sshd's effective settings (`sshd -T`), its Include, the drop-ins, the deploy user's key count."""
     apt_timers: dict[str, str] = field(default_factory=dict)

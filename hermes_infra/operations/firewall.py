@@ -149,10 +149,10 @@ def boot_unit(plan: FirewallPlan):
 @deploy("Firewall")
 def firewall(plan: FirewallPlan, writer: Writer, confirm: Confirm, install: Callable[[], None]):
     """`install()` installs nftables (apt, as the deploy installs its other packages)."""
+    for warning in plan.warnings:  # off too: ufw beside a published port
+        logger.warning(f"{host.print_prefix}firewall: {warning}")
     if not plan.enabled and not (plan.table_loaded or plan.present or plan.unit_enabled):
         return  # never had one: no operations to show
-    for warning in plan.warnings:
-        logger.warning(f"{host.print_prefix}firewall: {warning}")
     if plan.enabled and not plan.nft_installed:
         install()
     rules_loaded(name=f"Firewall rules (table {TABLE}"

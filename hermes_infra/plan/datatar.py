@@ -17,7 +17,9 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import json
+import os
 import shlex
+import stat
 from dataclasses import dataclass
 
 from hermes_infra.host import safeio
@@ -119,6 +121,43 @@ def rule_matches(rule_pattern: str, rule_where: str, path: str) -> bool:
     return any(_glob_parts(home, rule_pattern) for home in homes)
 
 
+def databases_under(src, rules, unreadable):
+    """Every regular `*.db` under `src` as (path relative to it, lstat), in name order, depth
+    first: no link followed, no other file system entered, nothing a rule ([pattern, where]
+    pairs) names walked into. A directory that cannot be listed goes to `unreadable(rel, error)`:
+    it raises to end the walk, or returns to go on without that directory. The copy container
+    and the SQLite probe run this same function (its source is sent along), so the two walk the
+    data dir alike and only decide differently what an unreadable directory means."""
+    root_dev = os.stat(src).st_dev
+
+    def walk(rel):
+        try:
+            entries = sorted(os.scandir(os.path.join(src, rel) if rel else src), key=lambda e: e.name)
+        except OSError as error:
+            unreadable(rel, error)
+            return
+        for entry in entries:
+            name = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # gone since the listing (a live database's -shm as its last connection closed)
+            if info.st_dev != root_dev or any(rule_matches(p, w, name) for p, w in rules):
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                yield from walk(name)
+            elif stat.S_ISREG(info.st_mode) and fnmatch.fnmatchcase(entry.name, "*.db"):
+                yield name, info
+
+    yield from walk("")
+
+
+def walk_source() -> str:
+    """The source of the walk and the rule match, for a program run in a container."""
+    return "\n".join([inspect.getsource(_glob_parts), inspect.getsource(rule_matches),
+                      inspect.getsource(databases_under)])
+
+
 def left_out(path: str) -> Rule | None:
     """The rule that keeps `path` (or a directory above it) out of tar's part of an online backup;
     None when tar takes it. `*.db` files count as left out (the online copy takes them)."""
@@ -154,28 +193,13 @@ _COPY_MAIN = r'''
 def main(seconds, rules, src, out):
     signal.alarm(int(seconds))
     os.umask(0o077)
-    root_dev = os.stat(src).st_dev
     report, broken = {"databases": {}, "copied_as_files": [], "unreadable": []}, False
 
-    def skipped(rel):
-        return any(rule_matches(p, w, rel) for p, w in rules)
-
-    def walk(rel):
-        try:
-            entries = sorted(os.scandir(os.path.join(src, rel) if rel else src), key=lambda e: e.name)
-        except PermissionError:
-            # tar reads every directory after this, fails on this one and names it: the run fails there.
-            report["unreadable"].append(rel)
-            return
-        for entry in entries:
-            name = f"{rel}/{entry.name}" if rel else entry.name
-            info = entry.stat(follow_symlinks=False)
-            if info.st_dev != root_dev or skipped(name):
-                continue
-            if stat.S_ISDIR(info.st_mode):
-                walk(name)
-            elif stat.S_ISREG(info.st_mode) and fnmatch.fnmatchcase(entry.name, "*.db"):
-                copy_db(name, info)
+    def unreadable(rel, error):
+        if not isinstance(error, PermissionError):
+            raise error
+        # tar reads every directory after this, fails on this one and names it: the run fails there.
+        report["unreadable"].append(rel)
 
     def copy_db(name, info):
         nonlocal broken
@@ -207,7 +231,8 @@ def main(seconds, rules, src, out):
             broken = broken or summary["integrity"] != "ok"
         os.chmod(target, stat.S_IMODE(info.st_mode) & 0o777)
 
-    walk("")
+    for name, info in databases_under(src, rules, unreadable):
+        copy_db(name, info)
     json.dump(report, sys.stdout, sort_keys=True)
     sys.stdout.write("\n")
     return 3 if broken else 0
@@ -254,8 +279,7 @@ def copy_program() -> str:
     regular `*.db` with `sqlite3.Connection.backup` (a read-only connection to the live file:
     SQLite's locks give a consistent snapshot while the gateway writes), check each copy, print
     a JSON report. Exit 0, `INTEGRITY_FAILED_RC`, or 1 (a copy failed; why on stderr)."""
-    return "\n".join(["import fnmatch, json, os, signal, sqlite3, stat, sys, urllib.parse",
-                      inspect.getsource(_glob_parts), inspect.getsource(rule_matches), _COPY_MAIN])
+    return "\n".join(["import fnmatch, json, os, signal, sqlite3, stat, sys, urllib.parse", walk_source(), _COPY_MAIN])
 
 
 def copy_arguments() -> list[str]:

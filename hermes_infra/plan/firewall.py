@@ -16,6 +16,10 @@ port), so `firewall.allow` speaks of host ports as the settings do. New connecti
 outside into a container bridge that Docker did not DNAT (someone routing to 172.17.0.2
 directly) are dropped. Traffic from containers (egress, companions reaching a port on the
 bridge address) is left to Docker's own rules.
+
+ufw (on Ubuntu's images) is never changed, only read: where it is active, its chains and this
+table both filter the host's own traffic, while Docker's published ports bypass ufw: only this
+table filters them. The plan says so (`ufw_warnings`), with the firewall on or off.
 """
 from __future__ import annotations
 
@@ -142,13 +146,57 @@ def unallowed_warnings(settings: HostSettings) -> list[str]:
     for item in published_ports(settings):
         if item.reach == "bridge" or (item.protocol, item.port) in allowed:
             continue
-        shown = f"[{item.address}]" if ":" in item.address else item.address
         warnings.append(
-            f"{item.setting} is published on {shown}:{item.port}/{item.protocol}, which the firewall does not "
+            f"{item.setting} is published on {_shown(item)}, which the firewall does not "
             f"allow: other machines cannot reach it. Fix: add {{port: {item.port}"
             + ("" if item.protocol == "tcp" else f", protocol: {item.protocol}")
             + "} to firewall.allow (with allow_from to narrow it), or publish it on 127.0.0.1")
     return warnings
+
+
+# Published by Docker (DNAT, then its own forward rules): what ufw's chains never see. The
+# metrics exporter is a host process: ufw filters it as any other.
+DOCKER_PUBLISHED = ("gateways[", "companions[")
+
+
+def _shown(item: Published) -> str:
+    address = f"[{item.address}]" if ":" in item.address else item.address
+    return f"{address}:{item.port}/{item.protocol}"
+
+
+def ufw_warnings(settings: HostSettings, state: HostState, ssh: tuple[int, ...] = ()) -> list[str]:
+    """ufw active on the host: what it does not filter, and what to do about it (nothing when it
+    is not active, or the host's answer did not parse)."""
+    if state.firewall.get("ufw") != "active":
+        return []
+    docker = [p for p in published_ports(settings) if p.setting.startswith(DOCKER_PUBLISHED)]
+    return _ufw_beside_table(settings, docker, ssh) if settings.firewall.enabled else _ufw_bypassed(docker)
+
+
+def _ufw_bypassed(docker: list[Published]) -> list[str]:
+    """No table of ours: each port Docker publishes where others reach it is open whatever ufw says."""
+    return [f"{item.setting} is published on {_shown(item)} and ufw is active on this host, but ufw does not "
+            "protect that port: Docker's published ports bypass ufw (Docker's own forward rules accept them "
+            "before ufw's chains see them), so whoever reaches the host reaches the port, whatever `ufw status` "
+            "says. Fix: set firewall.enabled: true and list the port in firewall.allow (with allow_from to "
+            "narrow it): hermes-infra's nftables table filters published ports before Docker's rules; or "
+            "publish it on 127.0.0.1 and reach it through an SSH tunnel or a proxy"
+            for item in docker if item.reach != "bridge"]
+
+
+def _ufw_beside_table(settings: HostSettings, docker: list[Published], ssh: tuple[int, ...]) -> list[str]:
+    """Both filter the host's own traffic; only our table filters published ports."""
+    published = {(p.protocol, p.port) for p in docker}
+    host_ports = [f"{port}/tcp" for port in ssh] + [
+        f"{rule.port}/{rule.protocol}" for rule in settings.firewall.allow if (rule.protocol, rule.port) not in published]
+    return ["ufw is active on this host beside hermes-infra's nftables table (table inet hermes_infra); a packet "
+            "must pass both. ufw does not filter the ports Docker publishes (Docker's forward rules accept them "
+            "before ufw's chains see them): for those, hermes-infra's table and firewall.allow decide. Everything "
+            "else (SSH, the host's own services) meets ufw's rules too, so a port firewall.allow opens that ufw "
+            "does not allow stays closed, and SSH is only as open as ufw's rules leave it. Fix: make "
+            "hermes-infra's table the one firewall with `ufw disable` (it keeps inbound denied, SSH and "
+            "firewall.allow open); or keep ufw and allow there what the host itself must answer: "
+            + ", ".join(f"`ufw allow {port}`" for port in dict.fromkeys(host_ports))]
 
 
 def ssh_ports(settings: HostSettings, state: HostState) -> tuple[int, ...]:
@@ -319,7 +367,7 @@ def plan_firewall(settings: HostSettings, state: HostState, root_file: Callable[
     common = dict(loaded_digest=loaded_digest(listing), unit_enabled=bool(facts.get("unit_enabled")),
                   nft_installed=bool(facts.get("nft")), present=present)
     if not settings.firewall.enabled:
-        return FirewallPlan(enabled=False, **common)
+        return FirewallPlan(enabled=False, warnings=tuple(ufw_warnings(settings, state)), **common)
     rules = rules_of(settings, state)
     text = ruleset_text(rules)
     recorded = state.root_files.get(LOADED_PATH)
@@ -327,4 +375,5 @@ def plan_firewall(settings: HostSettings, state: HostState, root_file: Callable[
     return FirewallPlan(enabled=True, digest=digest_of(body_lines(rules)), ruleset=root_file(RULESET_PATH, text, "0600"),
                         unit=root_file(UNIT_PATH, unit_text()), text=text, loaded_intact=intact,
                         confirm_seconds=settings.firewall.confirm_seconds, ssh_ports=rules.ssh_ports,
-                        warnings=tuple(unallowed_warnings(settings)), **common)
+                        warnings=(*unallowed_warnings(settings), *ufw_warnings(settings, state, rules.ssh_ports)),
+                        **common)

@@ -18,7 +18,6 @@ before they are shown), and no database is written (`mode=ro`, no virtual table 
 """
 from __future__ import annotations
 
-import inspect
 import json
 import shlex
 
@@ -31,31 +30,14 @@ MAX_DATABASES = 50
 _PROBE_MAIN = r'''
 def main(seconds, rules, src):
     signal.alarm(int(seconds))
-    root_dev = os.stat(src).st_dev
     report = {"sqlite_version": sqlite3.sqlite_version, "databases": {}, "truncated": False}
-
-    def skipped(rel):
-        return any(rule_matches(p, w, rel) for p, w in rules)
-
-    def walk(rel):
-        try:
-            entries = sorted(os.scandir(os.path.join(src, rel) if rel else src), key=lambda e: e.name)
-        except OSError:
-            return
-        for entry in entries:
-            name = f"{rel}/{entry.name}" if rel else entry.name
-            info = entry.stat(follow_symlinks=False)
-            if info.st_dev != root_dev or skipped(name):
-                continue
-            if stat.S_ISDIR(info.st_mode):
-                walk(name)
-            elif stat.S_ISREG(info.st_mode) and fnmatch.fnmatchcase(entry.name, "*.db"):
-                if MAX <= len(report["databases"]):
-                    report["truncated"] = True
-                    return
-                report["databases"][name] = probe(os.path.join(src, name))
-
-    walk("")
+    # A directory it cannot list is passed over: the probe reports what it can read (the online
+    # copy, which must take everything, fails on one instead).
+    for name, _ in databases_under(src, rules, lambda rel, error: None):
+        if MAX <= len(report["databases"]):
+            report["truncated"] = True
+            break
+        report["databases"][name] = probe(os.path.join(src, name))
     json.dump(report, sys.stdout, sort_keys=True)
     sys.stdout.write("\n")
     return 0
@@ -94,8 +76,7 @@ except Exception as error:
 
 def probe_program() -> str:
     return "\n".join(["import fnmatch, json, os, signal, sqlite3, stat, sys, urllib.parse",
-                      f"MAX = {MAX_DATABASES}", inspect.getsource(datatar._glob_parts),
-                      inspect.getsource(datatar.rule_matches), _PROBE_MAIN])
+                      f"MAX = {MAX_DATABASES}", datatar.walk_source(), _PROBE_MAIN])
 
 
 def container_name(profile: str) -> str:

@@ -98,6 +98,41 @@ class FakeHost:
         return self.facts.get(cls.__name__)
 
 
+class ConfirmHost(FakeHost):
+    """The deploy's host while a revert-unless-confirmed operation runs (the firewall's load, the
+    SSH drop-in): what the operation ran over the deploy's own connection."""
+
+    def __init__(self):
+        super().__init__()
+        self.ran: list[str] = []
+
+    def run_shell_command(self, command, **arguments):
+        self.ran.append(command.get_raw_value())
+        return True, []
+
+
+def run_confirmed(operation, plan, confirm, sudo: dict | None = None) -> tuple[list[str], ConfirmHost, bool]:
+    """`operation(plan, writer, confirm)`'s commands in order, as pyinfra runs them: stop at the
+    first that fails (a FunctionCommand returning False). Returns what was done ("upload",
+    "confirm" or the command's text), the host, and whether it ran to the end."""
+    host = ConfirmHost()
+    host.current_op_global_arguments = sudo
+    state = type("State", (), {"config": type("Config", (), {"DIFF": False})(), "cwd": None})()
+    writer = plan_for(settings(), fresh()).writer
+    done = []
+    with ctx_host.use(host), ctx_state.use(state):
+        for command in operation._inner(plan, writer, confirm):
+            if isinstance(command, FileUploadCommand):
+                done.append("upload")
+            elif isinstance(command, FunctionCommand):
+                done.append("confirm")
+                if command.function(state, host, *command.args) is False:
+                    return done, host, False
+            else:
+                done.append(command if isinstance(command, str) else command.get_raw_value())
+    return done, host, True
+
+
 @dataclasses.dataclass
 class OpResult:
     commands: list[str]

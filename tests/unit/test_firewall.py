@@ -8,10 +8,11 @@ import hashlib
 import shlex
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
-from pyinfra.api import FileUploadCommand, FunctionCommand
-from pyinfra.context import ctx_host, ctx_state
+from pyinfra.api import FunctionCommand
+from pyinfra.context import ctx_host
 
 from hermes_infra.host import hostfacts
 from hermes_infra.host.hostfacts import HostState
@@ -21,7 +22,7 @@ from hermes_infra.plan.hostplan import PlanError
 from hermes_infra.release import firewall_confirm
 from hermes_infra.settings.loading import SettingsError
 from hermes_infra.settings.schema import HostSettings
-from tests.unit.hostfakes import FakeHost, fresh, plan_for, root_file, run_op, settings
+from tests.unit.hostfakes import FakeHost, fresh, plan_for, root_file, run_confirmed, run_op, settings
 from tests.unit.test_checks_controls import Out, context, outcome
 from tests.unit.test_checks_controls import FakeHost as CheckHost
 
@@ -244,36 +245,8 @@ def test_bad_firewall_settings_are_refused_with_the_setting_named(firewall, mess
 
 # --- the load that reverts itself unless confirmed ------------------------------------------
 
-class ConfirmHost(FakeHost):
-    """The deploy's host while the operation runs: what it ran over its own connection."""
-
-    def __init__(self):
-        super().__init__()
-        self.ran: list[str] = []
-
-    def run_shell_command(self, command, **arguments):
-        self.ran.append(command.get_raw_value())
-        return True, []
-
-
 def execute(plan, confirm, sudo=None):
-    """Run the operation's commands in order as pyinfra does: stop at the first that fails."""
-    host = ConfirmHost()
-    host.current_op_global_arguments = sudo
-    state = type("State", (), {"config": type("Config", (), {"DIFF": False})(), "cwd": None})()
-    writer = plan_for(settings(), fresh()).writer
-    done = []
-    with ctx_host.use(host), ctx_state.use(state):
-        for command in ops.rules_loaded._inner(plan, writer, confirm):
-            if isinstance(command, FileUploadCommand):
-                done.append("upload")
-            elif isinstance(command, FunctionCommand):
-                done.append("confirm")
-                if command.function(state, host, *command.args) is False:
-                    return done, host, False
-            else:
-                done.append(command if isinstance(command, str) else command.get_raw_value())
-    return done, host, True
+    return run_confirmed(ops.rules_loaded, plan, confirm, sudo)
 
 
 def test_a_new_ruleset_is_checked_then_armed_then_loaded_then_confirmed_then_persisted():
@@ -532,7 +505,7 @@ def test_the_facts_section_runs_in_the_background_and_parses_what_it_prints():
     found = hostfacts._firewall(["ssh 2001:db8::7 40000 2001:db8::1 22", "sshd 0.0.0.0:22 [::]:22 *:2222",
                                  "nft", "listing " + base64.b64encode(listing.encode()).decode(), "unit enabled"])
     assert found == {"client": "2001:db8::7", "server_port": 22, "sshd_ports": (22, 2222), "nft": True,
-                     "listing": listing, "unit_enabled": True}
+                     "listing": listing, "unit_enabled": True, "ufw": "unknown"}
     # Nothing believed that does not parse: an address, a port out of range.
     for line in ("ssh 198.51.100.4; 40000 10.0.0.5 22", "ssh 198.51.100.4 40000 10.0.0.5 99999",
                  "ssh not-an-ip 1 2 22"):
@@ -614,3 +587,143 @@ def test_firewall_drift_fails_the_matching_control(control_id, host, message):
 def test_a_check_without_root_is_an_error_not_a_finding():
     host = CheckHost({"nft -s list table": Out(1, "", "Error: Operation not permitted")})
     assert outcome("HI-FW-001", context(FIREWALL_ON, host=host)).status == "error"
+
+
+# --- ufw beside the setting (Ubuntu's images ship it) -----------------------------------------
+
+UFW_FIXTURES = Path(__file__).parent / "fixtures" / "ubuntu_2404"
+
+
+def ufw_read(tmp_path, conf: str | None, service: str = "active", installed: bool = True) -> list[str]:
+    """The batched read's ufw line, run here against a recorded ufw.conf (None: no file), with a
+    stand-in `ufw` and a `systemctl` that answers `service` (and logs that it was asked)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    if installed:
+        (bin_dir / "ufw").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "systemctl").write_text(f"#!/bin/sh\necho \"$*\" >> {tmp_path}/asked\necho {shlex.quote(service)}\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    path = tmp_path / "ufw.conf"
+    if conf is not None:
+        path.write_text(conf)
+    script = hostfacts.UFW_READ.replace(hostfacts.UFW_CONF, str(path))
+    assert script != hostfacts.UFW_READ and "/usr/sbin/ufw" in script
+    run = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=30,
+                         env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    return run.stdout.splitlines()
+
+
+def ufw_state(lines: list[str]) -> str:
+    return hostfacts._firewall(lines)["ufw"]
+
+
+@pytest.mark.skipif(shutil.which("ufw", path="/usr/sbin:/sbin") is not None, reason="ufw is installed here")
+def test_the_ufw_read_on_recorded_ubuntu_configs(tmp_path):
+    shipped, enabled = ((UFW_FIXTURES / name).read_text() for name in ("ufw.conf-shipped", "ufw.conf-enabled"))
+    assert ufw_state(ufw_read(tmp_path, enabled)) == "active"
+    assert ufw_state(ufw_read(tmp_path, enabled, service="inactive")) == "inactive"  # its stop flushed ufw's rules
+    # As installed: ENABLED=no while ufw.service is active (a oneshot that loaded nothing); not even asked.
+    (tmp_path / "asked").unlink()
+    assert ufw_state(ufw_read(tmp_path, shipped)) == "inactive" and not (tmp_path / "asked").exists()
+    assert ufw_state(ufw_read(tmp_path, None)) == "inactive"
+    assert ufw_state(ufw_read(tmp_path, enabled.replace("ENABLED=yes", 'ENABLED="yes"').rstrip("\n"))) == "active"
+    # The last assignment counts, as when ufw-init sources the file; a commented one does not.
+    assert ufw_state(ufw_read(tmp_path, enabled + "ENABLED=no\n")) == "inactive"
+    assert ufw_state(ufw_read(tmp_path, shipped + "# ENABLED=yes\n")) == "inactive"
+
+
+def test_the_ufw_read_without_ufw_says_missing(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    if shutil.which("ufw", path="/usr/sbin:/sbin"):
+        pytest.skip("ufw is installed here")
+    assert ufw_read(other, (UFW_FIXTURES / "ufw.conf-enabled").read_text(), installed=False) == ["ufw missing"]
+    assert ufw_state(["ufw missing"]) == "missing"
+
+
+@pytest.mark.parametrize("line", [
+    "ufw", "ufw installed", "ufw installed none yes", "ufw installed - yes", "ufw installed \x1b[31mactive yes",
+    "ufw installed active yes; reboot", "ufw installed active maybe", "ufw installed active \"yes'",
+    "ufw garbage active yes", "ufw \x00\x01\x02",
+])
+def test_hostile_or_garbled_ufw_output_is_not_believed(line):
+    assert ufw_state([line]) == "unknown"
+    plan = fw_plan(host_facts(SSH_FACTS + [line]))
+    assert not [w for w in plan.warnings if "ufw" in w]
+
+
+def test_no_ufw_line_at_all_is_unknown_not_inactive():
+    assert ufw_state(SSH_FACTS) == "unknown" and HostState().firewall["ufw"] == "unknown"
+
+
+UFW_ACTIVE = "ufw installed active yes"
+
+
+def ufw_warnings(plan) -> list[str]:
+    return [w for w in plan.warnings if "ufw" in w]
+
+
+def test_fresh_host_with_ufw_active_is_told_what_each_filters_and_the_fix():
+    host_settings = dict(gateways=[PUBLIC_API], metrics={"listen_address": "0.0.0.0", "allow_public": True},
+                         firewall=on(allow=[8643, 9100, {"port": 5353, "protocol": "udp"}]))
+    plan = fw_plan(host_facts(SSH_FACTS + [UFW_ACTIVE]), **host_settings)
+    assert plan.needs_load  # a warning, not a refusal: the table is loaded as on any host
+    [warning] = ufw_warnings(plan)
+    assert warning.startswith("ufw is active on this host beside hermes-infra's nftables table (table inet "
+                              "hermes_infra); a packet must pass both. ufw does not filter the ports Docker publishes")
+    assert "a port firewall.allow opens that ufw does not allow stays closed, and SSH is only as open as ufw's " \
+        "rules leave it" in warning
+    # The fix: ufw off, or ufw told about SSH and the host's own ports (not 8643: Docker publishes it).
+    assert "Fix: make hermes-infra's table the one firewall with `ufw disable`" in warning
+    assert warning.endswith("`ufw allow 22/tcp`, `ufw allow 9100/tcp`, `ufw allow 5353/udp`")
+    assert "8643" not in warning.split("Fix:")[1]
+
+
+@pytest.mark.parametrize("line", ["ufw installed - no", "ufw installed inactive yes", "ufw missing"],
+                         ids=["inactive", "stopped", "not-installed"])
+def test_ufw_inactive_or_not_installed_adds_no_warning(line):
+    assert fw_plan(host_facts(SSH_FACTS + [line]), gateways=[PUBLIC_API], firewall=on(allow=[8643])).warnings == ()
+    assert plan_for(settings(gateways=[PUBLIC_API]), host_facts(SSH_FACTS + [line])).firewall.warnings == ()
+
+
+def test_converged_host_with_ufw_active_changes_nothing_and_still_says_so():
+    host_settings = settings(firewall=on(allow=[8643]), gateways=[PUBLIC_API])
+    facts = converged_facts(host_settings)
+    facts.state.firewall["ufw"] = "active"
+    plan = plan_for(host_settings, facts).firewall
+    assert not plan.needs_load and not plan.ruleset.content_changed
+    assert len(ufw_warnings(plan)) == 1 and ufw_warnings(plan)[0].endswith("`ufw allow 22/tcp`")
+
+
+def test_firewall_off_and_ufw_active_a_public_port_is_said_to_be_unprotected():
+    dashboard = {"enabled": True, "publish_address": "192.168.1.5", "allow_public": True,
+                 "basic_auth_username": "ops", "basic_auth_password_hash": "$2b$12$abcdefghijklmnopqrstuv"}
+    host_settings = settings(gateways=[{**PUBLIC_API, "dashboard": dashboard}],
+                             metrics={"listen_address": "0.0.0.0", "allow_public": True})
+    plan = plan_for(host_settings, host_facts(SSH_FACTS + [UFW_ACTIVE])).firewall
+    assert not plan.enabled
+    assert [w.split(" and ufw")[0] for w in plan.warnings] == [
+        "gateways[hermes].api is published on 0.0.0.0:8643/tcp", "gateways[hermes].dashboard is published on "
+        "192.168.1.5:9119/tcp"]  # not metrics: the exporter is a host process, which ufw does filter
+    assert plan.warnings[0] == (
+        "gateways[hermes].api is published on 0.0.0.0:8643/tcp and ufw is active on this host, but ufw does not "
+        "protect that port: Docker's published ports bypass ufw (Docker's own forward rules accept them before "
+        "ufw's chains see them), so whoever reaches the host reaches the port, whatever `ufw status` says. Fix: "
+        "set firewall.enabled: true and list the port in firewall.allow (with allow_from to narrow it): "
+        "hermes-infra's nftables table filters published ports before Docker's rules; or publish it on 127.0.0.1 "
+        "and reach it through an SSH tunnel or a proxy")
+    # Loopback and the docker bridge address (the defaults) are no one else's to reach.
+    assert plan_for(settings(), host_facts(SSH_FACTS + [UFW_ACTIVE])).firewall.warnings == ()
+    assert plan_for(settings(companions=[{"name": "hub", "image": "example/hub:1.0"}]),
+                    host_facts(SSH_FACTS + [UFW_ACTIVE])).firewall.warnings == ()
+
+
+def test_the_deploy_prints_the_ufw_warning_even_with_no_firewall_to_manage(caplog):
+    plan = plan_for(settings(gateways=[PUBLIC_API]), host_facts(SSH_FACTS + [UFW_ACTIVE])).firewall
+    assert not (plan.enabled or plan.table_loaded or plan.present or plan.unit_enabled)
+    with ctx_host.use(FakeHost()):
+        ops.firewall._inner(plan, None, None, install=None)
+    logged = " ".join(record.getMessage() for record in caplog.records)
+    assert "firewall: gateways[hermes].api is published on 0.0.0.0:8643/tcp and ufw is active" in logged

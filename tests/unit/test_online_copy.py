@@ -157,3 +157,88 @@ def test_the_copy_container_is_confined_and_runs_as_the_owner():
                  '"$hi_img" -I -S -c '):
         assert flag in command, flag
     assert command.startswith("timeout ")
+
+
+# --- the walk the copy and the SQLite probe share -----------------------------------------------
+
+def _databases(src, rules=(), unreadable=lambda rel, error: None):
+    return [name for name, _ in datatar.databases_under(str(src), [[r.pattern, r.where] for r in rules], unreadable)]
+
+
+def test_the_shared_walk_takes_regular_db_files_in_name_order_and_nothing_a_rule_names(tmp_path):
+    for name in ("b/z.db", "a.db", "cache/c.db", "b/a.db", "b/notes.txt", "c.db-wal"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    (tmp_path / "link.db").symlink_to(tmp_path / "a.db")
+    (tmp_path / "linkdir").symlink_to(tmp_path / "b")
+    assert _databases(tmp_path, datatar.LEFT_OUT) == ["a.db", "b/a.db", "b/z.db"]
+    assert _databases(tmp_path) == ["a.db", "b/a.db", "b/z.db", "cache/c.db"]
+
+
+def test_a_file_gone_between_the_listing_and_its_lstat_is_passed_over(tmp_path, monkeypatch):
+    """A live database's -shm goes when its last connection closes: not a reason to fail a backup."""
+    for name in ("state.db", "state.db-shm", "z.db"):
+        (tmp_path / name).write_text(name)
+    listed = list(os.scandir(tmp_path))
+    (tmp_path / "state.db-shm").unlink()
+    monkeypatch.setattr(datatar.os, "scandir", lambda path: iter(listed))
+    assert _databases(tmp_path) == ["state.db", "z.db"]
+
+
+def test_a_directory_the_walk_cannot_list_goes_to_the_callers_rule(tmp_path, monkeypatch):
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "z.db").write_text("z")
+    scandir = os.scandir
+
+    def refusing(path):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(datatar.os, "scandir", refusing)
+    seen = []
+    assert _databases(tmp_path, unreadable=lambda rel, error: seen.append((rel, type(error).__name__))) == ["z.db"]
+    assert seen == [("locked", "PermissionError")]
+
+
+def _as_nobody(tmp_path):
+    """A data dir of uid 65534 under a dir it can search (root's pytest dir is 0700)."""
+    import shutil
+    import tempfile
+
+    top = tempfile.mkdtemp(prefix="hermes-walk-")
+    os.chmod(top, 0o755)
+    src, out = os.path.join(top, "data"), os.path.join(top, "out")
+    for path in (src, out, os.path.join(src, "locked")):
+        os.mkdir(path)
+        os.chown(path, 65534, 65534)
+    for name in ("state.db", "locked/inner.db"):
+        db = sqlite3.connect(os.path.join(src, name))
+        db.execute("CREATE TABLE t (x)")
+        db.commit()
+        db.close()
+        os.chown(os.path.join(src, name), 65534, 65534)
+    os.chmod(os.path.join(src, "locked"), 0)
+    return top, src, out, shutil.rmtree
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/setpriv"), reason="needs root and setpriv")
+def test_an_unreadable_directory_fails_the_copy_but_not_the_probe(tmp_path):
+    from hermes_infra.plan import sqlitecheck
+
+    top, src, out, remove = _as_nobody(tmp_path)
+    nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    try:
+        copied = _run_copy(src, out, nobody)
+        rules = json.dumps([[r.pattern, r.where] for r in datatar.LEFT_OUT])
+        probed = subprocess.run([*nobody, "/usr/bin/python3", "-I", "-S", "-c", sqlitecheck.probe_program(), "30", rules,
+                                 src], capture_output=True, text=True, timeout=60)
+    finally:
+        os.chmod(os.path.join(src, "locked"), 0o700)
+        remove(top)
+    assert copied.returncode == 0, copied.stderr
+    report = json.loads(copied.stdout)
+    # The copy names it (tar then fails on it, and the archive with it); the probe passes it over.
+    assert report["unreadable"] == ["locked"] and set(report["databases"]) == {"state.db"}
+    assert probed.returncode == 0, probed.stderr
+    assert set(json.loads(probed.stdout)["databases"]) == {"state.db"}

@@ -133,3 +133,12 @@ def test_the_control_fails_wal_on_a_vulnerable_library_and_a_damaged_database():
     assert result.status == "failed" and "integrity_check: row 3 missing from index i" in result.message
     assert _control("garbage")[0].status == "error"
     assert _control(ok, running=False)[0].status == "skipped"
+
+
+@pytest.mark.parametrize(("count", "truncated"), [(2, False), (3, True)])
+def test_the_probe_stops_at_its_cap_and_says_so(tmp_path, monkeypatch, count, truncated):
+    monkeypatch.setattr(sqlitecheck, "MAX_DATABASES", 2)
+    for index in range(count):
+        sqlite3.connect(tmp_path / f"{index}.db").execute("create table t (x)").connection.commit()
+    report = _run_probe(tmp_path)
+    assert sorted(report["databases"]) == ["0.db", "1.db"] and report["truncated"] is truncated

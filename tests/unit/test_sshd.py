@@ -9,8 +9,7 @@ import os
 import subprocess
 
 import pytest
-from pyinfra.api import FileUploadCommand, FunctionCommand
-from pyinfra.context import ctx_host, ctx_state
+from pyinfra.context import ctx_host
 
 from hermes_infra.host import hostfacts
 from hermes_infra.operations import sshd as ops
@@ -19,7 +18,7 @@ from hermes_infra.plan.hostplan import PlanError
 from hermes_infra.release import sshd_confirm
 from hermes_infra.settings.loading import SettingsError
 from hermes_infra.settings.schema import HostSettings
-from tests.unit.hostfakes import FakeHost, fresh, plan_for, root_file, settings
+from tests.unit.hostfakes import FakeHost, fresh, plan_for, root_file, run_confirmed, settings
 from tests.unit.test_checks_controls import FakeHost as CheckHost
 from tests.unit.test_checks_controls import Out, context, outcome
 
@@ -259,34 +258,8 @@ def test_turned_off_only_hermes_infras_dropin_leaves_and_sshd_reloads():
 
 # --- the apply that reverts itself unless confirmed ----------------------------------------
 
-class ConfirmHost(FakeHost):
-    def __init__(self):
-        super().__init__()
-        self.ran: list[str] = []
-
-    def run_shell_command(self, command, **arguments):
-        self.ran.append(command.get_raw_value())
-        return True, []
-
-
 def execute(plan, confirm, sudo=None):
-    """The operation's commands in order, as pyinfra runs them: stop at the first that fails."""
-    host = ConfirmHost()
-    host.current_op_global_arguments = sudo
-    state = type("State", (), {"config": type("Config", (), {"DIFF": False})(), "cwd": None})()
-    writer = plan_for(settings(), fresh()).writer
-    done = []
-    with ctx_host.use(host), ctx_state.use(state):
-        for command in ops.dropin_applied._inner(plan, writer, confirm):
-            if isinstance(command, FileUploadCommand):
-                done.append("upload")
-            elif isinstance(command, FunctionCommand):
-                done.append("confirm")
-                if command.function(state, host, *command.args) is False:
-                    return done, host, False
-            else:
-                done.append(command if isinstance(command, str) else command.get_raw_value())
-    return done, host, True
+    return run_confirmed(ops.dropin_applied, plan, confirm, sudo)
 
 
 def test_a_new_dropin_is_armed_then_put_in_place_checked_reloaded_confirmed_then_kept():

@@ -380,3 +380,60 @@ def test_debian_12_keeps_dockers_debian_repository_and_its_own_suite():
         "id": "debian", "version_codename": "bookworm", "pretty_name": "Debian GNU/Linux 12 (bookworm)"})
     docker = plan_for(settings(), facts).docker
     assert docker.repo_url == "https://download.docker.com/linux/debian" and "Suites: bookworm\n" in docker.sources.content
+
+
+# --- compliance: the compose v2 control's fix names the package of this host's OS ------------------
+
+def _compose_check(os_release: str, source: str, compose=None):
+    from hermes_infra.checks.controls import get_control
+    from hermes_infra.settings.schema import HostSettings
+    from tests.unit.test_checks_controls import FakeHost, Out, context, outcome
+
+    ids = [line.split("=", 1)[1] + "\n" for line in os_release.splitlines() if line.startswith("ID=")]
+    host = FakeHost({"docker compose version": compose or Out(1, "docker: 'compose' is not a docker command.\n"),
+                     "/etc/os-release": Out(0, "".join(ids))})
+    result = outcome("HI-DOCKER-002", context(HostSettings(docker={"install_source": source}), host=host))
+    return result, get_control("HI-DOCKER-002").remediation
+
+
+@pytest.mark.parametrize(("host", "source", "package"), [
+    ("noble", "distro", "docker-compose-v2"), ("jammy", "distro", "docker-compose-v2"),
+    ("noble", "official", "docker-compose-plugin"), ("debian", "distro", "docker-compose"),
+    ("debian", "official", "docker-compose-plugin")])
+def test_the_compose_control_names_the_package_for_this_hosts_os(host, source, package):
+    text = "ID=debian\n" if host == "debian" else (HOSTS[host] / "os-release").read_text()
+    result, remediation = _compose_check(text, source)
+    assert result.status == "failed"
+    name = "Debian" if host == "debian" else "Ubuntu"
+    assert result.message.endswith(f"On this {name} host with docker.install_source {source}: "
+                                   f"`apt-get install {package}`"), result.message
+    # The fix that every report prints names both OSes' packages.
+    for named in ("`docker-compose-plugin`", "Debian 13's `docker-compose`", "Ubuntu's `docker-compose-v2`"):
+        assert named in remediation
+
+
+def test_the_compose_control_names_no_package_for_an_os_it_does_not_know():
+    for text in ("ID=fedora\n", "ID=ubuntu; rm -rf /\n", ""):
+        result, _ = _compose_check(text, "distro")
+        assert result.status == "failed" and "apt-get install" not in result.message and "rm -rf" not in result.message
+    from tests.unit.test_checks_controls import Out
+    old, _ = _compose_check("ID=ubuntu\n", "distro", Out(0, "1.29.2\n"))
+    assert "v2 or later is required. On this Ubuntu host" in old.message
+
+
+# --- ufw, as Ubuntu's images ship it ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("ufw", "warned"), [("ufw installed active yes", True), ("ufw installed - no", False),
+                                             ("ufw missing", False)], ids=["active", "as-shipped", "removed"])
+def test_a_recorded_ubuntu_host_with_ufw_is_told_what_ufw_does_not_filter(codename, ufw, warned):
+    from hermes_infra.host import hostfacts
+
+    state = recorded(HOSTS[codename])
+    state.firewall = hostfacts._firewall(["ssh 198.51.100.4 40000 10.0.0.5 22", "sshd 0.0.0.0:22", "nft", ufw])
+    public = [{"name": "hermes", "api": {"port": 8643, "publish_addresses": ["0.0.0.0"], "allow_public": True}}]
+    off = make_plan(settings(gateways=public), facts_of(state)).firewall
+    on = make_plan(settings(gateways=public, firewall={"enabled": True, "allow": [8643]}), facts_of(state)).firewall
+    assert [w.split(":")[0] for w in off.warnings] == (
+        ["gateways[hermes].api is published on 0.0.0.0"] if warned else [])
+    assert [w.split(";")[0] for w in on.warnings] == (
+        ["ufw is active on this host beside hermes-infra's nftables table (table inet hermes_infra)"] if warned else [])
