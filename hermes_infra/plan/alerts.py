@@ -5,7 +5,8 @@ A systemd timer runs `/usr/local/sbin/hermes-infra-alerts` (python3, root's, 070
 `templates/alerts_watchdog.py.j2`) every `alerts.interval_seconds`. What it needs is one root
 0600 JSON file, `/etc/hermes-infra/alerts.json`: the receivers (their URLs and tokens are
 secrets), each gateway's container, data dir, owner and API key (for `/health/detailed`), the
-scheduled backup's record, the free-space threshold. The units hold no secret and no
+scheduled backup's record, the off-host upload's record and restic log (`offsite.last_run_path`,
+`offsite.log_path`), the free-space threshold. The units hold no secret and no
 argument but the script's path. Its state (the last value of every check, messages still to
 deliver) is `/var/lib/hermes-infra/alerts/state.json`, root's, 0600 in a 0700 directory.
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hermes_infra.host import lockcommands
-from hermes_infra.plan import backup_timer
+from hermes_infra.plan import backup_timer, offsite
 from hermes_infra.plan.render import render_template
 from hermes_infra.settings.schema import AlertReceiverSettings, HostSettings
 
@@ -68,10 +69,14 @@ def config_text(settings: HostSettings, host: str, api_keys: dict[str, str],
                 memory_limits: dict[str, int] | None = None) -> str:
     """CONFIG's bytes: sorted keys, one trailing newline, so the same settings give the same file."""
     backups = settings.scheduled_backups.schedule is not None
+    # Scheduled or manual, every backup uploads when offsite is set: its record does not need a schedule.
+    uploads = settings.scheduled_backups.offsite is not None
     gateways = [{
         "profile": g.name, "container": g.service_name, "data_dir": g.host_data_dir, "uid": g.uid, "gid": g.gid,
         "port": CONTAINER_API_PORT, "api_key": api_keys[g.name],
         "backup_record": backup_timer.last_run_path(settings, g.name) if backups else None,
+        "offsite_record": offsite.last_run_path(settings, g.name) if uploads else None,
+        "offsite_log": offsite.log_path(settings, g.name) if uploads else None,
         "memory_limit": (memory_limits or {}).get(g.name),
     } for g in settings.gateways]
     alerts = settings.alerts

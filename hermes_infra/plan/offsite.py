@@ -81,6 +81,12 @@ def good_path(settings: HostSettings, profile: str) -> str:
     return f"{record_dir(settings)}/{profile}.good.json"
 
 
+def log_path(settings: HostSettings, profile: str) -> str:
+    """restic's messages of a profile's last upload (the upload script's `$log`, 0600): where a
+    failed upload's alert and `status` send the operator."""
+    return f"{record_dir(settings)}/{profile}.restic.log"
+
+
 def _known_hosts_name(offsite: OffsiteSettings) -> str:
     repo = offsite.parsed
     return f"[{repo.host}]:{repo.port}" if repo.port and repo.port != 22 else repo.host

@@ -2166,8 +2166,8 @@ class ScheduledBackupSettings(Settings):
 
     offsite: OffsiteSettings | None = None
     """Also send every backup, scheduled and manual, to an encrypted restic repository off the
-    host (see OffsiteSettings); off by default. The upload's result is recorded on the host and
-    shown by `status`; a failed upload fails the run."""
+    host (see OffsiteSettings); off by default. The upload's result is recorded on the host,
+    shown by `status` and watched by the alerts watchdog; a failed upload fails the run."""
 
     @field_validator("schedule")
     @classmethod
@@ -2358,7 +2358,7 @@ class AlertReceiverSettings(Settings):
 class AlertSettings(Settings):
     """The on-host watchdog: a systemd timer that checks every gateway and sends a message to
     each receiver when a check changes state (down/up, not ready/ready, restarted, OOM-killed,
-    a scheduled backup failed, WeChat session expired, disk nearly full)."""
+    a scheduled or off-host backup failed, WeChat session expired, disk nearly full)."""
 
     receivers: list[AlertReceiverSettings] = Field(min_length=1, max_length=20)
     """Where messages go: each item is an AlertReceiverSettings."""
@@ -2382,7 +2382,7 @@ class AlertSettings(Settings):
 class MetricsSettings(Settings):
     """Debian's `prometheus-node-exporter`, with the textfile collector the watchdog feeds
     (`hermes_up`, `hermes_ready`, `hermes_restarts_total`, `hermes_oom_kills_total`, memory used
-    and its limit, seconds since the last good scheduled backup)."""
+    and its limit, seconds since the last good scheduled backup and off-host upload)."""
 
     listen_address: str = "127.0.0.1"
     """The address the exporter listens on: loopback (default) or the docker bridge address

@@ -12,7 +12,7 @@ from hermes_infra.daytwo import alerts as alerts_cmd
 from hermes_infra.daytwo.remote import DayTwoError, HostTarget
 from hermes_infra.host.sshchannel import RunResult
 from hermes_infra.operations.alerts import exporter_running, timer_running
-from hermes_infra.plan import alerts
+from hermes_infra.plan import alerts, offsite
 from hermes_infra.settings.loading import SettingsError
 from tests.unit.hostfakes import converged, fresh, plan_for, root_file, run_op, settings
 
@@ -135,6 +135,21 @@ def test_the_config_names_the_backup_record_and_the_textfile_when_set():
     config = json.loads(plan_for(host, fresh()).alerts.files[1].content)
     assert config["gateways"][0]["backup_record"] == "/var/backups/hermes-infra/scheduled/hermes.last.json"
     assert config["textfile"] == "/var/lib/prometheus/node-exporter/hermes.prom"
+    assert config["gateways"][0]["offsite_record"] is None and config["gateways"][0]["offsite_log"] is None
+
+
+def test_the_config_names_the_offsite_record_and_restic_log_when_offsite_is_set():
+    from tests.unit.test_offsite import s3
+
+    for schedule in ("daily", None):  # manual backups upload too
+        host = settings(**ALERTS, scheduled_backups={"schedule": schedule, "offsite": s3()})
+        gateway = json.loads(plan_for(host, fresh()).alerts.files[1].content)["gateways"][0]
+        assert gateway["offsite_record"] == offsite.last_run_path(host, "hermes") \
+            == "/var/backups/hermes-infra/offsite/hermes.last.json"
+        assert gateway["offsite_log"] == offsite.log_path(host, "hermes") \
+            == "/var/backups/hermes-infra/offsite/hermes.restic.log"
+        assert 'log="$records/$profile.restic.log"' in offsite.upload_script_text(host, "vm"), \
+            "the path the alert names is the one the upload script writes"
 
 
 def test_metrics_alone_installs_the_watchdog_without_receivers_and_the_exporter_on_loopback():

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -20,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from hermes_infra.plan import alerts
+from hermes_infra.plan import alerts, offsite
 
 API_KEY = "gateway-api-key-Zq81XbVt0PLmNw4Y"
 HOSTILE = b"\x1b[31m<b>PWNED</b> $(reboot) `id`"
+OFFSITE_LOG = "/var/backups/hermes-infra/offsite/hermes.restic.log"
 FAKE_DOCKER = """#!/bin/sh
 d=$(dirname "$0")
 printf '%s\\n' "$*" >> "$d/argv.log"
@@ -129,6 +131,8 @@ class Host:
         (self.data / "logs").mkdir(parents=True)
         (self.data / "logs" / "gateway.log").write_bytes(b"started\n")
         self.backup = tmp / "hermes.last.json"
+        self.offsite = tmp / "offsite" / "hermes.last.json"
+        self.offsite.parent.mkdir()
         self.when = 1_800_000_000.0
         self.config = {
             "host": "vm", "docker": str(docker), "state_file": str(tmp / "state" / "state.json"),
@@ -137,7 +141,8 @@ class Host:
             "receivers": [{"label": "ops", "kind": "webhook", "url": receiver.url + "/hook"}],
             "gateways": [{"profile": "hermes", "container": "hermes", "data_dir": str(self.data),
                           "uid": os.getuid(), "gid": os.getgid(), "port": hermes.port, "api_key": API_KEY,
-                          "backup_record": str(self.backup), "memory_limit": 1 << 30}],
+                          "backup_record": str(self.backup), "memory_limit": 1 << 30,
+                          "offsite_record": str(self.offsite), "offsite_log": OFFSITE_LOG}],
         }
         (tmp / "textfile").mkdir()
         self.container(running=True, health="healthy")
@@ -261,6 +266,123 @@ def test_a_backup_record_that_is_a_link_or_malformed_is_not_believed(world, tmp_
     world.backup.unlink()
     world.backup.write_text(json.dumps({"result": "failed", "time": "yesterday"}))
     assert world.round() == []
+
+
+def test_a_backup_record_that_is_json_but_not_an_object_is_unknown_not_a_crash(world):
+    for garbage in ("[1, 2]", '"failed"', "null", "1e999"):
+        world.backup.write_text(garbage)
+        assert world.round() == [], garbage
+    assert "backup" not in world.state()["gateways"]["hermes"]["values"]
+
+
+def test_a_record_time_that_is_no_real_time_is_not_believed_nor_breaks_the_metrics(world):
+    """Month 13 matches the time's pattern; kept as the last good backup, it broke every later round."""
+    for path, text in ((world.backup, json.dumps({"result": "success", "time": "2026-13-45T99:99:99Z"})),
+                       (world.offsite, offsite_record("success", "2026-13-45T99:99:99Z"))):
+        path.write_text(text)
+    assert world.round() == [] and world.round() == []
+    assert not {"backup", "offsite"} & set(world.state()["gateways"]["hermes"]["values"])
+    assert "hermes_up{" in Path(world.config["textfile"]).read_text()
+
+
+def offsite_record(result: str, time_text: str, **extra) -> str:
+    """What hermes-infra-offsite's `record` writes (its printf's keys and order)."""
+    return json.dumps({"bytes": 20480, "bytes_added": 4096, "kind": "offsite", "message": "sent, pruned and checked",
+                       "profile": "hermes", "result": result, "snapshot": "ab12cd34" * 8, "source": "scheduled",
+                       "time": time_text, **extra})
+
+
+def test_a_failed_offsite_upload_is_said_once_with_its_restic_log_and_its_recovery_once(world, receiver):
+    world.offsite.write_text(offsite_record("success", "2026-12-01T03:00:00Z"))
+    assert world.round() == [], "a good upload on the first round: nothing to say"
+    assert world.state()["gateways"]["hermes"]["values"]["offsite"] == "success"
+    world.offsite.write_text(offsite_record("failed", "2026-12-02T03:00:00Z", message=HOSTILE.decode()))
+    messages = world.round()
+    assert states(messages) == [("offsite", "failed")] and messages[0]["severity"] == "critical"
+    text = messages[0]["text"]
+    assert "off-host backup FAILED" in text and OFFSITE_LOG in text and "scheduled" in text
+    assert world.round() == [], "still failed: not said twice"
+    world.offsite.write_text(offsite_record("failed", "2026-12-03T03:00:00Z", source="manual"))
+    assert world.round() == [], "failed again: still the same state"
+    world.offsite.write_text(offsite_record("success", "2026-12-04T03:00:00Z"))
+    messages = world.round()
+    assert states(messages) == [("offsite", "success")] and "off-host backup succeeded again" in messages[0]["text"]
+    assert world.round() == []
+    assert world.state()["gateways"]["hermes"]["last_good_offsite_backup"] == "2026-12-04T03:00:00Z"
+    assert [(b["check"], b["state"]) for b in receiver.bodies()] == [("offsite", "failed"), ("offsite", "success")]
+    assert all(b"PWNED" not in r["body"] for r in receiver.requests)
+
+
+def test_a_failed_offsite_upload_is_said_on_the_first_round_and_the_local_backup_stays_its_own_check(world):
+    world.backup.write_text(json.dumps({"profile": "hermes", "result": "success", "time": "2026-12-02T02:00:00Z"}))
+    world.offsite.write_text(offsite_record("failed", "2026-12-02T03:00:00Z"))
+    assert states(world.round()) == [("offsite", "failed")]
+    assert world.state()["gateways"]["hermes"]["values"]["backup"] == "success"
+
+
+@pytest.mark.parametrize("garbage", [
+    HOSTILE, b"[1, 2]", b"null", b'"failed"', b"{", b"\xff\xfe",
+    offsite_record("failed", "yesterday").encode(),
+    offsite_record("failed", "2026-13-45T99:99:99Z").encode(),
+    offsite_record(HOSTILE.decode(), "2026-12-02T03:00:00Z").encode(),
+    offsite_record("failed", "2026-12-02T03:00:00Z", kind="scheduled").encode(),
+    offsite_record("failed", "2026-12-02T03:00:00Z", message="x" * 5000).encode(),
+], ids=["hostile bytes", "a list", "null", "a string", "cut short", "not utf-8", "a bad time", "no such time",
+        "a hostile result", "another kind", "too big"])
+def test_an_offsite_record_that_is_garbage_is_unknown_never_a_crash_nor_quoted(world, receiver, garbage):
+    world.offsite.write_bytes(garbage)
+    assert world.round() == []
+    assert "offsite" not in world.state()["gateways"]["hermes"]["values"]
+    world.offsite.write_text(offsite_record("failed", "2026-12-02T03:00:00Z"))
+    assert states(world.round()) == [("offsite", "failed")]
+    world.offsite.write_bytes(garbage)
+    assert world.round() == [], "unknown is not a change: the last known state stays, nothing said"
+    assert world.state()["gateways"]["hermes"]["values"]["offsite"] == "failed"
+    world.offsite.write_text(offsite_record("failed", "2026-12-03T03:00:00Z"))
+    assert world.round() == [], "failed, unknown, failed: said once"
+    assert all(b"PWNED" not in r["body"] and b"\x1b" not in r["body"] for r in receiver.requests)
+
+
+def test_the_records_the_upload_script_writes_are_the_ones_the_watchdog_reads(world, tmp_path):
+    """hermes-infra-offsite's own `record` (its shell prelude), not a copy of its format."""
+    def record(*arguments: str):
+        script = f"{offsite._UPLOAD_PRELUDE}\nrecord \"$@\""
+        env = {"PATH": os.environ["PATH"], "records": str(world.offsite.parent), "profile": "hermes", "source": "manual"}
+        subprocess.run(["sh", "-c", script, "sh", *arguments], env=env, check=True, timeout=30)
+
+    record("failed", "restic check found a problem in the repository", "ab12cd34")
+    messages = world.round()
+    assert states(messages) == [("offsite", "failed")] and "the last manual upload" in messages[0]["text"]
+    record("success", "sent, pruned and checked", "ab12cd34", "4096", "20480")
+    assert states(world.round()) == [("offsite", "success")]
+    assert world.state()["gateways"]["hermes"]["last_good_offsite_backup"] == \
+        json.loads(world.offsite.read_text())["time"]
+
+
+def test_an_offsite_record_that_is_a_link_or_not_a_file_is_not_believed(world, tmp_path):
+    target = tmp_path / "elsewhere.json"
+    target.write_text(offsite_record("failed", "2026-12-02T03:00:00Z"))
+    world.offsite.symlink_to(target)
+    assert world.round() == []
+    world.offsite.unlink()
+    os.mkfifo(world.offsite)
+    assert world.round() == [], "a FIFO is neither read nor waited on"
+    world.offsite.unlink()
+    world.offsite.mkdir()
+    assert world.round() == []
+    world.offsite.rmdir()
+    world.offsite.write_text(offsite_record("failed", "2026-12-02T03:00:00Z"))
+    assert states(world.round()) == [("offsite", "failed")], "the regular file is read"
+
+
+def test_without_offsite_there_is_no_offsite_check(world):
+    world.offsite.write_text(offsite_record("failed", "2026-12-02T03:00:00Z"))
+    gateway = world.config["gateways"][0]
+    gateway.update(offsite_record=None, offsite_log=None)
+    assert world.round() == []
+    assert "offsite" not in world.state()["gateways"]["hermes"]["values"]
+    gateway.update(offsite_record=str(world.offsite), offsite_log=OFFSITE_LOG)
+    assert states(world.round()) == [("offsite", "failed")], "the same file, once offsite is set"
 
 
 def test_wechat_session_expired_lines_are_counted_never_echoed_and_clear_when_connected(world, receiver):
@@ -417,6 +539,7 @@ def test_main_reads_the_config_file_and_runs_the_test(watchdog, receiver, tmp_pa
 
 def test_the_textfile_holds_every_metric_per_profile(world):
     world.backup.write_text(json.dumps({"profile": "hermes", "result": "success", "time": "2027-01-15T07:00:00Z"}))
+    world.offsite.write_text(offsite_record("success", "2027-01-15T07:30:00Z"))
     world.when = 1_800_000_000.0 - 60  # the round is at 2027-01-15T08:00:00Z
     world.round()
     path = Path(world.config["textfile"])
@@ -428,12 +551,28 @@ def test_the_textfile_holds_every_metric_per_profile(world):
     assert samples[f"hermes_restarts_total{label}"] == "0" and samples[f"hermes_oom_kills_total{label}"] == "0"
     assert samples[f"hermes_memory_limit_bytes{label}"] == str(1 << 30)
     assert samples[f"hermes_last_good_backup_age_seconds{label}"] == "3600"
+    assert samples[f"hermes_last_good_offsite_backup_age_seconds{label}"] == "1800"
+    assert "# TYPE hermes_last_good_offsite_backup_age_seconds gauge" in text
     assert samples["hermes_watchdog_last_run_timestamp_seconds"] == "1800000000"
     assert "# TYPE hermes_restarts_total counter" in text and "# TYPE hermes_up gauge" in text
     world.container(running=False, health="")
     world.round()
     assert f"hermes_up{label} 0" in path.read_text() and f"hermes_ready{label} 0" in path.read_text()
     assert [p.name for p in path.parent.iterdir()] == ["hermes.prom"], "no temp file left"
+
+
+def test_the_offsite_age_is_of_the_last_good_upload_and_absent_before_any(world):
+    world.offsite.write_text(offsite_record("failed", "2027-01-15T07:00:00Z"))
+    world.when = 1_800_000_000.0 - 60  # rounds at 08:00, 09:00 and 10:00 (2027-01-15)
+    world.round()
+    path = Path(world.config["textfile"])
+    assert "hermes_last_good_offsite_backup_age_seconds{" not in path.read_text(), "no good upload seen yet"
+    world.offsite.write_text(offsite_record("success", "2027-01-15T07:00:00Z"))
+    world.round(3600)
+    world.offsite.write_text(offsite_record("failed", "2027-01-15T08:30:00Z"))
+    world.round(3600)
+    assert 'hermes_last_good_offsite_backup_age_seconds{host="vm",profile="hermes"} 10800' in path.read_text(), \
+        "a failed upload keeps the age of the last good one"
 
 
 def test_metric_labels_are_escaped(watchdog):
