@@ -126,7 +126,15 @@ class DeployedHost:
             argv += ["--", *extra]
         result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 stdin=subprocess.DEVNULL, cwd=REPO)
-        return DeployRun(result.returncode, result.stdout, time.monotonic() - started)
+        run = DeployRun(result.returncode, result.stdout, time.monotonic() - started)
+        # Deploys are most of the suite's VM time: each one's cost, for bench/README.md's table.
+        try:
+            changed = f"{run.changed_operations()} operations changed"
+        except AssertionError:
+            changed = "no results table"
+        print(f"[timing] deploy{' --dry' if dry else ''} ({', '.join(sections) or 'default settings'}): "
+              f"{run.seconds:.1f}s, exit {run.returncode}, {changed}")
+        return run
 
     def reset(self) -> float:
         """Back to the host as its cold bootstrap left it (memory, disk, every container), in a
