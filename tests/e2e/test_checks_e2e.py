@@ -306,9 +306,13 @@ def test_companion_reaches_the_api_and_fails_when_the_bridge_port_goes(deployed)
         assert run.exit_code == 0, not_passing(run)
         # Checks only read: no container created, started, stopped or removed, no image pulled
         # (exec and health events are the probes; the companion's runs inside it, with docker exec).
-        events = deployed.run(f"docker events --since {since} --until {until} --filter type=container "
-                              "--filter type=image --format '{{.Type}} {{.Action}}'").splitlines()
-        lifecycle = [e for e in events if e.strip() and not e.split(" ", 1)[1].startswith(("exec_", "health_status"))]
+        # One JSON document per event: an exec's action carries its command, which may hold newlines
+        # (the SQLite probe is a multi-line program).
+        events = [json.loads(line) for line in deployed.run(
+            f"docker events --since {since} --until {until} --filter type=container "
+            "--filter type=image --format '{{json .}}'").splitlines() if line.strip()]
+        lifecycle = [(e.get("Type"), e.get("Action")) for e in events
+                     if not str(e.get("Action", "")).startswith(("exec_", "health_status"))]
         assert lifecycle == [], lifecycle
         assert deployed.run("docker ps -aq --no-trunc | sort") == containers
         reach = next(r for r in run.results if r.control.id == "HI-CMP-001")
