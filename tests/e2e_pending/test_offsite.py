@@ -48,7 +48,11 @@ def _sftp_settings(second_vm, tmp_path) -> dict:
                   f"{shlex.quote('restrict ' + public)} >> /root/.ssh/authorized_keys")
     host_key = " ".join(second_vm.run("cat /etc/ssh/ssh_host_ed25519_key.pub").split()[:2])
     return {"repository": f"sftp://root@10.0.2.2:{second_vm.vm.ssh_port}/{REPO_DIR}", "password": PASSWORD,
-            "sftp_private_key": key.read_text(), "sftp_host_keys": [host_key], "keep_daily": 7,
+            "sftp_private_key": key.read_text(), "sftp_host_keys": [host_key],
+            # One a day and nothing else: restic 0.17 and later (Debian 13 has 0.18) also keep a
+            # group's oldest snapshot while the history is shorter than a --keep-* option asks
+            # for, so with 7 days (or the weekly and monthly defaults) both of today's would stay.
+            "keep_daily": 1, "keep_weekly": 0, "keep_monthly": 0,
             "read_data_percent": 100, "read_data_every_days": 1}
 
 
@@ -125,9 +129,9 @@ def test_backups_go_off_host_and_a_new_host_restores_from_the_repository_alone(d
         shown = status.render_text(status.collect([host]))
         assert f"hermes last good off-host backup: {second['time']}" in shown, shown
         listed = offsite_cmd.render_snapshots(offsite_cmd.list_snapshots(host))
-        # keep_daily: two snapshots of one day leave the newer (forget --prune ran)
+        # keep_daily 1: two snapshots of one day leave the newer (forget --prune ran)
         assert second["snapshot"][:8] in listed and "scheduled" in listed, listed
-        assert first["snapshot"][:8] not in listed, listed
+        assert first["snapshot"][:8] not in listed, listed + deployed.run(f"cat {RECORDS}/hermes.restic.log; restic version")
 
         # A new host with the same settings, restored from the repository alone.
         run = second_vm.deploy(**sections)
