@@ -2050,7 +2050,9 @@ class OffsiteSettings(Settings):
 
     keep_monthly: int = Field(6, ge=0, le=1000)
     """Monthly snapshots kept per host and profile (`--keep-monthly`); what the three keep no
-    longer is removed with `--prune` after each run."""
+    longer is removed with `--prune` after each run. With restic 0.17 or later (Debian 13's
+    0.18) a group's oldest snapshot is also kept while its history is shorter than a `keep_*`
+    asks for, so a young repository holds one more snapshot than the counts say."""
 
     read_data_percent: int = Field(5, ge=1, le=100)
     """The share of the repository's data read back and verified by the periodic
