@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what hermes-infra and its tests need on a Debian 12/13 control machine (as root):
 # QEMU and debootstrap for the local VM, Chromium for the HTML report tests, psmisc (fuser) for
-# the apt-lock tests, restic for the off-host backup tests, and the Python package with the dependency versions the suite was run with
+# the apt-lock tests, restic for the off-host backup tests, nftables (nft -c) for the firewall
+# ruleset test, and the Python package with the dependency versions the suite was run with
 # (constraints.txt; see "Tested versions" in the README).
 set -euo pipefail
 cd "$(dirname "$0")"
 export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client ca-certificates curl
-          chromium psmisc util-linux restic)
+          chromium psmisc util-linux restic nftables)
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}\n' "$package" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$package")
