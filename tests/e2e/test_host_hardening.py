@@ -217,10 +217,14 @@ def test_one_deploy_filters_published_ports_and_offers_no_password_login(deploye
 def test_security_updates_allow_the_security_origin_only_and_never_docker(deployed, hardened):
     """As unattended-upgrade itself reads its configuration."""
     assert deployed.run(f"dpkg-query -W -f '${{db:Status-Status}}' {unattended.PACKAGE}").strip() == "installed"
-    # Both lines come before the upgrade calculation, which takes minutes under TCG: awk stops
-    # reading once it has both, and the dry run ends on its next write (SIGPIPE).
-    dry = deployed.run("unattended-upgrade --dry-run -d 2>&1 | awk '{print} /^Allowed origins are:/{a=1} "
-                       "/^Initial blacklist:/{b=1} a && b {exit}'; sleep 1; true", timeout=600)
+    # Both lines come before the upgrade calculation, which takes minutes under TCG. A pipe into
+    # a reader that stops would not end it (Python ignores SIGPIPE and logging swallows the broken
+    # pipe), so the dry run writes to a file and is ended, by its pid, once both lines are there.
+    dry = deployed.run(
+        'log=$(mktemp); unattended-upgrade --dry-run -d >"$log" 2>&1 & pid=$!; '
+        'for _ in $(seq 600); do grep -q "^Allowed origins are:" "$log" && grep -q "^Initial blacklist:" "$log" '
+        '&& break; kill -0 "$pid" 2>/dev/null || break; sleep 1; done; '
+        'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; cat "$log"; rm -f "$log"; true', timeout=700)
     allowed = [line for line in dry.splitlines() if line.startswith("Allowed origins are:")]
     assert allowed, dry[-3000:]
     origins = allowed[0].split(":", 1)[1].strip().strip("[]").replace("'", "").split(", ")
