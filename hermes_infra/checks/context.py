@@ -85,9 +85,10 @@ def subjects_for(scope: str, settings: HostSettings) -> list[Subject]:
     firewall = [Subject("host")] if settings.firewall.enabled else []
     hardened = [Subject("host")] if settings.ssh_hardening.enabled else []
     updates = [Subject("host")] if settings.unattended_upgrades.enabled else []
+    proxy = [Subject("host")] if settings.tls_proxy.enabled else []
     return {"host": [Subject("host")], "gateway": gateways, "container": gateways + companions,
             "companion": companions, "scheduled": scheduled, "firewall": firewall, "ssh_hardening": hardened,
-            "updates": updates}[scope]
+            "updates": updates, "tls_proxy": proxy}[scope]
 
 
 class HostContext:

@@ -13,13 +13,13 @@ import re
 import shlex
 
 from hermes_infra.host import readiness, safeio
-from hermes_infra.plan import cronjobs, firewall, sshd, unattended
+from hermes_infra.plan import cronjobs, firewall, sshd, tlsproxy, unattended
 from hermes_infra.settings import topology
 from hermes_infra.checks.context import DAEMON_JSON, HostContext, Subject, probe_url
 from hermes_infra.checks.registry import REGISTRY, CannotCheck, Control, NotApplicable, control, fail
 from hermes_infra.plan.daemon import daemon_json
 from hermes_infra.plan.hostplan import DISTRO_PACKAGES, OFFICIAL_PACKAGES
-from hermes_infra.settings.schema import publish_addresses
+from hermes_infra.settings.schema import proxied_addresses, proxied_gateway, publish_addresses
 from hermes_infra.settings.sizes import format_bytes
 
 LOOPBACK = ("127.0.0.1", "::1")
@@ -1192,6 +1192,112 @@ def updates_security_only(ctx: HostContext, subject: Subject):
              f"{str(wanted.automatic_reboot).lower()}")
     return f"{len(origins)} security origin(s), Docker's packages blacklisted, automatic reboot " + (
         f"at {wanted.reboot_time}" if wanted.automatic_reboot else "off")
+
+
+# ---------------------------------------------------------------------------- TLS proxy
+# No CIS or dev-sec benchmark covers Caddy; these follow OWASP ASVS 4.0's V9 (TLS for every
+# client connection, a certificate from a trusted CA) and CIS Docker 5.14 (bind a published port
+# to the interface it is meant for).
+TLS_REFERENCES = ("OWASP ASVS 4.0 V9.1.1-V9.1.2 (TLS for all client connectivity, certificates from a trusted "
+                  "CA); no CIS or dev-sec benchmark covers Caddy.")
+CURL_TLS_FAILURES = {6: "the name does not resolve", 7: "nothing accepts connections there",
+                     28: "no answer within 10 s", 35: "the TLS handshake failed",
+                     51: "the certificate does not name the domain", 60: "the certificate chain does not verify"}
+
+
+def _proxy_on(ctx: HostContext) -> None:
+    if not ctx.settings.tls_proxy.enabled:
+        raise NotApplicable("tls_proxy.enabled is false: hermes-infra runs no TLS proxy on this host")
+
+
+def _proxy_probe(ctx: HostContext) -> tuple[str, int, str, str]:
+    """(url, curl's exit code, status, curl's error) of a GET to the proxy from the host itself:
+    the domain resolved to 127.0.0.1 (this says what caddy serves, whatever DNS says), its
+    chain verified against the system's CAs (acme) or Caddy's root (internal), no `Origin`."""
+    proxy = ctx.settings.tls_proxy
+    url = f"https://{proxy.domain}:{proxy.port}" + ("/health" if proxy.upstream == "api" else "/")
+    if ctx.run("command -v curl").rc != 0:
+        raise CannotCheck("curl is not installed on the host (`apt-get install curl`)")
+    cacert = ""
+    if proxy.ca == "internal":
+        found = ctx.run(f"stat -c %s {shlex.quote(tlsproxy.ROOT_CERT)}")
+        if found.rc != 0:
+            error = (found.stderr or found.stdout).strip()
+            if "permission denied" in error.lower():
+                raise CannotCheck(f"{tlsproxy.ROOT_CERT} is caddy's (and root's): run the check as root or with --sudo")
+            fail(f"{tlsproxy.ROOT_CERT} does not exist: caddy never started its internal CA (see `journalctl -u caddy`)")
+        cacert = f" --cacert {shlex.quote(tlsproxy.ROOT_CERT)}"
+    out = ctx.run(f"curl -sS -o /dev/null -w '%{{http_code}}' --max-time 10 --proto =https "
+                  f"--resolve {shlex.quote(f'{proxy.domain}:{proxy.port}:127.0.0.1')}{cacert} {shlex.quote(url)}")
+    errors = (out.stderr or "").strip().splitlines()
+    return url, out.rc, (out.stdout.strip() or "000")[-3:], _printable(errors[-1], 200) if errors else ""
+
+
+@control("HI-TLS-001", "The TLS proxy answers over HTTPS with a certificate chain valid for its domain",
+         severity="high", scope="tls_proxy",
+         rationale="A hub on another machine reaches the gateway only through the proxy; a certificate that does "
+                   "not verify teaches clients to skip verification. " + TLS_REFERENCES,
+         remediation="`systemctl status caddy` and `journalctl -u caddy` say why (with ca: acme: DNS not pointing "
+                     "at the host, ports 80 and tls_proxy.port closed in a cloud firewall, a CA rate limit). "
+                     + REDEPLOY + ".")
+def tls_proxy_answers(ctx: HostContext, subject: Subject):
+    _proxy_on(ctx)
+    proxy = ctx.settings.tls_proxy
+    url, rc, status, error = _proxy_probe(ctx)
+    signer = "Caddy's internal CA" if proxy.ca == "internal" else "the host's trusted CAs"
+    if rc != 0:
+        why = CURL_TLS_FAILURES.get(rc, f"curl exit code {rc}")
+        fail(f"GET {url} (to 127.0.0.1, verified against {signer}) failed: {why}" + (f" ({error})" if error else ""))
+    want = "200" if proxy.upstream == "api" else "401"
+    if status != want:
+        what = "the gateway's /health" if proxy.upstream == "api" else "the dashboard's basic auth (401 without it)"
+        fail(f"GET {url} answered {status}; want {want} from {what}" + (
+            " (502: the proxy cannot reach the gateway)" if status == "502" else ""))
+    return f"GET {url} -> {status}, chain verified against {signer}"
+
+
+@control("HI-TLS-002", "The proxied gateway port is published on loopback only (the proxy cannot be walked around)",
+         severity="high", scope="tls_proxy", cis="5.14",
+         rationale="A port the proxy fronts that is also published on a public address serves the same API over "
+                   "plain HTTP, the key in clear on the wire. " + TLS_REFERENCES,
+         remediation="Leave gateways[].api.publish_addresses unset (127.0.0.1; the docker bridge address for "
+                     "companions) and allow_public false, or publish the dashboard on 127.0.0.1. " + REDEPLOY + ".")
+def tls_proxy_not_bypassed(ctx: HostContext, subject: Subject):
+    _proxy_on(ctx)
+    gateway = proxied_gateway(ctx.settings)
+    container_port = 8642 if ctx.settings.tls_proxy.upstream == "api" else 9119
+    record = ctx.inspect(gateway.service_name)
+    if record is None:
+        fail(f"container {gateway.service_name!r} does not exist on the host")
+    have = _bindings(record.get("HostConfig") or {}, container_port)
+    bridge = ctx.settings.docker.bridge_gateway_ip
+    wide = [f"{a}:{p}" for a, p in have if a not in LOOPBACK and a != bridge]
+    if wide:
+        fail(f"{gateway.service_name}'s port {container_port} is also published on {', '.join(wide)}: the proxy "
+             "can be walked around")
+    target, port, _ = proxied_addresses(ctx.settings)
+    return (f"{gateway.service_name}:{container_port} published on "
+            f"{', '.join(f'{a}:{p}' for a, p in have) or 'nothing'}; the proxy reaches it on {target}:{port}")
+
+
+@control("HI-TLS-003", "caddy runs hermes-infra's Caddyfile and starts at boot (admin endpoint on its own socket)",
+         severity="medium", scope="tls_proxy",
+         rationale="A Caddyfile edited by hand may serve other sites, drop HSTS or put the admin API back on TCP "
+                   "127.0.0.1:2019, where every local user can reconfigure the proxy. " + TLS_REFERENCES,
+         remediation=f"Do not edit {tlsproxy.CADDYFILE}: change tls_proxy's settings. `systemctl enable --now "
+                     f"caddy`. " + REDEPLOY + ".")
+def tls_proxy_as_deployed(ctx: HostContext, subject: Subject):
+    _proxy_on(ctx)
+    enabled = ctx.run(f"systemctl is-enabled {tlsproxy.UNIT}").stdout.strip()
+    active = ctx.run(f"systemctl is-active {tlsproxy.UNIT}").stdout.strip()
+    if (enabled, active) != ("enabled", "active"):
+        fail(f"{tlsproxy.UNIT} is {enabled or 'not installed'} and {active or 'not active'}; want enabled and active")
+    text = ctx.run(f"cat {shlex.quote(tlsproxy.CADDYFILE)}")
+    if text.rc != 0:
+        fail(f"{tlsproxy.CADDYFILE} is missing")
+    if text.stdout != tlsproxy.caddyfile_text(ctx.settings):
+        fail(f"{tlsproxy.CADDYFILE} is not the one these settings write (edited by hand, or an older deploy)")
+    return f"{tlsproxy.UNIT} enabled and active; {tlsproxy.CADDYFILE} as deployed ({tlsproxy.site_url(ctx.settings)})"
 
 
 # ---------------------------------------------------------------------------- icc on every network

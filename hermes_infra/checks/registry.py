@@ -22,10 +22,12 @@ SEVERITIES: tuple[str, ...] = ("critical", "high", "medium", "low", "advisory")
 # `scheduled`: each gateway whose settings declare cron jobs (a control about them has no subject
 # on a gateway without: it is not part of that host's report at all, rather than "not applicable").
 # `firewall`: the host, once, where the settings turn the firewall on (none elsewhere, likewise);
-# `ssh_hardening` and `updates` the same for settings ssh_hardening and unattended_upgrades.
-Scope = Literal["host", "gateway", "container", "companion", "scheduled", "firewall", "ssh_hardening", "updates"]
+# `ssh_hardening`, `updates` and `tls_proxy` the same for settings ssh_hardening, unattended_upgrades
+# and tls_proxy.
+Scope = Literal["host", "gateway", "container", "companion", "scheduled", "firewall", "ssh_hardening", "updates",
+                "tls_proxy"]
 SCOPES: tuple[str, ...] = ("host", "gateway", "container", "companion", "scheduled", "firewall", "ssh_hardening",
-                           "updates")
+                           "updates", "tls_proxy")
 
 ID_PATTERN = re.compile(r"^HI-[A-Z]+-\d{3}$")
 

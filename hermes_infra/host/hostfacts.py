@@ -240,7 +240,8 @@ def state_sections(request: StateRequest) -> list[tuple[str, list[str]]]:
 # arm64 kernels): offset 4086. Read as one 4086-byte block skipped, then 10 bytes.
 SWAP_SIGNATURE = "SWAPSPACE2"
 SWAP_SIGNATURE_OFFSET = 4096 - len(SWAP_SIGNATURE)
-SERVICES = ("docker.service", "hermes-infra-backup.timer", "hermes-infra-alerts.timer", "prometheus-node-exporter.service")
+SERVICES = ("docker.service", "hermes-infra-backup.timer", "hermes-infra-alerts.timer", "prometheus-node-exporter.service",
+            "caddy.service")
 APT_LOCKS = ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/lists/lock",
              "/var/cache/apt/archives/lock")
 # st_dev (decimal) to /proc/locks' "maj:min" (hex), in awk arithmetic (mawk has no bit operators):
@@ -473,6 +474,9 @@ class HostState:
     alerts_timer_active: bool = False
     exporter_enabled: bool = False
     exporter_active: bool = False
+    caddy_enabled: bool = False
+    caddy_active: bool = False
+    """caddy.service (setting tls_proxy) is enabled, and active."""
     apt_lists_age: int | None = None
     """Seconds since apt's lists were last updated (None: never)."""
     firewall: dict = field(default_factory=lambda: _firewall([]))
@@ -592,7 +596,7 @@ def parse_state(lines: list[str]) -> HostState:
                 state.cpus = int(value or 1)
         elif kind == "services":
             units = _unit_states(body)
-            docker, timer, alerts, exporter = (units.get(name, {}) for name in SERVICES)
+            docker, timer, alerts, exporter, caddy = (units.get(name, {}) for name in SERVICES)
             state.docker_enabled, state.docker_active = docker.get("UnitFileState") == "enabled", \
                 docker.get("ActiveState") == "active"
             state.backup_timer_enabled, state.backup_timer_active = timer.get("UnitFileState") == "enabled", \
@@ -601,6 +605,8 @@ def parse_state(lines: list[str]) -> HostState:
                 alerts.get("ActiveState") == "active"
             state.exporter_enabled, state.exporter_active = exporter.get("UnitFileState") == "enabled", \
                 exporter.get("ActiveState") == "active"
+            state.caddy_enabled, state.caddy_active = caddy.get("UnitFileState") == "enabled", \
+                caddy.get("ActiveState") == "active"
         elif kind == "aptlists":
             values = [int(line) for line in (line.strip() for line in body) if line.lstrip("-").isdigit()]
             if len(values) >= 2:

@@ -17,6 +17,9 @@ outside into a container bridge that Docker did not DNAT (someone routing to 172
 directly) are dropped. Traffic from containers (egress, companions reaching a port on the
 bridge address) is left to Docker's own rules.
 
+The TLS proxy (setting tls_proxy) is a host process: its ports (`tls_proxy.port`, and 80 for
+ACME's HTTP challenge) are accepted on `input` only (`Rules.host_ports`), never forwarded.
+
 ufw (on Ubuntu's images) is never changed, only read: where it is active, its chains and this
 table both filter the host's own traffic, while Docker's published ports bypass ufw: only this
 table filters them. The plan says so (`ufw_warnings`), with the firewall on or off.
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hermes_infra.host.hostfacts import HostState
+from hermes_infra.plan import tlsproxy
 from hermes_infra.settings.schema import HostSettings, classify_address, parse_port_spec, publish_addresses
 
 TABLE = "hermes_infra"
@@ -80,6 +84,9 @@ class Rules:
     """(protocol, port, source networks; none: anywhere)."""
     bridge: tuple[tuple[str, str, int], ...]
     """(address, protocol, port) published on the docker bridge address: open to containers only."""
+    host_ports: tuple[tuple[str, int, tuple[str, ...]], ...] = ()
+    """(protocol, port, source networks) of host processes hermes-infra runs (the TLS proxy's
+    caddy): accepted on input only, never forwarded to a container."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +195,8 @@ def _ufw_beside_table(settings: HostSettings, docker: list[Published], ssh: tupl
     """Both filter the host's own traffic; only our table filters published ports."""
     published = {(p.protocol, p.port) for p in docker}
     host_ports = [f"{port}/tcp" for port in ssh] + [
-        f"{rule.port}/{rule.protocol}" for rule in settings.firewall.allow if (rule.protocol, rule.port) not in published]
+        f"{rule.port}/{rule.protocol}" for rule in settings.firewall.allow if (rule.protocol, rule.port) not in published] + [
+        f"{port}/{protocol}" for protocol, port, _ in tlsproxy.listen_ports(settings)]
     return ["ufw is active on this host beside hermes-infra's nftables table (table inet hermes_infra); a packet "
             "must pass both. ufw does not filter the ports Docker publishes (Docker's forward rules accept them "
             "before ufw's chains see them): for those, hermes-infra's table and firewall.allow decide. Everything "
@@ -249,7 +257,9 @@ def rules_of(settings: HostSettings, state: HostState) -> Rules:
     ports = ssh_ports(settings, state)
     bridge = tuple(sorted({(p.address, p.protocol, p.port) for p in published_ports(settings) if p.reach == "bridge"}))
     allow = tuple((rule.protocol, rule.port, tuple(rule.allow_from)) for rule in settings.firewall.allow)
-    return Rules(ssh_ports=ports, ssh_sources=tuple(settings.firewall.ssh_allow_from), allow=allow, bridge=bridge)
+    proxy = tuple(item for item in tlsproxy.listen_ports(settings) if item not in allow)
+    return Rules(ssh_ports=ports, ssh_sources=tuple(settings.firewall.ssh_allow_from), allow=allow, bridge=bridge,
+                 host_ports=proxy)
 
 
 # --- the text -----------------------------------------------------------------------------------
@@ -280,6 +290,8 @@ def body_lines(rules: Rules) -> list[str]:
               # DHCPv6 replies come from the server's link-local address, not as conntrack replies.
               "ip6 saddr fe80::/10 udp sport 547 udp dport 546 accept"]
     inputs += [f"{_source(family, group)}tcp dport {ssh} accept" for family, group in _by_family(rules.ssh_sources)]
+    for protocol, port, sources in rules.host_ports:
+        inputs += [f"{_source(family, group)}{protocol} dport {port} accept" for family, group in _by_family(sources)]
     forwarded = []
     for protocol, port, sources in rules.allow:
         for family, group in _by_family(sources):

@@ -22,7 +22,7 @@ from hermes_infra.host import safeio
 from hermes_infra.images import identity as imageid
 from hermes_infra.plan import agentfiles, alerts, backup_timer, compose, configfile, daemon, envfile, managedkeys
 from hermes_infra.plan import offsite
-from hermes_infra.plan import firewall, sshd, unattended
+from hermes_infra.plan import firewall, sshd, tlsproxy, unattended
 from hermes_infra.plan.capacity import EffectiveLimits, HostResources, derive_limits
 from hermes_infra.host.hostfacts import DataDirRequest, HostState, ProbeRequest, StateRequest
 from hermes_infra.settings.schema import (
@@ -300,6 +300,8 @@ class HostPlan:
     """The sshd drop-in (setting ssh_hardening), or what to remove of it."""
     unattended: unattended.UnattendedPlan | None = None
     """Automatic security updates (setting unattended_upgrades), or what to remove of them."""
+    tls_proxy: tlsproxy.TlsProxyPlan | None = None
+    """caddy and its Caddyfile (setting tls_proxy), or what to remove of them."""
     offsite: offsite.OffsitePlan | None = None
     """Off-host backups (setting scheduled_backups.offsite): restic, its files, or what to remove."""
     upgrade: UpgradePlan | None = None
@@ -379,7 +381,7 @@ def fact_request(settings: HostSettings) -> StateRequest:
     # The managed-keys record comes with the root files (one tar, links never followed).
     files = [DAEMON_JSON, APT_CONF, SYSCTL_FILE, manifest_path(settings), deployed_path(settings),
              managed_keys_path(settings), *backup_timer.PATHS, *alerts.requested_files(settings), *firewall.PATHS,
-             sshd.DROPIN_PATH, *unattended.PATHS, *offsite.PATHS]
+             sshd.DROPIN_PATH, *unattended.PATHS, *offsite.PATHS, *tlsproxy.PATHS]
     if settings.docker.install_source == "official":
         files.append(DOCKER_SOURCES)
     projects = [(compose.MAIN_PROJECT, settings.project_dir)]
@@ -393,7 +395,7 @@ def fact_request(settings: HostSettings) -> StateRequest:
     packages = (OFFICIAL_PACKAGES if settings.docker.install_source == "official"
                 else tuple(p for names in DISTRO_PACKAGES.values() for p in names))
     packages = (PREREQUISITES + packages + CONFLICTS[settings.docker.install_source] + alerts.requested_packages(settings)
-                + (unattended.PACKAGE, offsite.PACKAGE))
+                + (unattended.PACKAGE, offsite.PACKAGE, tlsproxy.PACKAGE))
     return StateRequest(
         data_dirs=tuple(data_dir_read(g) for g in settings.gateways),
         root_files=tuple(dict.fromkeys([*files, *agentfiles.request_paths(settings)])),
@@ -952,6 +954,7 @@ def make_plan(settings: HostSettings, facts: Facts, host: str = "host") -> HostP
                                   {g.name: g.limits.memory_bytes for g in gateways}),
         metrics=alerts.plan_metrics(settings, state, lambda *args: _root_file(state, *args)),
         firewall=firewall_plan, sshd=sshd_plan, unattended=unattended_plan,
+        tls_proxy=tlsproxy.plan_tls_proxy(settings, state, lambda *args: _root_file(state, *args), settings.backup_dir),
         offsite=offsite.plan_offsite(settings, state, host, lambda *args: _root_file(state, *args)),
     )
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from hermes_infra.plan import agentfiles, configfile, envfile, sshd
+from hermes_infra.plan import agentfiles, configfile, envfile, sshd, tlsproxy
 from hermes_infra.plan.hostplan import DataFilePlan, HostPlan, RootFilePlan, fstab_line
 
 REDACTED = "<redacted>"
@@ -156,6 +156,8 @@ def _root_files(plan: HostPlan) -> Iterable[RootFilePlan]:
         yield plan.sshd.dropin
     if plan.unattended is not None:
         yield from plan.unattended.files
+    if plan.tls_proxy is not None and plan.tls_proxy.enabled:
+        yield plan.tls_proxy.caddyfile
 
 
 def _fstab(plan: HostPlan) -> list[str]:
@@ -180,6 +182,8 @@ def plan_diff(plan: HostPlan) -> list[str]:
         gone += (sshd.DROPIN_PATH,)
     if plan.unattended is not None:
         gone += plan.unattended.remove
+    if plan.tls_proxy is not None and plan.tls_proxy.present and not plan.tls_proxy.enabled:
+        gone += (tlsproxy.CADDYFILE,)
     for path in (*plan.retire.files, *(p for p in plan.backup_timer.present if plan.backup_timer.calendar is None),
                  *gone):
         lines.append(_safe(f"{path}: removed"))

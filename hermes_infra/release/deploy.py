@@ -16,11 +16,13 @@ from hermes_infra.operations import agentfiles, cronjobs
 from hermes_infra.operations import firewall as firewall_ops
 from hermes_infra.operations import offsite as offsite_ops
 from hermes_infra.operations import sshd as sshd_ops
+from hermes_infra.operations import tlsproxy as tls_ops
 from hermes_infra.operations import unattended as unattended_ops
 from hermes_infra.plan import alerts, plandiff
 from hermes_infra.plan import firewall as firewall_plan
 from hermes_infra.plan import offsite as offsite_plan
 from hermes_infra.plan import sshd as sshd_plan
+from hermes_infra.plan import tlsproxy as tls_plan
 from hermes_infra.plan import unattended as unattended_plan
 from hermes_infra.commands import SHOW_DIFF_ATTRIBUTE, SHOW_DIFF_ENV
 from hermes_infra.host.hostfacts import HermesHostState
@@ -141,18 +143,28 @@ def firewall(plan: HostPlan) -> None:
 
 
 def hardening(plan: HostPlan) -> None:
-    """sshd after the firewall (both confirmed by a new login), then the automatic updates
-    (after Docker's packages: apt is ready)."""
+    """sshd after the firewall (both confirmed by a new login), then the automatic updates and
+    the TLS proxy (after Docker's packages: apt is ready; both packages in one apt run, before
+    either's files: a package's own setup could otherwise write over them). The proxy comes
+    before the gateways: on a new host it answers 502 until they are up, on a converged host
+    nothing changes."""
     if plan.sshd is not None:
         sshd_ops.ssh_hardening(plan.sshd, plan.writer, confirm=sshd_confirm.new_connection)
-    if plan.unattended is None:
-        return
-    docker = plan.docker
-    updated = docker.prerequisites_missing or docker.packages_missing or (
-        docker.sources is not None and docker.sources.content_changed)
-    unattended_ops.unattended_upgrades(plan.unattended, plan.writer, install=lambda: docker_engine.apt_installed(
-        name="Install unattended-upgrades (automatic security updates)", plan=docker,
-        packages=(unattended_plan.PACKAGE,), update=docker.lists_stale and not updated))
+    updates, proxy, docker = plan.unattended, plan.tls_proxy, plan.docker
+    packages = ((unattended_plan.PACKAGE,) * bool(updates is not None and updates.enabled and not updates.installed)
+                + (tls_plan.PACKAGE,) * bool(proxy is not None and proxy.enabled and not proxy.installed))
+    if packages:
+        updated = docker.prerequisites_missing or docker.packages_missing or (
+            docker.sources is not None and docker.sources.content_changed)
+        purpose = {unattended_plan.PACKAGE: "automatic security updates", tls_plan.PACKAGE: "TLS proxy"}
+        docker_engine.apt_installed(
+            name=f"Install {', '.join(packages)} ({', '.join(purpose[p] for p in packages)})",
+            plan=docker, packages=packages, update=docker.lists_stale and not updated)
+    # Installed above, in the same apt run.
+    if updates is not None:
+        unattended_ops.unattended_upgrades(updates, plan.writer, install=lambda: None)
+    if proxy is not None:
+        tls_ops.tls_proxy(proxy, plan.writer, install=lambda: None)
 
 
 def offsite(plan: HostPlan) -> None:

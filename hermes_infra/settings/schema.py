@@ -2555,6 +2555,155 @@ class UnattendedUpgradesSettings(Settings):
         return value
 
 
+# ----------------------------------------------------------------------------- TLS proxy
+# Special-use names no public CA issues a certificate for (RFC 2606, 6761, 6762, 8375; ICANN's
+# .internal): with `ca: acme` the order could only fail.
+PRIVATE_SUFFIXES = ("test", "example", "invalid", "localhost", "local", "internal", "home.arpa")
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_EMAIL_LOCAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}")
+
+
+def check_domain_name(value: str, setting: str) -> str:
+    """A DNS name as a client types it, lowercased: letters, digits and `-` in dot-separated labels
+    of at most 63 characters, two labels at least, no scheme, port, path, wildcard, trailing dot
+    or IP address (ValueError naming the setting, the value and the fix). Names in any other
+    script are written in their ASCII form (`xn--...`)."""
+    fix = "Fix: the host name alone, e.g. hermes.example.org"
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{setting} is empty. {fix}")
+    if "://" in value:
+        raise ValueError(f"{setting} {value!r} has a scheme: the proxy always serves HTTPS. {fix}")
+    if "/" in value:
+        raise ValueError(f"{setting} {value!r} has a path: the proxy serves the whole name. {fix}")
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        raise ValueError(f"{setting} {value!r} is an IP address: certificates are issued for names here. {fix}, "
+                         "with an A/AAAA record pointing at this host")
+    if ":" in value:
+        raise ValueError(f"{setting} {value!r} has a port: set tls_proxy.port instead. {fix}")
+    if value.startswith("*"):
+        raise ValueError(f"{setting} {value!r} is a wildcard (an ACME CA issues those only through a DNS "
+                         f"challenge, which hermes-infra does not set up). {fix}")
+    if value.endswith("."):
+        raise ValueError(f"{setting} {value!r} ends with a dot. {fix}, without the trailing dot")
+    if not value.isascii():
+        raise ValueError(f"{setting} {value!r} is not in ASCII. Fix: write an internationalized name in its "
+                         f"ASCII form (xn--...; `python3 -c \"print('{value}'.encode('idna').decode())\"`)")
+    name = value.lower()
+    labels = name.split(".")
+    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"{setting} {value!r} is not a DNS name (letters, digits and '-' in dot-separated "
+                         f"labels of at most 63 characters, not starting or ending with '-', two labels at least). {fix}")
+    if labels[-1].isdigit():
+        raise ValueError(f"{setting} {value!r} ends in a number, which no top-level domain does. {fix}")
+    return name
+
+
+def private_suffix(domain: str) -> str | None:
+    """The special-use suffix of `domain` (`test` for `hermes.test`), or None for a public name."""
+    return next((s for s in PRIVATE_SUFFIXES if domain == s or domain.endswith("." + s)), None)
+
+
+def check_email(value: str, setting: str) -> str:
+    """An address as ACME account contacts take it: `local@domain`, the local part plain
+    (letters, digits, `. _ % + -`), the domain a DNS name."""
+    local, at, domain = value.rpartition("@") if isinstance(value, str) else ("", "", "")
+    fix = "Fix: an address such as ops@example.org (plain letters, digits and . _ % + - before the @)"
+    if not at or not _EMAIL_LOCAL.fullmatch(local):
+        raise ValueError(f"{setting} {value!r} is not an e-mail address. {fix}")
+    try:
+        check_domain_name(domain, setting)
+    except ValueError:
+        raise ValueError(f"{setting} {value!r} does not end in a domain name. {fix}") from None
+    return f"{local}@{domain.lower()}"
+
+
+class TlsProxySettings(Settings):
+    """A public HTTPS endpoint for one gateway's API (or its dashboard), for a hub on another
+    machine: Debian's `caddy` as a reverse proxy on the host, with certificates from an ACME CA
+    (Let's Encrypt by default: issued and renewed by Caddy itself) or from Caddy's own internal
+    CA (tests, private networks: clients trust its root). The gateway stays published on
+    127.0.0.1 and the proxy reaches it there; the dashboard keeps its basic auth. With the
+    firewall on, the rules open `port` (and 80 for ACME's HTTP challenge) and nothing else.
+    Off: the Caddyfile hermes-infra wrote is removed and caddy is stopped and disabled (the
+    package stays)."""
+
+    enabled: bool = False
+    """Install caddy and serve `domain` (off: what hermes-infra set up for it is removed)."""
+
+    domain: str | None = None
+    """The name clients connect to (`hermes.example.org`): a DNS name alone, no scheme, port or
+    path, stored lowercased. With `ca: acme` its A/AAAA records must point at this host, and the
+    CA must reach ports 80 and `port` from the internet."""
+
+    ca: Literal["acme", "internal"] = "acme"
+    """Who signs the certificate: `acme` (Caddy's default ACME issuers, Let's Encrypt first; a
+    public name) or `internal` (Caddy's own CA, whose root is
+    `/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt` on the host: give it to
+    the clients; for tests and names such as `hermes.test`)."""
+
+    acme_email: str | None = None
+    """The ACME account's contact (expiry notices), `ca: acme` only. Unset: an account without
+    one."""
+
+    gateway: Annotated[str | None, NoControlChars] = None
+    """The profile whose port is proxied. Unset: the first gateway."""
+
+    upstream: Literal["api", "dashboard"] = "api"
+    """What the domain serves: the gateway's `api` (its key still required on every call but
+    `/health`), or its `dashboard` (which must be enabled with basic auth)."""
+
+    port: int = Field(443, ge=1, le=65535)
+    """The HTTPS port the proxy listens on, on every interface."""
+
+    allow_from: list[str] = []
+    """Source networks the firewall lets reach `port` (`203.0.113.0/24`, an address): e.g. the
+    hub alone. Empty: from anywhere. Port 80 (ACME's HTTP challenge) stays open to all: the
+    CA's validation comes from addresses it does not publish."""
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        return None if value is None else check_domain_name(value, "tls_proxy.domain")
+
+    @field_validator("acme_email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        return None if value is None else check_email(value, "tls_proxy.acme_email")
+
+    @field_validator("allow_from")
+    @classmethod
+    def _sources(cls, value: list[str]) -> list[str]:
+        networks = [parse_source_network(item, f"tls_proxy.allow_from[{index}]") for index, item in enumerate(value)]
+        if len(set(networks)) != len(networks):
+            raise ValueError(f"tls_proxy.allow_from lists a network twice ({networks}). Fix: list each once")
+        return networks
+
+    @model_validator(mode="after")
+    def _meaning(self) -> TlsProxySettings:
+        if not self.enabled:
+            return self
+        if self.domain is None:
+            raise ValueError("tls_proxy.enabled is true but tls_proxy.domain is unset: the proxy needs the name "
+                             "clients connect to. Fix: set tls_proxy.domain, e.g. hermes.example.org")
+        suffix = private_suffix(self.domain)
+        if self.ca == "acme" and suffix is not None:
+            raise ValueError(f"tls_proxy.domain {self.domain!r} is under .{suffix}, for which no public CA issues "
+                             "certificates (tls_proxy.ca is acme). Fix: set tls_proxy.ca: internal (and give the "
+                             "clients Caddy's root), or use a public name pointing at this host")
+        if self.ca == "acme" and self.port == 80:
+            raise ValueError("tls_proxy.port is 80, which ACME's HTTP challenge needs (tls_proxy.ca is acme). "
+                             "Fix: leave tls_proxy.port at 443")
+        return self
+
+    @property
+    def acme(self) -> bool:
+        return self.enabled and self.ca == "acme"
+
+
 class HostSettings(Settings):
     """Everything hermes-infra manages on one host.
 
@@ -2602,6 +2751,10 @@ class HostSettings(Settings):
     unattended_upgrades: UnattendedUpgradesSettings = UnattendedUpgradesSettings()
     """Automatic security updates (Docker's packages excluded); off by default (see
     UnattendedUpgradesSettings)."""
+
+    tls_proxy: TlsProxySettings = TlsProxySettings()
+    """A public HTTPS endpoint (caddy) for one gateway's API or dashboard, the gateway still on
+    127.0.0.1; off by default (see TlsProxySettings)."""
 
     project_dir: str = "/opt/hermes"
     """Directory on the host holding the compose files and companion env files (absolute,
@@ -2672,9 +2825,31 @@ class HostSettings(Settings):
         self._check_tokens(problems)
         self._check_companions(problems)
         self._check_metrics(problems)
+        self._check_tls_proxy(problems)
         if problems:
             raise ValueError("\n".join(dict.fromkeys(problems)))
         return self
+
+    def _check_tls_proxy(self, problems: list[str]) -> None:
+        """The proxied profile exists, and a proxied dashboard is enabled and keeps its basic auth."""
+        proxy = self.tls_proxy
+        if not proxy.enabled:
+            return
+        try:
+            gateway = proxied_gateway(self)
+        except ValueError as error:
+            problems.append(str(error))
+            return
+        dashboard = gateway.dashboard
+        if proxy.upstream == "dashboard" and not dashboard.enabled:
+            problems.append(f"tls_proxy.upstream is dashboard, but gateways[{gateway.name}].dashboard.enabled is "
+                            "false: the proxy would answer 502. Fix: enable the dashboard (with basic auth), or "
+                            "set tls_proxy.upstream: api")
+        elif proxy.upstream == "dashboard" and not (dashboard.basic_auth_username and dashboard.basic_auth_password_hash):
+            problems.append(f"tls_proxy.upstream is dashboard, but gateways[{gateway.name}].dashboard has no basic "
+                            "auth: the proxy would put an open dashboard on the internet (exposed dashboards were "
+                            "used to plant SSH-key backdoors). Fix: set gateways[].dashboard.basic_auth_username "
+                            "and basic_auth_password_hash")
 
     def _check_metrics(self, problems: list[str]) -> None:
         """The exporter's address against the bridge; receivers' plain-http URLs may name it too."""
@@ -2822,6 +2997,11 @@ class HostSettings(Settings):
                     f"gateways[{gateway.name}].dashboard.publish_address", f"gateways[{gateway.name}].dashboard.allow_public")
                 if problem and not gateway.dashboard.allow_public:
                     problems.append(problem)
+        if self.tls_proxy.enabled:
+            # caddy listens on every interface: no published port may take these.
+            claim("tcp", self.tls_proxy.port, "tls_proxy.port")
+            if self.tls_proxy.acme:
+                claim("tcp", 80, "tls_proxy (port 80, ACME's HTTP challenge)")
         for companion in self.companions:
             for index, spec in enumerate(companion.ports):
                 parsed = parse_port_spec(spec)
@@ -2953,3 +3133,29 @@ def publish_addresses(settings: HostSettings, gateway: GatewaySettings) -> list[
 
 def _targets(settings: HostSettings, companion: CompanionSettings, gateway: GatewaySettings) -> bool:
     return (companion.gateway or settings.gateways[0].name) == gateway.name
+
+
+def proxied_gateway(settings: HostSettings) -> GatewaySettings:
+    """The gateway `tls_proxy` fronts: `tls_proxy.gateway`, or the first one."""
+    name = settings.tls_proxy.gateway
+    if name is None:
+        return settings.gateways[0]
+    for gateway in settings.gateways:
+        if gateway.name == name:
+            return gateway
+    raise ValueError(f"tls_proxy.gateway is {name!r}, which is not a profile. "
+                     f"Fix: one of {', '.join(g.name for g in settings.gateways)}")
+
+
+def proxied_addresses(settings: HostSettings) -> tuple[str, int, list[str]]:
+    """(address the proxy connects to, host port, every address that port is published on) of
+    what `tls_proxy` fronts: loopback where the port is bound there (`0.0.0.0` and `::` include
+    it), else the first address it is published on."""
+    gateway = proxied_gateway(settings)
+    if settings.tls_proxy.upstream == "dashboard":
+        addresses, port = [gateway.dashboard.publish_address], gateway.dashboard.port
+    else:
+        addresses, port = publish_addresses(settings, gateway), gateway.api.port
+    local = {"127.0.0.1": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::1": "::1", "::": "::1"}
+    target = next((local[a] for a in addresses if a in local), addresses[0])
+    return target, port, addresses

@@ -54,8 +54,10 @@ STABLE = {
     # added with SSH hardening, automatic security updates and the icc audit (issue 21)
     "HI-SSH-002": ("ssh_hardening", None), "HI-SSH-003": ("ssh_hardening", None), "HI-UPD-001": ("updates", None),
     "HI-UPD-002": ("updates", None), "HI-DOCKER-007": ("host", "2.2"),
+    # added with the TLS proxy (issue 21)
+    "HI-TLS-001": ("tls_proxy", None), "HI-TLS-002": ("tls_proxy", "5.14"), "HI-TLS-003": ("tls_proxy", None),
 }
-CONTROL_COUNT = 43  # the README's controls table has one row per control
+CONTROL_COUNT = 46  # the README's controls table has one row per control
 
 
 
@@ -78,7 +80,8 @@ def test_cis_numbers_follow_benchmark_v1_6_0():
     assert cis == {"HI-DOCKER-003": "2.13", "HI-DOCKER-004": "2.15", "HI-DOCKER-005": "2.2", "HI-DOCKER-006": "2.14",
                    "HI-CTR-002": "5.15", "HI-CTR-003": "5.11", "HI-CTR-004": "5.12", "HI-CTR-005": "5.29",
                    "HI-CTR-006": "5.5", "HI-CTR-007": "5.10", "HI-CTR-008": "5.32", "HI-CTR-009": "5.26",
-                   "HI-CTR-011": "5.27", "HI-CTR-012": "5.4", "HI-API-001": "5.14", "HI-DOCKER-007": "2.2"}
+                   "HI-CTR-011": "5.27", "HI-CTR-012": "5.4", "HI-API-001": "5.14", "HI-TLS-002": "5.14",
+                   "HI-DOCKER-007": "2.2"}
 
 
 def test_ids_are_unique_and_well_formed():

@@ -603,7 +603,7 @@ def test_every_control_only_reads(monkeypatch):
         companions=[{"name": "hub", "image": "example/hub:1.0", "gateway": "hermes", "topology": "host-gateway"},
                     {"name": "bare", "image": "example/bare:1.0", "gateway": "hermes"}],
         firewall={"enabled": True, "allow": [8642, 9119]}, ssh_hardening={"enabled": True},
-        unattended_upgrades={"enabled": True})
+        unattended_upgrades={"enabled": True}, tls_proxy={"enabled": True, "domain": "hermes.test", "ca": "internal"})
     hermes = gateway_record(PortBindings={"8642/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8642"}],
                                           "9119/tcp": [{"HostIp": "0.0.0.0", "HostPort": "9119"}]})
     hub = gateway_record() | {"Name": "/hub", "NetworkSettings": {"Networks": {"hermes-hub_default": {}}}}

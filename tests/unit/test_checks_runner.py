@@ -149,7 +149,8 @@ def test_every_control_has_an_instance_with_a_companion():
                             gateways=[{"name": "hermes", "cron": [{"name": "brief", "schedule": "every 1h",
                                                                    "prompt": "the brief"}]}],
                             firewall={"enabled": True}, ssh_hardening={"enabled": True},
-                            unattended_upgrades={"enabled": True})
+                            unattended_upgrades={"enabled": True},
+                            tls_proxy={"enabled": True, "domain": "hermes.test", "ca": "internal"})
     assert {c.id for c, _ in instances(settings)} == {c.id for c in all_controls()}
 
 
