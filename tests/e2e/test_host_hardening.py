@@ -1,5 +1,6 @@
-"""The host hardened on a real host (issue 21, items 2 to 4), one deploy serving every assertion:
-with `firewall`, `ssh_hardening` and `unattended_upgrades` on,
+"""The host hardened on a real host (issue 21, items 2 to 5), one deploy serving every assertion:
+with `firewall`, `ssh_hardening`, `unattended_upgrades` and `tls_proxy` (Caddy's internal CA,
+`hermes.test`) on,
 
 - the gateway's API published on 0.0.0.0 on a port that is NOT in `firewall.allow` does not
   answer from outside, while SSH and a container port published on an allowed port do; so after
@@ -7,6 +8,9 @@ with `firewall`, `ssh_hardening` and `unattended_upgrades` on,
 - sshd offers no password login (asked with paramiko, as a stranger would) while the deploy's key
   logs in; `sshd -t` is clean; `unattended-upgrade --dry-run -d` allows the security origin only
   and blacklists Docker's packages;
+- the TLS proxy answers `GET /health` over HTTPS from outside (the forward to the guest's 443),
+  its chain verified against Caddy's root fetched from the VM and nothing else, `hermes.test` as
+  SNI and Host; no port 80 and no TCP admin endpoint listen; so after the reboot too;
 - the gateway comes back after the reboot with its key, swap and swappiness;
 - a ruleset whose confirming SSH connection fails, and an sshd change whose confirming login
   fails, are each reverted by themselves, nothing unconfirmed is persisted, the next deploy connects;
@@ -22,8 +26,10 @@ The tests run in order on the module's one deploy; the VM is put back as it was 
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import re
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -33,7 +39,7 @@ import pytest
 
 from hermes_infra.checks import runner
 from hermes_infra.plan import firewall as fw
-from hermes_infra.plan import sshd, unattended
+from hermes_infra.plan import sshd, tlsproxy, unattended
 from hermes_infra.release import firewall_confirm, sshd_confirm
 from tests.e2e.test_bootstrap import API, wait_healthy
 
@@ -44,7 +50,10 @@ GATEWAYS = [{"name": "hermes", "api": {"publish_addresses": ["0.0.0.0"], "allow_
 FIREWALL = {"enabled": True, "allow": [OPEN], "confirm_seconds": 30}
 HARDENING = {"enabled": True, "confirm_seconds": 30}
 UPDATES = {"enabled": True}
-SETTINGS = {"gateways": GATEWAYS, "firewall": FIREWALL, "ssh_hardening": HARDENING, "unattended_upgrades": UPDATES}
+DOMAIN = "hermes.test"
+PROXY = {"enabled": True, "domain": DOMAIN, "ca": "internal"}
+SETTINGS = {"gateways": GATEWAYS, "firewall": FIREWALL, "ssh_hardening": HARDENING, "unattended_upgrades": UPDATES,
+            "tls_proxy": PROXY}
 WARNING = (f"gateways[hermes].api is published on 0.0.0.0:{CLOSED}/tcp, which the firewall does not allow")
 VM_DROPIN = "/etc/ssh/sshd_config.d/10-hermes-infra.conf"  # the local VM image's (localvm/recipe.py)
 
@@ -68,6 +77,51 @@ def ssh_answers(port: int) -> bool:
             return connection.recv(64).startswith(b"SSH-")
     except OSError:
         return False
+
+
+def https_status(port: int, path: str, cadata: str | None, name: str = DOMAIN) -> int:
+    """GET https://<name><path> as a client that resolves `name` to 127.0.0.1 (the control
+    machine's forward to the guest's 443): SNI and Host are `name`, the chain must verify
+    against `cadata` alone (None: the control machine's own CAs). Raises on any TLS or
+    connection failure."""
+    # With cadata, only that CA is loaded (not the system's).
+    context = ssl.create_default_context(cadata=cadata) if cadata else ssl.create_default_context()
+
+    class Connection(http.client.HTTPSConnection):
+        def connect(self):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            self.sock = context.wrap_socket(raw, server_hostname=name)
+
+    connection = Connection(name, port, context=context, timeout=10)
+    try:
+        connection.putrequest("GET", path, skip_host=True)
+        connection.putheader("Host", name)  # as a client on the real port 443 sends it
+        connection.endheaders()
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def https_within(port: int, path: str, cadata: str, seconds: float = 60) -> int:
+    """The status once the proxy answers (caddy issues its first certificate as it starts)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return https_status(port, path, cadata)
+        except (OSError, http.client.HTTPException):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
+def caddy_root(deployed, seconds: float = 60) -> str:
+    """The internal CA's root certificate, as an operator hands it to the hub."""
+    deadline = time.monotonic() + seconds
+    while deployed.vm.ssh(f"test -s {tlsproxy.ROOT_CERT}", timeout=30).rc != 0 and time.monotonic() < deadline:
+        time.sleep(2)
+    root = deployed.run(f"cat {tlsproxy.ROOT_CERT}")
+    assert root.startswith("-----BEGIN CERTIFICATE-----"), root[:200]
+    return root
 
 
 def answered_within(port: int, path: str, seconds: float = 60) -> int | None:
@@ -166,6 +220,7 @@ def gone(deployed, path: str) -> bool:
 class Hardened:
     closed: int            # the control machine's forward to the guest's CLOSED port
     opened: int            # ... and to OPEN
+    https: int             # ... and to 443, the TLS proxy
     digest: str            # the loaded ruleset's digest after the first deploy
     dropin: str            # the sshd drop-in the first deploy wrote
     first_output: str
@@ -174,7 +229,7 @@ class Hardened:
 @pytest.fixture(scope="module")
 def hardened(deployed):
     vm = deployed.vm
-    closed, opened = vm.add_forward(CLOSED), vm.add_forward(OPEN)
+    closed, opened, https = vm.add_forward(CLOSED), vm.add_forward(OPEN), vm.add_forward(443)
     image = deployed.run("docker inspect -f '{{.Config.Image}}' hermes").strip()
     try:
         deployed.run(f"docker rm -f {HELPER} >/dev/null 2>&1; docker run -d --name {HELPER} --restart unless-stopped "
@@ -190,7 +245,7 @@ def hardened(deployed):
         assert first.returncode == 0, first.output[-5000:]
         digest = loaded_digest(deployed)
         assert digest and re.fullmatch(r"[0-9a-f]{16}", digest), digest
-        yield Hardened(closed, opened, digest, deployed.run(f"cat {sshd.DROPIN_PATH}"), first.output)
+        yield Hardened(closed, opened, https, digest, deployed.run(f"cat {sshd.DROPIN_PATH}"), first.output)
     finally:
         vm.ssh(f"docker rm -f {HELPER} >/dev/null 2>&1 || true", timeout=60)
         print(f"[timing] back to the bootstrapped state: {deployed.reset():.1f}s")
@@ -214,6 +269,35 @@ def test_one_deploy_filters_published_ports_and_offers_no_password_login(deploye
     assert gone(deployed, sshd.REVERT_PATH)
 
 
+def test_the_tls_proxy_answers_health_over_https_with_the_internal_ca(deployed, hardened):
+    """From outside, as the hub would: Caddy's root is the only CA trusted, hermes.test the only
+    name; the gateway's own port stays closed (asserted above), the proxy reaches it on loopback."""
+    root = caddy_root(deployed)
+    assert https_within(hardened.https, "/health", root) == 200
+    assert https_within(hardened.https, "/v1/models", root) == 401  # the key is still the gateway's to ask for
+    # The chain is Caddy's internal CA's: the control machine's own CAs do not verify it, and the
+    # certificate names hermes.test, not any name.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        https_status(hardened.https, "/health", None)
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        https_status(hardened.https, "/health", root, name="other.test")
+    assert http_answer(hardened.closed, "/health") is None
+    # caddy as deployed: enabled, its admin API on its own socket (no TCP 2019), no port 80 for
+    # the internal CA, its Caddyfile the plan's (caddy validate accepted it), the reverse proxy
+    # on loopback.
+    assert deployed.run(f"systemctl is-enabled {tlsproxy.UNIT}").strip() == "enabled"
+    listening = deployed.run("ss -Hltn")
+    assert not re.search(r":(80|2019)\s", listening), listening
+    assert re.search(r":443\s", listening), listening
+    assert deployed.run(f"stat -c '%U %a' {tlsproxy.ADMIN_SOCKET}").split() == ["caddy", "755"]
+    caddyfile = deployed.run(f"cat {tlsproxy.CADDYFILE}")
+    assert caddyfile.startswith(tlsproxy.MARKER) and "\treverse_proxy 127.0.0.1:8642\n" in caddyfile
+    assert "tls_proxy serves https://hermes.test from gateways[hermes].api, which is also published on 0.0.0.0:8642" \
+        in hardened.first_output, hardened.first_output[-5000:]
+    version = deployed.run(f"dpkg-query -W -f '${{Version}}' {tlsproxy.PACKAGE}").strip()
+    print(f"\n[caddy] {tlsproxy.PACKAGE} {version} on the VM")
+
+
 def test_security_updates_allow_the_security_origin_only_and_never_docker(deployed, hardened):
     """As unattended-upgrade itself reads its configuration."""
     assert deployed.run(f"dpkg-query -W -f '${{db:Status-Status}}' {unattended.PACKAGE}").strip() == "installed"
@@ -235,15 +319,20 @@ def test_security_updates_allow_the_security_origin_only_and_never_docker(deploy
 
 
 def test_the_controls_pass_on_the_hardened_host_but_the_unallowed_published_port(deployed, hardened):
-    """Active, default deny, at boot, key-only SSH, security updates; the API published on
-    0.0.0.0 outside firewall.allow is HI-FW-004's finding (the allowed helper port is not)."""
+    """Active, default deny, at boot, key-only SSH, security updates, the TLS proxy's chain and
+    Caddyfile; the API published on 0.0.0.0 outside firewall.allow is HI-FW-004's finding (the
+    allowed helper port is not), and HI-TLS-002's: a way around the proxy."""
     report = runner.collect([deployed.target(**SETTINGS)])
     wanted = ("HI-FW-001", "HI-FW-002", "HI-FW-003", "HI-FW-004", "HI-SSH-001", "HI-SSH-002", "HI-SSH-003",
-              "HI-UPD-001", "HI-UPD-002", "HI-DOCKER-007")
+              "HI-UPD-001", "HI-UPD-002", "HI-DOCKER-007", "HI-TLS-001", "HI-TLS-002", "HI-TLS-003")
     found = {r.control.id: (r.status, r.message) for r in report.results if r.control.id in wanted}
     assert {key: status for key, (status, _) in found.items()} == {
-        **{key: "passed" for key in wanted}, "HI-FW-004": "failed"}, found
+        **{key: "passed" for key in wanted}, "HI-FW-004": "failed", "HI-TLS-002": "failed"}, found
     assert found["HI-FW-004"][1] == f"published outside firewall.allow: hermes 0.0.0.0:{CLOSED}->8642/tcp", found
+    # The same 0.0.0.0 is a way around the proxy (HI-TLS-002), which answers with its chain (HI-TLS-001).
+    assert found["HI-TLS-002"][1] == f"hermes's port 8642 is also published on 0.0.0.0:{CLOSED}: the proxy can be " \
+        "walked around", found
+    assert found["HI-TLS-001"][1].startswith("GET https://hermes.test:443/health -> 200"), found
 
 
 def test_a_second_deploy_changes_nothing(deployed, hardened):
@@ -278,6 +367,7 @@ def test_gateway_comes_back_after_a_reboot(deployed, hardened):
     assert 0 < ours < docker, "the firewall was loaded after Docker started"
     assert_filtered(deployed, hardened.closed, hardened.opened, "after a reboot")
     assert_key_only(deployed, "after a reboot")
+    assert https_within(hardened.https, "/health", caddy_root(deployed)) == 200, "the TLS proxy after a reboot"
 
 
 def test_a_ruleset_whose_confirming_connection_fails_is_reverted_and_not_persisted(deployed, hardened, monkeypatch):
@@ -317,14 +407,19 @@ def test_an_sshd_change_whose_confirming_login_fails_is_reverted_and_the_next_de
 
 
 def test_turned_off_everything_hermes_infra_wrote_leaves(deployed, hardened):
-    """The next deploy (it connects) removes the rules, the drop-in and the update settings; sshd
-    offers passwords again as Debian's defaults say."""
+    """The next deploy (it connects) removes the rules, the drop-in, the update settings and the
+    proxy's Caddyfile, and stops caddy; sshd offers passwords again as Debian's defaults say."""
+    root = caddy_root(deployed)
     deployed.run(f"docker rm -f {HELPER} >/dev/null")
     off = deployed.deploy()
     assert off.returncode == 0, off.output[-4000:]
     assert f"table inet {fw.TABLE}" not in deployed.run("nft list tables")
-    for path in (*fw.PATHS, sshd.DROPIN_PATH, sshd.REVERT_PATH, *unattended.PATHS):
+    for path in (*fw.PATHS, sshd.DROPIN_PATH, sshd.REVERT_PATH, *unattended.PATHS, *tlsproxy.PATHS):
         assert gone(deployed, path), path
+    for state in ("is-enabled", "is-active"):
+        assert deployed.run(f"systemctl {state} {tlsproxy.UNIT} 2>/dev/null || true").strip() not in ("enabled", "active")
+    with pytest.raises((OSError, http.client.HTTPException)):
+        https_status(hardened.https, "/health", root)
     assert deployed.run(f"systemctl is-enabled {fw.UNIT} 2>/dev/null || true").strip() != "enabled"
     assert deployed.run(f"ls /etc/systemd/system/sysinit.target.wants/ | grep -c {fw.UNIT} || true").strip() == "0"
     assert deployed.run(f"systemctl is-active {fw.REVERT_UNIT}.timer || true").strip() != "active"
