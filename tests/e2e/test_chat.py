@@ -31,7 +31,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import REPO
-from tests.e2e.test_bootstrap import COMPANION_PROBE, inspect
+from tests.e2e.test_bootstrap import COMPANION_PROBE, inspect, wait_healthy
+from tests.e2e.test_checks_e2e import check, failing_ids, not_passing
 
 BRIDGE = "172.17.0.1"
 PORT = 18080
@@ -234,6 +235,31 @@ def test_hubs_in_both_topologies_reach_their_own_profile(deployed, provider):
     assert again.returncode == 0 and again.changed_operations() == 0, again.output[-4000:]
 
 
+def test_the_checks_pass_with_both_hubs_and_only_read(deployed, provider):
+    """`hermes-infra check` on the hubs deploy: every control passes, each hub's reach of its
+    gateway among them (HI-CMP-001), and the checks only read: no container created, started,
+    stopped or removed, no image pulled (exec and health events are the probes)."""
+    both = {"gateways": gateways(provider, "hermes", "coder", cron=(PROMPT_JOB,)), "companions": both_hubs(deployed)}
+    containers = deployed.run("docker ps -aq --no-trunc | sort")
+    since = deployed.run("date +%s").strip()
+    run = check(deployed, **both)
+    until = str(int(deployed.run("date +%s").strip()) + 1)
+    assert run.exit_code == 0, not_passing(run)
+    # One JSON document per event: an exec's action carries its command, which may hold newlines
+    # (the SQLite probe is a multi-line program).
+    events = [json.loads(line) for line in deployed.run(
+        f"docker events --since {since} --until {until} --filter type=container "
+        "--filter type=image --format '{{json .}}'").splitlines() if line.strip()]
+    lifecycle = [(e.get("Type"), e.get("Action")) for e in events
+                 if not str(e.get("Action", "")).startswith(("exec_", "health_status"))]
+    assert lifecycle == [], lifecycle
+    assert deployed.run("docker ps -aq --no-trunc | sort") == containers
+    for name in ("hub-outside", "hub-inside"):
+        reach = next(r for r in run.results if r.control.id == "HI-CMP-001" and r.subject == f"companion:{name}")
+        assert reach.status == "passed" and "(python3) -> 200" in reach.message, reach.message
+        assert sum(r.subject == f"companion:{name}" for r in run.results) == 12  # 11 container controls and HI-CMP-001
+
+
 def test_chat_reaches_the_provider_with_its_key_and_hubs_in_both_topologies_get_the_answer(deployed, provider):
     """On the host the hubs test deployed: two profiles on the provider, a hub on each."""
     both = {"gateways": gateways(provider, "hermes", "coder", cron=(PROMPT_JOB,)), "companions": both_hubs(deployed)}
@@ -319,6 +345,19 @@ def test_removing_a_profile_keeps_its_data_and_the_other_container(deployed, pro
     newest = deployed.run("ls -t /var/backups/hermes-infra/profile-coder-*.tar.gz | head -n 1").strip()
     assert "root/.hermes-coder/.env" in deployed.run(f"tar -tzf {newest}").split()
     assert deployed.http_status("http://127.0.0.1:8642/health") == "200"
+
+
+def test_a_gateway_published_on_loopback_only_fails_the_hub_reach_control(deployed, provider):
+    """Healthy from the host, unreachable for its host-gateway hub: HI-API-001 (the bridge port
+    the settings ask for) and HI-CMP-001 fail, nothing else. The next deploy puts the ports back
+    (the recreated container's config hash differs from the applied one)."""
+    override = 'services:\n  hermes:\n    ports: !override\n      - "127.0.0.1:8642:8642"'
+    deployed.run(f"cat > /tmp/hermes-override.yaml <<'EOF'\n{override}\nEOF\n"
+                 "cd /opt/hermes && docker compose -p hermes -f compose.yaml -f /tmp/hermes-override.yaml "
+                 "up -d --quiet-pull 2>&1 && rm -f /tmp/hermes-override.yaml")
+    wait_healthy(deployed)
+    run = check(deployed, gateways=gateways(provider, "hermes", cron=(PROMPT_JOB,)), companions=both_hubs(deployed)[:1])
+    assert failing_ids(run) == {"HI-API-001", "HI-CMP-001"}, not_passing(run)
 
 
 def test_a_wrong_provider_key_makes_the_chat_fail_with_the_providers_401(deployed, provider):

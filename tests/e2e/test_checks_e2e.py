@@ -1,5 +1,7 @@
 """Compliance checks against a real deployed VM: a fresh host passes every control, and a host
-broken on purpose fails exactly the controls that match the break, nothing else.
+broken on purpose fails exactly the controls that match the break, nothing else. The companion
+controls (a hub's reach of its gateway, and that the checks only read) run in test_chat.py, on
+the hubs that module deploys anyway.
 
 Every break is undone in a `finally`: by a default redeploy that must exit 0 and put the drift
 back (by hand first where the deploy cannot see it), or, where another test already proves that
@@ -23,11 +25,8 @@ from hermes_infra.checks import TEST_MODULE, runner
 from hermes_infra.checks.reports import RunReport
 from hermes_infra.images import build
 from hermes_infra.settings.schema import HostSettings
-from tests.e2e.test_bootstrap import COMPANION_PROBE, inspect
 
 HEALTH = "http://127.0.0.1:8642/health"
-# The hub stand-in: the Hermes image itself (it has python3 but no curl), idling.
-COMPANION = {"name": "hub", "image": None, "entrypoint": ["sleep", "infinity"]}
 
 
 def local_settings(deployed, **sections) -> HostSettings:
@@ -280,54 +279,6 @@ def test_env_replaced_by_a_link_or_fifo_is_reported_never_followed(deployed):
         assert failing_ids(run) == {"HI-DATA-003", "HI-DATA-004", "HI-API-004", "HI-API-005"}, not_passing(run)
         assert "is a FIFO (named pipe)" in not_passing(run)["HI-DATA-003@gateway:hermes"]
     assert deployed.run("stat -c %F /root/.hermes/.env").strip() == "regular file"
-
-
-def test_companion_reaches_the_api_and_fails_when_the_bridge_port_goes(deployed):
-    companion = dict(COMPANION, image=local_settings(deployed).image.ref)
-    try:
-        redeploy(deployed, companions=[companion])
-        # The hub reaches the API through host.docker.internal with the key from its 0600 env
-        # file (never in its compose file); the API is published on the bridge address too,
-        # still not on the public interface.
-        env = inspect(deployed, "hub")["Config"]["Env"]
-        assert "HERMES_API_BASE_URL=http://host.docker.internal:8642/v1" in env and "HERMES_MODEL=hermes-agent" in env
-        assert "HERMES_API_KEY=" not in deployed.run("cat /opt/hermes/companions/hub/compose.yaml")
-        assert deployed.run("stat -c '%a' /opt/hermes/companions/hub.env").strip() == "600"
-        probe = f"docker exec hub python3 -c {shlex.quote(COMPANION_PROBE)}"
-        assert deployed.run(f"{probe} http://host.docker.internal:8642/health").strip() == "200"
-        assert deployed.run(f"{probe} http://host.docker.internal:8642/v1/models HERMES_API_KEY").strip() == "200"
-        assert deployed.run(f"{probe} http://host.docker.internal:8642/v1/models").strip() == "401"
-        bindings = inspect(deployed, "hermes")["HostConfig"]["PortBindings"]["8642/tcp"]
-        assert sorted(b["HostIp"] for b in bindings) == ["127.0.0.1", "172.17.0.1"]
-        containers = deployed.run("docker ps -aq --no-trunc | sort")
-        since = deployed.run("date +%s").strip()
-        run = check(deployed, companions=[companion])
-        until = str(int(deployed.run("date +%s").strip()) + 1)
-        assert run.exit_code == 0, not_passing(run)
-        # Checks only read: no container created, started, stopped or removed, no image pulled
-        # (exec and health events are the probes; the companion's runs inside it, with docker exec).
-        # One JSON document per event: an exec's action carries its command, which may hold newlines
-        # (the SQLite probe is a multi-line program).
-        events = [json.loads(line) for line in deployed.run(
-            f"docker events --since {since} --until {until} --filter type=container "
-            "--filter type=image --format '{{json .}}'").splitlines() if line.strip()]
-        lifecycle = [(e.get("Type"), e.get("Action")) for e in events
-                     if not str(e.get("Action", "")).startswith(("exec_", "health_status"))]
-        assert lifecycle == [], lifecycle
-        assert deployed.run("docker ps -aq --no-trunc | sort") == containers
-        reach = next(r for r in run.results if r.control.id == "HI-CMP-001")
-        assert reach.subject == "companion:hub" and "(python3) -> 200" in reach.message
-        assert sum(r.subject == "companion:hub" for r in run.results) == 12  # 11 container controls and HI-CMP-001
-
-        # The gateway published on 127.0.0.1 only: healthy from the host, unreachable for the hub.
-        compose_override(deployed, 'services:\n  hermes:\n    ports: !override\n      - "127.0.0.1:8642:8642"')
-        run = check(deployed, companions=[companion])
-        assert failing_ids(run) == {"HI-API-001", "HI-CMP-001"}, not_passing(run)
-    finally:
-        # Retiring a companion that left the settings is test_chat's proof (a profile removed); here the VM goes
-        # back to its bootstrapped state.
-        print(f"[timing] back to the bootstrapped state: {deployed.reset():.1f}s")
-    assert "hub" not in deployed.run("docker ps -a --format '{{.Names}}'").split()
 
 
 def test_host_is_healthy_again_after_all_breaks(deployed):
