@@ -197,20 +197,29 @@ def test_world_readable_env_fails_only_the_env_mode_control(deployed):
     assert deployed.run("stat -c %a /root/.hermes/.env").strip() == "600"
 
 
-def test_gateway_without_limits_fails_only_the_limit_controls(deployed):
-    # The deployed compose file with the three limits removed (compose's `!reset`): the same
-    # container in every other respect, as if someone ran it from an old or hand-edited file.
-    # No undo by hand: the redeploy alone must notice the drift (compose's config hash of the
-    # service differs from the container's) and recreate the gateway with its limits.
+def test_gateway_without_limits_or_health_check_fails_only_those_controls(deployed):
+    # The deployed health check is bash /dev/tcp inside the container (no curl in the image).
+    config = json.loads(deployed.run("docker inspect hermes --format '{{json .Config.Healthcheck}}'"))
+    assert config["Test"][:3] == ["CMD", "bash", "-c"] and "/dev/tcp/127.0.0.1/8642" in config["Test"][3]
+    # Run it once by hand, exactly as Docker does, to prove it works in this image.
+    deployed.run(f"docker exec hermes bash -c {shlex.quote(config['Test'][3])}")
+    # The deployed compose file with the three limits removed (compose's `!reset`) and the health
+    # check disabled: the same container in every other respect, as if someone ran it from an old
+    # or hand-edited file (one recreation for both breaks). No undo by hand: the redeploy alone
+    # must notice the drift (compose's config hash of the service differs from the container's)
+    # and recreate the gateway with its limits and its health check.
     with broken(deployed, undo="rm -f /tmp/hermes-override.yaml"):
         compose_override(deployed, "services:\n  hermes:\n    mem_limit: !reset null\n"
-                                   "    cpus: !reset null\n    pids_limit: !reset null")
+                                   "    cpus: !reset null\n    pids_limit: !reset null\n"
+                                   "    healthcheck:\n      disable: true")
         assert deployed.run("docker inspect hermes --format '{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}'"
                             ).split() == ["0", "0"]
         run = check(deployed)
-        assert failing_ids(run) == {"HI-CTR-003", "HI-CTR-004", "HI-CTR-005"}, not_passing(run)
+        assert failing_ids(run) == {"HI-CTR-003", "HI-CTR-004", "HI-CTR-005", "HI-CTR-011"}, not_passing(run)
+        assert "has no health check (disabled)" in not_passing(run)["HI-CTR-011@gateway:hermes"]
     assert deployed.run("docker inspect hermes --format '{{.HostConfig.PidsLimit}}'").strip() == "1024"
     assert deployed.run("docker inspect hermes --format '{{.HostConfig.Memory}}'").strip() != "0"
+    assert "/dev/tcp" in deployed.run("docker inspect hermes --format '{{json .Config.Healthcheck.Test}}'")
 
 
 def test_api_on_all_interfaces_fails_only_the_port_control(deployed):
@@ -239,20 +248,6 @@ def test_stopped_gateway_fails_the_running_health_and_api_controls_only(deployed
         assert sqlite.status == "skipped" and "not running (HI-CTR-001 reports it)" in sqlite.message, sqlite
         assert "its health check does not run" in not_passing(run)["HI-CTR-011@gateway:hermes"]
     assert deployed.http_status(HEALTH) == "200"
-
-
-def test_gateway_has_a_working_health_check_and_losing_it_fails_only_that_control(deployed):
-    # The deployed health check is bash /dev/tcp inside the container (no curl in the image).
-    config = json.loads(deployed.run("docker inspect hermes --format '{{json .Config.Healthcheck}}'"))
-    assert config["Test"][:3] == ["CMD", "bash", "-c"] and "/dev/tcp/127.0.0.1/8642" in config["Test"][3]
-    # Run it once by hand, exactly as Docker does, to prove it works in this image.
-    deployed.run(f"docker exec hermes bash -c {shlex.quote(config['Test'][3])}")
-    with broken_then_reset(deployed):
-        compose_override(deployed, "services:\n  hermes:\n    healthcheck:\n      disable: true")
-        run = check(deployed)
-        assert failing_ids(run) == {"HI-CTR-011"}, not_passing(run)
-        assert "has no health check (disabled)" in not_passing(run)["HI-CTR-011@gateway:hermes"]
-    assert "/dev/tcp" in deployed.run("docker inspect hermes --format '{{json .Config.Healthcheck.Test}}'")
 
 
 AS_AGENT = "cd /root/.hermes && setpriv --reuid=10000 --regid=10000 --clear-groups -- sh -c "
