@@ -207,6 +207,9 @@ class DeployedHost:
     def run(self, command: str, timeout: float = 300) -> str:
         """Run a command on the VM; fail the test on a non-zero exit."""
         result = self.vm.ssh(command, timeout=timeout)
+        if result.rc == 255:  # ssh itself failed (its LogLevel=ERROR keeps the reason quiet): say what the VM did
+            assert False, (f"{command[:300]!r} failed (255, ssh itself): {result.stderr[-500:]}\n"
+                           f"QEMU running: {self.vm.is_running()}; serial console:\n{self.vm.serial_tail(20)}")
         assert result.rc == 0, f"{command!r} failed ({result.rc}): {result.stdout}\n{result.stderr}"
         return result.stdout
 
