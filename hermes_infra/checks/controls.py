@@ -1094,6 +1094,16 @@ def ssh_keys_only(ctx: HostContext, subject: Subject):
     return "passwordauthentication no, kbdinteractiveauthentication no, permitrootlogin without-password"
 
 
+def _written_as_set(ctx: HostContext, path: str, text: str, missing: str = "") -> None:
+    """A root-owned file hermes-infra renders from the settings: present, and byte for byte what
+    these settings write."""
+    found = ctx.run(f"cat {shlex.quote(path)}")
+    if found.rc != 0:
+        fail(f"{path} is missing{missing}")
+    if found.stdout != text:
+        fail(f"{path} is not the one these settings write (edited by hand, or an older deploy)")
+
+
 @control("HI-SSH-003", "sshd's limits are as set and hermes-infra's drop-in is in place, with no revert pending",
          severity="medium", scope="ssh_hardening",
          rationale="MaxAuthTries and LoginGraceTime bound what one connection may try; X11 forwarding is not "
@@ -1105,11 +1115,8 @@ def ssh_limits(ctx: HostContext, subject: Subject):
     wrong = _sshd_mismatches(ctx, ("MaxAuthTries", "LoginGraceTime", "X11Forwarding", "LogLevel"))
     if wrong:
         fail(f"sshd's effective settings (sshd -T) differ: {'; '.join(wrong)}")
-    dropin = ctx.run(f"cat {shlex.quote(sshd.DROPIN_PATH)}")
-    if dropin.rc != 0:
-        fail(f"{sshd.DROPIN_PATH} is missing: the values come from elsewhere and may change under hermes-infra")
-    if dropin.stdout != sshd.dropin_text(ctx.settings):
-        fail(f"{sshd.DROPIN_PATH} is not the one these settings write (edited by hand, or an older deploy)")
+    _written_as_set(ctx, sshd.DROPIN_PATH, sshd.dropin_text(ctx.settings),
+                    missing=": the values come from elsewhere and may change under hermes-infra")
     if ctx.run(f"systemctl is-active --quiet {sshd.REVERT_UNIT}.timer").rc == 0:
         fail(f"{sshd.REVERT_UNIT}.timer is armed: the last sshd change was not confirmed by a new login and will "
              "be reverted")
@@ -1292,11 +1299,7 @@ def tls_proxy_as_deployed(ctx: HostContext, subject: Subject):
     active = ctx.run(f"systemctl is-active {tlsproxy.UNIT}").stdout.strip()
     if (enabled, active) != ("enabled", "active"):
         fail(f"{tlsproxy.UNIT} is {enabled or 'not installed'} and {active or 'not active'}; want enabled and active")
-    text = ctx.run(f"cat {shlex.quote(tlsproxy.CADDYFILE)}")
-    if text.rc != 0:
-        fail(f"{tlsproxy.CADDYFILE} is missing")
-    if text.stdout != tlsproxy.caddyfile_text(ctx.settings):
-        fail(f"{tlsproxy.CADDYFILE} is not the one these settings write (edited by hand, or an older deploy)")
+    _written_as_set(ctx, tlsproxy.CADDYFILE, tlsproxy.caddyfile_text(ctx.settings))
     return f"{tlsproxy.UNIT} enabled and active; {tlsproxy.CADDYFILE} as deployed ({tlsproxy.site_url(ctx.settings)})"
 
 

@@ -2423,6 +2423,14 @@ def parse_source_network(value: str, setting: str) -> str:
     return str(network)
 
 
+def parse_source_networks(values: list[str], setting: str) -> list[str]:
+    """Each of `setting`'s source networks parsed (parse_source_network), none listed twice."""
+    networks = [parse_source_network(item, f"{setting}[{index}]") for index, item in enumerate(values)]
+    if len(set(networks)) != len(networks):
+        raise ValueError(f"{setting} lists a network twice ({networks}). Fix: list each network once")
+    return networks
+
+
 class FirewallAllowSettings(Settings):
     """One port the firewall opens, to everyone or to the listed networks."""
 
@@ -2447,10 +2455,7 @@ class FirewallAllowSettings(Settings):
     @field_validator("allow_from")
     @classmethod
     def _sources(cls, value: list[str]) -> list[str]:
-        networks = [parse_source_network(item, f"allow_from[{index}]") for index, item in enumerate(value)]
-        if len(set(networks)) != len(networks):
-            raise ValueError(f"allow_from lists a network twice ({networks}). Fix: list each network once")
-        return networks
+        return parse_source_networks(value, "allow_from")
 
 
 class FirewallSettings(Settings):
@@ -2485,10 +2490,7 @@ class FirewallSettings(Settings):
     @field_validator("ssh_allow_from")
     @classmethod
     def _ssh_sources(cls, value: list[str]) -> list[str]:
-        networks = [parse_source_network(item, f"firewall.ssh_allow_from[{index}]") for index, item in enumerate(value)]
-        if len(set(networks)) != len(networks):
-            raise ValueError(f"firewall.ssh_allow_from lists a network twice ({networks}). Fix: list each once")
-        return networks
+        return parse_source_networks(value, "firewall.ssh_allow_from")
 
     @field_validator("allow")
     @classmethod
@@ -2677,10 +2679,7 @@ class TlsProxySettings(Settings):
     @field_validator("allow_from")
     @classmethod
     def _sources(cls, value: list[str]) -> list[str]:
-        networks = [parse_source_network(item, f"tls_proxy.allow_from[{index}]") for index, item in enumerate(value)]
-        if len(set(networks)) != len(networks):
-            raise ValueError(f"tls_proxy.allow_from lists a network twice ({networks}). Fix: list each once")
-        return networks
+        return parse_source_networks(value, "tls_proxy.allow_from")
 
     @model_validator(mode="after")
     def _meaning(self) -> TlsProxySettings:
