@@ -5,7 +5,6 @@ something else once the operator writes their own file)."""
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
 
 from pyinfra import host, logger
 from pyinfra.api import deploy, operation
@@ -55,16 +54,15 @@ def proxy_running(plan: TlsProxyPlan, caddyfile_changed: bool = False):
 
 
 @deploy("TLS proxy")
-def tls_proxy(plan: TlsProxyPlan, writer: Writer, install: Callable[[], None]):
-    """`install()` installs caddy (apt, as the deploy installs its other packages)."""
+def tls_proxy(plan: TlsProxyPlan, writer: Writer):
+    """caddy is already installed: `release.deploy.hardening` installs it with unattended-upgrades
+    in one apt run, before either's files."""
     for warning in plan.warnings:
         logger.warning(f"{host.print_prefix}tls_proxy: {warning}")
     if not plan.enabled and not plan.present:
         return  # never had one: no operations to show
     changed = False
     if plan.enabled:
-        if not plan.installed:
-            install()
         changed = plan.caddyfile.content_changed
         root_file(name=f"TLS proxy: {tls.CADDYFILE} ({plan.url} -> {plan.upstream})", file=plan.caddyfile,
                   writer=writer, check=caddy_accepts)

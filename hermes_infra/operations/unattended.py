@@ -5,7 +5,6 @@ parser before it replaces the old one. Off: the files hermes-infra wrote go, the
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
 
 from pyinfra import host
 from pyinfra.api import deploy, operation
@@ -41,14 +40,13 @@ def timers_enabled(plan: UnattendedPlan):
 
 
 @deploy("Automatic security updates")
-def unattended_upgrades(plan: UnattendedPlan, writer: Writer, install: Callable[[], None]):
-    """`install()` installs unattended-upgrades (apt, as the deploy installs its other packages)."""
+def unattended_upgrades(plan: UnattendedPlan, writer: Writer):
+    """The package is already installed: `release.deploy.hardening` installs it with the TLS
+    proxy's in one apt run, before either's files."""
     if not plan.enabled:
         if plan.remove:
             files_removed(name="Automatic security updates: hermes-infra's files removed", plan=plan)
         return
-    if not plan.installed:
-        install()
     for file in plan.files:
         root_file(name=f"Automatic security updates: {file.path}", file=file, writer=writer, check=apt_accepts)
     timers_enabled(name="Automatic security updates: apt's daily timers enabled", plan=plan)

@@ -160,11 +160,10 @@ def hardening(plan: HostPlan) -> None:
         docker_engine.apt_installed(
             name=f"Install {', '.join(packages)} ({', '.join(purpose[p] for p in packages)})",
             plan=docker, packages=packages, update=docker.lists_stale and not updated)
-    # Installed above, in the same apt run.
     if updates is not None:
-        unattended_ops.unattended_upgrades(updates, plan.writer, install=lambda: None)
+        unattended_ops.unattended_upgrades(updates, plan.writer)
     if proxy is not None:
-        tls_ops.tls_proxy(proxy, plan.writer, install=lambda: None)
+        tls_ops.tls_proxy(proxy, plan.writer)
 
 
 def offsite(plan: HostPlan) -> None:

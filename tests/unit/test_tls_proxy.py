@@ -203,16 +203,16 @@ def run_deploy(plan, monkeypatch):
         ("file", kw["file"].path, kw["file"].content_changed, kw["check"]("/stage/x"))))
     monkeypatch.setattr(ops, "proxy_running", lambda **kw: calls.append(("running", kw["caddyfile_changed"])))
     with ctx_host.use(FakeHost()):
-        ops.tls_proxy._inner(plan, plan_for(settings(), fresh()).writer, install=lambda: calls.append(("install",)))
+        ops.tls_proxy._inner(plan, plan_for(settings(), fresh()).writer)
     return calls
 
 
-def test_fresh_host_installs_caddy_writes_the_checked_file_then_starts_it(monkeypatch):
+def test_fresh_host_gets_the_checked_file_then_caddy_started(monkeypatch):
     plan = proxy_plan()
-    calls = run_deploy(plan, monkeypatch)
-    assert [c[0] for c in calls] == ["install", "file", "running"]
-    assert calls[1][:3] == ("file", "/etc/caddy/Caddyfile", True) and calls[2] == ("running", True)
-    check = calls[1][3]
+    calls = run_deploy(plan, monkeypatch)  # caddy itself comes before: the apt-run test below
+    assert [c[0] for c in calls] == ["file", "running"]
+    assert calls[0][:3] == ("file", "/etc/caddy/Caddyfile", True) and calls[1] == ("running", True)
+    check = calls[0][3]
     assert check.startswith("( d=$(mktemp -d)") and check.endswith("exit $rc )")  # a subshell: root_file runs it in { }
     assert "HOME=$d XDG_DATA_HOME=$d/data XDG_CONFIG_HOME=$d/config caddy validate --config /stage/x --adapter caddyfile" \
         in check
@@ -274,9 +274,9 @@ def test_caddy_comes_in_the_same_apt_run_as_unattended_upgrades_before_either_fi
     calls = []
     monkeypatch.setattr(deploy.sshd_ops, "ssh_hardening", lambda *args, **kw: None)
     monkeypatch.setattr(deploy.docker_engine, "apt_installed", lambda **kw: calls.append(("apt", kw["packages"], kw["name"])))
-    monkeypatch.setattr(deploy.unattended_ops, "unattended_upgrades", lambda plan, writer, install: calls.append(
-        ("updates", install())))
-    monkeypatch.setattr(deploy.tls_ops, "tls_proxy", lambda plan, writer, install: calls.append(("proxy", install())))
+    monkeypatch.setattr(deploy.unattended_ops, "unattended_upgrades", lambda plan, writer: calls.append(
+        ("updates", None)))
+    monkeypatch.setattr(deploy.tls_ops, "tls_proxy", lambda plan, writer: calls.append(("proxy", None)))
     deploy.hardening(plan_for(settings(unattended_upgrades={"enabled": True}, tls_proxy=INTERNAL), fresh()))
     assert calls == [("apt", ("unattended-upgrades", "caddy"),
                       "Install unattended-upgrades, caddy (automatic security updates, TLS proxy)"),
@@ -287,6 +287,11 @@ def test_caddy_comes_in_the_same_apt_run_as_unattended_upgrades_before_either_fi
     calls.clear()
     deploy.hardening(plan_for(settings(tls_proxy=INTERNAL), converged_facts(settings(tls_proxy=INTERNAL))))
     assert [c[0] for c in calls] == ["updates", "proxy"]  # nothing to install
+    calls.clear()
+    both = settings(unattended_upgrades={"enabled": True}, tls_proxy=INTERNAL)
+    deploy.hardening(plan_for(both, converged_facts(both, packages={tls.PACKAGE: "installed",
+                                                                    "unattended-upgrades": "installed"})))
+    assert [c[0] for c in calls] == ["updates", "proxy"]  # both installed: no apt run
 
 
 def test_the_package_the_file_and_the_unit_are_in_the_one_batched_read():

@@ -97,24 +97,23 @@ def converged_facts(host_settings):
 
 
 def run_deploy(plan, monkeypatch):
-    """What the deploy asks for: the install, each file (changed? its check), the removal."""
+    """What the deploy asks for: each file (changed? its check), the timers, the removal. (The
+    package comes before, from release.deploy.hardening: test_tls_proxy's apt-run test.)"""
     calls = []
     monkeypatch.setattr(ops, "root_file", lambda **kw: calls.append(
         ("file", kw["file"].path, kw["file"].content_changed, kw["check"]("/stage/x"))))
     monkeypatch.setattr(ops, "files_removed", lambda **kw: calls.append(("remove", kw["plan"].remove)))
     monkeypatch.setattr(ops, "timers_enabled", lambda **kw: calls.append(("timers", kw["plan"].timers_off)))
     with ctx_host.use(FakeHost()):
-        ops.unattended_upgrades._inner(plan, plan_for(settings(), fresh()).writer,
-                                       install=lambda: calls.append(("install",)))
+        ops.unattended_upgrades._inner(plan, plan_for(settings(), fresh()).writer)
     return calls
 
 
-def test_fresh_host_installs_the_package_before_writing_the_files_each_checked_by_apt(monkeypatch):
+def test_fresh_host_gets_the_files_each_checked_by_apt_then_the_timers(monkeypatch):
     calls = run_deploy(uu_plan(), monkeypatch)
-    assert calls[0] == ("install",)
-    assert [c[1] for c in calls[1:3]] == list(unattended.PATHS)
-    assert all(c[2] and c[3] == "apt-config -c /stage/x dump >/dev/null" for c in calls[1:3])
-    assert calls[3] == ("timers", ("apt-daily.timer", "apt-daily-upgrade.timer"))
+    assert [c[1] for c in calls[0:2]] == list(unattended.PATHS)
+    assert all(c[2] and c[3] == "apt-config -c /stage/x dump >/dev/null" for c in calls[0:2])
+    assert calls[2] == ("timers", ("apt-daily.timer", "apt-daily-upgrade.timer"))
 
 
 def test_converged_host_changes_nothing_and_drift_is_rewritten(monkeypatch):
@@ -123,7 +122,7 @@ def test_converged_host_changes_nothing_and_drift_is_rewritten(monkeypatch):
     plan = plan_for(host_settings, facts).unattended
     assert plan.installed and not any(file.content_changed for file in plan.files)
     assert plan.timers_off == () and run_op(ops.timers_enabled, plan=plan).commands == []
-    assert [c for c in run_deploy(plan, monkeypatch) if c[0] == "install" or (c[0] == "file" and c[2])] == []
+    assert [c for c in run_deploy(plan, monkeypatch) if c[0] == "file" and c[2]] == []
     facts.state.root_files[unattended.CONFIG_PATH] = root_file("// edited\n")
     drifted = plan_for(host_settings, facts).unattended
     assert [file.path for file in drifted.files if file.content_changed] == [unattended.CONFIG_PATH]
